@@ -1,0 +1,188 @@
+"""Every registered model, proven against the lecture's formulas and the published counts.
+
+One parametrised test over the whole registry, so a model is tested the moment it is
+registered: the analytic summary (formulas only) must equal the real Flax variables and
+intermediate outputs layer by layer, and the totals must equal the reference table.
+Big models go through `jax.eval_shape`: no compile, no memory.
+"""
+
+from __future__ import annotations
+
+import chex
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import zoo
+from zoo.summary import summary
+
+ALL_MODELS = zoo.list_models()
+# Real forward and backward passes for the models that compile in seconds on 2 cores.
+SMALL_MODELS = [n for n in ALL_MODELS if summary(n).total_params < 300_000]
+
+RNGS = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+
+
+def init_abstract(model, input_shape, batch=2):
+    """(output, variables incl. intermediates) as shapes only."""
+    x = jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32)
+    return jax.eval_shape(
+        lambda x: model.init_with_output(RNGS, x, train=False, capture_intermediates=True), x
+    )
+
+
+def params_by_layer(params) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for path, leaf in flax.traverse_util.flatten_dict(params).items():
+        layer = "/".join(path[:-1])
+        counts[layer] = counts.get(layer, 0) + int(np.prod(leaf.shape))
+    return counts
+
+
+def outputs_by_layer(intermediates) -> dict[str, jax.ShapeDtypeStruct]:
+    return {
+        "/".join(path[:-1]): value[0]
+        for path, value in flax.traverse_util.flatten_dict(intermediates).items()
+    }
+
+
+ISSUE_MODELS = [
+    "logistic_regression",
+    "mlp",
+    "lenet5",
+    "lenet5_1998",
+    "alexnet",
+    "alexnet_2012",
+    "alexnet_torchvision",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "conv_autoencoder",
+]
+
+
+def test_the_zoo_holds_every_network_of_the_issues():
+    assert sorted(ISSUE_MODELS) == ALL_MODELS
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_formulas_match_the_initialised_model(name):
+    info = zoo.model_info(name)
+    model = zoo.create_model(name)
+    table = summary(name)
+    logits, variables = init_abstract(model, info.input_shape)
+
+    chex.assert_shape(logits, (2, *info.output_shape))
+    analytic_params = {layer.name: layer.params for layer in table.layers if layer.params}
+    assert params_by_layer(variables["params"]) == analytic_params
+    outputs = outputs_by_layer(variables["intermediates"])
+    for layer in table.layers:
+        chex.assert_shape(outputs[layer.name], (2, *layer.output_shape))
+    assert table.output_shape == info.output_shape
+    total = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
+    chex.assert_equal(total, table.total_params)
+    if info.reference_params is not None:
+        chex.assert_equal(total, info.reference_params)
+
+
+@pytest.mark.parametrize("name", SMALL_MODELS)
+def test_forward_and_gradients_are_finite(name):
+    info = zoo.model_info(name)
+    model = zoo.create_model(name)
+    x = jax.random.normal(jax.random.key(2), (4, *info.input_shape))
+    labels = jnp.arange(4) % info.num_classes
+    variables = jax.jit(model.init)(RNGS, x)
+
+    def loss(params):
+        outputs, _ = model.apply(
+            {**variables, "params": params},
+            x,
+            train=True,
+            rngs={"dropout": jax.random.key(3)},
+            mutable=["batch_stats"],
+        )
+        if info.task == "reconstruction":
+            return jnp.mean((outputs - x) ** 2)
+        return -jnp.mean(jax.nn.log_softmax(outputs)[jnp.arange(4), labels])
+
+    value, grads = jax.jit(jax.value_and_grad(loss))(variables["params"])
+    chex.assert_tree_all_finite((value, grads))
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
+    chex.assert_trees_all_equal_shapes(grads, variables["params"])
+
+
+def test_flexible_models_follow_the_formulas_at_other_sizes():
+    for name, shape in [
+        ("resnet18", (64, 96, 3)),
+        ("alexnet_torchvision", (100, 80, 3)),
+        ("resnet20", (40, 40, 3)),
+    ]:
+        table = summary(name, shape)
+        _, variables = init_abstract(zoo.create_model(name), shape)
+        outputs = outputs_by_layer(variables["intermediates"])
+        for layer in table.layers:
+            chex.assert_shape(outputs[layer.name], (2, *layer.output_shape))
+
+
+def test_mac_counts_match_the_published_ones():
+    # LeNet-5 ~0.42 M, ResNet-18 1,814 M, ResNet-50 4,089 M, ResNet-20 ~40.6 M MACs per image.
+    assert summary("lenet5").total_macs == 416_520
+    assert round(summary("resnet18").total_macs / 1e6) == 1814
+    assert round(summary("resnet50").total_macs / 1e6) == 4089
+    assert round(summary("resnet20").total_macs / 1e5) == 406
+
+
+def test_batch_norm_statistics_update_in_training_and_are_used_in_eval():
+    model = zoo.create_model("resnet20")
+    x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3)) * 3 + 1
+    variables = model.init(RNGS, x, train=False)
+    _, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    before = variables["batch_stats"]["stem_bn"]["mean"]
+    after = updated["batch_stats"]["stem_bn"]["mean"]
+    assert not np.allclose(before, after)
+    eval_old = model.apply(variables, x, train=False)
+    eval_new = model.apply({**variables, **updated}, x, train=False)
+    assert not np.allclose(eval_old, eval_new)
+
+
+def test_dropout_is_active_only_in_training():
+    model = zoo.create_model("alexnet_torchvision", num_classes=3, hidden=16)
+    x = jax.random.normal(jax.random.key(0), (2, 63, 63, 3))
+    variables = model.init(RNGS, x, train=False)
+    chex.assert_trees_all_equal(model.apply(variables, x), model.apply(variables, x))
+    a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(a, b)
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+    model = zoo.create_model("resnet20", dtype=jnp.bfloat16)
+    logits, variables = init_abstract(model, (32, 32, 3))
+    assert logits.dtype == jnp.bfloat16
+    assert {p.dtype for p in jax.tree.leaves(variables["params"])} == {jnp.dtype("float32")}
+
+
+def test_lenet5_1998_c3_follows_table_one():
+    from zoo.models.lenet import C3_CONNECTIONS, PartialConv
+
+    assert sum(map(len, C3_CONNECTIONS)) == 60
+    model = zoo.create_model("lenet5_1998")
+    x = jax.random.normal(jax.random.key(0), (1, 32, 32, 1))
+    variables = model.init(RNGS, x)
+    # C3 map 0 reads S2 maps 0, 1, 2 only: changing S2 map 3 must leave it alone.
+    s2 = jax.random.normal(jax.random.key(1), (1, 14, 14, 6))
+    conv = PartialConv(C3_CONNECTIONS)
+    params = {"params": variables["params"]["c3"]}
+    base = conv.apply(params, s2)
+    changed = conv.apply(params, s2.at[..., 3].add(5.0))
+    np.testing.assert_array_equal(base[..., 0], changed[..., 0])
+    assert not np.allclose(base[..., 3], changed[..., 3])

@@ -1,0 +1,20 @@
+"""jax-zoo: a functional model zoo for JAX.
+
+import zoo
+zoo.list_models("resnet*")
+model = zoo.create_model("resnet18", num_classes=10)
+print(zoo.summary("lenet5"))
+"""
+
+from zoo.registry import ModelInfo, UnknownModelError, create_model, list_models, model_info
+from zoo.summary import Summary, summary
+
+__all__ = [
+    "ModelInfo",
+    "Summary",
+    "UnknownModelError",
+    "create_model",
+    "list_models",
+    "model_info",
+    "summary",
+]

@@ -1,0 +1,92 @@
+"""The lecture's formulas for convolutional networks, as plain integer functions.
+
+These are the textbook expressions (CMU 10-315, "Neural Networks Applications for Images"):
+
+  output size      floor((W - K + 2P) / S) + 1
+  conv parameters  C_out * (C_in / groups) * K * K  (+ C_out bias)
+  dense parameters in * out  (+ out bias)
+
+They know nothing of Flax: `zoo.analytic` walks a network with them and the tests check the result
+against real initialised variables.
+"""
+
+from __future__ import annotations
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+    """Output length of a convolution or pooling window: floor((W - K + 2P) / S) + 1."""
+    _check_positive(size=size, kernel=kernel, stride=stride)
+    if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
+        raise ValueError(f"padding must be a non-negative integer, got {padding!r}")
+    if size + 2 * padding < kernel:
+        raise ValueError(
+            f"a {kernel}-wide window does not fit an input of {size} with padding {padding}"
+        )
+    return (size - kernel + 2 * padding) // stride + 1
+
+
+def conv_transpose_output_size(
+    size: int, kernel: int, stride: int = 1, padding: int = 0, output_padding: int = 0
+) -> int:
+    """Output length of a transposed convolution: (W - 1) * S - 2P + K + output_padding.
+
+    The inverse of `conv_output_size` in shape: with K=3, S=2, P=1 and output_padding=1 it
+    doubles the size, undoing a stride-2 "same" convolution.
+    """
+    _check_positive(size=size, kernel=kernel, stride=stride)
+    return (size - 1) * stride - 2 * padding + kernel + output_padding
+
+
+# Pooling slides a window exactly like a convolution does.
+pool_output_size = conv_output_size
+
+
+def conv_params(
+    in_channels: int, out_channels: int, kernel: int, *, bias: bool = True, groups: int = 1
+) -> int:
+    """Trainable parameters of a KxK convolution: C_out * (C_in / groups) * K * K (+ C_out)."""
+    _check_positive(
+        in_channels=in_channels, out_channels=out_channels, kernel=kernel, groups=groups
+    )
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"groups={groups} must divide both {in_channels} and {out_channels}")
+    return out_channels * (in_channels // groups) * kernel * kernel + (out_channels if bias else 0)
+
+
+def dense_params(in_features: int, out_features: int, *, bias: bool = True) -> int:
+    """Trainable parameters of a fully connected layer: in * out (+ out)."""
+    _check_positive(in_features=in_features, out_features=out_features)
+    return in_features * out_features + (out_features if bias else 0)
+
+
+def batchnorm_params(channels: int) -> int:
+    """Trainable parameters of batch normalisation: a scale and a shift per channel.
+
+    The running mean and variance are state, not parameters (torchvision counts them the same way).
+    """
+    _check_positive(channels=channels)
+    return 2 * channels
+
+
+def conv_macs(
+    out_height: int,
+    out_width: int,
+    in_channels: int,
+    out_channels: int,
+    kernel: int,
+    *,
+    groups: int = 1,
+) -> int:
+    """Multiply-accumulates of one convolution on one image: one K*K*C_in/g dot per output."""
+    return out_height * out_width * out_channels * (in_channels // groups) * kernel * kernel
+
+
+def dense_macs(in_features: int, out_features: int) -> int:
+    """Multiply-accumulates of one fully connected layer on one example."""
+    return in_features * out_features

@@ -1,0 +1,58 @@
+"""The config every zoo image model shares, and its validation.
+
+Flax modules are dataclasses: these fields are the model's whole config, so a model is rebuilt
+from `zoo.create_model(name, **config)` and nothing else (the registry records exactly these).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from zoo.models.layers import check_input, check_positive
+
+
+class ImageModel(nn.Module):
+    """Base config of a zoo network that maps NHWC images to `num_classes` outputs.
+
+    Attributes:
+      num_classes: size of the output layer.
+      in_channels: channels of the input images.
+      input_size: (height, width) the network was designed for; a network with
+        `fixed_input_size` accepts no other, the others use it for summaries only.
+      dtype: the compute dtype (e.g. `jnp.bfloat16` for mixed precision); parameters stay
+        float32 whatever it is.
+    """
+
+    num_classes: int = 10
+    in_channels: int = 1
+    input_size: tuple[int, int] = (28, 28)
+    dtype: Any = jnp.float32
+
+    fixed_input_size: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        check_positive(
+            type(self).__name__,
+            num_classes=self.num_classes,
+            in_channels=self.in_channels,
+            input_size=self.input_size,
+        )
+        if len(self.input_size) != 2:
+            raise ValueError(
+                f"{type(self).__name__}: input_size must be (height, width), "
+                f"got {self.input_size!r}"
+            )
+        super().__post_init__()
+
+    def check_input(self, x: jax.Array) -> None:
+        """Raises `ValueError` (at trace time, before any compile) for an input of wrong shape."""
+        check_input(
+            type(self).__name__,
+            x,
+            (*self.input_size, self.in_channels),
+            fixed_size=self.fixed_input_size,
+        )

@@ -1,0 +1,229 @@
+"""LeNet-5, as the lecture lists it and as LeCun et al. published it.
+
+- `lenet5`: the lecture's layer list (CMU 10-315): 1x32x32 input; conv 6 k5 tanh, average pool 2;
+  conv 16 k5 tanh, average pool 2; FC 120 tanh; FC 84 tanh; FC 10. 61,706 parameters
+  (156 + 2,416 + 48,120 + 10,164 + 850).
+- `lenet5_1998`: Y. LeCun, L. Bottou, Y. Bengio, P. Haffner, "Gradient-Based Learning Applied to
+  Document Recognition", Proc. IEEE 1998, Sec. II-B and Fig. 2: C3 sees only the subsets of S2
+  maps in Table I; S2 and S4 multiply each 2x2 sum by a trainable coefficient and add a trainable
+  bias; every unit squashes with f(a) = 1.7159 tanh(2a/3) (Appendix A); C5 is a 5x5 convolution;
+  the output layer is Euclidean RBF units with fixed +-1 centres. 60,000 trainable parameters.
+  Deliberate deviations: the RBF centres are fixed pseudo-random +-1 codes (the paper's are
+  stylised 7x12 character bitmaps, not published as data); logits are the negated RBF distances,
+  trained with softmax cross-entropy (close to the paper's MAP criterion, Eq. 9); inputs are
+  standardised rather than mapped to [-0.1, 1.175]; initialisation is Flax's LeCun normal rather
+  than uniform +-2.4 / fan-in.
+Layer names follow the paper (c1, s2, c3, s4, c5, f6, output) so checkpoint keys read like Fig. 2.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zoo import formulas
+from zoo.analytic import Layer, ShapeTrace
+from zoo.models.base import ImageModel
+from zoo.models.layers import AvgPool, Flatten
+from zoo.registry import register
+
+PAPER_1998 = (
+    "LeCun et al. 1998, Gradient-Based Learning Applied to Document Recognition, Fig. 2, Table I"
+)
+
+# Table I of the paper: the S2 feature maps each C3 feature map combines.
+C3_CONNECTIONS: tuple[tuple[int, ...], ...] = (
+    (0, 1, 2),
+    (1, 2, 3),
+    (2, 3, 4),
+    (3, 4, 5),
+    (4, 5, 0),
+    (5, 0, 1),
+    (0, 1, 2, 3),
+    (1, 2, 3, 4),
+    (2, 3, 4, 5),
+    (3, 4, 5, 0),
+    (4, 5, 0, 1),
+    (5, 0, 1, 2),
+    (0, 1, 3, 4),
+    (1, 2, 4, 5),
+    (0, 2, 3, 5),
+    (0, 1, 2, 3, 4, 5),
+)
+
+
+class LeNet5(ImageModel):
+    """LeNet-5 exactly as the lecture lists it (tanh, average pooling, fully connected C3)."""
+
+    num_classes: int = 10
+    input_size: tuple[int, int] = (32, 32)
+
+    fixed_input_size: ClassVar[bool] = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        self.check_input(x)
+
+        def conv(features: int, name: str) -> nn.Conv:
+            return nn.Conv(features, (5, 5), padding="VALID", dtype=self.dtype, name=name)
+
+        x = AvgPool(2, 2, name="s2")(jnp.tanh(conv(6, "c1")(x)))
+        x = AvgPool(2, 2, name="s4")(jnp.tanh(conv(16, "c3")(x)))
+        x = Flatten(name="flatten")(x)
+        x = jnp.tanh(nn.Dense(120, dtype=self.dtype, name="c5")(x))
+        x = jnp.tanh(nn.Dense(84, dtype=self.dtype, name="f6")(x))
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="output")(x)
+
+
+def lenet5_layers(model: LeNet5, input_shape: tuple[int, ...]) -> list[Layer]:
+    return (
+        ShapeTrace(input_shape)
+        .conv("c1", 6, 5)
+        .pool("s2", 2, kind="avgpool")
+        .conv("c3", 16, 5)
+        .pool("s4", 2, kind="avgpool")
+        .flatten("flatten")
+        .dense("c5", 120)
+        .dense("f6", 84)
+        .dense("output", model.num_classes)
+        .layers
+    )
+
+
+def squash(a: jax.Array) -> jax.Array:
+    """The paper's sigmoid, f(a) = A tanh(S a) with A = 1.7159 and S = 2/3 (Appendix A)."""
+    return 1.7159 * jnp.tanh(2.0 * a / 3.0)
+
+
+class Subsampling(nn.Module):
+    """S2/S4: each 2x2 sum times a trainable coefficient plus a trainable bias, per map."""
+
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        coefficient = self.param("coefficient", nn.initializers.ones, (channels,))
+        bias = self.param("bias", nn.initializers.zeros, (channels,))
+        window_sum = nn.avg_pool(x, (2, 2), (2, 2)) * 4
+        return window_sum * coefficient.astype(self.dtype) + bias.astype(self.dtype)
+
+
+class PartialConv(nn.Module):
+    """A convolution whose output map j sees only the input maps `connections[j]` (Table I).
+
+    Only the connected 5x5 kernels are parameters: `kernel` stacks them, (K, K, connections),
+    and they are scattered into a dense HWIO kernel with zeros elsewhere, so one ordinary
+    convolution computes the layer and the zeros get no gradient.
+    """
+
+    connections: tuple[tuple[int, ...], ...]
+    kernel_size: int = 5
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        inputs = np.array([i for c in self.connections for i in c])
+        outputs = np.array([j for j, c in enumerate(self.connections) for _ in c])
+        k, features = self.kernel_size, len(self.connections)
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=()), (k, k, len(inputs))
+        )
+        bias = self.param("bias", nn.initializers.zeros, (features,))
+        dense = jnp.zeros((k, k, x.shape[-1], features), kernel.dtype)
+        dense = dense.at[:, :, inputs, outputs].set(kernel)
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            dense.astype(self.dtype),
+            (1, 1),
+            "VALID",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return y + bias.astype(self.dtype)
+
+
+class LeNet5_1998(ImageModel):
+    """LeNet-5 as published in 1998: partial C3, trainable subsampling, RBF output."""
+
+    num_classes: int = 10
+    input_size: tuple[int, int] = (32, 32)
+
+    fixed_input_size: ClassVar[bool] = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        self.check_input(x)
+        x = squash(nn.Conv(6, (5, 5), padding="VALID", dtype=self.dtype, name="c1")(x))
+        x = squash(Subsampling(self.dtype, name="s2")(x))
+        x = squash(PartialConv(C3_CONNECTIONS, dtype=self.dtype, name="c3")(x))
+        x = squash(Subsampling(self.dtype, name="s4")(x))
+        x = squash(nn.Conv(120, (5, 5), padding="VALID", dtype=self.dtype, name="c5")(x))
+        x = Flatten(name="flatten")(x)
+        x = squash(nn.Dense(84, dtype=self.dtype, name="f6")(x))
+        return RBFOutput(self.num_classes, name="output")(x)
+
+
+class RBFOutput(nn.Module):
+    """Euclidean RBF units, y_i = sum_j (x_j - w_ij)^2, with fixed centres; returns -y (Eq. 7).
+
+    The centres are constants, not parameters (the paper keeps them fixed): a +-1 code per
+    class drawn once from a fixed seed, so every instance of the model has the same ones.
+    """
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        centres = rbf_centres(self.num_classes, x.shape[-1])
+        distance = jnp.sum((x[:, None, :] - jnp.asarray(centres, x.dtype)) ** 2, axis=-1)
+        return -distance
+
+
+def rbf_centres(num_classes: int, width: int) -> np.ndarray:
+    return np.random.default_rng(1998).choice([-1.0, 1.0], size=(num_classes, width))
+
+
+def lenet5_1998_layers(model: LeNet5_1998, input_shape: tuple[int, ...]) -> list[Layer]:
+    trace = ShapeTrace(input_shape).conv("c1", 6, 5).subsample("s2")
+    h, w, _ = trace.shape
+    oh, ow = formulas.conv_output_size(h, 5), formulas.conv_output_size(w, 5)
+    fan_in = sum(len(c) for c in C3_CONNECTIONS)
+    trace.layer(
+        "c3",
+        "partial_conv",
+        (oh, ow, len(C3_CONNECTIONS)),
+        params=fan_in * 25 + len(C3_CONNECTIONS),
+        macs=oh * ow * fan_in * 25,
+    )
+    return (
+        trace.subsample("s4")
+        .conv("c5", 120, 5)
+        .flatten("flatten")
+        .dense("f6", 84)
+        .layer("output", "rbf", (model.num_classes,), macs=84 * model.num_classes)
+        .layers
+    )
+
+
+register(
+    "lenet5",
+    LeNet5,
+    analytic=lenet5_layers,
+    in_channels=1,
+    reference_params=61_706,
+    paper="LeNet-5 as listed in the CMU 10-315 lecture (after LeCun et al. 1998, Fig. 2)",
+    description="LeNet-5, lecture layout: tanh, average pooling, 32x32x1",
+)
+register(
+    "lenet5_1998",
+    LeNet5_1998,
+    analytic=lenet5_1998_layers,
+    in_channels=1,
+    reference_params=60_000,
+    paper=PAPER_1998,
+    description="LeNet-5 as published: partial C3, trainable subsampling, RBF output",
+)

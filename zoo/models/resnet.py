@@ -1,0 +1,239 @@
+"""ResNet and its two residual blocks.
+
+K. He, X. Zhang, S. Ren, J. Sun, "Deep Residual Learning for Image Recognition", CVPR 2016
+(arXiv:1512.03385). `BasicBlock` is Fig. 2 (two 3x3 convolutions), `Bottleneck` is Fig. 5 right
+(1x1 reduce, 3x3, 1x1 expand by 4); both compute y = relu(F(x) + shortcut(x)). The ImageNet
+networks follow Table 1, in torchvision's "v1.5" layout so that its weights import exactly: the
+bottleneck's stride sits on the 3x3 convolution (the paper puts it on the first 1x1), projection
+shortcuts (option B) where the shape changes, explicit symmetric padding, BatchNorm eps 1e-5 and
+momentum 0.1 in PyTorch's convention. Initialisation is He normal (fan out), as in torchvision.
+
+| name      | block      | blocks per stage | params (1000 classes) |
+|-----------|------------|------------------|-----------------------|
+| resnet18  | BasicBlock | 2, 2, 2, 2       | 11,689,512            |
+| resnet34  | BasicBlock | 3, 4, 6, 3       | 21,797,672            |
+| resnet50  | Bottleneck | 3, 4, 6, 3       | 25,557,032            |
+| resnet101 | Bottleneck | 3, 4, 23, 3      | 44,549,160            |
+| resnet152 | Bottleneck | 3, 8, 36, 3      | 60,192,808            |
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from zoo.analytic import Layer, ShapeTrace
+from zoo.models.base import ImageModel
+from zoo.models.layers import (
+    GlobalAvgPool,
+    MaxPool,
+    batch_norm,
+    check_choice,
+    check_positive,
+    explicit_padding,
+)
+from zoo.registry import register
+
+PAPER = "He et al. 2015, Deep Residual Learning for Image Recognition"
+SHORTCUTS = ("projection", "zero_pad")
+he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option A shortcut (Sec. 4.2): subsample by `stride`, zero-pad the new channels."""
+
+    features: int
+    stride: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x[:, :: self.stride, :: self.stride, :]
+        extra = self.features - x.shape[-1]
+        return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+
+
+class _ResidualBlock(nn.Module):
+    """What both blocks share: the shortcut and the final relu(F(x) + shortcut(x))."""
+
+    features: int
+    stride: int = 1
+    shortcut: str = "projection"
+    zero_init_residual: bool = False
+    dtype: Any = jnp.float32
+
+    expansion: ClassVar[int] = 1
+
+    def conv(self, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
+        return nn.Conv(
+            features,
+            (kernel, kernel),
+            stride,
+            explicit_padding(kernel // 2),
+            use_bias=False,
+            kernel_init=he_normal,
+            dtype=self.dtype,
+            name=name,
+        )
+
+    def norm(self, train: bool, name: str, last: bool = False) -> nn.BatchNorm:
+        zero = last and self.zero_init_residual
+        return batch_norm(train, self.dtype, name, nn.initializers.zeros if zero else None)
+
+    def add_shortcut(self, x: jax.Array, residual: jax.Array, train: bool) -> jax.Array:
+        out_features = self.features * self.expansion
+        if needs_projection(x.shape[-1], out_features, self.stride):
+            if self.shortcut == "zero_pad":
+                x = ZeroPadShortcut(out_features, self.stride, name="shortcut")(x)
+            else:
+                x = self.conv(out_features, 1, self.stride, "downsample_conv")(x)
+                x = self.norm(train, "downsample_bn")(x)
+        return nn.relu(residual + x)
+
+
+def needs_projection(in_features: int, out_features: int, stride: int) -> bool:
+    return stride != 1 or in_features != out_features
+
+
+class BasicBlock(_ResidualBlock):
+    """Fig. 2: conv3x3-BN-ReLU-conv3x3-BN, plus the shortcut, then ReLU."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        y = nn.relu(self.norm(train, "bn1")(self.conv(self.features, 3, self.stride, "conv1")(x)))
+        y = self.norm(train, "bn2", last=True)(self.conv(self.features, 3, 1, "conv2")(y))
+        return self.add_shortcut(x, y, train)
+
+
+class Bottleneck(_ResidualBlock):
+    """Fig. 5 right: 1x1 reduce, 3x3 (carrying the stride, v1.5), 1x1 expand by 4."""
+
+    expansion: ClassVar[int] = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        y = nn.relu(self.norm(train, "bn1")(self.conv(self.features, 1, 1, "conv1")(x)))
+        y = nn.relu(self.norm(train, "bn2")(self.conv(self.features, 3, self.stride, "conv2")(y)))
+        y = self.conv(self.features * 4, 1, 1, "conv3")(y)
+        return self.add_shortcut(x, self.norm(train, "bn3", last=True)(y), train)
+
+
+BLOCKS: dict[str, type[_ResidualBlock]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+def block_layers(
+    trace: ShapeTrace, name: str, block: str, features: int, stride: int, shortcut: str
+) -> None:
+    """Appends one residual block's layers (the analytic twin of `BasicBlock`/`Bottleneck`)."""
+    in_shape = trace.shape
+    inner = trace.fork()
+    if block == "basic":
+        inner.conv(f"{name}/conv1", features, 3, stride, 1, bias=False).norm(f"{name}/bn1")
+        inner.conv(f"{name}/conv2", features, 3, 1, 1, bias=False).norm(f"{name}/bn2")
+    else:
+        inner.conv(f"{name}/conv1", features, 1, bias=False).norm(f"{name}/bn1")
+        inner.conv(f"{name}/conv2", features, 3, stride, 1, bias=False).norm(f"{name}/bn2")
+        inner.conv(f"{name}/conv3", features * 4, 1, bias=False).norm(f"{name}/bn3")
+    if needs_projection(in_shape[-1], inner.shape[-1], stride):
+        side = ShapeTrace(in_shape, trace.layers)
+        if shortcut == "zero_pad":
+            h, w = inner.shape[:2]
+            side.layer(f"{name}/shortcut", "zero_pad", (h, w, inner.shape[-1]))
+        else:
+            side.conv(f"{name}/downsample_conv", inner.shape[-1], 1, stride, bias=False)
+            side.norm(f"{name}/downsample_bn")
+    trace.layer(name, "residual_add", inner.shape)
+
+
+class ResNet(ImageModel):
+    """Table 1 of He et al.: a 7x7/2 stem, a 3x3/2 max pool, four stages, global average pool.
+
+    Attributes:
+      stage_sizes: residual blocks in each stage.
+      block: "basic" (Fig. 2) or "bottleneck" (Fig. 5).
+      width: channels of the stem and of the first stage; each stage doubles it.
+      zero_init_residual: start each block's last BatchNorm scale at 0, so every block starts as
+        the identity (Goyal et al. 2017); off by default, like torchvision.
+    """
+
+    num_classes: int = 1000
+    in_channels: int = 3
+    input_size: tuple[int, int] = (224, 224)
+    stage_sizes: tuple[int, ...] = (2, 2, 2, 2)
+    block: str = "basic"
+    width: int = 64
+    zero_init_residual: bool = False
+
+    def __post_init__(self) -> None:
+        check_positive("ResNet", stage_sizes=self.stage_sizes, width=self.width)
+        check_choice("ResNet", "block", self.block, tuple(BLOCKS))
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        self.check_input(x)
+        x = nn.Conv(
+            self.width,
+            (7, 7),
+            2,
+            explicit_padding(3),
+            use_bias=False,
+            kernel_init=he_normal,
+            dtype=self.dtype,
+            name="stem_conv",
+        )(x)
+        x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
+        x = MaxPool(3, 2, 1, name="stem_pool")(x)
+        for i, blocks in enumerate(self.stage_sizes):
+            for j in range(blocks):
+                x = BLOCKS[self.block](
+                    self.width * 2**i,
+                    stride=2 if i > 0 and j == 0 else 1,
+                    zero_init_residual=self.zero_init_residual,
+                    dtype=self.dtype,
+                    name=f"stage{i + 1}_block{j}",
+                )(x, train)
+        x = GlobalAvgPool(name="pool")(x)
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+
+
+def resnet_layers(model: ResNet, input_shape: tuple[int, ...]) -> list[Layer]:
+    trace = ShapeTrace(input_shape)
+    trace.conv("stem_conv", model.width, 7, 2, 3, bias=False).norm("stem_bn")
+    trace.pool("stem_pool", 3, 2, 1)
+    for i, blocks in enumerate(model.stage_sizes):
+        for j in range(blocks):
+            block_layers(
+                trace,
+                f"stage{i + 1}_block{j}",
+                model.block,
+                model.width * 2**i,
+                2 if i > 0 and j == 0 else 1,
+                "projection",
+            )
+    return trace.global_pool("pool").dense("fc", model.num_classes).layers
+
+
+VARIANTS = {  # name: (block, stage sizes, torchvision's parameter count at 1000 classes)
+    "resnet18": ("basic", (2, 2, 2, 2), 11_689_512),
+    "resnet34": ("basic", (3, 4, 6, 3), 21_797_672),
+    "resnet50": ("bottleneck", (3, 4, 6, 3), 25_557_032),
+    "resnet101": ("bottleneck", (3, 4, 23, 3), 44_549_160),
+    "resnet152": ("bottleneck", (3, 8, 36, 3), 60_192_808),
+}
+
+for _name, (_block, _stages, _params) in VARIANTS.items():
+    register(
+        _name,
+        ResNet,
+        analytic=resnet_layers,
+        block=_block,
+        stage_sizes=_stages,
+        num_classes=1000,
+        in_channels=3,
+        reference_params=_params,
+        paper=f"{PAPER}, Table 1 (torchvision v1.5 layout)",
+        description=f"ResNet-{_name[6:]}, ImageNet layout, {_block} blocks {_stages}",
+    )

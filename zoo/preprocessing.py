@@ -1,0 +1,91 @@
+"""From raw data-set images to a model's input: the one place normalisation lives.
+
+A `Preprocessing` is recorded with every saved model, so `zoo.load(name).predict(raw_images)`
+applies exactly what training applied: scale uint8 to [0, 1], zero-pad or resize to the model's
+input size (MNIST's 28x28 is padded to LeNet-5's 32x32 as LeCun et al. did), repeat a grey channel
+when the model wants three, then standardise with the training set's per-channel mean and std.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """Raw `source_shape` images (uint8, 0..255) -> float `input_shape` model inputs.
+
+    Attributes:
+      source_shape: (H, W, C) of the raw images, as the data set gives them.
+      input_shape: (H, W, C) the model takes.
+      mean: per-channel mean of the training images, in [0, 1] units, after channel repeat.
+      std: per-channel standard deviation, same units.
+    """
+
+    source_shape: tuple[int, int, int]
+    input_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        src_c, dst_c = self.source_shape[-1], self.input_shape[-1]
+        if src_c != dst_c and src_c != 1:
+            raise ValueError(f"cannot turn {src_c}-channel images into {dst_c}-channel inputs")
+        if len(self.mean) != dst_c or len(self.std) != dst_c:
+            raise ValueError(f"mean and std need {dst_c} entries, got {self.mean}, {self.std}")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+
+    def __call__(self, images: np.ndarray | jax.Array) -> jax.Array:
+        """(N, H, W[, C]) raw images -> (N, *input_shape) float32, standardised."""
+        x = jnp.asarray(images)
+        if x.ndim == 3 and self.source_shape[-1] == 1:
+            x = x[..., None]
+        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.source_shape):
+            raise ValueError(
+                f"expected raw images of shape (N, {', '.join(map(str, self.source_shape))}), "
+                f"got {tuple(x.shape)}"
+            )
+        x = x.astype(jnp.float32) / 255.0
+        x = self._to_input_size(x)
+        if x.shape[-1] != self.input_shape[-1]:
+            x = jnp.repeat(x, self.input_shape[-1], axis=-1)
+        return (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
+
+    def _to_input_size(self, x: jax.Array) -> jax.Array:
+        (sh, sw, _), (th, tw, _) = self.source_shape, self.input_shape
+        if (sh, sw) == (th, tw):
+            return x
+        dh, dw = th - sh, tw - sw
+        if dh >= 0 and dw >= 0 and dh % 2 == 0 and dw % 2 == 0:
+            # Zero-pad: the digit stays at its scale, as in LeCun et al. 1998, Sec. II-B.
+            return jnp.pad(x, ((0, 0), (dh // 2, dh // 2), (dw // 2, dw // 2), (0, 0)))
+        return jax.image.resize(x, (x.shape[0], th, tw, x.shape[-1]), method="bilinear")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Preprocessing:
+        return cls(**{f.name: tuple(record[f.name]) for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def fit(cls, raw_train_images: np.ndarray, input_shape: tuple[int, int, int]) -> Preprocessing:
+        """Measures the per-channel mean and std of raw (N, H, W[, C]) training images."""
+        x = np.asarray(raw_train_images, np.float64) / 255.0
+        if x.ndim == 3:
+            x = x[..., None]
+        mean = x.mean(axis=(0, 1, 2))
+        std = x.std(axis=(0, 1, 2))
+        repeat = input_shape[-1] // x.shape[-1]
+        return cls(
+            source_shape=tuple(int(d) for d in x.shape[1:]),
+            input_shape=tuple(input_shape),
+            mean=tuple(float(m) for m in np.repeat(mean, repeat)),
+            std=tuple(float(s) for s in np.repeat(std, repeat)),
+        )
