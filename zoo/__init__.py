@@ -6,15 +6,29 @@ model = zoo.create_model("resnet18", num_classes=10)
 print(zoo.summary("lenet5"))
 """
 
+from zoo.hub import (
+    ArchitectureMismatchError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    list_checkpoints,
+    load,
+    save,
+)
 from zoo.registry import ModelInfo, UnknownModelError, create_model, list_models, model_info
 from zoo.summary import Summary, summary
 
 __all__ = [
+    "ArchitectureMismatchError",
+    "CheckpointNotFoundError",
+    "CorruptCheckpointError",
     "ModelInfo",
     "Summary",
     "UnknownModelError",
     "create_model",
+    "list_checkpoints",
     "list_models",
+    "load",
     "model_info",
+    "save",
     "summary",
 ]

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 COMMAND_MODULES = (
     "zoo.commands.models",
+    "zoo.commands.hub",
 )
 
 # The exceptions that mean "the input was wrong", not "the program is broken".

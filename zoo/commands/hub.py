@@ -1,0 +1,110 @@
+"""`zoo checkpoints` and `zoo predict`: the checkpoint registry from the command line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import jax
+import numpy as np
+import PIL.Image
+from rich.console import Console
+from rich.table import Table
+
+from zoo.hub import CheckpointRecord, list_checkpoints, load, registry_root
+from zoo.registry import model_info
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("checkpoints", help="list the saved checkpoints")
+    _add_registry(parser)
+    parser.set_defaults(run=run_checkpoints)
+
+    parser = subparsers.add_parser(
+        "predict", help="classify raw images with a saved checkpoint",
+        description="Prints the class id and its probability for every image. FILE is a .npy "
+                    "of raw uint8 images, (N, H, W[, C]) or one (H, W[, C]), or an image file "
+                    "(.png, .jpg, ...), converted and resized to the training images' format.")
+    parser.add_argument("name", help="the checkpoint name (see 'zoo checkpoints')")
+    parser.add_argument("files", nargs="+", metavar="FILE", type=Path,
+                        help="a .npy of raw images, or an image file")
+    parser.add_argument("--step", type=int, help="the step to load (default: the latest)")
+    _add_registry(parser)
+    parser.set_defaults(run=run_predict)
+
+
+def _add_registry(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", metavar="DIR", type=Path,
+                        help="the registry folder (default: $ZOO_REGISTRY, else checkpoints/)")
+
+
+def run_checkpoints(args: argparse.Namespace) -> int:
+    records = list_checkpoints(args.registry)
+    root = registry_root(args.registry)
+    if not records:
+        print(f"no checkpoints in {root}")
+        return 0
+    table = Table(title=f"checkpoints in {root}")
+    for column in ("name", "model", "step", "dataset", "metrics", "params", "size", "date (UTC)"):
+        justify = "right" if column in ("step", "params", "size") else "left"
+        table.add_column(column, justify=justify, no_wrap=True)
+    for record in records:
+        table.add_row(*_row(record))
+    console = Console()
+    if not console.is_terminal:
+        console.width = 1_000  # Piped or captured output keeps whole names instead of '…'.
+    console.print(table)
+    return 0
+
+
+def _row(record: CheckpointRecord) -> list[str]:
+    metrics = ", ".join(
+        f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in record.metrics.items())
+    return [record.name, record.model_name, str(record.step), record.dataset or "-",
+            metrics or "-", f"{record.params:,}", _human_size(record.size_bytes),
+            record.created[:16].replace("T", " ")]
+
+
+def _human_size(size: int) -> str:
+    units = ("B", "kB", "MB", "GB", "TB")
+    power = min(len(str(size)) - 1, 3 * (len(units) - 1)) // 3
+    return f"{size} B" if power == 0 else f"{size / 1000**power:.1f} {units[power]}"
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    model = load(args.name, step=args.step, registry=args.registry)
+    task = model_info(model.model_name).task
+    if task != "classification":
+        raise ValueError(f"zoo predict needs a classifier; {model.model_name} is a {task} model")
+    if model.preprocessing is None:
+        raise ValueError(f"{args.name} step {model.step} has no recorded preprocessing, so raw "
+                         "images cannot be turned into its inputs")
+    source_shape = model.preprocessing.source_shape
+    for path in args.files:
+        images = read_images(path, source_shape)
+        probabilities = np.asarray(jax.nn.softmax(model.logits(images), axis=-1))
+        for i, p in enumerate(probabilities):
+            label = f"{path}[{i}]" if path.suffix == ".npy" else str(path)
+            print(f"{label}: class {int(p.argmax())} (p={p.max():.3f})")
+    return 0
+
+
+def read_images(path: Path, source_shape: tuple[int, int, int]) -> np.ndarray:
+    """A batch (N, H, W[, C]) of raw uint8 images from a .npy file or one image file."""
+    if path.suffix == ".npy":
+        images = np.load(path, allow_pickle=False)  # Never unpickle what the user points at.
+        if images.dtype != np.uint8:
+            raise ValueError(f"{path}: expected raw uint8 images (0..255), got {images.dtype}")
+        grey_without_channel = source_shape[2] == 1 and images.shape == tuple(source_shape[:2])
+        one_image = images.shape == tuple(source_shape) or grey_without_channel
+        return images[None] if one_image else images
+    try:
+        image = PIL.Image.open(path)
+    except PIL.UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image file PIL can read, nor a .npy") from None
+    height, width, channels = source_shape
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), PIL.Image.Resampling.BILINEAR)
+    return np.asarray(image, np.uint8)[None]
