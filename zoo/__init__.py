@@ -6,6 +6,7 @@ model = zoo.create_model("resnet18", num_classes=10)
 print(zoo.summary("lenet5"))
 """
 
+from zoo.features import FeatureInfo, extract_features, feature_info, feature_stages
 from zoo.hub import (
     ArchitectureMismatchError,
     CheckpointNotFoundError,
@@ -21,10 +22,14 @@ __all__ = [
     "ArchitectureMismatchError",
     "CheckpointNotFoundError",
     "CorruptCheckpointError",
+    "FeatureInfo",
     "ModelInfo",
     "Summary",
     "UnknownModelError",
     "create_model",
+    "extract_features",
+    "feature_info",
+    "feature_stages",
     "list_checkpoints",
     "list_models",
     "load",

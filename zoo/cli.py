@@ -16,10 +16,12 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "zoo.commands.models",
     "zoo.commands.hub",
+    "zoo.commands.convert",
 )
 
 # The exceptions that mean "the input was wrong", not "the program is broken".
 USER_ERRORS = (
+    ImportError,  # an optional extra that is not installed; the message names the pip command
     ValueError,
     TypeError,
     KeyError,

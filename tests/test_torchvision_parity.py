@@ -1,0 +1,179 @@
+"""torchvision weights in the zoo: converted logits equal torchvision's, no download needed.
+
+Each torchvision model is built with random weights whose BatchNorm statistics and affine
+parameters are all randomised too (so a wrong mapping of any of them shows), converted, and run
+on the same random images: NCHW in torch, NHWC here. Needs the `torch` extra; skipped without.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fractions
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zoo import hub
+from zoo.cli import main
+from zoo.convert import TORCHVISION_ARCHS, convert_state_dict, load_state_dict
+from zoo.convert import torchvision as tv_convert
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+BasicBlock = torchvision.models.resnet.BasicBlock
+Bottleneck = torchvision.models.resnet.Bottleneck
+
+# Small inputs keep the deep ResNets fast. AlexNet at 255x255 ends in 7x7 maps, so its adaptive
+# pool to 6x6 averages overlapping bins (at 224 it is the identity, at 63 a 1x1 broadcast).
+INPUT_SIZES = {"alexnet": 255}
+RESNET_INPUT = 64
+
+
+def random_torchvision(arch: str, size: int, seed: int = 0) -> torch.nn.Module:
+    """torchvision's `arch` with random weights and non-trivial BatchNorm, in eval mode.
+
+    Running statistics come from one training-mode pass (momentum 1), so activations stay near
+    unit scale; each residual branch's last BatchNorm gets a small scale, as in a trained ResNet.
+    With every branch at full scale, ResNet-152's 50 random blocks amplify float32 rounding to
+    ~1e-3 in the logits (in float64 both sides agree to 5e-12: the conversion is exact).
+    """
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, arch)(weights=None)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for norm in norms:
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0.0, 0.2)
+            norm.momentum = 1.0
+        for block in model.modules():
+            if isinstance(block, BasicBlock | Bottleneck):
+                last = block.bn3 if isinstance(block, Bottleneck) else block.bn2
+                last.weight.uniform_(0.0, 0.5)
+        model.train()
+        model(torch.randn(4, 3, size, size))
+    model.eval()
+    return model
+
+
+def torch_logits(model: torch.nn.Module, images_nchw: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(images_nchw)).numpy()
+
+
+def zoo_logits(converted, images_nchw: np.ndarray) -> np.ndarray:
+    images = jnp.asarray(images_nchw.transpose(0, 2, 3, 1))
+    return np.asarray(converted.module.apply(converted.variables, images, train=False))
+
+
+def state_dict_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {key: value.numpy() for key, value in model.state_dict().items()}
+
+
+def assert_logits_match(ours: np.ndarray, reference: np.ndarray) -> float:
+    # Absolute 1e-4, and 1e-4 of the logits' own scale: random AlexNet's logits are ~0.03, where
+    # an absolute bound alone would pass a scrambled fc6.
+    difference = float(np.abs(ours - reference).max())
+    scale = float(np.abs(reference).max())
+    assert difference < 1e-4, difference
+    assert difference < 1e-4 * scale, (difference, scale)
+    return difference
+
+
+@pytest.mark.parametrize("arch", list(TORCHVISION_ARCHS))
+def test_converted_logits_equal_torchvision(arch):
+    size = INPUT_SIZES.get(arch, RESNET_INPUT)
+    model = random_torchvision(arch, size)
+    images = np.random.default_rng(1).standard_normal((2, 3, size, size), np.float32)
+    converted = convert_state_dict(arch, state_dict_arrays(model))
+    assert converted.model_config == {"num_classes": 1000}
+    assert_logits_match(zoo_logits(converted, images), torch_logits(model, images))
+
+
+def test_alexnet_fc6_needs_the_chw_to_hwc_permutation(monkeypatch):
+    # Without reordering fc6's inputs the shapes still fit: only the logits tell.
+    size = INPUT_SIZES["alexnet"]
+    model = random_torchvision("alexnet", size)
+    images = np.random.default_rng(1).standard_normal((2, 3, size, size), np.float32)
+    unpermuted = dataclasses.replace(TORCHVISION_ARCHS["alexnet"], flattened={})
+    monkeypatch.setitem(tv_convert.ARCHS, "alexnet", unpermuted)
+    converted = convert_state_dict("alexnet", state_dict_arrays(model))
+    with pytest.raises(AssertionError):
+        assert_logits_match(zoo_logits(converted, images), torch_logits(model, images))
+
+
+def test_num_classes_follows_the_state_dict():
+    state_dict = state_dict_arrays(torchvision.models.resnet18(weights=None, num_classes=10))
+    converted = convert_state_dict("resnet18", state_dict)
+    assert converted.model_config == {"num_classes": 10}
+    assert converted.variables["params"]["fc"]["kernel"].shape == (512, 10)
+
+
+def test_a_state_dict_that_does_not_fit_lists_every_problem():
+    state_dict = state_dict_arrays(torchvision.models.resnet18(weights=None))
+    del state_dict["layer1.0.bn1.running_var"]
+    state_dict["layer2.0.conv1.weight"] = state_dict["layer2.0.conv1.weight"][:, :32]
+    state_dict["extra.weight"] = np.zeros(3, np.float32)
+    with pytest.raises(ValueError) as error:
+        convert_state_dict("resnet18", state_dict)
+    message = str(error.value)
+    assert "missing torch keys: layer1.0.bn1.running_var" in message
+    assert "layer2.0.conv1.weight is float32 (128, 32, 3, 3), expected floating (128, 64" in message
+    assert "unmapped torch keys: extra.weight" in message
+    assert "num_batches_tracked" not in message
+
+    resnet50 = state_dict_arrays(torchvision.models.resnet50(weights=None))
+    with pytest.raises(ValueError, match="does not fit torchvision resnet18"):
+        convert_state_dict("resnet18", resnet50)
+    with pytest.raises(ValueError, match="unsupported torchvision architecture 'vgg16'"):
+        convert_state_dict("vgg16", state_dict)
+    with pytest.raises(ValueError, match="not a torchvision alexnet state dict: it has no"):
+        convert_state_dict("alexnet", state_dict)
+
+
+def test_loading_accepts_wrapped_state_dicts_and_runs_no_code(tmp_path):
+    state_dict = torchvision.models.alexnet(weights=None).state_dict()
+    for wrapper in ("state_dict", "model"):
+        path = tmp_path / f"{wrapper}.pth"
+        torch.save({wrapper: state_dict, "epoch": 3}, path)
+        loaded = load_state_dict(path)
+        assert list(loaded) == list(state_dict)
+        np.testing.assert_array_equal(loaded["features.0.weight"], state_dict["features.0.weight"])
+    data_parallel = tmp_path / "ddp.pth"
+    torch.save({f"module.{key}": value for key, value in state_dict.items()}, data_parallel)
+    assert list(load_state_dict(data_parallel)) == list(state_dict)
+
+    pickled_object = tmp_path / "object.pth"
+    torch.save({"weights": state_dict, "not_a_tensor": fractions.Fraction(1, 3)}, pickled_object)
+    with pytest.raises(ValueError, match="is not a tensor-only PyTorch file"):
+        load_state_dict(pickled_object)
+    with pytest.raises(FileNotFoundError, match="no state dict file at"):
+        load_state_dict(tmp_path / "missing.pth")
+    not_tensors = tmp_path / "numbers.pth"
+    torch.save({"a": 1}, not_tensors)
+    with pytest.raises(ValueError, match="is not a state dict: a are not tensors"):
+        load_state_dict(not_tensors)
+
+
+def test_import_torchvision_cli_round_trip(tmp_path, capsys):
+    model = random_torchvision("resnet18", RESNET_INPUT)
+    path = tmp_path / "resnet18-random.pth"
+    torch.save(model.state_dict(), path)
+    registry = tmp_path / "registry"
+    argv = ["import-torchvision", "resnet18", str(path), "--name", "rn18-tv"]
+    assert main([*argv, "--registry", str(registry)]) == 0
+    assert "saved torchvision resnet18 as rn18-tv" in capsys.readouterr().out
+
+    loaded = hub.load("rn18-tv", registry=registry)
+    assert loaded.model_name == "resnet18"
+    assert loaded.meta["source"] == "torchvision"
+    assert loaded.meta["arch"] == "resnet18"
+    assert loaded.meta["state_dict_file"] == "resnet18-random.pth"
+    assert len(loaded.meta["state_dict_sha256"]) == 64
+    assert loaded.preprocessing == tv_convert.IMAGENET_PREPROCESSING
+    images = np.random.default_rng(2).standard_normal((2, 3, 64, 64), np.float32)
+    ours = np.asarray(loaded.apply(jnp.asarray(images.transpose(0, 2, 3, 1))))
+    assert_logits_match(ours, torch_logits(model, images))
+
+    assert main(["import-torchvision", "vgg16", str(path), "--name", "x"]) == 2
+    assert "unsupported torchvision architecture 'vgg16'" in capsys.readouterr().err

@@ -1,0 +1,280 @@
+"""torchvision state dicts -> zoo variables, for the zoo models laid out like torchvision.
+
+    state_dict = load_state_dict("resnet50-0676ba61.pth")      # tensors only: runs no code
+    converted = convert_state_dict("resnet50", state_dict)
+    logits = converted.module.apply(converted.variables, nhwc_images, train=False)
+
+The conversion walks our own model's abstract variables (`jax.eval_shape` of its init), names
+the torchvision key of every leaf with one rename table per family, and moves each array into
+Flax's layout: convolution kernels OIHW -> HWIO, dense kernels (out, in) -> (in, out), and a
+dense layer that reads a flattened map gets its input rows reordered from PyTorch's C, H, W
+flattening to our NHWC's H, W, C. Every leaf must be found with the right shape, and every torch
+key used (but BatchNorm's `num_batches_tracked`): anything else is one `ValueError` listing what
+did not fit, never a partial conversion. `num_classes` follows the state dict's classifier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import re
+from collections.abc import Mapping
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import flax
+import flax.linen as nn
+import numpy as np
+
+from zoo.hub.architecture import expected_variables
+from zoo.models.resnet import VARIANTS as RESNET_VARIANTS
+from zoo.preprocessing import Preprocessing
+from zoo.registry import create_model
+from zoo.summary import summary
+
+# What torchvision's ImageNet weights expect: 224x224 RGB, standardised with ImageNet's
+# per-channel mean and std (the `transforms.Normalize` of its reference recipes).
+IMAGENET_PREPROCESSING = Preprocessing(
+    source_shape=(224, 224, 3),
+    input_shape=(224, 224, 3),
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+)
+
+# (collection, Flax leaf) -> the torch parameter or buffer name.
+LEAF_NAMES = {
+    ("params", "kernel"): "weight",
+    ("params", "bias"): "bias",
+    ("params", "scale"): "weight",  # BatchNorm's affine weight.
+    ("batch_stats", "mean"): "running_mean",
+    ("batch_stats", "var"): "running_var",
+}
+# Buffers torchvision saves that have no Flax counterpart.
+IGNORED_SUFFIXES = (".num_batches_tracked",)
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchvisionArch:
+    """How one torchvision architecture maps onto a zoo model.
+
+    Attributes:
+      model_name: the zoo model with the same layout.
+      renames: (regex, replacement) per Flax module name, tried in order, the first that matches
+        the whole name wins; a name no rule matches is the same in torch ("conv1", "fc").
+      classifier: the torch module of the output layer; its weight's rows are `num_classes`.
+      flattened: Flax dense layer -> the module whose (H, W, C) output it reads flattened.
+    """
+
+    model_name: str
+    renames: tuple[tuple[str, str], ...]
+    classifier: str
+    flattened: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def torch_module(self, flax_path: tuple[str, ...]) -> str:
+        """The torch module name of a Flax module path, e.g. stage2_block0/downsample_conv ->
+        layer2.0.downsample.0."""
+        return ".".join(self._rename(name) for name in flax_path)
+
+    def _rename(self, name: str) -> str:
+        for pattern, replacement in self.renames:
+            match = re.fullmatch(pattern, name)
+            if match:
+                return match.expand(replacement)
+        return name
+
+
+RESNET_RENAMES = (
+    ("stem_conv", "conv1"),
+    ("stem_bn", "bn1"),
+    (r"stage(\d+)_block(\d+)", r"layer\1.\2"),
+    ("downsample_conv", "downsample.0"),
+    ("downsample_bn", "downsample.1"),
+)
+# torchvision's `features` Sequential interleaves ReLU and MaxPool; `classifier` Dropout and ReLU.
+ALEXNET_RENAMES = (
+    ("conv1", "features.0"),
+    ("conv2", "features.3"),
+    ("conv3", "features.6"),
+    ("conv4", "features.8"),
+    ("conv5", "features.10"),
+    ("fc6", "classifier.1"),
+    ("fc7", "classifier.4"),
+    ("fc8", "classifier.6"),
+)
+
+ARCHS: dict[str, TorchvisionArch] = {
+    **{name: TorchvisionArch(name, RESNET_RENAMES, "fc") for name in RESNET_VARIANTS},
+    "alexnet": TorchvisionArch(
+        "alexnet_torchvision", ALEXNET_RENAMES, "classifier.6", {"fc6": "avgpool"}
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertedModel:
+    """A converted state dict: `zoo.create_model(model_name, **model_config)` and its variables."""
+
+    model_name: str
+    model_config: dict[str, Any]
+    variables: dict[str, Any]
+
+    @property
+    def module(self) -> nn.Module:
+        return create_model(self.model_name, **self.model_config)
+
+
+def load_state_dict(path: str | PathLike) -> dict[str, np.ndarray]:
+    """The tensors of a PyTorch `.pth` file, as float32 (floating) or native numpy arrays.
+
+    Loads with `weights_only=True`, so a file that would run code when unpickled is refused.
+    Accepts a plain state dict or a checkpoint dict holding one under 'state_dict' or 'model',
+    with or without the 'module.' prefix of (Distributed)DataParallel.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no state dict file at {path}")
+    torch = _import_torch()
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        lines = str(error).strip().splitlines()
+        reason = lines[0] if lines else type(error).__name__
+        raise ValueError(f"{path} is not a tensor-only PyTorch file: {reason}") from None
+    state_dict = _unwrap(loaded, path, torch.Tensor)
+    return {
+        # DataParallel and DistributedDataParallel save every key under a "module." prefix.
+        key.removeprefix("module."): (
+            value.to(torch.float32) if value.is_floating_point() else value
+        ).numpy()
+        for key, value in state_dict.items()
+    }
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(
+            "reading .pth files needs PyTorch: pip install 'jax-zoo[torch]'"
+        ) from None
+    return torch
+
+
+def _unwrap(loaded: Any, path: Path, tensor_type: type) -> Mapping[str, Any]:
+    """The state dict in what `torch.load` returned: the dict itself or its 'state_dict'/'model'."""
+    if isinstance(loaded, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(loaded.get(key), Mapping):
+                loaded = loaded[key]
+                break
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{path} holds a {type(loaded).__name__}, expected a state dict")
+    not_tensors = [k for k, v in loaded.items() if not isinstance(v, tensor_type)]
+    if not_tensors:
+        raise ValueError(
+            f"{path} is not a state dict: {_some(not_tensors)} are not tensors "
+            "(expected a dict of tensors, or one under 'state_dict' or 'model')"
+        )
+    return loaded
+
+
+def torchvision_arch(arch: str) -> TorchvisionArch:
+    """The mapping of torchvision architecture `arch`; `ValueError` naming the supported ones."""
+    if arch not in ARCHS:
+        raise ValueError(
+            f"unsupported torchvision architecture {arch!r}; supported: {', '.join(ARCHS)}"
+        )
+    return ARCHS[arch]
+
+
+def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> ConvertedModel:
+    """The zoo model and variables equal to torchvision's `arch` with weights `state_dict`.
+
+    Args:
+      arch: a torchvision architecture name, one of `ARCHS` ("resnet18", ..., "alexnet").
+      state_dict: torch key -> array (numpy, or anything `np.asarray` takes).
+
+    Raises `ValueError` for an unknown arch, or a state dict that does not fit the model (every
+    missing key, unused key and wrong shape listed).
+    """
+    spec = torchvision_arch(arch)
+    config = {"num_classes": _num_classes(arch, spec, state_dict)}
+    # The same abstract tree `zoo.hub.save` checks variables against.
+    _, target = expected_variables(spec.model_name, config)
+    flat_target = flax.traverse_util.flatten_dict(target)
+    spatial = _flattened_inputs(spec, config)
+
+    converted, missing, wrong, used = {}, [], [], set()
+    for path, leaf in flat_target.items():
+        collection, *module, leaf_name = path
+        key = f"{spec.torch_module(tuple(module))}.{LEAF_NAMES[collection, leaf_name]}"
+        if key not in state_dict:
+            missing.append(key)
+            continue
+        used.add(key)
+        value = np.asarray(state_dict[key])
+        expected = _torch_shape(leaf.shape)
+        if value.shape != expected or not np.issubdtype(value.dtype, np.floating):
+            wrong.append(f"{key} is {value.dtype} {value.shape}, expected floating {expected}")
+            continue
+        flax_value = _to_flax_layout(value, spatial.get("/".join(module)))
+        converted[path] = flax_value.astype(leaf.dtype)
+    unused = [k for k in state_dict if k not in used and not k.endswith(IGNORED_SUFFIXES)]
+
+    problems = [
+        f"{label}: {_some(keys)}"
+        for label, keys in (
+            ("missing torch keys", missing),
+            ("wrong shapes or dtypes", wrong),
+            ("unmapped torch keys", unused),
+        )
+        if keys
+    ]
+    if problems:
+        raise ValueError(
+            f"state dict does not fit torchvision {arch} (zoo {spec.model_name}, {config}): "
+            + "; ".join(problems)
+        )
+    return ConvertedModel(spec.model_name, config, flax.traverse_util.unflatten_dict(converted))
+
+
+def _num_classes(arch: str, spec: TorchvisionArch, state_dict: Mapping[str, Any]) -> int:
+    key = f"{spec.classifier}.weight"
+    if key not in state_dict:
+        raise ValueError(
+            f"not a torchvision {arch} state dict: it has no {key!r} "
+            f"(its first keys: {_some(list(state_dict))})"
+        )
+    return int(np.shape(state_dict[key])[0])
+
+
+def _flattened_inputs(spec: TorchvisionArch, config: dict[str, Any]) -> dict[str, tuple]:
+    """Flax dense layer -> the (H, W, C) map it reads flattened, from the analytic summary."""
+    shapes = {layer.name: layer.output_shape for layer in summary(spec.model_name, **config).layers}
+    return {dense: shapes[source] for dense, source in spec.flattened.items()}
+
+
+def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The torch shape of a Flax leaf: HWIO -> OIHW, (in, out) -> (out, in), others the same."""
+    if len(flax_shape) == 4:
+        h, w, i, o = flax_shape
+        return (o, i, h, w)
+    return tuple(reversed(flax_shape))
+
+
+def _to_flax_layout(value: np.ndarray, flattened_from: tuple[int, ...] | None) -> np.ndarray:
+    """A torch weight in Flax's layout; `flattened_from` is the (H, W, C) map a dense reads."""
+    if value.ndim == 4:
+        return value.transpose(2, 3, 1, 0)
+    if value.ndim == 2 and flattened_from is not None:
+        # torch rows index (c, h, w), ours (h, w, c): treat it as an HxW convolution kernel.
+        h, w, c = flattened_from
+        return value.reshape(-1, c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, -1)
+    return value.T
+
+
+def _some(keys: list[str], limit: int = 8) -> str:
+    """At most `limit` keys, then how many more: error messages stay one readable line."""
+    shown = ", ".join(keys[:limit])
+    return shown if len(keys) <= limit else f"{shown} ... and {len(keys) - limit} more"
