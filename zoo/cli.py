@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 COMMAND_MODULES = (
     "zoo.commands.models",
+    "train.commands",
     "zoo.commands.hub",
     "zoo.commands.convert",
 )

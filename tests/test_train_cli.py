@@ -1,0 +1,110 @@
+"""`zoo train` and `zoo eval` through `zoo.cli.main`: a real run, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from train import loop
+from train.data import DATA_DIR_ENV, load_dataset
+from zoo import cli, hub
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # mnist5k prepared once for all pytest-xdist workers (its loader holds a file lock).
+    folder = tmp_path_factory.getbasetemp().parent / "zoo-data"
+    monkeypatch.setenv(DATA_DIR_ENV, str(folder))
+    return folder
+
+
+def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_then_eval_lenet5_on_the_embedded_digits(tmp_path, capsys):
+    registry, log = tmp_path / "registry", tmp_path / "metrics.jsonl"
+    code, out, err = run(capsys, "train", "lenet5", "--epochs", "1", "--max-train-examples",
+                         "640", "--registry", str(registry), "--log", str(log))
+    assert code == 0, err
+    assert re.search(r"epoch 1/1 .* val_acc \d+\.\d\d%", out)
+    assert f"saved lenet5-mnist5k step 10 to {registry}: val_accuracy" in out
+    record = json.loads(log.read_text().splitlines()[-1])
+
+    code, out, err = run(capsys, "eval", "lenet5-mnist5k", "--registry", str(registry))
+    assert code == 0, err
+    assert out.strip() == (f"lenet5-mnist5k step 10 on mnist5k held-out split (1,000 images): "
+                           f"accuracy {record['val_accuracy']:.2%}, loss {record['val_loss']:.4f}")
+
+    loaded = hub.load("lenet5-mnist5k", registry=registry)
+    test = load_dataset("mnist5k").test
+    accuracy = np.mean(loaded.predict(test.images) == test.labels)
+    assert accuracy == pytest.approx(record["val_accuracy"])
+    assert accuracy > 0.5  # One short epoch on real digits already learns something.
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "lenet"], "unknown model 'lenet'; did you mean: lenet5"),
+    (["train", "mlp", "--dataset", "mnist6k"], "unknown dataset 'mnist6k'; did you mean mnist5k"),
+    (["train", "mlp", "--epochs", "-1"], "epochs must be at least 1, got -1"),
+    (["train", "mlp", "--lr", "-0.1"], "lr must be positive, got -0.1"),
+    (["train", "mlp", "--resume"], "no checkpoint named 'mlp-mnist5k'"),
+    (["train", "--epochs", "2"], "no model given"),
+    (["train", "mlp", "--config", "missing.toml"], "config file missing.toml does not exist"),
+    (["train", "mlp", "--precision", "bf16", "--dataset", "synthetic", "--max-train-examples",
+      "100", "--batch-size", "101"], "batch size 101 is larger than the 100 training examples"),
+    (["eval", "nothing-here"], "no checkpoint named 'nothing-here'"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    code, _, err = run(capsys, *argv, "--registry", str(tmp_path))
+    assert code == 2
+    assert err.startswith(f"zoo {argv[0]}: error: ") and message in err
+    assert err.count("\n") == 1, err
+    assert not list(tmp_path.iterdir())  # Nothing was saved.
+
+
+def test_a_registry_path_that_is_a_file_is_refused(tmp_path, capsys):
+    registry = tmp_path / "registry"
+    registry.write_text("not a folder")
+    code, _, err = run(capsys, "train", "mlp", "--registry", str(registry))
+    assert code == 2 and "is a file, not a folder" in err and err.count("\n") == 1
+
+
+def test_unknown_config_key_names_the_file(tmp_path, capsys):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"model": "mlp", "batchsize": 32}))
+    code, _, err = run(capsys, "train", "--config", str(path))
+    assert code == 2 and f"{path}: unknown key 'batchsize'; did you mean 'batch_size'?" in err
+
+
+@pytest.mark.parametrize("argv", [["train", "mlp", "--optimizer", "adam"],
+                                  ["train", "mlp", "--epochs", "two"]])
+def test_argparse_rejects_malformed_flags_with_exit_2(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert "zoo train: error: argument" in capsys.readouterr().err
+
+
+def test_divergence_and_interruption_are_reported_without_a_traceback(tmp_path, capsys,
+                                                                       monkeypatch):
+    def diverge(config, **options):
+        raise loop.TrainingDiverged("training diverged at epoch 1")
+
+    monkeypatch.setattr(loop, "fit", diverge)
+    code, _, err = run(capsys, "train", "mlp", "--registry", str(tmp_path))
+    assert (code, err) == (1, "zoo train: error: training diverged at epoch 1\n")
+
+    def interrupt(config, **options):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "fit", interrupt)
+    code, _, err = run(capsys, "train", "mlp", "--name", "run7", "--registry", str(tmp_path))
+    assert code == 130
+    assert "interrupted; nothing was saved: continue with `zoo train --resume --name run7`" in err

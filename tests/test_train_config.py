@@ -1,0 +1,147 @@
+"""TrainConfig: validation, presets, config files, flag precedence and what resume may change."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+import zoo
+from train import commands
+from train.config import (
+    PRESETS,
+    RESUMABLE_FIELDS,
+    TrainConfig,
+    load_config_file,
+    resolve,
+    resumed,
+)
+
+
+def test_defaults_and_run_name():
+    config = TrainConfig(model="mlp")
+    assert config.run_name == "mlp-mnist5k"
+    assert TrainConfig(model="mlp", name="mine").run_name == "mine"
+    assert str(config.log_path) == "runs/mlp-mnist5k.jsonl"
+
+
+def test_int_is_accepted_where_a_float_is_wanted():
+    config = TrainConfig(model="mlp", lr=1, warmup_epochs=0)
+    assert isinstance(config.lr, float) and isinstance(config.warmup_epochs, float)
+
+
+@pytest.mark.parametrize(("values", "error", "message"), [
+    ({"epochs": -1}, ValueError, "epochs must be at least 1, got -1"),
+    ({"epochs": 0}, ValueError, "epochs must be at least 1"),
+    ({"batch_size": 0}, ValueError, "batch_size must be at least 1"),
+    ({"lr": 0.0}, ValueError, "lr must be positive"),
+    ({"label_smoothing": 1.0}, ValueError, "label_smoothing must be in [0, 1)"),
+    ({"warmup_epochs": 11.0}, ValueError, "warmup_epochs must be in [0, epochs=10]"),
+    ({"epochs": "3"}, TypeError, "epochs must be int, got str '3'"),
+    ({"epochs": True}, TypeError, "epochs must be int, got bool"),
+    ({"lr": "0.1"}, TypeError, "lr must be float, got str"),
+    ({"augment": 1}, TypeError, "augment must be bool, got int"),
+    ({"optimizer": "adam"}, ValueError, "optimizer must be one of 'sgd', 'adamw', got 'adam'"),
+    ({"precision": "fp16"}, ValueError, "precision must be one of 'fp32', 'bf16'"),
+    ({"max_train_examples": 2.5}, TypeError, "max_train_examples must be int or None"),
+])
+def test_bad_values_name_the_field_and_what_is_allowed(values, error, message):
+    with pytest.raises(error) as info:
+        TrainConfig(model="mlp", **values)
+    assert message in str(info.value)
+
+
+def test_unknown_key_suggests_the_closest_one():
+    with pytest.raises(KeyError) as info:
+        TrainConfig.from_dict({"model": "mlp", "batchsize": 32}, source="my.toml")
+    message = str(info.value)
+    assert "my.toml: unknown key 'batchsize'" in message and "'batch_size'" in message
+
+
+def test_every_preset_is_a_registered_model_with_valid_values():
+    for model, values in PRESETS.items():
+        assert model in zoo.list_models()
+        TrainConfig(model=model, **values)
+
+
+def test_precedence_defaults_then_preset_then_explicit():
+    config = resolve({"model": "lenet5", "epochs": 3})
+    assert config.epochs == 3  # explicit
+    assert config.lr == PRESETS["lenet5"]["lr"]  # preset
+    assert config.seed == 0  # default
+    with pytest.raises(ValueError, match="no model given"):
+        resolve({"epochs": 3})
+
+
+@pytest.mark.parametrize("suffix", [".json", ".toml", ".py"])
+def test_config_files(tmp_path, suffix):
+    path = tmp_path / f"run{suffix}"
+    text = {".json": json.dumps({"model": "mlp", "lr": 0.5, "augment": True}),
+            ".toml": 'model = "mlp"\nlr = 0.5\naugment = true\n',
+            ".py": 'config = {"model": "mlp", "lr": 0.5, "augment": True}\n'}[suffix]
+    path.write_text(text)
+    assert load_config_file(path) == {"model": "mlp", "lr": 0.5, "augment": True}
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_config_file(tmp_path / "missing.toml")
+    (tmp_path / "a.yaml").write_text("model: mlp")
+    with pytest.raises(ValueError, match=r"unknown format '\.yaml'"):
+        load_config_file(tmp_path / "a.yaml")
+    (tmp_path / "b.toml").write_text('model = "mlp"\nepoch = 3\n')
+    with pytest.raises(KeyError, match="unknown key 'epoch'"):
+        load_config_file(tmp_path / "b.toml")
+    (tmp_path / "broken.json").write_text('{"model": "mlp",}')
+    with pytest.raises(ValueError, match=r"config file .*broken\.json: .*line 1"):
+        load_config_file(tmp_path / "broken.json")
+    (tmp_path / "c.py").write_text("settings = {}\n")
+    with pytest.raises(TypeError, match="must define a dict named `config`"):
+        load_config_file(tmp_path / "c.py")
+
+
+def parse_train(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    return parser.parse_args(["train", *argv])
+
+
+def test_flags_override_the_file_and_absent_flags_override_nothing(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('model = "lenet5"\nepochs = 7\nlr = 0.5\naugment = true\n')
+    args = parse_train(["--config", str(path), "--lr", "0.25", "--no-augment",
+                        "--batch-size", "32"])
+    settings = commands.explicit_settings(args)
+    assert settings == {"model": "lenet5", "epochs": 7, "lr": 0.25, "augment": False,
+                        "batch_size": 32}
+    config = resolve(settings)
+    assert (config.epochs, config.lr, config.augment, config.batch_size) == (7, 0.25, False, 32)
+    assert config.nesterov == PRESETS["lenet5"]["nesterov"]
+
+
+def test_presets_read_as_the_flags_that_set_them():
+    assert commands.as_flags({"lr": 0.1, "augment": True, "nesterov": False}) == (
+        "--lr 0.1 --augment --no-nesterov")
+    args = parse_train(["lenet5", *commands.as_flags(PRESETS["lenet5"]).split()])
+    assert resolve(commands.explicit_settings(args)) == resolve({"model": "lenet5"})
+
+
+def test_every_field_has_a_flag():
+    args = parse_train(["mlp", "--max-train-examples", "5", "--precision", "bf16",
+                        "--nesterov", "--optimizer", "adamw", "--registry", "r"])
+    assert commands.explicit_settings(args) == {
+        "model": "mlp", "max_train_examples": 5, "precision": "bf16", "nesterov": True,
+        "optimizer": "adamw", "registry": "r"}
+
+
+def test_resume_may_extend_epochs_but_not_change_the_run():
+    saved = TrainConfig(model="mlp", epochs=2).to_dict()
+    assert resumed(saved, {"epochs": 5, "log": "x.jsonl"}).epochs == 5
+    assert resumed(saved, {}).to_dict() == saved
+    assert resumed(saved, {"name": "mlp-mnist5k"}).run_name == "mlp-mnist5k"
+    with pytest.raises(ValueError, match="cannot change name='mlp-mnist5k' -> 'other'"):
+        resumed(saved, {"name": "other"})
+    with pytest.raises(ValueError, match=r"cannot change lr=0.1 -> 0.5"):
+        resumed(saved, {"lr": 0.5})
+    assert {"epochs", "registry"} <= RESUMABLE_FIELDS and "batch_size" not in RESUMABLE_FIELDS

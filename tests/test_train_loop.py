@@ -1,0 +1,163 @@
+"""The loop end to end on tiny runs: determinism, exact resume, the NaN guard, what is saved."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from rich.console import Console
+
+from train import loop
+from train.config import TrainConfig
+from train.data import make_synthetic
+from train.experiment import build_experiment, initial_state, restore_state
+from train.loop import TrainingDiverged, fit
+from zoo import hub
+from zoo.preprocessing import Preprocessing
+
+STEPS_PER_EPOCH = 8  # 256 examples / batch 32
+
+
+def tiny_config(folder: Path, **overrides) -> TrainConfig:
+    settings = {"model": "mlp", "dataset": "synthetic", "epochs": 2, "batch_size": 32,
+                "max_train_examples": 256, "augment": True, "lr": 0.05, "warmup_epochs": 0.5,
+                "registry": str(folder / "registry"), "log": str(folder / "log.jsonl")}
+    return TrainConfig(**{**settings, **overrides})
+
+
+def quiet() -> Console:
+    return Console(quiet=True)
+
+
+def variables_at(config: TrainConfig, step: int | None = None):
+    return jax.device_get(hub.load(config.run_name, step=step, registry=config.registry)
+                          .variables)
+
+
+def assert_same(a, b) -> None:
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def interrupt_in_epoch_2(config: TrainConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs `config` until Ctrl-C arrives at the start of epoch 2 (after epoch 1 was saved)."""
+    train_epoch = loop._train_epoch
+
+    def interrupted(experiment, train_fn, state, epoch, reporter):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return train_epoch(experiment, train_fn, state, epoch, reporter)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "_train_epoch", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            fit(config, console=quiet())
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> TrainConfig:
+    """An uninterrupted two-epoch run."""
+    config = tiny_config(tmp_path_factory.mktemp("straight"))
+    fit(config, console=quiet())
+    return config
+
+
+def test_an_interrupted_run_resumes_exactly(straight, tmp_path, monkeypatch):
+    config = tiny_config(tmp_path)
+    interrupt_in_epoch_2(config, monkeypatch)
+    assert hub.latest_step(config.run_name, registry=config.registry) == STEPS_PER_EPOCH
+    # Same seed, separate run: the same parameters after epoch 1.
+    assert_same(variables_at(config), variables_at(straight, step=STEPS_PER_EPOCH))
+
+    result = fit(config, resume=True, console=quiet())
+    assert result.step == 2 * STEPS_PER_EPOCH
+    assert_same(variables_at(config), variables_at(straight))
+    events = [json.loads(line) for line in Path(config.log).read_text().splitlines()]
+    assert [e["event"] for e in events] == ["start", "epoch", "stopped", "start", "epoch"]
+    assert events[2]["reason"] == "KeyboardInterrupt"
+    assert events[3]["resumed_at_epoch"] == 1 and events[4]["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_a_checkpoint_restores_every_leaf_of_a_batchnorm_state(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, model="resnet20", epochs=1, batch_size=16,
+                         max_train_examples=32)
+    saved = []
+    save_checkpoint = loop.save_checkpoint
+
+    def recording(experiment, state, **options):
+        saved.append(jax.device_get((state.variables, state.resumable())))
+        return save_checkpoint(experiment, state, **options)
+
+    monkeypatch.setattr(loop, "save_checkpoint", recording)
+    fit(config, console=quiet())
+    experiment = build_experiment(dataclasses.replace(config, epochs=2))
+    restored, epochs_done = restore_state(experiment, initial_state(experiment))
+    assert epochs_done == 1 and set(restored.variables) == {"params", "batch_stats"}
+    assert_same(jax.device_get((restored.variables, restored.resumable())), saved[-1])
+
+
+def test_another_seed_gives_other_parameters(straight, tmp_path):
+    config = tiny_config(tmp_path, seed=1, epochs=1)
+    fit(config, console=quiet())
+    first = variables_at(straight, step=STEPS_PER_EPOCH)
+    assert not all(np.array_equal(a, b) for a, b in
+                   zip(jax.tree.leaves(first), jax.tree.leaves(variables_at(config)), strict=True))
+
+
+def test_the_saved_model_predicts_raw_images(straight):
+    loaded = hub.load(straight.run_name, registry=straight.registry)
+    data = make_synthetic((28, 28, 1), 10)
+    assert loaded.preprocessing == Preprocessing.fit(data.train.images[:256], (28, 28, 1))
+    meta = loaded.meta
+    assert meta["dataset"] == "synthetic" and meta["epoch"] == 2
+    assert meta["config"] == straight.to_dict()
+    accuracy = float(np.mean(loaded.predict(data.test.images) == data.test.labels))
+    assert accuracy == pytest.approx(meta["metrics"]["val_accuracy"], abs=1e-6)
+    assert set(meta["metrics"]) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
+    record = json.loads(Path(straight.log).read_text().splitlines()[-1])
+    assert record["event"] == "epoch" and record["checkpoint_step"] == 2 * STEPS_PER_EPOCH
+    assert record["images_per_second"] > 0 and 0 < record["val_accuracy"] <= 1
+
+
+def test_a_nan_loss_stops_training_with_a_clear_error(tmp_path):
+    config = tiny_config(tmp_path, lr=1e30, warmup_epochs=0)
+    with pytest.raises(TrainingDiverged, match=r"diverged at epoch 1.*lr 1e\+30.*no checkpoint"):
+        fit(config, console=quiet())
+    assert hub.latest_step(config.run_name, registry=config.registry) is None
+    events = [json.loads(line) for line in Path(config.log).read_text().splitlines()]
+    assert (events[-1]["event"], events[-1]["reason"]) == ("stopped", "TrainingDiverged")
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path)
+    train_step = loop.train_step
+
+    def poisoned_after_epoch_1(state, batch, **options):
+        state, metrics = train_step(state, batch, **options)
+        bad = state.step > STEPS_PER_EPOCH
+        params = jax.tree.map(lambda p: jnp.where(bad, jnp.nan, p), state.params)
+        loss = jnp.where(bad, jnp.nan, metrics["loss_sum"])
+        return state.replace(params=params), {**metrics, "loss_sum": loss}
+
+    monkeypatch.setattr(loop, "train_step", poisoned_after_epoch_1)
+    with pytest.raises(TrainingDiverged, match=f"epoch 2.*step {STEPS_PER_EPOCH} of"):
+        fit(config, console=quiet())
+    assert hub.latest_step(config.run_name, registry=config.registry) == STEPS_PER_EPOCH
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(variables_at(config)))
+
+
+def test_names_are_never_overwritten_and_resume_needs_a_checkpoint(straight, tmp_path):
+    with pytest.raises(FileExistsError, match=r"already exists.*--resume"):
+        fit(straight, console=quiet())
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        fit(tiny_config(tmp_path), resume=True, console=quiet())
+    with pytest.raises(ValueError, match="has trained 2 of 2 epochs already"):
+        fit(straight, resume=True, console=quiet())
+    changed = TrainConfig(**{**straight.to_dict(), "lr": 0.5, "epochs": 3})
+    with pytest.raises(ValueError, match=r"cannot change lr=0\.05 -> 0\.5"):
+        fit(changed, resume=True, console=quiet())

@@ -1,0 +1,16 @@
+"""Training for jax-zoo: `zoo train MODEL` from the command line, or from Python:
+
+    from train import TrainConfig, fit
+    result = fit(TrainConfig(model="lenet5", epochs=3))
+    zoo.hub.load(result.name).predict(raw_uint8_images)
+
+Modules, in the order a run flows through them: `config` (every setting) -> `data` (named data
+sets) -> `experiment` (model, optimizer, mesh) -> `loop` (epochs, checkpoints, NaN guard) ->
+`pipeline` and `step` (the jitted work) -> `report` (progress bar, JSONL log).
+"""
+
+from train.config import TrainConfig
+from train.evaluate import evaluate_saved
+from train.loop import FitResult, TrainingDiverged, fit
+
+__all__ = ["FitResult", "TrainConfig", "TrainingDiverged", "evaluate_saved", "fit"]

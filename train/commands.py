@@ -1,0 +1,126 @@
+"""`zoo train` and `zoo eval`: the training loop and held-out evaluation from the command line.
+
+Every `TrainConfig` field is a flag (`batch_size` -> `--batch-size`), generated from the
+dataclass so the two cannot drift apart. Flags left out do not override anything: a value
+comes from the flag, else the `--config` file, else the model's preset, else the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import typing
+from typing import Any, Literal
+
+from train import loop
+from train.config import PRESETS, field_names, flags, load_config_file, resolve, resumed
+from train.evaluate import evaluate_saved
+from zoo import hub
+
+METAVARS = {int: "N", float: "X", str: "TEXT"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    presets = "\n".join(f"  {model}: {as_flags(values)}" for model, values in PRESETS.items())
+    parser = subparsers.add_parser(
+        "train", help="train a model and save it to the registry",
+        description="Train a zoo model on a data set, evaluating on its held-out split every\n"
+                    "epoch and saving to the registry as NAME (default MODEL-DATASET).",
+        epilog=f"Model presets (a config file and flags override them):\n{presets}\n\n"
+               "Metrics go to runs/NAME.jsonl unless --log says otherwise.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", nargs="?", default=argparse.SUPPRESS,
+                        help="model name (see `zoo list`); may come from --config instead")
+    parser.add_argument("--config", metavar="FILE",
+                        help="settings file (.json, .toml, or .py defining a dict `config`)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the latest checkpoint of NAME with its saved settings "
+                             "(only --epochs and where things go may change)")
+    _add_config_flags(parser)
+    parser.set_defaults(run=run_train)
+
+    parser = subparsers.add_parser(
+        "eval", help="held-out accuracy and loss of a saved model",
+        description="Evaluate a registry model on the held-out split of a data set, with the "
+                    "preprocessing it was trained with.")
+    parser.add_argument("name", help="registry name, e.g. lenet5-mnist5k")
+    parser.add_argument("--dataset", metavar="NAME",
+                        help="data set (default: the one it was trained on)")
+    parser.add_argument("--step", type=int, metavar="N", help="saved step (default: the latest)")
+    parser.add_argument("--registry", metavar="DIR", help="registry folder")
+    parser.add_argument("--data-dir", metavar="DIR", help="TFDS data folder")
+    parser.set_defaults(run=run_eval)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for name, (hint, flag, default) in flags().items():
+        if name == "model":
+            continue
+        help_ = flag.help if "default:" in flag.help else f"{flag.help} (default: {default})"
+        options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_}
+        if hint is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(hint) is Literal:
+            options["choices"] = typing.get_args(hint)
+        else:
+            # `int | None` takes an int on the command line (leaving it out means None).
+            types_ = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+            options["type"] = next(t for t in types_ if t is not type(None))
+            options["metavar"] = flag.metavar or METAVARS[options["type"]]
+        parser.add_argument("--" + name.replace("_", "-"), **options)
+
+
+def as_flags(settings: dict[str, Any]) -> str:
+    """Config values as the flags that set them: {"lr": 0.1, "augment": True} -> --lr 0.1 ..."""
+    words = []
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        else:
+            words.append(f"{flag} {value}")
+    return " ".join(words)
+
+
+def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The config file's values updated by the flags actually given."""
+    settings = load_config_file(args.config) if args.config else {}
+    settings.update({name: getattr(args, name) for name in field_names() if hasattr(args, name)})
+    return settings
+
+
+def run_train(args: argparse.Namespace) -> int:
+    settings = explicit_settings(args)
+    if args.resume:
+        # `--name` alone finds the run; its saved config supplies everything else.
+        name = settings.get("name") or resolve(settings).run_name
+        saved = hub.load(name, registry=settings.get("registry")).meta["config"]
+        config = resumed(saved, settings)
+    else:
+        config = resolve(settings, source=args.config or "command line")
+    try:
+        result = loop.fit(config, resume=args.resume)
+    except loop.TrainingDiverged as error:
+        print(f"zoo train: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        latest = hub.latest_step(config.run_name, registry=config.registry)
+        saved = f"step {latest} is saved" if latest is not None else "nothing was saved"
+        print(f"\nzoo train: interrupted; {saved}: continue with `zoo train --resume "
+              f"--name {config.run_name}` (plus the same --registry)", file=sys.stderr)
+        return 130
+    metrics = result.metrics
+    print(f"saved {result.name} step {result.step} to {hub.registry_root(config.registry)}: "
+          f"val_accuracy {metrics['val_accuracy']:.2%}, val_loss {metrics['val_loss']:.4f} "
+          f"({result.wall_seconds:.1f} s)")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    result = evaluate_saved(args.name, dataset=args.dataset, step=args.step,
+                            registry=args.registry, data_dir=args.data_dir)
+    print(f"{args.name} step {result['step']} on {result['dataset']} held-out split "
+          f"({result['examples']:,} images): accuracy {result['val_accuracy']:.2%}, "
+          f"loss {result['val_loss']:.4f}")
+    return 0

@@ -1,0 +1,85 @@
+"""Loss and accuracy of model variables on a held-out split: for training and `zoo eval`.
+
+The whole split is evaluated by one compiled call: a `lax.scan` over fixed-size batches (the
+last one padded and masked), sharded over the mesh, whose per-batch sums stay on the device.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from train.data import load_dataset
+from train.pipeline import DeviceSplit, eval_batch, eval_order
+from train.report import host_metrics
+from train.sharding import make_mesh, replicate
+from train.step import Metrics, eval_step, zero_metrics
+from zoo import hub
+from zoo.preprocessing import Preprocessing
+
+EVAL_BATCH_SIZE = 256  # `zoo eval`'s batch, rounded to a multiple of the device count.
+
+
+def make_evaluator(apply_fn: Callable[..., jax.Array], variables: dict[str, Any],
+                   split: DeviceSplit, preprocessing: Preprocessing, batch_size: int, mesh: Mesh
+                   ) -> Callable[[dict[str, Any]], Metrics]:
+    """A compiled `variables -> {"loss_sum", "correct", "count"}` (device sums) over `split`.
+
+    `variables` (replicated on `mesh`) fixes the shapes it is compiled for; it is compiled here,
+    so that the first epoch's timing measures evaluation, not XLA.
+    """
+    indices, weights = replicate(eval_order(len(split), batch_size), mesh)
+    step = functools.partial(eval_step, apply_fn=apply_fn)
+
+    @jax.jit
+    def evaluate(variables: dict[str, Any], split: DeviceSplit, indices: jax.Array,
+                 weights: jax.Array) -> Metrics:
+        def body(totals: Metrics, batch_order: tuple[jax.Array, jax.Array]
+                 ) -> tuple[Metrics, None]:
+            batch = eval_batch(split, *batch_order, mesh, preprocessing=preprocessing)
+            return jax.tree.map(jnp.add, totals, step(variables, batch)), None
+
+        return jax.lax.scan(body, zero_metrics(), (indices, weights))[0]
+
+    compiled = evaluate.lower(variables, split, indices, weights).compile()
+    return lambda variables: compiled(variables, split, indices, weights)
+
+
+def evaluate_split(apply_fn: Callable[..., jax.Array], variables: dict[str, Any],
+                   split: DeviceSplit, preprocessing: Preprocessing, batch_size: int, mesh: Mesh
+                   ) -> dict[str, float]:
+    """{"val_loss", "val_accuracy"} of `variables` on `split`, fetched to the host."""
+    variables = replicate(variables, mesh)
+    evaluator = make_evaluator(apply_fn, variables, split, preprocessing, batch_size, mesh)
+    return host_metrics(jax.device_get(evaluator(variables)), "val")
+
+
+def evaluate_saved(name: str, *, dataset: str | None = None, step: int | None = None,
+                   registry: str | None = None, data_dir: str | None = None) -> dict[str, Any]:
+    """Held-out loss and accuracy of registry model `name` on `dataset` (default: its own).
+
+    The model's recorded preprocessing is applied, so the result matches what training logged
+    for the same data. Returns {"dataset", "step", "examples", "val_loss", "val_accuracy"}.
+    """
+    loaded = hub.load(name, step=step, registry=registry)
+    if loaded.preprocessing is None:
+        raise ValueError(f"{name} step {loaded.step} was saved without meta['preprocessing']; "
+                         "it cannot be evaluated on raw data")
+    dataset = dataset or loaded.meta["dataset"]
+    source_shape = tuple(loaded.preprocessing.source_shape)
+    data = load_dataset(dataset, data_dir=data_dir, image_shape=source_shape,
+                        num_classes=getattr(loaded.module, "num_classes", None))
+    if data.image_shape != source_shape:
+        raise ValueError(f"{name} was trained on {source_shape} images; {dataset} has "
+                         f"{data.image_shape}")
+    mesh = make_mesh()
+    batch_size = mesh.size * max(1, EVAL_BATCH_SIZE // mesh.size)
+    metrics = evaluate_split(loaded.module.apply, loaded.variables,
+                             DeviceSplit.from_host(data.test, mesh), loaded.preprocessing,
+                             batch_size, mesh)
+    return {"dataset": dataset, "step": loaded.step, "examples": len(data.test), **metrics}

@@ -1,0 +1,100 @@
+"""What a run shows and records: a rich progress bar, one line per epoch, a JSONL metrics log.
+
+The log has one JSON object per line, each with an "event": "start" (config, devices, compile
+time), "epoch" (train and held-out metrics, learning rate, images/s, checkpoint step) and
+"stopped" (a run ended by an exception: divergence, Ctrl-C). A resumed run appends to the same
+file, so it reads as one history.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+
+def host_metrics(totals: dict[str, Any], prefix: str) -> dict[str, float]:
+    """Sums fetched from the device -> {prefix_loss, prefix_accuracy} means."""
+    count = float(totals["count"])
+    return {f"{prefix}_loss": float(totals["loss_sum"]) / count,
+            f"{prefix}_accuracy": float(totals["correct"]) / count}
+
+
+class Reporter:
+    """Progress bar and epoch lines on `console`; JSONL records in `log_path`.
+
+    Use as a context manager around the epochs; `append` continues an existing log (resume).
+    """
+
+    def __init__(self, console: Console, log_path: Path, *, epochs: int, steps_per_epoch: int,
+                 append: bool):
+        self.console = console
+        self.log_path = log_path
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.append = append
+        self._log: IO[str] | None = None
+        self._progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[accuracy]:6.2%}"),
+            TextColumn("{task.fields[images_per_second]:,.0f} img/s"),
+            TimeElapsedColumn(),
+            console=console, transient=True,
+        )
+        self._task: Any = None
+
+    def __enter__(self) -> Reporter:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "a" if self.append else "w")
+        self._progress.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._progress.stop()
+        if error is not None:  # Divergence, Ctrl-C, ...: the log says why it ends here.
+            self.write("stopped", reason=type(error).__name__, message=str(error))
+        self._log.close()
+
+    def write(self, event: str, **record: Any) -> None:
+        """Appends one JSONL record (flushed: a killed run keeps what it logged)."""
+        assert self._log is not None, "Reporter used outside its `with` block"
+        self._log.write(json.dumps({"event": event, "time": time.time(), **record}) + "\n")
+        self._log.flush()
+
+    def start_epoch(self, epoch: int) -> None:
+        """Shows a fresh bar for `epoch` (0-based)."""
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+        self._task = self._progress.add_task(
+            "train", total=self.steps_per_epoch, epoch=epoch + 1, epochs=self.epochs,
+            loss=float("nan"), accuracy=float("nan"), images_per_second=0.0)
+
+    def update(self, steps_done: int, metrics: dict[str, float], images_per_second: float
+               ) -> None:
+        self._progress.update(self._task, completed=steps_done, loss=metrics["train_loss"],
+                              accuracy=metrics["train_accuracy"],
+                              images_per_second=images_per_second)
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        """Prints the epoch's line above the bar and logs it."""
+        self.console.print(
+            f"epoch {record['epoch']}/{self.epochs}  "
+            f"loss {record['train_loss']:.4f}  acc {record['train_accuracy']:.2%}  "
+            f"val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.2%}  "
+            f"{record['images_per_second']:,.0f} img/s  {record['epoch_seconds']:.1f} s",
+            highlight=False, soft_wrap=True)
+        self.write("epoch", **record)
