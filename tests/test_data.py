@@ -19,12 +19,6 @@ from train.datasets.mnist5k import stratified_split
 
 
 @pytest.fixture(scope="session")
-def mnist5k_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Shared by pytest-xdist workers (the loader's file lock serialises the one preparation).
-    return tmp_path_factory.getbasetemp().parent / "zoo-data"
-
-
-@pytest.fixture(scope="session")
 def mnist5k(mnist5k_dir: Path) -> data.Dataset:
     return data.load_dataset("mnist5k", data_dir=mnist5k_dir)
 

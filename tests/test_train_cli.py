@@ -10,16 +10,13 @@ import numpy as np
 import pytest
 
 from train import loop
-from train.data import DATA_DIR_ENV, load_dataset
+from train.data import load_dataset
 from zoo import cli, hub
 
 
 @pytest.fixture(autouse=True)
-def data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    # mnist5k prepared once for all pytest-xdist workers (its loader holds a file lock).
-    folder = tmp_path_factory.getbasetemp().parent / "zoo-data"
-    monkeypatch.setenv(DATA_DIR_ENV, str(folder))
-    return folder
+def data_dir(mnist5k_env: Path) -> Path:
+    return mnist5k_env
 
 
 def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:

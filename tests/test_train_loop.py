@@ -96,8 +96,9 @@ def test_a_checkpoint_restores_every_leaf_of_a_batchnorm_state(tmp_path, monkeyp
     monkeypatch.setattr(loop, "save_checkpoint", recording)
     fit(config, console=quiet())
     experiment = build_experiment(dataclasses.replace(config, epochs=2))
-    restored, epochs_done = restore_state(experiment, initial_state(experiment))
-    assert epochs_done == 1 and set(restored.variables) == {"params", "batch_stats"}
+    restored, step, meta = restore_state(experiment, initial_state(experiment))
+    assert meta["epoch"] == 1 and set(restored.variables) == {"params", "batch_stats"}
+    assert step == int(restored.step) == 2
     assert_same(jax.device_get((restored.variables, restored.resumable())), saved[-1])
 
 
@@ -151,9 +152,18 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(variables_at(config)))
 
 
-def test_names_are_never_overwritten_and_resume_needs_a_checkpoint(straight, tmp_path):
-    with pytest.raises(FileExistsError, match=r"already exists.*--resume"):
-        fit(straight, console=quiet())
+def test_a_new_run_under_a_saved_name_adds_checkpoints_after_it(tmp_path):
+    config = tiny_config(tmp_path, epochs=1)
+    first = fit(config, console=quiet()).step
+    second = fit(config, console=quiet()).step
+    assert (first, second) == (STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH)
+    # Same config and seed: the second run ends where the first did, which is still there.
+    assert_same(variables_at(config, step=second), variables_at(config, step=first))
+    history = hub.load(config.run_name, registry=config.registry).meta["history"]
+    assert [(record["epoch"], record["checkpoint_step"]) for record in history] == [(1, second)]
+
+
+def test_resume_needs_a_checkpoint_and_a_run_it_continues(straight, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         fit(tiny_config(tmp_path), resume=True, console=quiet())
     with pytest.raises(ValueError, match="has trained 2 of 2 epochs already"):
@@ -161,3 +171,16 @@ def test_names_are_never_overwritten_and_resume_needs_a_checkpoint(straight, tmp
     changed = TrainConfig(**{**straight.to_dict(), "lr": 0.5, "epochs": 3})
     with pytest.raises(ValueError, match=r"cannot change lr=0\.05 -> 0\.5"):
         fit(changed, resume=True, console=quiet())
+
+
+def test_an_autoencoder_trains_on_its_reconstruction_error(tmp_path, mnist5k_dir):
+    config = tiny_config(tmp_path, model="conv_autoencoder", dataset="mnist5k", epochs=2,
+                         data_dir=str(mnist5k_dir),
+                         max_train_examples=256, augment=False, optimizer="adamw", lr=3e-3,
+                         weight_decay=0.0)
+    result = fit(config, console=quiet())
+    assert set(result.metrics) == {"train_loss", "val_loss"}
+    history = hub.load(config.run_name, registry=config.registry).meta["history"]
+    assert history[1]["val_loss"] < history[0]["val_loss"]
+    events = [json.loads(line) for line in Path(config.log).read_text().splitlines()]
+    assert "val_accuracy" not in events[-1] and events[-1]["event"] == "epoch"

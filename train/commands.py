@@ -16,6 +16,7 @@ from typing import Any, Literal
 from train import loop
 from train.config import PRESETS, field_names, flags, load_config_file, resolve, resumed
 from train.evaluate import evaluate_saved
+from train.report import format_metrics
 from zoo import hub
 
 METAVARS = {int: "N", float: "X", str: "TEXT"}
@@ -111,16 +112,17 @@ def run_train(args: argparse.Namespace) -> int:
               f"--name {config.run_name}` (plus the same --registry)", file=sys.stderr)
         return 130
     metrics = result.metrics
+    held_out = format_metrics(metrics, {"val_accuracy": "val_accuracy", "val_loss": "val_loss"},
+                              sep=", ")
     print(f"saved {result.name} step {result.step} to {hub.registry_root(config.registry)}: "
-          f"val_accuracy {metrics['val_accuracy']:.2%}, val_loss {metrics['val_loss']:.4f} "
-          f"({result.wall_seconds:.1f} s)")
+          f"{held_out} ({result.wall_seconds:.1f} s)")
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
     result = evaluate_saved(args.name, dataset=args.dataset, step=args.step,
                             registry=args.registry, data_dir=args.data_dir)
+    held_out = format_metrics(result, {"val_accuracy": "accuracy", "val_loss": "loss"}, sep=", ")
     print(f"{args.name} step {result['step']} on {result['dataset']} held-out split "
-          f"({result['examples']:,} images): accuracy {result['val_accuracy']:.2%}, "
-          f"loss {result['val_loss']:.4f}")
+          f"({result['examples']:,} images): {held_out}")
     return 0

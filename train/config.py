@@ -105,6 +105,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lenet5": {"epochs": 25, "batch_size": 64, "lr": 0.1, "nesterov": True,
                "warmup_epochs": 1.0, "weight_decay": 5e-4, "label_smoothing": 0.1,
                "augment": True},
+    # The lecture's 2-D latent autoencoder: Adam on the reconstruction error.
+    "conv_autoencoder": {"epochs": 20, "batch_size": 64, "optimizer": "adamw", "lr": 3e-3,
+                         "warmup_epochs": 1.0, "weight_decay": 0.0},
     # He et al. 2015, Sec. 4.2: SGD 0.1, momentum 0.9, decay 1e-4, batch 128, 4-pixel crops
     # and flips, ~160 epochs; cosine decay (after a 1-epoch warm-up) replaces their steps.
     "resnet20": {"dataset": "cifar10", "epochs": 160, "batch_size": 128, "lr": 0.1,

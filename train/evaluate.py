@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+import zoo
 from train.data import load_dataset
 from train.pipeline import DeviceSplit, eval_batch, eval_order
 from train.report import host_metrics
@@ -26,15 +27,15 @@ EVAL_BATCH_SIZE = 256  # `zoo eval`'s batch, rounded to a multiple of the device
 
 
 def make_evaluator(apply_fn: Callable[..., jax.Array], variables: dict[str, Any],
-                   split: DeviceSplit, preprocessing: Preprocessing, batch_size: int, mesh: Mesh
-                   ) -> Callable[[dict[str, Any]], Metrics]:
-    """A compiled `variables -> {"loss_sum", "correct", "count"}` (device sums) over `split`.
+                   split: DeviceSplit, preprocessing: Preprocessing, batch_size: int, mesh: Mesh,
+                   task: str = "classification") -> Callable[[dict[str, Any]], Metrics]:
+    """A compiled `variables -> {"loss_sum", "count"[, "correct"]}` (device sums) over `split`.
 
     `variables` (replicated on `mesh`) fixes the shapes it is compiled for; it is compiled here,
     so that the first epoch's timing measures evaluation, not XLA.
     """
     indices, weights = replicate(eval_order(len(split), batch_size), mesh)
-    step = functools.partial(eval_step, apply_fn=apply_fn)
+    step = functools.partial(eval_step, apply_fn=apply_fn, task=task)
 
     @jax.jit
     def evaluate(variables: dict[str, Any], split: DeviceSplit, indices: jax.Array,
@@ -44,18 +45,18 @@ def make_evaluator(apply_fn: Callable[..., jax.Array], variables: dict[str, Any]
             batch = eval_batch(split, *batch_order, mesh, preprocessing=preprocessing)
             return jax.tree.map(jnp.add, totals, step(variables, batch)), None
 
-        return jax.lax.scan(body, zero_metrics(), (indices, weights))[0]
+        return jax.lax.scan(body, zero_metrics(task), (indices, weights))[0]
 
     compiled = evaluate.lower(variables, split, indices, weights).compile()
     return lambda variables: compiled(variables, split, indices, weights)
 
 
 def evaluate_split(apply_fn: Callable[..., jax.Array], variables: dict[str, Any],
-                   split: DeviceSplit, preprocessing: Preprocessing, batch_size: int, mesh: Mesh
-                   ) -> dict[str, float]:
-    """{"val_loss", "val_accuracy"} of `variables` on `split`, fetched to the host."""
+                   split: DeviceSplit, preprocessing: Preprocessing, batch_size: int, mesh: Mesh,
+                   task: str = "classification") -> dict[str, float]:
+    """{"val_loss"[, "val_accuracy"]} of `variables` on `split`, fetched to the host."""
     variables = replicate(variables, mesh)
-    evaluator = make_evaluator(apply_fn, variables, split, preprocessing, batch_size, mesh)
+    evaluator = make_evaluator(apply_fn, variables, split, preprocessing, batch_size, mesh, task)
     return host_metrics(jax.device_get(evaluator(variables)), "val")
 
 
@@ -64,7 +65,8 @@ def evaluate_saved(name: str, *, dataset: str | None = None, step: int | None = 
     """Held-out loss and accuracy of registry model `name` on `dataset` (default: its own).
 
     The model's recorded preprocessing is applied, so the result matches what training logged
-    for the same data. Returns {"dataset", "step", "examples", "val_loss", "val_accuracy"}.
+    for the same data. Returns {"dataset", "step", "examples", "val_loss"} and, for a
+    classifier, "val_accuracy".
     """
     loaded = hub.load(name, step=step, registry=registry)
     if loaded.preprocessing is None:
@@ -81,5 +83,5 @@ def evaluate_saved(name: str, *, dataset: str | None = None, step: int | None = 
     batch_size = mesh.size * max(1, EVAL_BATCH_SIZE // mesh.size)
     metrics = evaluate_split(loaded.module.apply, loaded.variables,
                              DeviceSplit.from_host(data.test, mesh), loaded.preprocessing,
-                             batch_size, mesh)
+                             batch_size, mesh, zoo.model_info(loaded.model_name).task)
     return {"dataset": dataset, "step": loaded.step, "examples": len(data.test), **metrics}

@@ -33,6 +33,7 @@ class Experiment:
     """A run's fixed parts (everything but the `TrainState`).
 
     Attributes:
+      task: the model's objective, "classification" or "reconstruction" (`train.step`).
       model_config: the `create_model` overrides, as the registry records them.
       input_shape: the model's (H, W, C) input; `preprocessing` maps raw images to it.
       augmentation: what `--augment` does for this data set, or None without `--augment`.
@@ -40,6 +41,7 @@ class Experiment:
     """
 
     config: TrainConfig
+    task: str
     mesh: Mesh
     model_config: dict[str, Any]
     model: nn.Module
@@ -61,8 +63,6 @@ class Experiment:
 def build_experiment(config: TrainConfig) -> Experiment:
     """Loads the data and builds model, mesh and keys; checks the cheap things first."""
     info = zoo.model_info(config.model)
-    if info.task != "classification":
-        raise ValueError(f"{config.model} is a {info.task} model; `zoo train` trains classifiers")
     mesh = make_mesh()
     check_batch_size(config.batch_size, mesh)
     model_config: dict[str, Any] = {}
@@ -88,7 +88,7 @@ def build_experiment(config: TrainConfig) -> Experiment:
 
     init, shuffle, augment = jax.random.split(jax.random.key(config.seed), 3)
     return Experiment(
-        config=config, mesh=mesh, model_config=model_config,
+        config=config, task=info.task, mesh=mesh, model_config=model_config,
         model=zoo.create_model(config.model, **model_config),
         input_shape=info.input_shape,
         preprocessing=Preprocessing.fit(train.images, info.input_shape),
@@ -114,8 +114,9 @@ def initial_state(experiment: Experiment) -> TrainState:
     return init(key)
 
 
-def restore_state(experiment: Experiment, fresh: TrainState) -> tuple[TrainState, int]:
-    """The latest checkpoint of the run as a replicated state, and the epochs it completed.
+def restore_state(experiment: Experiment, fresh: TrainState
+                  ) -> tuple[TrainState, int, dict[str, Any]]:
+    """The latest checkpoint of the run as a replicated state, with its step and metadata.
 
     `fresh` (an initialised state) gives the structure to restore into. Raises `ValueError` if
     the checkpoint was saved by a run that `experiment.config` does not continue.
@@ -127,14 +128,15 @@ def restore_state(experiment: Experiment, fresh: TrainState) -> tuple[TrainState
                                         registry=config.registry)
     state = fresh.replace(params=loaded.variables["params"],
                           batch_stats=loaded.variables.get("batch_stats", {}), **resumable)
-    return replicate(state, experiment.mesh), int(loaded.meta["epoch"])
+    return replicate(state, experiment.mesh), loaded.step, loaded.meta
 
 
-def save_checkpoint(experiment: Experiment, state: TrainState, *, epoch: int,
-                    metrics: dict[str, float], wall_seconds: float) -> int:
-    """Saves variables, the resumable state and the run's metadata; returns the step."""
+def save_checkpoint(experiment: Experiment, state: TrainState, *, step: int, epoch: int,
+                    metrics: dict[str, float], history: list[dict[str, Any]],
+                    wall_seconds: float) -> None:
+    """Saves variables, the resumable state and the run's metadata as registry step `step`."""
     config = experiment.config
-    step = int(state.step)
+    best = ("val_accuracy", "max") if experiment.task == "classification" else ("val_loss", "min")
     hub.save(
         config.run_name, model_name=config.model, model_config=experiment.model_config,
         variables=state.variables, step=step, train_state=state.resumable(),
@@ -144,11 +146,10 @@ def save_checkpoint(experiment: Experiment, state: TrainState, *, epoch: int,
             "metrics": metrics,
             "config": config.to_dict(),
             "epoch": epoch,
+            "history": history,
             "steps_per_epoch": experiment.steps_per_epoch,
             "wall_seconds": wall_seconds,
             "devices": experiment.mesh.size,
         },
-        registry=config.registry, max_to_keep=config.max_to_keep,
-        best=("val_accuracy", "max"),
+        registry=config.registry, max_to_keep=config.max_to_keep, best=best,
     )
-    return step

@@ -45,7 +45,7 @@ class TrainingDiverged(FloatingPointError):
 
 @dataclasses.dataclass(frozen=True)
 class FitResult:
-    """How a run ended: its registry name, last step and epoch, and last epoch's metrics."""
+    """How a run ended: its registry name, last registry step and epoch, last metrics."""
 
     name: str
     step: int
@@ -58,14 +58,16 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
         ) -> FitResult:
     """Trains `config.model` on `config.dataset`, saving to the registry as `config.run_name`.
 
-    With `resume`, continues the latest checkpoint of that name (which must exist); without, the
-    name must be new. Raises `TrainingDiverged` on a NaN/Inf loss, and `ValueError`,
+    With `resume`, continues the latest checkpoint of that name (which must exist); without, a
+    new run starts, and under a name that exists its checkpoints follow the latest one.
+    Raises `TrainingDiverged` on a NaN/Inf loss, and `ValueError`,
     `TypeError`, `KeyError` or `FileNotFoundError` for bad settings, before any training.
     """
     console = console or Console()
-    _check_name_state(config, resume)
+    latest = _check_name_state(config, resume)
     experiment = build_experiment(config)
-    state, start_epoch = _starting_state(experiment, resume)
+    start = _starting_point(experiment, resume, latest)
+    state, start_epoch, history = start.state, start.epoch, list(start.history)
 
     console.print(_describe(experiment, start_epoch), highlight=False, soft_wrap=True)
     started = time.monotonic()
@@ -73,7 +75,7 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
         train_fn = _compile_train_step(experiment, state)
         evaluate = make_evaluator(experiment.model.apply, state.variables, experiment.test,
                                   experiment.preprocessing, experiment.eval_batch_size,
-                                  experiment.mesh)
+                                  experiment.mesh, experiment.task)
     # Jitted: evaluated eagerly, the schedule's few ops would each be compiled on their own.
     learning_rate = jax.jit(learning_rate_schedule(config, experiment.steps_per_epoch))
     metrics: dict[str, float] = {}
@@ -97,26 +99,46 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
                 "epoch_seconds": time.monotonic() - epoch_started,
                 "wall_seconds": time.monotonic() - started,
             }
+            history.append(record)
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
-                record["checkpoint_step"] = save_checkpoint(
-                    experiment, state, epoch=epoch + 1, metrics=metrics,
-                    wall_seconds=record["wall_seconds"])
+                record["checkpoint_step"] = start.step_offset + int(state.step)
+                save_checkpoint(experiment, state, step=record["checkpoint_step"],
+                                epoch=epoch + 1, metrics=metrics, history=history,
+                                wall_seconds=record["wall_seconds"])
             reporter.end_epoch(record)
-    return FitResult(config.run_name, int(state.step), config.epochs, metrics,
-                     time.monotonic() - started)
+    return FitResult(config.run_name, start.step_offset + int(state.step), config.epochs,
+                     metrics, time.monotonic() - started)
 
 
-def _starting_state(experiment: Experiment, resume: bool) -> tuple[TrainState, int]:
+@dataclasses.dataclass(frozen=True)
+class StartingPoint:
+    """Where a run starts: its state, the epochs already done, and its checkpoints' numbering.
+
+    Attributes:
+      step_offset: registry step = `step_offset` + optimizer step. A fresh run under a name that
+        exists counts on from the latest saved step, so it adds checkpoints to the name and never
+        overwrites one; a resumed run keeps the numbering it was saved with.
+      history: the epoch records so far (saved with every checkpoint, for `zoo plot curves`).
+    """
+
+    state: TrainState
+    epoch: int
+    step_offset: int
+    history: tuple[dict[str, Any], ...]
+
+
+def _starting_point(experiment: Experiment, resume: bool, latest: int | None) -> StartingPoint:
     """A fresh state at epoch 0, or the latest checkpoint and the epochs it completed."""
     state = initial_state(experiment)
     if not resume:
-        return state, 0
-    state, done = restore_state(experiment, state)
-    config = experiment.config
+        return StartingPoint(state, 0, latest or 0, ())
+    state, step, meta = restore_state(experiment, state)
+    config, done = experiment.config, int(meta["epoch"])
     if done >= config.epochs:
         raise ValueError(f"{config.run_name!r} has trained {done} of {config.epochs} epochs "
                          "already; pass a larger --epochs")
-    return state, done
+    history = tuple(record for record in meta.get("history", ()) if record["epoch"] <= done)
+    return StartingPoint(state, done, step - int(state.step), history)
 
 
 def _describe(experiment: Experiment, start_epoch: int) -> str:
@@ -129,16 +151,13 @@ def _describe(experiment: Experiment, start_epoch: int) -> str:
             f"device{'s' if mesh.size > 1 else ''}; {where}")
 
 
-def _check_name_state(config: TrainConfig, resume: bool) -> None:
-    """A fresh run needs a new name and a resumed one an existing name: checked before any work."""
+def _check_name_state(config: TrainConfig, resume: bool) -> int | None:
+    """The latest step saved under the run's name; a resumed run needs one (checked first)."""
     latest = hub.latest_step(config.run_name, registry=config.registry)
-    where = hub.registry_root(config.registry)
     if resume and latest is None:
         raise FileNotFoundError(f"nothing to resume: no checkpoint named {config.run_name!r} "
-                                f"in {where}")
-    if not resume and latest is not None:
-        raise FileExistsError(f"{config.run_name!r} already exists in {where} (step {latest}); "
-                              "pass --resume to continue it or --name to train a new one")
+                                f"in {hub.registry_root(config.registry)}")
+    return latest
 
 
 TrainFn = Any  # A compiled (state, totals, split, order, key) -> (state, totals).
@@ -157,12 +176,13 @@ def _compile_train_step(experiment: Experiment, state: TrainState) -> TrainFn:
         batch = training_batch(split, rows, key, experiment.mesh,
                                preprocessing=experiment.preprocessing,
                                augmentation=experiment.augmentation)
-        state, metrics = train_step(state, batch, label_smoothing=config.label_smoothing)
+        state, metrics = train_step(state, batch, task=experiment.task,
+                                    label_smoothing=config.label_smoothing)
         return state, jax.tree.map(jnp.add, totals, metrics)
 
     jitted = jax.jit(step, donate_argnums=(0, 1), out_shardings=replicated(experiment.mesh))
     order = _epoch_order(experiment, 0)
-    totals = replicate(zero_metrics(), experiment.mesh)
+    totals = replicate(zero_metrics(experiment.task), experiment.mesh)
     return jitted.lower(state, totals, experiment.train, order,
                         experiment.keys["augment"]).compile()
 
@@ -178,7 +198,7 @@ def _train_epoch(experiment: Experiment, train_fn: TrainFn, state: TrainState, e
     """One pass over the training split; returns the state and the epoch's mean metrics."""
     steps = experiment.steps_per_epoch
     order = _epoch_order(experiment, epoch)
-    totals = replicate(zero_metrics(), experiment.mesh)
+    totals = replicate(zero_metrics(experiment.task), experiment.mesh)
     refresh_every = max(1, steps // REFRESHES_PER_EPOCH)
     reporter.start_epoch(epoch)
     started = time.monotonic()

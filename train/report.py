@@ -25,10 +25,19 @@ from rich.progress import (
 
 
 def host_metrics(totals: dict[str, Any], prefix: str) -> dict[str, float]:
-    """Sums fetched from the device -> {prefix_loss, prefix_accuracy} means."""
+    """Sums fetched from the device -> {prefix_loss[, prefix_accuracy]} means."""
     count = float(totals["count"])
-    return {f"{prefix}_loss": float(totals["loss_sum"]) / count,
-            f"{prefix}_accuracy": float(totals["correct"]) / count}
+    metrics = {f"{prefix}_loss": float(totals["loss_sum"]) / count}
+    if "correct" in totals:  # A classifier's; an autoencoder has a loss only.
+        metrics[f"{prefix}_accuracy"] = float(totals["correct"]) / count
+    return metrics
+
+
+def format_metrics(metrics: dict[str, float], labels: dict[str, str], sep: str = "  ") -> str:
+    """`label value` for each key of `labels` that `metrics` has; accuracies as percentages."""
+    return sep.join(
+        f"{label} {metrics[key]:.2%}" if key.endswith("accuracy") else f"{label} {metrics[key]:.4f}"
+        for key, label in labels.items() if key in metrics)
 
 
 class Reporter:
@@ -49,7 +58,7 @@ class Reporter:
             TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[accuracy]:6.2%}"),
+            TextColumn("loss {task.fields[loss]:.4f}{task.fields[accuracy]}"),
             TextColumn("{task.fields[images_per_second]:,.0f} img/s"),
             TimeElapsedColumn(),
             console=console, transient=True,
@@ -81,20 +90,21 @@ class Reporter:
             self._progress.remove_task(self._task)
         self._task = self._progress.add_task(
             "train", total=self.steps_per_epoch, epoch=epoch + 1, epochs=self.epochs,
-            loss=float("nan"), accuracy=float("nan"), images_per_second=0.0)
+            loss=float("nan"), accuracy="", images_per_second=0.0)
 
     def update(self, steps_done: int, metrics: dict[str, float], images_per_second: float
                ) -> None:
+        accuracy = metrics.get("train_accuracy")
         self._progress.update(self._task, completed=steps_done, loss=metrics["train_loss"],
-                              accuracy=metrics["train_accuracy"],
+                              accuracy="" if accuracy is None else f"  acc {accuracy:6.2%}",
                               images_per_second=images_per_second)
 
     def end_epoch(self, record: dict[str, Any]) -> None:
         """Prints the epoch's line above the bar and logs it."""
+        metrics = format_metrics(record, {"train_loss": "loss", "train_accuracy": "acc",
+                                          "val_loss": "val_loss", "val_accuracy": "val_acc"})
         self.console.print(
-            f"epoch {record['epoch']}/{self.epochs}  "
-            f"loss {record['train_loss']:.4f}  acc {record['train_accuracy']:.2%}  "
-            f"val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.2%}  "
+            f"epoch {record['epoch']}/{self.epochs}  {metrics}  "
             f"{record['images_per_second']:,.0f} img/s  {record['epoch_seconds']:.1f} s",
             highlight=False, soft_wrap=True)
         self.write("epoch", **record)

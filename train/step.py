@@ -18,12 +18,15 @@ import optax
 from train.state import TrainState
 
 Batch = dict[str, jax.Array]  # "image": (B, H, W, C) float; "label": (B,) int; eval: "weight"
-Metrics = dict[str, jax.Array]  # "loss_sum", "correct", "count": float32 scalars
+Metrics = dict[str, jax.Array]  # "loss_sum", "count" and, for classifiers, "correct"
+
+TASKS = ("classification", "reconstruction")
 
 
-def zero_metrics() -> Metrics:
+def zero_metrics(task: str = "classification") -> Metrics:
     """The empty sums that an epoch's or an evaluation's metrics are added onto."""
-    return {"loss_sum": jnp.float32(0), "correct": jnp.float32(0), "count": jnp.float32(0)}
+    names = ("loss_sum", "correct", "count") if task == "classification" else ("loss_sum", "count")
+    return {name: jnp.float32(0) for name in names}
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
@@ -35,39 +38,51 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def train_step(state: TrainState, batch: Batch, *, label_smoothing: float = 0.0
-               ) -> tuple[TrainState, Metrics]:
+def per_example_loss(outputs: jax.Array, batch: Batch, task: str,
+                     label_smoothing: float = 0.0) -> jax.Array:
+    """Cross-entropy for a classifier; for an autoencoder the mean squared error between its
+    reconstruction and its own (standardised) input, the lecture's self-supervised signal."""
+    if task == "reconstruction":
+        error = outputs.astype(jnp.float32) - batch["image"].astype(jnp.float32)
+        return jnp.mean(jnp.square(error), axis=tuple(range(1, error.ndim)))
+    return cross_entropy(outputs, batch["label"], label_smoothing)
+
+
+def metric_sums(outputs: jax.Array, batch: Batch, losses: jax.Array, weight: jax.Array,
+                task: str) -> Metrics:
+    """Weighted sums of the loss (and, for a classifier, of correct predictions)."""
+    sums = {"loss_sum": jnp.sum(losses * weight), "count": jnp.sum(weight)}
+    if task == "classification":
+        sums["correct"] = jnp.sum((outputs.argmax(-1) == batch["label"]) * weight)
+    return sums
+
+
+def train_step(state: TrainState, batch: Batch, *, task: str = "classification",
+               label_smoothing: float = 0.0) -> tuple[TrainState, Metrics]:
     """A gradient step on `batch`; BatchNorm uses and updates batch statistics."""
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
 
-    def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
-        logits, updates = state.apply_fn(
+    def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any]]:
+        outputs, updates = state.apply_fn(
             {**state.variables, "params": params}, batch["image"], train=True,
             mutable=["batch_stats"], rngs={"dropout": dropout_key})
-        loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
-        return loss, (logits, updates)
+        losses = per_example_loss(outputs, batch, task, label_smoothing)
+        return losses.mean(), (outputs, losses, updates)
 
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (outputs, losses, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
     state = state.apply_gradients(
         grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
-    count = jnp.float32(batch["label"].shape[0])
-    return state, {
-        "loss_sum": loss * count,
-        "correct": jnp.sum(logits.argmax(-1) == batch["label"]).astype(jnp.float32),
-        "count": count,
-    }
+    return state, metric_sums(outputs, batch, losses, jnp.ones_like(losses), task)
 
 
-def eval_step(variables: dict[str, Any], batch: Batch, *, apply_fn: Any) -> Metrics:
-    """Loss and accuracy sums over the examples of `batch` whose "weight" is 1 (not padding).
+def eval_step(variables: dict[str, Any], batch: Batch, *, apply_fn: Any,
+              task: str = "classification") -> Metrics:
+    """Loss (and accuracy) sums over the examples of `batch` whose "weight" is 1 (not padding).
 
     BatchNorm uses its running averages and dropout is off (`train=False`). Loss is the plain
     cross-entropy (no label smoothing), comparable across runs.
     """
-    logits = apply_fn(variables, batch["image"], train=False)
-    weight = batch["weight"]
-    return {
-        "loss_sum": jnp.sum(cross_entropy(logits, batch["label"]) * weight),
-        "correct": jnp.sum((logits.argmax(-1) == batch["label"]) * weight),
-        "count": jnp.sum(weight),
-    }
+    outputs = apply_fn(variables, batch["image"], train=False)
+    return metric_sums(outputs, batch, per_example_loss(outputs, batch, task), batch["weight"],
+                       task)

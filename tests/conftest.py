@@ -1,0 +1,26 @@
+"""Fixtures shared by the test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from train.data import DATA_DIR_ENV
+
+
+@pytest.fixture(scope="session")
+def mnist5k_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data folder for the whole run, shared by the pytest-xdist workers.
+
+    The embedded mnist5k set is prepared there on first use (~2 s); its loader holds a file lock,
+    so concurrent workers prepare it once.
+    """
+    return tmp_path_factory.getbasetemp().parent / "zoo-data"
+
+
+@pytest.fixture
+def mnist5k_env(mnist5k_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Points $ZOO_DATA_DIR at the shared folder, for code that finds mnist5k by itself."""
+    monkeypatch.setenv(DATA_DIR_ENV, str(mnist5k_dir))
+    return mnist5k_dir
