@@ -22,7 +22,14 @@ import jax
 from zoo.analytic import Layer, ShapeTrace
 from zoo.models.base import ImageModel
 from zoo.models.layers import GlobalAvgPool, batch_norm, check_choice, check_positive
-from zoo.models.resnet import PAPER, SHORTCUTS, BasicBlock, block_layers, he_normal
+from zoo.models.resnet import (
+    PAPER,
+    SHORTCUTS,
+    BasicBlock,
+    block_layers,
+    block_plan,
+    he_normal,
+)
 from zoo.registry import register
 
 
@@ -68,16 +75,15 @@ class CifarResNet(ImageModel):
             name="stem_conv",
         )(x)
         x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
-        for i, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
-            for j in range(blocks):
-                x = BasicBlock(
-                    width,
-                    stride=2 if i > 0 and j == 0 else 1,
-                    shortcut=self.shortcut,
-                    zero_init_residual=self.zero_init_residual,
-                    dtype=self.dtype,
-                    name=f"stage{i + 1}_block{j}",
-                )(x, train)
+        for name, width, stride in block_plan(self.stage_sizes, self.widths):
+            x = BasicBlock(
+                width,
+                stride=stride,
+                shortcut=self.shortcut,
+                zero_init_residual=self.zero_init_residual,
+                dtype=self.dtype,
+                name=name,
+            )(x, train)
         x = GlobalAvgPool(name="pool")(x)
         return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
 
@@ -85,16 +91,8 @@ class CifarResNet(ImageModel):
 def cifar_resnet_layers(model: CifarResNet, input_shape: tuple[int, ...]) -> list[Layer]:
     trace = ShapeTrace(input_shape)
     trace.conv("stem_conv", model.widths[0], 3, 1, 1, bias=False).norm("stem_bn")
-    for i, (blocks, width) in enumerate(zip(model.stage_sizes, model.widths, strict=True)):
-        for j in range(blocks):
-            block_layers(
-                trace,
-                f"stage{i + 1}_block{j}",
-                "basic",
-                width,
-                2 if i > 0 and j == 0 else 1,
-                model.shortcut,
-            )
+    for name, width, stride in block_plan(model.stage_sizes, model.widths):
+        block_layers(trace, name, "basic", width, stride, model.shortcut)
     return trace.global_pool("pool").dense("fc", model.num_classes).layers
 
 

@@ -19,6 +19,7 @@ momentum 0.1 in PyTorch's convention. Initialisation is He normal (fan out), as 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -123,6 +124,15 @@ class Bottleneck(_ResidualBlock):
 BLOCKS: dict[str, type[_ResidualBlock]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
+def block_plan(
+    stage_sizes: tuple[int, ...], widths: tuple[int, ...]
+) -> Iterator[tuple[str, int, int]]:
+    """(name, width, stride) of every residual block; a stride-2 block opens each later stage."""
+    for i, (blocks, width) in enumerate(zip(stage_sizes, widths, strict=True)):
+        for j in range(blocks):
+            yield f"stage{i + 1}_block{j}", width, 2 if i > 0 and j == 0 else 1
+
+
 def block_layers(
     trace: ShapeTrace, name: str, block: str, features: int, stride: int, shortcut: str
 ) -> None:
@@ -171,6 +181,11 @@ class ResNet(ImageModel):
         check_choice("ResNet", "block", self.block, tuple(BLOCKS))
         super().__post_init__()
 
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Channels of each stage (times 4 after a bottleneck): the width, doubling."""
+        return tuple(self.width * 2**i for i in range(len(self.stage_sizes)))
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(x)
@@ -186,15 +201,14 @@ class ResNet(ImageModel):
         )(x)
         x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
         x = MaxPool(3, 2, 1, name="stem_pool")(x)
-        for i, blocks in enumerate(self.stage_sizes):
-            for j in range(blocks):
-                x = BLOCKS[self.block](
-                    self.width * 2**i,
-                    stride=2 if i > 0 and j == 0 else 1,
-                    zero_init_residual=self.zero_init_residual,
-                    dtype=self.dtype,
-                    name=f"stage{i + 1}_block{j}",
-                )(x, train)
+        for name, width, stride in block_plan(self.stage_sizes, self.widths):
+            x = BLOCKS[self.block](
+                width,
+                stride=stride,
+                zero_init_residual=self.zero_init_residual,
+                dtype=self.dtype,
+                name=name,
+            )(x, train)
         x = GlobalAvgPool(name="pool")(x)
         return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
 
@@ -203,16 +217,8 @@ def resnet_layers(model: ResNet, input_shape: tuple[int, ...]) -> list[Layer]:
     trace = ShapeTrace(input_shape)
     trace.conv("stem_conv", model.width, 7, 2, 3, bias=False).norm("stem_bn")
     trace.pool("stem_pool", 3, 2, 1)
-    for i, blocks in enumerate(model.stage_sizes):
-        for j in range(blocks):
-            block_layers(
-                trace,
-                f"stage{i + 1}_block{j}",
-                model.block,
-                model.width * 2**i,
-                2 if i > 0 and j == 0 else 1,
-                "projection",
-            )
+    for name, width, stride in block_plan(model.stage_sizes, model.widths):
+        block_layers(trace, name, model.block, width, stride, "projection")
     return trace.global_pool("pool").dense("fc", model.num_classes).layers
 
 
