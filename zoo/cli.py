@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "train.commands",
     "zoo.commands.hub",
     "zoo.commands.convert",
+    "zoo.commands.plot",
 )
 
 # The exceptions that mean "the input was wrong", not "the program is broken".

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import PIL.Image
 from rich.console import Console
 from rich.table import Table
 
 from zoo.hub import CheckpointRecord, list_checkpoints, load, registry_root
+from zoo.images import converted, raw_image
 from zoo.registry import model_info
 
 
@@ -92,19 +92,11 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def read_images(path: Path, source_shape: tuple[int, int, int]) -> np.ndarray:
     """A batch (N, H, W[, C]) of raw uint8 images from a .npy file or one image file."""
-    if path.suffix == ".npy":
-        images = np.load(path, allow_pickle=False)  # Never unpickle what the user points at.
-        if images.dtype != np.uint8:
-            raise ValueError(f"{path}: expected raw uint8 images (0..255), got {images.dtype}")
-        grey_without_channel = source_shape[2] == 1 and images.shape == tuple(source_shape[:2])
-        one_image = images.shape == tuple(source_shape) or grey_without_channel
-        return images[None] if one_image else images
-    try:
-        image = PIL.Image.open(path)
-    except PIL.UnidentifiedImageError:
-        raise ValueError(f"{path}: not an image file PIL can read, nor a .npy") from None
-    height, width, channels = source_shape
-    image = image.convert("L" if channels == 1 else "RGB")
-    if image.size != (width, height):
-        image = image.resize((width, height), PIL.Image.Resampling.BILINEAR)
-    return np.asarray(image, np.uint8)[None]
+    if path.suffix != ".npy":
+        return converted(raw_image(path), source_shape)[None]
+    images = np.load(path, allow_pickle=False)  # Never unpickle what the user points at.
+    if images.dtype != np.uint8:
+        raise ValueError(f"{path}: expected raw uint8 images (0..255), got {images.dtype}")
+    grey_without_channel = source_shape[2] == 1 and images.shape == tuple(source_shape[:2])
+    one_image = images.shape == tuple(source_shape) or grey_without_channel
+    return images[None] if one_image else images

@@ -1,0 +1,104 @@
+"""Making and saving figures: matplotlib's object API on the Agg canvas, never a GUI.
+
+Figures are built as `matplotlib.figure.Figure` objects rather than through `pyplot`, so no GUI
+backend is ever chosen (a headless machine needs no `MPLBACKEND`) and no figure lingers in
+pyplot's global list after it is saved.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.backend_bases import FigureCanvasBase
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+
+DPI = 100
+PLOTS_DIR = Path("plots")
+# Gaps between tiles show as this colour (NaN cells in single-channel mosaics).
+GAP_COLOUR = "white"
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A `width` x `height` inch figure (DPI pixels per inch) with constrained layout."""
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def quarter_inches(inches: float) -> float:
+    """`inches` rounded to a quarter inch.
+
+    A quarter inch is a whole number of pixels and exact in binary, so the picture is exactly
+    figsize * DPI pixels rather than one short from float rounding.
+    """
+    return round(inches * 4) / 4
+
+
+def output_path(out: str | os.PathLike | None, default_name: str) -> Path:
+    """Where a picture goes: `out`, else plots/`default_name` under the current folder.
+
+    Checked before the picture is computed, so a bad name fails at once. The format follows the
+    suffix: .png, or any other that matplotlib writes (.svg, .pdf, ...).
+    """
+    path = PLOTS_DIR / default_name if out is None else Path(out)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in formats:
+        raise ValueError(
+            f"cannot save a picture as {str(path)!r}: expected a file name ending in .png "
+            f"(or one of .{', .'.join(sorted(formats))})"
+        )
+    return path
+
+
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Writes `figure` to `path` (its folder is created) and returns `path`.
+
+    The picture is exactly figsize * DPI pixels: no tight bounding box trims it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI)
+    return path
+
+
+def mosaic(tiles: np.ndarray, columns: int, gap_value: float = np.nan) -> np.ndarray:
+    """Tiles (N, H, W[, C]) laid out row by row, `columns` wide, one cell of `gap_value` apart.
+
+    One image for a whole grid draws far faster than one axes per tile, and keeps the tiles on
+    one colour scale.
+    """
+    count, height, width = tiles.shape[:3]
+    rows = -(-count // columns)
+    grid = np.full(
+        (rows * (height + 1) - 1, columns * (width + 1) - 1, *tiles.shape[3:]),
+        gap_value,
+        np.float32,
+    )
+    for index, tile in enumerate(tiles):
+        row, column = divmod(index, columns)
+        top, left = row * (height + 1), column * (width + 1)
+        grid[top : top + height, left : left + width] = tile
+    return grid
+
+
+def show_map(axes, image: np.ndarray, cmap: str, vmin: float, vmax: float, **options) -> AxesImage:
+    """`image` on colour map `cmap` from `vmin` to `vmax`, NaN cells in the gap colour.
+
+    Cells are drawn as blocks (no smoothing) unless `options` says otherwise: kernels and
+    feature maps are a few cells wide, and blurring them would invent detail.
+    """
+    colours = matplotlib.colormaps[cmap].with_extremes(bad=GAP_COLOUR)
+    options.setdefault("interpolation", "nearest")
+    return axes.imshow(image, cmap=colours, vmin=vmin, vmax=vmax, **options)
+
+
+def tile_centres(count: int, size: int) -> list[float]:
+    """Where the centres of `count` tiles `size` cells wide fall along a `mosaic` axis."""
+    return [i * (size + 1) + (size - 1) / 2 for i in range(count)]
+
+
+def symmetric_limit(values: np.ndarray) -> float:
+    """The largest magnitude in `values`, so that a diverging colour map centres on zero."""
+    limit = float(np.nanmax(np.abs(values))) if np.size(values) else 0.0
+    return limit if limit > 0 else 1.0  # An all-zero map still needs a valid range.

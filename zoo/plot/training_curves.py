@@ -1,0 +1,132 @@
+"""`curves`: training and held-out loss (and accuracy) per epoch of a saved run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+from zoo.hub import CheckpointNotFoundError, latest_step, registry_root
+from zoo.hub.paths import check_name, check_step, committed_steps, step_dir
+from zoo.hub.records import read_meta
+from zoo.plot.figure import new_figure, output_path, save_figure
+
+PANEL_WIDTH = 5.5
+HEIGHT = 4.25
+# One panel each; a reconstruction run records no accuracy.
+METRICS = ("loss", "accuracy")
+SPLITS = (("train", "training", "tab:blue"), ("val", "held-out", "tab:orange"))
+
+
+def curves(
+    name: str,
+    *,
+    log: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    step: int | None = None,
+    registry: str | os.PathLike | None = None,
+) -> Path:
+    """Plots loss and accuracy per epoch of run `name`; returns the PNG's path.
+
+    The epochs come from `log` (a `zoo train` JSONL metrics file) when given, else from the
+    history saved with checkpoint `name` (its latest step, or `step`). Reconstruction runs, which
+    log no accuracy, get the loss panel only. Writes `out`, else plots/<name>-curves.png.
+    """
+    path = output_path(out, f"{name}-curves.png")
+    if log is not None:
+        history, source = read_log(log), f"log {log}"
+    else:
+        history, source = saved_history(name, step, registry)
+    metrics = [metric for metric in METRICS if _has(history, f"val_{metric}")]
+    if not metrics:
+        raise ValueError(f"{source}: the epoch records hold no val_loss to plot")
+
+    figure = new_figure(PANEL_WIDTH * len(metrics), HEIGHT)
+    figure.suptitle(f"{name}\n{len(history)} epochs, from {source}")
+    for axes, metric in zip(
+        figure.subplots(1, len(metrics), squeeze=False)[0], metrics, strict=True
+    ):
+        _draw_panel(axes, history, metric)
+    return save_figure(figure, path)
+
+
+def saved_history(
+    name: str, step: int | None, registry: str | os.PathLike | None
+) -> tuple[list[dict[str, Any]], str]:
+    """The epoch records saved with `name` and a description of where they came from.
+
+    Reads the step's metadata file only: plotting curves needs no weights restored.
+    """
+    name_dir = registry_root(registry) / check_name(name)
+    chosen = latest_step(name, registry) if step is None else check_step(step)
+    if chosen is None or chosen not in committed_steps(name_dir):
+        what = f"checkpoint named {name!r}" if step is None else f"step {step} of {name!r}"
+        raise CheckpointNotFoundError(
+            f"no {what} in {registry_root(registry)} (see `zoo checkpoints`); to plot a run's "
+            "JSONL log instead, pass --log FILE"
+        )
+    history = read_meta(step_dir(name_dir, chosen)).get("history")
+    if not history:
+        raise ValueError(
+            f"{name} step {chosen} has no meta['history'] (saved before runs recorded it); "
+            f"pass its metrics log, e.g. --log runs/{name}.jsonl"
+        )
+    return history, f"the history saved with step {chosen}"
+
+
+def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The "epoch" records of a `zoo train` JSONL log, one per epoch, in epoch order.
+
+    A resumed run appends to its log and may repeat epochs it redoes after the checkpoint it
+    resumed from; the later record of an epoch is the one that counts.
+    """
+    by_epoch: dict[int, dict[str, Any]] = {}
+    with open(path) as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
+            if isinstance(record, dict) and record.get("event") == "epoch":
+                by_epoch[record["epoch"]] = record
+    if not by_epoch:
+        raise ValueError(f"{path} has no epoch records (is it a `zoo train` metrics log?)")
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
+def _draw_panel(axes, history: list[dict[str, Any]], metric: str) -> None:
+    """One metric's training and held-out curves, with the best held-out epoch marked."""
+    epochs = [record["epoch"] for record in history]
+    for split, label, colour in SPLITS:
+        key = f"{split}_{metric}"
+        if _has(history, key):
+            axes.plot(
+                epochs, [r[key] for r in history], "o-", color=colour, markersize=3, label=label
+            )
+    values = [record[f"val_{metric}"] for record in history]
+    best = (max if metric == "accuracy" else min)(range(len(values)), key=values.__getitem__)
+    text = f"{values[best]:.2%}" if metric == "accuracy" else f"{values[best]:.4g}"
+    axes.plot(
+        epochs[best],
+        values[best],
+        "*",
+        color="tab:red",
+        markersize=12,
+        zorder=3,
+        label=f"best held-out: {text} (epoch {epochs[best]})",
+    )
+    if metric == "accuracy":
+        axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set(xlabel="epoch", ylabel=metric, title=f"{metric} per epoch")
+    axes.grid(alpha=0.3)
+    axes.legend()
+
+
+def _has(history: list[dict[str, Any]], key: str) -> bool:
+    return all(key in record for record in history)
