@@ -3,6 +3,8 @@
 Every `TrainConfig` field is a flag (`batch_size` -> `--batch-size`), generated from the
 dataclass so the two cannot drift apart. Flags left out do not override anything: a value
 comes from the flag, else the `--config` file, else the model's preset, else the default.
+`--coordinator`, `--num-processes`, `--process-id` and `--heartbeat-timeout` say how this process
+joins a multi-process run (`train.distributed`); they are launch settings, not config.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import types
 import typing
 from typing import Any, Literal
 
-from train import loop
+from train import distributed, loop
 from train.config import PRESETS, field_names, flags, load_config_file, resolve, resumed
 from train.evaluate import evaluate_saved
 from train.report import format_metrics
-from zoo import hub
+from zoo import hub, multihost
 
 METAVARS = {int: "N", float: "X", str: "TEXT"}
 
@@ -39,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="continue the latest checkpoint of NAME with its saved settings "
                              "(only --epochs and where things go may change)")
     _add_config_flags(parser)
+    _add_launch_flags(parser)
     parser.set_defaults(run=run_train)
 
     parser = subparsers.add_parser(
@@ -72,6 +75,32 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--" + name.replace("_", "-"), **options)
 
 
+def _add_launch_flags(parser: argparse.ArgumentParser) -> None:
+    """How this process joins a multi-process run: launch settings, not part of the run's config
+    (the same run may be continued by any number of processes)."""
+    group = parser.add_argument_group(
+        "several processes (one per host)",
+        "Under a cluster JAX detects (Cloud TPU pod slice, SLURM srun, Open MPI,\n"
+        "Kubernetes) the processes find each other; elsewhere start one per host with\n"
+        "the first three flags. --batch-size stays the global batch.")
+    group.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="address of process 0 and a free port on it, the same for all")
+    group.add_argument("--num-processes", type=int, metavar="N",
+                       help="how many processes train together")
+    group.add_argument("--process-id", type=int, metavar="I",
+                       help="this process's index, 0 (the one that saves and prints) to N-1")
+    group.add_argument("--heartbeat-timeout", type=int, metavar="SECONDS",
+                       default=distributed.HEARTBEAT_TIMEOUT_SECONDS,
+                       help="a process silent this long counts as dead, and the others stop "
+                            "(default: %(default)s)")
+
+
+def launch_settings(args: argparse.Namespace) -> distributed.Launch:
+    return distributed.Launch(coordinator=args.coordinator, num_processes=args.num_processes,
+                              process_id=args.process_id,
+                              heartbeat_timeout=args.heartbeat_timeout)
+
+
 def as_flags(settings: dict[str, Any]) -> str:
     """Config values as the flags that set them: {"lr": 0.1, "augment": True} -> --lr 0.1 ..."""
     words = []
@@ -92,6 +121,12 @@ def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    # First: JAX starts its distributed runtime only before any other JAX use.
+    distributed.initialize(launch_settings(args))
+    return distributed.run_as_peer(lambda: _train(args), command="zoo train")
+
+
+def _train(args: argparse.Namespace) -> int:
     settings = explicit_settings(args)
     if args.resume:
         # `--name` alone finds the run; its saved config supplies everything else.
@@ -114,8 +149,9 @@ def run_train(args: argparse.Namespace) -> int:
     metrics = result.metrics
     held_out = format_metrics(metrics, {"val_accuracy": "val_accuracy", "val_loss": "val_loss"},
                               sep=", ")
-    print(f"saved {result.name} step {result.step} to {hub.registry_root(config.registry)}: "
-          f"{held_out} ({result.wall_seconds:.1f} s)")
+    if multihost.is_primary():
+        print(f"saved {result.name} step {result.step} to {hub.registry_root(config.registry)}: "
+              f"{held_out} ({result.wall_seconds:.1f} s)")
     return 0
 
 

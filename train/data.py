@@ -16,6 +16,12 @@ public sets.
 
 The sets are small enough to keep whole on the accelerator, so batching, shuffling and
 augmentation happen on device (`train.pipeline`); this module only gets the pixels to the host.
+
+In a multi-process run (`train.distributed`) each process reads only its own contiguous share
+of every TFDS split (`process_rows`, by `jax.process_index()`), and the processes then exchange
+their shares once, so that each holds the whole split like a single process does: storage is
+read once in all, not once per host. `synthetic` is generated, not read: every process makes
+the same set from the same seed.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 from tensorflow_datasets.core import file_adapters
 
 from train.datasets.mnist5k import Mnist5k
@@ -153,20 +161,50 @@ def _load_public(name: str, data_dir: Path | None) -> Dataset:
 
 
 def _read_builder(builder: tfds.core.DatasetBuilder) -> Dataset:
-    splits = {s: _read_source(builder.as_data_source(split=s)) for s in ("train", "test")}
+    splits = {s: _read_split(builder.as_data_source(split=s)) for s in ("train", "test")}
     num_classes = builder.info.features["label"].num_classes
     return Dataset(builder.name, splits["train"], splits["test"], num_classes)
 
 
-def _read_source(source: Sequence[dict]) -> Split:
-    """Reads a TFDS data source example by example (its batched `__getitems__` is no faster)."""
-    first = source[0]
-    images = np.empty((len(source), *np.shape(first["image"])), np.uint8)
-    labels = np.empty(len(source), np.int32)
-    for i in range(len(source)):
-        example = source[i]
+def _read_split(source: Sequence[dict]) -> Split:
+    """The whole split: this process reads its own rows, then the processes share theirs."""
+    processes = jax.process_count()
+    own = _read_source(source, process_rows(len(source), jax.process_index(), processes))
+    return own if processes == 1 else _gather_shares(own, len(source), processes)
+
+
+def process_rows(count: int, process: int, processes: int) -> range:
+    """The rows of a `count`-row split that process `process` of `processes` reads: a
+    contiguous share, the shares differing in size by one row at most."""
+    return range(process * count // processes, (process + 1) * count // processes)
+
+
+def _read_source(source: Sequence[dict], rows: range) -> Split:
+    """Reads `rows` of a TFDS data source one by one (its batched `__getitems__` is no faster).
+
+    The first example is read in any case: it gives the image shape, even for no rows.
+    """
+    images = np.empty((len(rows), *np.shape(source[0]["image"])), np.uint8)
+    labels = np.empty(len(rows), np.int32)
+    for i, row in enumerate(rows):
+        example = source[row]
         images[i], labels[i] = example["image"], example["label"]
     return Split(images, labels)
+
+
+def _gather_shares(own: Split, count: int, processes: int) -> Split:
+    """Every process's share of a `count`-row split, in row order, from this process's `own`.
+
+    An all-gather needs equal shapes, so each share travels padded to the largest one.
+    """
+    largest = -(-count // processes)
+    padded = {"images": np.zeros((largest, *own.images.shape[1:]), np.uint8),
+              "labels": np.zeros(largest, np.int32)}
+    padded["images"][: len(own)], padded["labels"][: len(own)] = own.images, own.labels
+    shares = multihost_utils.process_allgather(padded)  # (processes, largest, ...) each
+    sizes = [len(process_rows(count, p, processes)) for p in range(processes)]
+    return Split(*(np.concatenate([shares[key][p, :size] for p, size in enumerate(sizes)])
+                   for key in ("images", "labels")))
 
 
 def make_synthetic(image_shape: tuple[int, int, int], num_classes: int) -> Dataset:

@@ -150,6 +150,7 @@ def save_checkpoint(experiment: Experiment, state: TrainState, *, step: int, epo
             "steps_per_epoch": experiment.steps_per_epoch,
             "wall_seconds": wall_seconds,
             "devices": experiment.mesh.size,
+            "processes": jax.process_count(),
         },
         registry=config.registry, max_to_keep=config.max_to_keep, best=best,
     )

@@ -33,7 +33,7 @@ from train.report import Reporter, host_metrics
 from train.sharding import replicate, replicated
 from train.state import TrainState, learning_rate_schedule
 from train.step import Metrics, train_step, zero_metrics
-from zoo import hub
+from zoo import hub, multihost
 
 # Progress-bar updates per epoch; each is one device -> host fetch of the metric sums.
 REFRESHES_PER_EPOCH = 10
@@ -63,7 +63,9 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
     Raises `TrainingDiverged` on a NaN/Inf loss, and `ValueError`,
     `TypeError`, `KeyError` or `FileNotFoundError` for bad settings, before any training.
     """
-    console = console or Console()
+    # With several processes (`train.distributed`) only the primary prints and logs.
+    primary = multihost.is_primary()
+    console = (console or Console()) if primary else Console(quiet=True)
     latest = _check_name_state(config, resume)
     experiment = build_experiment(config)
     start = _starting_point(experiment, resume, latest)
@@ -79,7 +81,7 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
     # Jitted: evaluated eagerly, the schedule's few ops would each be compiled on their own.
     learning_rate = jax.jit(learning_rate_schedule(config, experiment.steps_per_epoch))
     metrics: dict[str, float] = {}
-    with Reporter(console, config.log_path, epochs=config.epochs,
+    with Reporter(console, config.log_path if primary else None, epochs=config.epochs,
                   steps_per_epoch=experiment.steps_per_epoch, append=resume) as reporter:
         reporter.write("start", config=config.to_dict(), resumed_at_epoch=start_epoch,
                        devices=experiment.mesh.size, device_kind=jax.devices()[0].device_kind,
@@ -148,7 +150,12 @@ def _describe(experiment: Experiment, start_epoch: int) -> str:
     return (f"{config.model} on {config.dataset}: {len(experiment.train):,} training / "
             f"{len(experiment.test):,} held-out images, {experiment.steps_per_epoch} steps of "
             f"{config.batch_size} per epoch on {mesh.size} {mesh.devices.flat[0].platform} "
-            f"device{'s' if mesh.size > 1 else ''}; {where}")
+            f"device{'s' if mesh.size > 1 else ''}{_processes()}; {where}")
+
+
+def _processes() -> str:
+    count = jax.process_count()
+    return f" in {count} processes" if count > 1 else ""
 
 
 def _check_name_state(config: TrainConfig, resume: bool) -> int | None:

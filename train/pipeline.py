@@ -4,6 +4,14 @@ The raw uint8 split is replicated on every device once. Each epoch draws one per
 seed and epoch); each step gathers its rows by index, augments them and applies the model's
 `Preprocessing`, all inside the jitted step. On CPU this beats any host pipeline for the small
 sets of `train.data`, and the host never touches a batch.
+
+Several processes (`train.distributed`) keep this design rather than feeding each process's
+batch slice from the host: every process holds the whole split (read in shares and exchanged
+once, `train.data`) and draws the same permutation from the same key, so a step's global batch
+is the same rows as in a single-process run, and each device gathers its own slice of it
+(`constrain_batch`). Results therefore equal a single process's with the same global batch and
+seed, and still nothing crosses from host to device per step; the price, holding the small set
+on every device, is what one process pays already.
 """
 
 from __future__ import annotations

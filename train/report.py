@@ -9,6 +9,7 @@ file, so it reads as one history.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from types import TracebackType
@@ -44,10 +45,12 @@ class Reporter:
     """Progress bar and epoch lines on `console`; JSONL records in `log_path`.
 
     Use as a context manager around the epochs; `append` continues an existing log (resume).
+    Without a `log_path` (a process other than the primary of a multi-process run), records go
+    nowhere.
     """
 
-    def __init__(self, console: Console, log_path: Path, *, epochs: int, steps_per_epoch: int,
-                 append: bool):
+    def __init__(self, console: Console, log_path: Path | None, *, epochs: int,
+                 steps_per_epoch: int, append: bool):
         self.console = console
         self.log_path = log_path
         self.epochs = epochs
@@ -66,8 +69,9 @@ class Reporter:
         self._task: Any = None
 
     def __enter__(self) -> Reporter:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "a" if self.append else "w")
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path or os.devnull, "a" if self.append else "w")
         self._progress.start()
         return self
 

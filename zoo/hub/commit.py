@@ -11,9 +11,11 @@ lifetime, so a later save deletes exactly the staging folders whose writer is go
 folders are only ever made under the name's exclusive lock and deleted right away, so one that is
 still there was left by a killed process.
 
-Multi-process saves (a later issue) fit this shape: every process writes its shards into the same
-staging folder, then only the primary (`jax.process_index() == 0`) writes the metadata and
-manifest and makes the rename.
+Several JAX processes saving one step together (a multi-process training run) share one staging
+folder: the primary (`jax.process_index() == 0`) makes and claims it and tells the others its
+name; every process writes its shards of the arrays into it; then the primary alone writes the
+metadata and manifest and makes the rename (`zoo.hub.saving`). A dead primary leaves its claim
+behind with its staging folder, so that folder is deleted by the next save like any other.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from zoo import multihost
 from zoo.hub.locks import claim, is_abandoned, name_lock
 from zoo.hub.manifest import fsync_dir
 from zoo.hub.paths import step_dir
@@ -35,20 +38,45 @@ RETIRED_PREFIX = ".retired-"
 
 @contextlib.contextmanager
 def staging(name_dir: Path, step: int) -> Iterator[Path]:
-    """A fresh staging folder for `step`, claimed by this process; deleted on exit unless the
-    step was committed from it. Cleans up what killed writers left behind first."""
-    with name_lock(name_dir):
-        remove_leftovers(name_dir)
-        refuse_existing(name_dir, step)
-        folder = name_dir / f"{STAGING_PREFIX}step_{step}-{secrets.token_hex(4)}"
-        folder.mkdir()
-        claim_fd = claim(folder)
+    """A fresh staging folder for `step`, claimed by the primary process; deleted on exit unless
+    the step was committed from it. Cleans up what killed writers left behind first.
+
+    Every process of a multi-process run must enter it (the others get the primary's folder).
+    """
+    if not multihost.is_primary():
+        token = multihost.from_primary(_FAILED)
+        if token == _FAILED:
+            raise RuntimeError(f"the primary process could not stage step {step} in {name_dir}; "
+                               "its error says why")
+        yield _staging_folder(name_dir, step, token)
+        return
+    token = _FAILED
+    try:
+        with name_lock(name_dir):
+            remove_leftovers(name_dir)
+            refuse_existing(name_dir, step)
+            token = secrets.randbelow(_TOKENS) + 1
+            folder = _staging_folder(name_dir, step, token)
+            folder.mkdir()
+            claim_fd = claim(folder)
+    finally:  # Even on failure: the other processes wait for word.
+        multihost.from_primary(token)
     try:
         yield folder
     finally:
         if folder.exists():
             shutil.rmtree(folder)
         os.close(claim_fd)
+
+
+# A staging folder's random part: a positive 31-bit token (what `from_primary` carries), 0 when
+# the primary failed to make one.
+_TOKENS = 2**31 - 1
+_FAILED = 0
+
+
+def _staging_folder(name_dir: Path, step: int, token: int) -> Path:
+    return name_dir / f"{STAGING_PREFIX}step_{step}-{token:08x}"
 
 
 def commit(folder: Path, name_dir: Path, step: int) -> Path:

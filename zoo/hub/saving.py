@@ -1,4 +1,8 @@
-"""`save`: one training step of a zoo model into the registry, atomically, with its manifest."""
+"""`save`: one training step of a zoo model into the registry, atomically, with its manifest.
+
+In a multi-process run every process calls `save` with its (global) arrays; see `zoo.hub.commit`
+for who writes what.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from zoo import multihost
 from zoo.hub import config_json, retention, store
 from zoo.hub.architecture import expected_variables
 from zoo.hub.commit import commit, retire, staging
@@ -65,29 +70,45 @@ def save(name: str, *, model_name: str, model_config: dict[str, Any], variables:
     name_dir = registry_root(registry) / name
     name_dir.mkdir(parents=True, exist_ok=True)
     with staging(name_dir, step) as folder:
-        sizes = {VARIABLES: _save_tree(folder, VARIABLES, variables)}
+        # Every process writes its shards of the arrays (Orbax synchronises them)...
+        store.save_tree(folder / VARIABLES, variables)
         if train_state is not None:
-            sizes[TRAIN_STATE] = _save_tree(folder, TRAIN_STATE, train_state)
-        params = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(variables["params"]))
-        write_meta(folder, store_meta(
-            name=name, model_name=model_name, model_config=recorded_config, step=step,
-            params=params, size_bytes=sizes, user_meta=user_meta))
-        write_manifest(folder)  # Last: it covers everything above.
-        with name_lock(name_dir):
-            path = commit(folder, name_dir, step)
-            steps = committed_steps(name_dir)
-            metric_values = _metric_values(name_dir, steps, best) if best else {}
-            retire(name_dir, retention.steps_to_retire(
-                steps, max_to_keep=max_to_keep, best=best, metric_values=metric_values,
-                just_saved=step))
-            return CheckpointRecord.read(path)  # Under the lock: no other save retires it first.
+            store.save_tree(folder / TRAIN_STATE, train_state)
+        # ...and the primary alone describes, commits and retires.
+        if multihost.is_primary():
+            record = _commit_saved(
+                folder, name_dir, step, best=best, max_to_keep=max_to_keep,
+                meta=store_meta(name=name, model_name=model_name, model_config=recorded_config,
+                                step=step, params=_count(variables["params"]),
+                                size_bytes=_sizes(folder), user_meta=user_meta))
+    # Nobody returns before the step is visible (or the primary has failed, and left).
+    multihost.barrier(f"zoo.hub.save {name} step {step}")
+    return record if multihost.is_primary() else CheckpointRecord.read(step_dir(name_dir, step))
 
 
-def _save_tree(folder: Path, item: str, tree: Any) -> int:
-    """Writes one item with Orbax; returns its size in bytes."""
-    directory = folder / item
-    store.save_tree(directory, tree)
-    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+def _commit_saved(folder: Path, name_dir: Path, step: int, *, meta: dict[str, Any],
+                  max_to_keep: int | None, best: tuple[str, str] | None) -> CheckpointRecord:
+    """Writes metadata and manifest into the staged `folder`, commits it, applies retention."""
+    write_meta(folder, meta)
+    write_manifest(folder)  # Last: it covers everything above.
+    with name_lock(name_dir):
+        path = commit(folder, name_dir, step)
+        steps = committed_steps(name_dir)
+        metric_values = _metric_values(name_dir, steps, best) if best else {}
+        retire(name_dir, retention.steps_to_retire(
+            steps, max_to_keep=max_to_keep, best=best, metric_values=metric_values,
+            just_saved=step))
+        return CheckpointRecord.read(path)  # Under the lock: no other save retires it first.
+
+
+def _sizes(folder: Path) -> dict[str, int]:
+    """Bytes of each saved item in the staged `folder`."""
+    return {item: sum(p.stat().st_size for p in (folder / item).rglob("*") if p.is_file())
+            for item in (VARIABLES, TRAIN_STATE) if (folder / item).is_dir()}
+
+
+def _count(params: Any) -> int:
+    return sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
 
 
 def _metric_values(name_dir: Path, steps: list[int], best: tuple[str, str]

@@ -35,13 +35,14 @@ def saved_tree(directory: Path) -> Any:
 
 
 def restore_tree(directory: Path, abstract_tree: Any) -> Any:
-    """Reads `directory` into the structure of `abstract_tree`, as arrays on the default device.
+    """Reads `directory` into the structure of `abstract_tree`, as arrays on this process's first
+    device (the default device, unless several processes run together).
 
     Orbax casts to the abstract dtypes and, when asked to be lenient, pads or truncates shapes;
     callers compare `saved_tree` with `abstract_tree` first (`zoo.hub.matching`), so neither
     can happen silently here.
     """
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda leaf: _on_device(leaf, device), abstract_tree)
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
         return checkpointer.restore(directory, args=ocp.args.StandardRestore(target))
