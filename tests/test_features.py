@@ -135,7 +135,8 @@ def test_features_equal_a_manual_apply(name, input_shape):
         (output,) = everything[stage.module]["__call__"]
         if stage.activation is not None:
             output = stage.activation(output)
-        chex.assert_trees_all_close(features[stage.name], output, atol=1e-6)
+        # Jitted against eager: XLA may fuse (and so round) differently, at float32 precision.
+        chex.assert_trees_all_close(features[stage.name], output, atol=1e-5, rtol=1e-5)
 
 
 def test_each_stage_is_the_input_of_the_next_layer():
