@@ -6,6 +6,7 @@ model = zoo.create_model("resnet18", num_classes=10)
 print(zoo.summary("lenet5"))
 """
 
+from zoo import runtime  # noqa: F401  (first: XLA:CPU defaults before any JAX backend)
 from zoo.features import FeatureInfo, extract_features, feature_info, feature_stages
 from zoo.hub import (
     ArchitectureMismatchError,

@@ -1,0 +1,240 @@
+"""The fast paths are the default, so they must compute what the plain paths compute.
+
+- `zoo.models.layers.max_pool` (the `MaxPool` module): the same values as `nn.max_pool` and
+  bit-for-bit the same gradient (select-and-scatter's first-match rule), including ties,
+  -inf inputs, windows that overlap the padding, strides larger than the window and bfloat16.
+- `zoo.runtime`: the XLA:CPU flags are applied at `import zoo` (and actually reach XLA), leave
+  a user's own flags alone, can be switched off, and change a train step only within float
+  rounding; the compilation cache honours its folder, its opt-out and a user's own setting.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import zoo
+from zoo import runtime
+from zoo.models.layers import MaxPool, explicit_padding, max_pool
+
+# (window, stride, padding): ResNet's stem pool, AlexNet's, LeNet-style 2x2, stride 1, a stride
+# larger than the window, padding of half the window, and a window of 1.
+POOLS = [(3, 2, 1), (3, 2, 0), (2, 2, 0), (3, 1, 1), (2, 3, 0), (5, 3, 2), (4, 2, 1), (1, 2, 0)]
+
+
+def reference(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array:
+    return nn.max_pool(x, (window, window), (stride, stride), explicit_padding(padding))
+
+
+def inputs(dtype: jnp.dtype, rng: np.random.Generator) -> jax.Array:
+    """One batch of four kinds of image; pooling is per image, so one call tests all four."""
+    shape = (1, 9, 10, 3)  # odd and even sizes, so some windows hang over the edge
+    normal = rng.standard_normal(shape)
+    ties = rng.integers(0, 3, shape)  # most windows hold several copies of their maximum
+    # -inf ties the padding, so a window's first match may be a padded position.
+    neg_inf = np.where(rng.random(shape) < 0.5, -np.inf, rng.integers(-2, 0, shape))
+    zeros = np.where(rng.random(shape) < 0.5, 0.0, -0.0) - (rng.random(shape) < 0.2)  # +0 == -0
+    return jnp.asarray(np.concatenate([normal, ties, neg_inf, zeros]), dtype)
+
+
+def values_and_gradient(pool, window, stride, padding):
+    @jax.jit
+    def run(x, g):
+        y, vjp = jax.vjp(lambda x: pool(x, window, stride, padding), x)
+        return y, vjp(g)[0]
+
+    return run
+
+
+def as_f32(x: jax.Array) -> np.ndarray:
+    return np.asarray(x.astype(jnp.float32))
+
+
+@pytest.mark.parametrize(("window", "stride", "padding"), POOLS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+def test_max_pool_values_and_gradients_equal_flax(window, stride, padding, dtype):
+    rng = np.random.default_rng(window * 100 + stride * 10 + padding)
+    x = inputs(dtype, rng)
+    out = reference(x, window, stride, padding)
+    g = jnp.asarray(rng.standard_normal(out.shape), dtype)
+    want = values_and_gradient(reference, window, stride, padding)(x, g)
+    got = values_and_gradient(max_pool, window, stride, padding)(x, g)
+    np.testing.assert_array_equal(as_f32(got[0]), as_f32(want[0]))
+    np.testing.assert_array_equal(as_f32(got[1]), as_f32(want[1]))
+
+
+def test_max_pool_module_gradient_equals_flax_under_jit():
+    # The module, jitted inside a loss, as a model uses it (ResNet's stem pool).
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 4, (4, 16, 16, 8)), jnp.float32)
+    weights = jnp.asarray(np.random.default_rng(1).standard_normal((4, 8, 8, 8)), jnp.float32)
+
+    def loss(pool, x):
+        return jnp.sum(pool(x) * weights)
+
+    got = jax.jit(jax.grad(lambda x: loss(lambda x: MaxPool(3, 2, 1).apply({}, x), x)))(x)
+    want = jax.jit(jax.grad(lambda x: loss(lambda x: reference(x, 3, 2, 1), x)))(x)
+    np.testing.assert_array_equal(got, want)
+    # No select-and-scatter in the fast path (the op that is slow on XLA:CPU).
+    hlo = jax.jit(jax.grad(lambda x: MaxPool(3, 2, 1).apply({}, x).sum())).lower(x).as_text()
+    assert "select_and_scatter" not in hlo
+
+
+def test_max_pool_other_inputs_fall_back_to_flax():
+    ints = jnp.arange(2 * 6 * 6 * 1).reshape(2, 6, 6, 1)
+    np.testing.assert_array_equal(max_pool(ints, 2, 2), reference(ints, 2, 2, 0))
+    unbatched = jnp.arange(36.0).reshape(6, 6, 1)
+    np.testing.assert_array_equal(max_pool(unbatched, 3, 2, 1), reference(unbatched, 3, 2, 1))
+
+
+# --- zoo.runtime -----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    os.environ.get("ZOO_XLA_DEFAULTS") == "0", reason="the XLA:CPU defaults are switched off"
+)
+def test_xla_defaults_applied_at_import():
+    # This process imported zoo before any JAX computation: the flags are in XLA_FLAGS.
+    for flag in runtime.XLA_CPU_DEFAULTS:
+        name = flag.split("=")[0]
+        assert any(t.split("=")[0] == name for t in os.environ.get("XLA_FLAGS", "").split())
+
+
+def test_xla_defaults_respect_user_flags_and_opt_out(monkeypatch):
+    monkeypatch.setattr(runtime, "_backends_initialised", lambda: False)
+    user = f"{runtime.YNN_FUSION_FLAG}=dot --xla_force_host_platform_device_count=2"
+    monkeypatch.setenv("XLA_FLAGS", user)
+    assert runtime.apply_xla_defaults() == []
+    assert os.environ["XLA_FLAGS"] == user  # the user's own value wins
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    assert runtime.apply_xla_defaults() == list(runtime.XLA_CPU_DEFAULTS)
+    assert os.environ["XLA_FLAGS"].split() == [
+        "--xla_force_host_platform_device_count=2",
+        *runtime.XLA_CPU_DEFAULTS,
+    ]
+
+    for env, value in (("ZOO_XLA_DEFAULTS", "0"), ("JAX_PLATFORMS", "cuda")):
+        with monkeypatch.context() as m:
+            m.setenv("XLA_FLAGS", "")
+            m.setenv(env, value)
+            assert runtime.apply_xla_defaults() == []
+            assert os.environ["XLA_FLAGS"] == ""
+
+
+def test_xla_defaults_not_applied_after_backend_start(monkeypatch):
+    monkeypatch.setattr(runtime, "_backends_initialised", lambda: True)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    with pytest.warns(RuntimeWarning, match="import zoo first"):
+        assert runtime.apply_xla_defaults() == []
+
+
+PROBE = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp
+    import zoo
+    x = jnp.ones((256, 256))
+    print(jax.jit(lambda x: jnp.tanh(x) * 2 + 1).lower(x).compile().as_text().count("__ynn"))
+    """
+)
+
+
+def ynn_fusions_in_fresh_process(**env: str) -> int:
+    environment = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",)}
+    environment.update(env)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], env=environment, capture_output=True, text=True, check=True
+    )
+    return int(done.stdout.split()[-1])
+
+
+def test_xla_defaults_reach_the_compiler():
+    # XLA reads XLA_FLAGS once, when the backend starts: set at `import zoo`, after `import jax`,
+    # the elementwise fusion is handed to YNNPACK; opted out, it is not.
+    assert ynn_fusions_in_fresh_process() >= 1
+    assert ynn_fusions_in_fresh_process(ZOO_XLA_DEFAULTS="0") == 0
+
+
+def test_xla_defaults_change_a_train_step_only_within_rounding():
+    # The same lowered CIFAR ResNet step compiled with the zoo's flags (this process) and with
+    # jaxlib's default library fusions: loss and new parameters agree to float32 rounding.
+    from train.config import TrainConfig
+    from train.state import create_train_state, make_optimizer
+    from train.step import train_step
+
+    model = zoo.create_model("resnet20", stage_sizes=(1, 1, 1))  # ResNet-8: compiles faster
+    tx = make_optimizer(TrainConfig(model="resnet20", epochs=1), steps_per_epoch=10)
+    # Random values in the state's shapes (initialising for real takes seconds on 2 cores).
+    rng = np.random.default_rng(0)
+    shapes = jax.eval_shape(lambda: create_train_state(model, tx, (16, 16, 3), jax.random.key(0)))
+    state = jax.tree.map(
+        lambda s: (
+            jnp.asarray(0.2 * rng.standard_normal(s.shape), s.dtype)
+            if jnp.issubdtype(s.dtype, jnp.floating)
+            else jnp.zeros(s.shape, s.dtype)
+        ),
+        shapes,
+    )
+    batch = {
+        "image": jnp.asarray(rng.standard_normal((8, 16, 16, 3)), jnp.float32),
+        "label": jnp.asarray(rng.integers(0, 10, 8), jnp.int32),
+    }
+    lowered = jax.jit(train_step).lower(state, batch)
+    plain = lowered.compile(
+        {
+            "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
+            "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_REDUCE"
+        }
+    )
+    fast = lowered.compile()
+    assert fast.as_text() != plain.as_text()
+    fast_state, fast_metrics = fast(state, batch)
+    plain_state, plain_metrics = plain(state, batch)
+    assert np.isfinite(plain_metrics["loss_sum"])
+    np.testing.assert_allclose(fast_metrics["loss_sum"], plain_metrics["loss_sum"], rtol=1e-5)
+    for got, want in zip(
+        jax.tree.leaves((fast_state.params, fast_state.batch_stats)),
+        jax.tree.leaves((plain_state.params, plain_state.batch_stats)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_compilation_cache_folder_and_opt_outs(monkeypatch, tmp_path):
+    saved = (
+        jax.config.jax_compilation_cache_dir,
+        jax.config.jax_persistent_cache_min_compile_time_secs,
+        jax.config.jax_compilation_cache_max_size,
+    )
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        monkeypatch.setenv("ZOO_COMPILATION_CACHE", "0")
+        assert runtime.enable_compilation_cache(tmp_path) is None
+        assert jax.config.jax_compilation_cache_dir is None
+
+        monkeypatch.delenv("ZOO_COMPILATION_CACHE")
+        monkeypatch.setenv("ZOO_COMPILATION_CACHE_DIR", str(tmp_path / "env"))
+        assert runtime.default_cache_dir() == tmp_path / "env"
+        assert runtime.enable_compilation_cache() == tmp_path / "env"
+        assert (tmp_path / "env").is_dir()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "env")
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
+        assert jax.config.jax_compilation_cache_max_size == runtime.CACHE_MAX_BYTES
+
+        # A folder already configured in JAX (by the user) is kept.
+        assert runtime.enable_compilation_cache(tmp_path / "other") == tmp_path / "env"
+
+        monkeypatch.delenv("ZOO_COMPILATION_CACHE_DIR")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        assert runtime.default_cache_dir() == tmp_path / "xdg" / "jax-zoo" / "xla"
+    finally:
+        jax.config.update("jax_compilation_cache_dir", saved[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
+        jax.config.update("jax_compilation_cache_max_size", saved[2])
