@@ -7,6 +7,13 @@ from pathlib import Path
 import pytest
 
 from train.data import DATA_DIR_ENV
+from zoo import runtime
+
+
+@pytest.fixture(autouse=True)
+def no_persistent_compilation_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`zoo train` turns JAX's disk cache on for the whole process: not inside the test run."""
+    monkeypatch.setenv(runtime.CACHE_OPT_OUT_ENV, "0")
 
 
 @pytest.fixture(scope="session")

@@ -384,3 +384,8 @@ def test_cli_predict_refuses_non_uint8(tmp_path, capsys):
     assert main(["predict", "lenet5-mnist", str(tmp_path / "float.npy"),
                  "--registry", str(tmp_path / "reg")]) == 2
     assert "expected raw uint8 images (0..255), got float32" in capsys.readouterr().err
+
+
+def test_a_relative_registry_path_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert hub.registry_root("reg") == tmp_path / "reg"

@@ -19,7 +19,7 @@ from train import distributed, loop
 from train.config import PRESETS, field_names, flags, load_config_file, resolve, resumed
 from train.evaluate import evaluate_saved
 from train.report import format_metrics
-from zoo import hub, multihost
+from zoo import hub, multihost, runtime
 
 METAVARS = {int: "N", float: "X", str: "TEXT"}
 
@@ -127,6 +127,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    # A second run of the same job loads its compiled programs instead of compiling them again.
+    runtime.enable_compilation_cache()
     settings = explicit_settings(args)
     if args.resume:
         # `--name` alone finds the run; its saved config supplies everything else.

@@ -42,7 +42,8 @@ def registry_root(registry: str | os.PathLike | None = None) -> Path:
         checkout = Path(zoo.__file__).resolve().parents[1]
         is_source = (checkout / "pyproject.toml").is_file()
         root = (checkout if is_source else Path.cwd()) / "checkpoints"
-    root = root.expanduser()
+    # Absolute: Orbax refuses relative paths, and a later chdir must not move the registry.
+    root = root.expanduser().absolute()
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(
             f"checkpoint registry {root} is a file, not a folder; {HOW_TO_SET}")
