@@ -21,7 +21,7 @@ import jax
 
 from zoo.analytic import Layer, ShapeTrace
 from zoo.models.base import ImageModel
-from zoo.models.layers import GlobalAvgPool, batch_norm, check_choice, check_positive
+from zoo.models.layers import batch_norm, check_choice, check_positive
 from zoo.models.resnet import (
     PAPER,
     SHORTCUTS,
@@ -29,6 +29,7 @@ from zoo.models.resnet import (
     block_layers,
     block_plan,
     he_normal,
+    stages_and_classifier,
 )
 from zoo.registry import register
 
@@ -75,17 +76,7 @@ class CifarResNet(ImageModel):
             name="stem_conv",
         )(x)
         x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
-        for name, width, stride in block_plan(self.stage_sizes, self.widths):
-            x = BasicBlock(
-                width,
-                stride=stride,
-                shortcut=self.shortcut,
-                zero_init_residual=self.zero_init_residual,
-                dtype=self.dtype,
-                name=name,
-            )(x, train)
-        x = GlobalAvgPool(name="pool")(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+        return stages_and_classifier(self, x, train, BasicBlock, shortcut=self.shortcut)
 
 
 def cifar_resnet_layers(model: CifarResNet, input_shape: tuple[int, ...]) -> list[Layer]:

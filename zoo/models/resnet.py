@@ -133,6 +133,26 @@ def block_plan(
             yield f"stage{i + 1}_block{j}", width, 2 if i > 0 and j == 0 else 1
 
 
+def stages_and_classifier(
+    model: nn.Module, x: jax.Array, train: bool, block: type[_ResidualBlock], **options: Any
+) -> jax.Array:
+    """Both ResNet families after their stems: the residual stages, average pool, classifier.
+
+    Called inside `model`'s compact `__call__`, so the blocks become its submodules.
+    """
+    for name, width, stride in block_plan(model.stage_sizes, model.widths):
+        x = block(
+            width,
+            stride=stride,
+            zero_init_residual=model.zero_init_residual,
+            dtype=model.dtype,
+            name=name,
+            **options,
+        )(x, train)
+    x = GlobalAvgPool(name="pool")(x)
+    return nn.Dense(model.num_classes, dtype=model.dtype, name="fc")(x)
+
+
 def block_layers(
     trace: ShapeTrace, name: str, block: str, features: int, stride: int, shortcut: str
 ) -> None:
@@ -201,16 +221,7 @@ class ResNet(ImageModel):
         )(x)
         x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
         x = MaxPool(3, 2, 1, name="stem_pool")(x)
-        for name, width, stride in block_plan(self.stage_sizes, self.widths):
-            x = BLOCKS[self.block](
-                width,
-                stride=stride,
-                zero_init_residual=self.zero_init_residual,
-                dtype=self.dtype,
-                name=name,
-            )(x, train)
-        x = GlobalAvgPool(name="pool")(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+        return stages_and_classifier(self, x, train, BLOCKS[self.block])
 
 
 def resnet_layers(model: ResNet, input_shape: tuple[int, ...]) -> list[Layer]:
