@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ import pytest
 
 import zoo
 from zoo import runtime
-from zoo.models.layers import MaxPool, explicit_padding, max_pool
+from zoo.models.layers import MaxPool, RowGemmConv, explicit_padding, max_pool
 
 # (window, stride, padding): ResNet's stem pool, AlexNet's, LeNet-style 2x2, stride 1, a stride
 # larger than the window, padding of half the window, and a window of 1.
@@ -238,3 +239,26 @@ def test_compilation_cache_folder_and_opt_outs(monkeypatch, tmp_path):
         jax.config.update("jax_compilation_cache_dir", saved[0])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
         jax.config.update("jax_compilation_cache_max_size", saved[2])
+
+
+@pytest.mark.parametrize(("cin", "cout", "size"), [(1, 6, 32), (6, 16, 14), (16, 120, 5)])
+def test_row_gemm_conv_equals_flax_conv(cin, cout, size):
+    x = jax.random.normal(jax.random.key(0), (3, size, size + 2, cin))
+    reference = nn.Conv(cout, (5, 5), padding="VALID")
+    variables = reference.init(jax.random.key(1), x)
+    fast = RowGemmConv(cout, 5)
+    # The same parameters from the same key: checkpoints are interchangeable.
+    chex.assert_trees_all_equal(fast.init(jax.random.key(1), x), variables)
+
+    def loss(module, variables, x):
+        return jnp.sum(jnp.sin(module.apply(variables, x)))
+
+    chex.assert_trees_all_close(
+        fast.apply(variables, x), reference.apply(variables, x), atol=1e-5, rtol=1e-5
+    )
+    chex.assert_trees_all_close(
+        jax.grad(loss, argnums=(1, 2))(fast, variables, x),
+        jax.grad(loss, argnums=(1, 2))(reference, variables, x),
+        atol=1e-4,
+        rtol=1e-4,
+    )

@@ -28,7 +28,7 @@ import numpy as np
 from zoo import formulas
 from zoo.analytic import Layer, ShapeTrace
 from zoo.models.base import ImageModel
-from zoo.models.layers import AvgPool, Flatten
+from zoo.models.layers import AvgPool, Flatten, RowGemmConv
 from zoo.registry import register
 
 PAPER_1998 = (
@@ -68,8 +68,9 @@ class LeNet5(ImageModel):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(x)
 
-        def conv(features: int, name: str) -> nn.Conv:
-            return nn.Conv(features, (5, 5), padding="VALID", dtype=self.dtype, name=name)
+        def conv(features: int, name: str) -> RowGemmConv:
+            # nn.Conv's parameters and values, ~1.5x faster on CPU with so few channels.
+            return RowGemmConv(features, 5, dtype=self.dtype, name=name)
 
         x = AvgPool(2, 2, name="s2")(jnp.tanh(conv(6, "c1")(x)))
         x = AvgPool(2, 2, name="s4")(jnp.tanh(conv(16, "c3")(x)))
