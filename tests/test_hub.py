@@ -189,6 +189,12 @@ def test_max_to_keep_none_keeps_everything(tmp_path):
     assert [r.step for r in hub.list_checkpoints(tmp_path)] == [0, 1, 2, 3, 4]
 
 
+def test_steps_up_to_keep_through_are_out_of_retentions_reach(tmp_path):
+    for step in range(4):
+        save_lenet(tmp_path, step=step, max_to_keep=1, keep_through=1)
+    assert [r.step for r in hub.list_checkpoints(tmp_path)] == [0, 1, 3]
+
+
 def test_retention_policy():
     steps = [10, 20, 30, 40]
     assert steps_to_retire(steps, max_to_keep=2, best=None, metric_values={},

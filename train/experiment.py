@@ -133,8 +133,12 @@ def restore_state(experiment: Experiment, fresh: TrainState
 
 def save_checkpoint(experiment: Experiment, state: TrainState, *, step: int, epoch: int,
                     metrics: dict[str, float], history: list[dict[str, Any]],
-                    wall_seconds: float) -> None:
-    """Saves variables, the resumable state and the run's metadata as registry step `step`."""
+                    wall_seconds: float, keep_through: int) -> None:
+    """Saves variables, the resumable state and the run's metadata as registry step `step`.
+
+    Retention (`max_to_keep`) prunes this run's checkpoints only: steps up to `keep_through`
+    belong to earlier runs under the name (the shipped pretrained one, say) and stay.
+    """
     config = experiment.config
     best = ("val_accuracy", "max") if experiment.task == "classification" else ("val_loss", "min")
     hub.save(
@@ -153,4 +157,5 @@ def save_checkpoint(experiment: Experiment, state: TrainState, *, step: int, epo
             "processes": jax.process_count(),
         },
         registry=config.registry, max_to_keep=config.max_to_keep, best=best,
+        keep_through=keep_through,
     )

@@ -106,7 +106,8 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
                 record["checkpoint_step"] = start.step_offset + int(state.step)
                 save_checkpoint(experiment, state, step=record["checkpoint_step"],
                                 epoch=epoch + 1, metrics=metrics, history=history,
-                                wall_seconds=record["wall_seconds"])
+                                wall_seconds=record["wall_seconds"],
+                                keep_through=start.step_offset)
             reporter.end_epoch(record)
     return FitResult(config.run_name, start.step_offset + int(state.step), config.epochs,
                      metrics, time.monotonic() - started)

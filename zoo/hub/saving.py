@@ -36,7 +36,8 @@ from zoo.hub.records import CheckpointRecord, jsonable, read_meta, store_meta, w
 def save(name: str, *, model_name: str, model_config: dict[str, Any], variables: dict[str, Any],
          step: int, meta: dict[str, Any] | None = None, train_state: Any | None = None,
          registry: str | os.PathLike | None = None, max_to_keep: int | None = 3,
-         best: tuple[str, str] | None = None) -> CheckpointRecord:
+         best: tuple[str, str] | None = None, keep_through: int | None = None
+         ) -> CheckpointRecord:
     """Saves `variables` of `zoo.create_model(model_name, **model_config)` as `name`, step `step`.
 
     Args:
@@ -54,6 +55,8 @@ def save(name: str, *, model_name: str, model_config: dict[str, Any], variables:
       registry: the registry folder (see `registry_root`); created if missing.
       max_to_keep: how many of the highest steps to keep; None keeps every step.
       best: (metric, "max" | "min") also keeps the step with the best `meta["metrics"][metric]`.
+      keep_through: steps up to this one are out of retention's reach (an earlier run's
+        checkpoints, which a new run under the same name must not delete).
 
     Returns:
       The record of the committed step, as `list_checkpoints` shows it.
@@ -78,6 +81,7 @@ def save(name: str, *, model_name: str, model_config: dict[str, Any], variables:
         if multihost.is_primary():
             record = _commit_saved(
                 folder, name_dir, step, best=best, max_to_keep=max_to_keep,
+                keep_through=keep_through,
                 meta=store_meta(name=name, model_name=model_name, model_config=recorded_config,
                                 step=step, params=_count(variables["params"]),
                                 size_bytes=_sizes(folder), user_meta=user_meta))
@@ -87,13 +91,14 @@ def save(name: str, *, model_name: str, model_config: dict[str, Any], variables:
 
 
 def _commit_saved(folder: Path, name_dir: Path, step: int, *, meta: dict[str, Any],
-                  max_to_keep: int | None, best: tuple[str, str] | None) -> CheckpointRecord:
+                  max_to_keep: int | None, best: tuple[str, str] | None,
+                  keep_through: int | None) -> CheckpointRecord:
     """Writes metadata and manifest into the staged `folder`, commits it, applies retention."""
     write_meta(folder, meta)
     write_manifest(folder)  # Last: it covers everything above.
     with name_lock(name_dir):
         path = commit(folder, name_dir, step)
-        steps = committed_steps(name_dir)
+        steps = [s for s in committed_steps(name_dir) if keep_through is None or s > keep_through]
         metric_values = _metric_values(name_dir, steps, best) if best else {}
         retire(name_dir, retention.steps_to_retire(
             steps, max_to_keep=max_to_keep, best=best, metric_values=metric_values,
