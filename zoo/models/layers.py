@@ -39,19 +39,28 @@ def check_choice(model: str, name: str, value: Any, choices: Sequence[Any]) -> N
         )
 
 
+def fits_input(shape: tuple[int, ...], expected: tuple[int, int, int], *, fixed_size: bool) -> bool:
+    """Whether one (H, W, C) image of `shape` is a valid input for a model designed for `expected`.
+
+    A model that is not `fixed_size` accepts any height and width, but still needs the channels.
+    """
+    return (
+        len(shape) == 3
+        and shape[-1] == expected[-1]
+        and (not fixed_size or tuple(shape) == tuple(expected))
+    )
+
+
 def check_input(
     model: str, x: jax.Array, expected: tuple[int, int, int], *, fixed_size: bool
 ) -> None:
     """Raises `ValueError` before tracing goes any further when `x` cannot be this model's input.
 
-    `expected` is (height, width, channels); a model that is not `fixed_size` accepts any
-    height and width but still needs the channel count.
+    `expected` is (height, width, channels), as for `fits_input`.
     """
-    h, w, c = expected
-    want = f"(batch, {h}, {w}, {c})" if fixed_size else f"(batch, height, width, {c})"
-    if x.ndim != 4:
-        raise ValueError(f"{model} expects NHWC images of shape {want}, got shape {x.shape}")
-    if x.shape[-1] != c or (fixed_size and x.shape[1:3] != (h, w)):
+    if x.ndim != 4 or not fits_input(x.shape[1:], expected, fixed_size=fixed_size):
+        h, w, c = expected
+        want = f"(batch, {h}, {w}, {c})" if fixed_size else f"(batch, height, width, {c})"
         raise ValueError(f"{model} expects NHWC images of shape {want}, got shape {x.shape}")
 
 
