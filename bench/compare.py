@@ -2,8 +2,9 @@
 
     python bench/compare.py --json OUT.json [--models lenet5,resnet20,resnet18] [--quick]
 
-For each model it times the project's own jitted train step (`train.step.train_step`, the state
-donated, SGD momentum 0.9 + weight decay from `train.state.make_optimizer`) and the same network
+For each model it times the project's own jitted train step (`zoo.training.step.train_step`,
+the state donated, SGD momentum 0.9 + weight decay from `zoo.training.state.make_optimizer`) and
+the same network
 in PyTorch (`bench/torch_models.py`: same architecture, same parameter count, asserted), on the
 same batch, with the same optimizer, fp32, and the same number of threads; then the forward pass
 in eval mode (inference). Short timed blocks of steps of the two alternate (JAX first in even
@@ -51,9 +52,9 @@ import torch  # noqa: E402
 import torch_models  # noqa: E402
 
 import zoo  # noqa: E402  (applies the XLA:CPU defaults: no JAX backend exists yet)
-from train.config import TrainConfig  # noqa: E402
-from train.state import create_train_state, make_optimizer  # noqa: E402
-from train.step import train_step  # noqa: E402
+from zoo.training.config import TrainConfig  # noqa: E402
+from zoo.training.state import create_train_state, make_optimizer  # noqa: E402
+from zoo.training.step import train_step  # noqa: E402
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
 
@@ -182,7 +183,7 @@ class TorchRunner:
         torch.manual_seed(0)
         self.model = torch_models.create(spec.name, spec.num_classes)
         self.params = torch_models.trainable_params(self.model)
-        # Decay on weights only, like train.state.decay_mask (no decay on biases, BN scales).
+        # Decay on weights only, like zoo.training.state.decay_mask (no decay on biases, BN scales).
         decay = [p for p in self.model.parameters() if p.ndim > 1]
         no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
         self.optimizer = torch.optim.SGD(

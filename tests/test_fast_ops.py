@@ -166,9 +166,9 @@ def test_xla_defaults_reach_the_compiler():
 def test_xla_defaults_change_a_train_step_only_within_rounding():
     # The same lowered CIFAR ResNet step compiled with the zoo's flags (this process) and with
     # jaxlib's default library fusions: loss and new parameters agree to float32 rounding.
-    from train.config import TrainConfig
-    from train.state import create_train_state, make_optimizer
-    from train.step import train_step
+    from zoo.training.config import TrainConfig
+    from zoo.training.state import create_train_state, make_optimizer
+    from zoo.training.step import train_step
 
     model = zoo.create_model("resnet20", stage_sizes=(1, 1, 1))  # ResNet-8: compiles faster
     tx = make_optimizer(TrainConfig(model="resnet20", epochs=1), steps_per_epoch=10)

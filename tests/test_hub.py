@@ -21,8 +21,9 @@ from zoo.hub.manifest import write_manifest
 from zoo.hub.retention import steps_to_retire
 from zoo.preprocessing import Preprocessing
 
-MNIST_PREP = Preprocessing(source_shape=(28, 28, 1), input_shape=(32, 32, 1),
-                           mean=(0.1307,), std=(0.3081,))
+MNIST_PREP = Preprocessing(
+    source_shape=(28, 28, 1), input_shape=(32, 32, 1), mean=(0.1307,), std=(0.3081,)
+)
 
 
 def random_variables(model_name: str, seed: int = 0, **config):
@@ -40,11 +41,21 @@ def assert_trees_equal(actual, expected):
 
 
 def save_lenet(registry, name="lenet5-mnist", step=100, seed=0, **kwargs):
-    meta = {"dataset": "mnist", "preprocessing": MNIST_PREP.to_dict(),
-            "metrics": {"val_accuracy": 0.5 + step / 1e4}}
-    return hub.save(name, model_name="lenet5", model_config={},
-                    variables=random_variables("lenet5", seed), step=step,
-                    meta=kwargs.pop("meta", meta), registry=registry, **kwargs)
+    meta = {
+        "dataset": "mnist",
+        "preprocessing": MNIST_PREP.to_dict(),
+        "metrics": {"val_accuracy": 0.5 + step / 1e4},
+    }
+    return hub.save(
+        name,
+        model_name="lenet5",
+        model_config={},
+        variables=random_variables("lenet5", seed),
+        step=step,
+        meta=kwargs.pop("meta", meta),
+        registry=registry,
+        **kwargs,
+    )
 
 
 # --- round trips ------------------------------------------------------------------------------
@@ -53,10 +64,20 @@ def save_lenet(registry, name="lenet5-mnist", step=100, seed=0, **kwargs):
 def test_round_trip_with_batch_stats_is_bit_exact(tmp_path):
     variables = random_variables("resnet20", seed=1)
     assert set(variables) == {"params", "batch_stats"}
-    meta = {"dataset": "cifar10", "metrics": {"val_accuracy": np.float32(0.875)},
-            "train": {"lr": 0.1, "epochs": 3}}
-    record = hub.save("r20", model_name="resnet20", model_config={}, variables=variables,
-                      step=5, meta=meta, registry=tmp_path)
+    meta = {
+        "dataset": "cifar10",
+        "metrics": {"val_accuracy": np.float32(0.875)},
+        "train": {"lr": 0.1, "epochs": 3},
+    }
+    record = hub.save(
+        "r20",
+        model_name="resnet20",
+        model_config={},
+        variables=variables,
+        step=5,
+        meta=meta,
+        registry=tmp_path,
+    )
 
     loaded = hub.load("r20", registry=tmp_path)
 
@@ -90,18 +111,31 @@ def test_params_count_only_the_params_collection(tmp_path):
     assert record.dataset == "mnist"
 
 
-@pytest.mark.parametrize("config", [{"widths": (8, 16, 32)}, {"dtype": jnp.bfloat16},
-                                    {"num_classes": 7, "stage_sizes": [1, 1, 1]}])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"widths": (8, 16, 32)},
+        {"dtype": jnp.bfloat16},
+        {"num_classes": 7, "stage_sizes": [1, 1, 1]},
+    ],
+)
 def test_recorded_config_rebuilds_an_equal_module(tmp_path, config):
-    hub.save("r", model_name="resnet20", model_config=config, step=0, registry=tmp_path,
-             variables=random_variables("resnet20", **config))
+    hub.save(
+        "r",
+        model_name="resnet20",
+        model_config=config,
+        step=0,
+        registry=tmp_path,
+        variables=random_variables("resnet20", **config),
+    )
     assert hub.load("r", registry=tmp_path).module == zoo.create_model("resnet20", **config)
 
 
 def test_config_that_json_cannot_hold_is_refused_before_writing(tmp_path):
     with pytest.raises(TypeError, match=r"resnet20 config widths\[1\].*set"):
-        config_json.encode("resnet20", {**zoo.model_info("resnet20").config(),
-                                        "widths": (8, {16}, 32)})
+        config_json.encode(
+            "resnet20", {**zoo.model_info("resnet20").config(), "widths": (8, {16}, 32)}
+        )
 
 
 def test_loaded_model_predicts_like_the_module(tmp_path):
@@ -123,17 +157,28 @@ def test_train_state_round_trip(tmp_path):
     opt_state = tx.init(variables["params"])
     opt_state = jax.tree.map(lambda x: x + 1, opt_state)  # Not the fresh state: values must move.
     train_state = {"step": jnp.int32(300), "opt_state": opt_state, "key": jax.random.key(3)}
-    hub.save("l", model_name="lenet5", model_config={}, variables=variables, step=300,
-             train_state=train_state, registry=tmp_path)
+    hub.save(
+        "l",
+        model_name="lenet5",
+        model_config={},
+        variables=variables,
+        step=300,
+        train_state=train_state,
+        registry=tmp_path,
+    )
 
-    fresh = {"step": jnp.int32(0), "opt_state": tx.init(variables["params"]),
-             "key": jax.random.key(0)}
+    fresh = {
+        "step": jnp.int32(0),
+        "opt_state": tx.init(variables["params"]),
+        "key": jax.random.key(0),
+    }
     restored = hub.restore_train_state("l", jax.eval_shape(lambda: fresh), registry=tmp_path)
 
     assert_trees_equal(restored["opt_state"], opt_state)
     assert int(restored["step"]) == 300
-    np.testing.assert_array_equal(jax.random.key_data(restored["key"]),
-                                  jax.random.key_data(train_state["key"]))
+    np.testing.assert_array_equal(
+        jax.random.key_data(restored["key"]), jax.random.key_data(train_state["key"])
+    )
     with pytest.raises(hub.ArchitectureMismatchError, match="step: expected float32"):
         hub.restore_train_state("l", {**fresh, "step": jnp.float32(0)}, registry=tmp_path)
 
@@ -159,8 +204,9 @@ def test_list_checkpoints(tmp_path):
     assert (first.model_name, first.dataset, first.params) == ("lenet5", "mnist", 61_706)
     assert first.metrics == {"val_accuracy": 0.5003}
     assert first.path == tmp_path / "a-net" / "step_3"
-    assert first.size_bytes == sum(p.stat().st_size for p in first.path.rglob("*")
-                                   if p.is_file() and p.name != "manifest.json")
+    assert first.size_bytes == sum(
+        p.stat().st_size for p in first.path.rglob("*") if p.is_file() and p.name != "manifest.json"
+    )
     assert first.created.endswith("+00:00")
     assert hub.latest_step("a-net", registry=tmp_path) == 20
     assert hub.latest_step("nothing-here", registry=tmp_path) is None
@@ -169,17 +215,30 @@ def test_list_checkpoints(tmp_path):
 def test_max_to_keep_keeps_the_latest_and_the_best(tmp_path):
     accuracy = {1: 0.5, 2: 0.9, 3: 0.6, 4: 0.7, 5: 0.8, 6: 0.85}
     for step, value in accuracy.items():
-        save_lenet(tmp_path, step=step, max_to_keep=3, best=("val_accuracy", "max"),
-                   meta={"metrics": {"val_accuracy": value}})
+        save_lenet(
+            tmp_path,
+            step=step,
+            max_to_keep=3,
+            best=("val_accuracy", "max"),
+            meta={"metrics": {"val_accuracy": value}},
+        )
     assert [r.step for r in hub.list_checkpoints(tmp_path)] == [2, 4, 5, 6]
-    assert not [p for p in (tmp_path / "lenet5-mnist").iterdir() if p.name.startswith(".")
-                and p.name != ".lock"]
+    assert not [
+        p
+        for p in (tmp_path / "lenet5-mnist").iterdir()
+        if p.name.startswith(".") and p.name != ".lock"
+    ]
 
 
 def test_a_nan_metric_never_wins_best(tmp_path):
     for step, value in {1: 0.9, 2: float("nan"), 3: 0.5, 4: 0.6}.items():
-        save_lenet(tmp_path, step=step, max_to_keep=1, best=("val_accuracy", "max"),
-                   meta={"metrics": {"val_accuracy": value}})
+        save_lenet(
+            tmp_path,
+            step=step,
+            max_to_keep=1,
+            best=("val_accuracy", "max"),
+            meta={"metrics": {"val_accuracy": value}},
+        )
     assert [r.step for r in hub.list_checkpoints(tmp_path)] == [1, 4]
 
 
@@ -197,23 +256,31 @@ def test_steps_up_to_keep_through_are_out_of_retentions_reach(tmp_path):
 
 def test_retention_policy():
     steps = [10, 20, 30, 40]
-    assert steps_to_retire(steps, max_to_keep=2, best=None, metric_values={},
-                           just_saved=40) == [10, 20]
+    assert steps_to_retire(steps, max_to_keep=2, best=None, metric_values={}, just_saved=40) == [
+        10,
+        20,
+    ]
     loss = {10: 0.1, 20: 0.3, 30: 0.1, 40: 0.5}
-    assert steps_to_retire(steps, max_to_keep=1, best=("loss", "min"), metric_values=loss,
-                           just_saved=40) == [10, 20]  # Tie at 0.1: the later step is kept.
-    assert steps_to_retire(steps, max_to_keep=1, best=None, metric_values={},
-                           just_saved=20) == [10, 30]
+    assert steps_to_retire(
+        steps, max_to_keep=1, best=("loss", "min"), metric_values=loss, just_saved=40
+    ) == [10, 20]  # Tie at 0.1: the later step is kept.
+    assert steps_to_retire(steps, max_to_keep=1, best=None, metric_values={}, just_saved=20) == [
+        10,
+        30,
+    ]
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"max_to_keep": 0}, "max_to_keep must be a positive int"),
-    ({"best": ("val_accuracy", "up")}, "best must be"),
-    ({"best": ("val_loss", "min")}, r"needs a number at meta\['metrics'\]\['val_loss'\]"),
-    ({"meta": {"step": 3}}, "meta key.*step.*written by the store"),
-    ({"step": -1}, "step must be a non-negative int"),
-    ({"name": "../escape"}, "checkpoint name must match"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_to_keep": 0}, "max_to_keep must be a positive int"),
+        ({"best": ("val_accuracy", "up")}, "best must be"),
+        ({"best": ("val_loss", "min")}, r"needs a number at meta\['metrics'\]\['val_loss'\]"),
+        ({"meta": {"step": 3}}, "meta key.*step.*written by the store"),
+        ({"step": -1}, "step must be a non-negative int"),
+        ({"name": "../escape"}, "checkpoint name must match"),
+    ],
+)
 def test_bad_save_arguments_are_refused_before_writing(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         save_lenet(tmp_path, **kwargs)
@@ -239,21 +306,34 @@ def test_a_step_is_never_overwritten(tmp_path):
 def test_variables_of_another_architecture_are_refused_at_save(tmp_path):
     expected = r"params/output/kernel: expected float32\[84, 5\], got float32\[84, 10\]"
     with pytest.raises(hub.ArchitectureMismatchError, match=expected):
-        hub.save("x", model_name="lenet5", model_config={"num_classes": 5}, step=0,
-                 variables=random_variables("lenet5"), registry=tmp_path)
+        hub.save(
+            "x",
+            model_name="lenet5",
+            model_config={"num_classes": 5},
+            step=0,
+            variables=random_variables("lenet5"),
+            registry=tmp_path,
+        )
 
 
 def test_variables_of_another_dtype_are_refused_at_save(tmp_path):
     half = jax.tree.map(lambda x: x.astype(np.float16), random_variables("lenet5"))
     with pytest.raises(hub.ArchitectureMismatchError, match=r"(?s)10 array\(s\).*float16"):
-        hub.save("x", model_name="lenet5", model_config={}, step=0, variables=half,
-                 registry=tmp_path)
+        hub.save(
+            "x", model_name="lenet5", model_config={}, step=0, variables=half, registry=tmp_path
+        )
 
 
 def test_resnet18_weights_do_not_load_as_resnet34(tmp_path):
     with pytest.raises(hub.ArchitectureMismatchError, match="missing") as error:
-        hub.save("x", model_name="resnet34", model_config={}, step=0, registry=tmp_path,
-                 variables=random_variables("resnet18"))
+        hub.save(
+            "x",
+            model_name="resnet34",
+            model_config={},
+            step=0,
+            registry=tmp_path,
+            variables=random_variables("resnet18"),
+        )
     assert "... and" in str(error.value)  # Many differences: the first few, then a count.
 
 
@@ -290,12 +370,15 @@ def test_load_refuses_saved_arrays_of_another_dtype(tmp_path):
         import shutil
 
         from zoo.hub import store
+
         shutil.rmtree(step_dir / "variables")
         store.save_tree(step_dir / "variables", half)
 
     edit_step(record.path, float16_variables)
-    with pytest.raises(hub.ArchitectureMismatchError,
-                       match=r"params/c1/bias: expected float32\[6\], got float16\[6\]"):
+    with pytest.raises(
+        hub.ArchitectureMismatchError,
+        match=r"params/c1/bias: expected float32\[6\], got float16\[6\]",
+    ):
         hub.load("lenet5-mnist", registry=tmp_path)
 
 
@@ -321,8 +404,7 @@ def test_unknown_step_lists_saved_steps(tmp_path):
 
 def test_missing_registry_root_says_how_to_set_it(tmp_path):
     missing = tmp_path / "nowhere"
-    for read in (lambda: hub.load("x", registry=missing),
-                 lambda: hub.list_checkpoints(missing)):
+    for read in (lambda: hub.load("x", registry=missing), lambda: hub.list_checkpoints(missing)):
         with pytest.raises(FileNotFoundError, match=f"{missing} does not exist.*ZOO_REGISTRY"):
             read()
 
@@ -372,9 +454,17 @@ def test_cli_predict_npy_and_png(tmp_path, capsys):
     PIL.Image.fromarray(raw[1]).save(tmp_path / "one.png")
     expected = hub.load("lenet5-mnist", registry=tmp_path / "reg").predict(raw)
 
-    code = main(["predict", "lenet5-mnist", *(str(tmp_path / f) for f in
-                                              ("batch.npy", "single.npy", "one.png")),
-                 "--registry", str(tmp_path / "reg"), "--step", "100"])
+    code = main(
+        [
+            "predict",
+            "lenet5-mnist",
+            *(str(tmp_path / f) for f in ("batch.npy", "single.npy", "one.png")),
+            "--registry",
+            str(tmp_path / "reg"),
+            "--step",
+            "100",
+        ]
+    )
 
     lines = capsys.readouterr().out.splitlines()
     assert code == 0 and len(lines) == 5
@@ -387,8 +477,18 @@ def test_cli_predict_npy_and_png(tmp_path, capsys):
 def test_cli_predict_refuses_non_uint8(tmp_path, capsys):
     save_lenet(tmp_path / "reg")
     np.save(tmp_path / "float.npy", np.zeros((2, 28, 28), np.float32))
-    assert main(["predict", "lenet5-mnist", str(tmp_path / "float.npy"),
-                 "--registry", str(tmp_path / "reg")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "lenet5-mnist",
+                str(tmp_path / "float.npy"),
+                "--registry",
+                str(tmp_path / "reg"),
+            ]
+        )
+        == 2
+    )
     assert "expected raw uint8 images (0..255), got float32" in capsys.readouterr().err
 
 

@@ -23,8 +23,10 @@ def step_dir(registry, step):
 
 
 def largest_data_file(registry, step):
-    return max((p for p in (step_dir(registry, step) / "variables").rglob("*") if p.is_file()),
-               key=lambda p: p.stat().st_size)
+    return max(
+        (p for p in (step_dir(registry, step) / "variables").rglob("*") if p.is_file()),
+        key=lambda p: p.stat().st_size,
+    )
 
 
 def flip_byte(path, offset=None):
@@ -44,8 +46,10 @@ def test_flipped_byte_names_the_file_and_the_latest_good_step(saved):
     assert error.value.path == bad
     assert "sha256 differs" in str(error.value)
     assert "the latest good step is 2: load('lenet5-mnist', step=2)" in str(error.value)
-    assert_trees_equal(hub.load("lenet5-mnist", step=2, registry=saved).variables,
-                       random_variables("lenet5", seed=2))
+    assert_trees_equal(
+        hub.load("lenet5-mnist", step=2, registry=saved).variables,
+        random_variables("lenet5", seed=2),
+    )
 
 
 def test_explicit_step_error_has_no_advice(saved):
@@ -101,14 +105,20 @@ def test_tampered_manifest(saved):
     entry = manifest["files"]["meta.json"]
     entry["sha256"] = entry["sha256"][::-1]
     path.write_text(json.dumps(manifest))
-    with pytest.raises(hub.CorruptCheckpointError,
-                       match=f"{path}: its file table does not match its digest"):
+    with pytest.raises(
+        hub.CorruptCheckpointError, match=f"{path}: its file table does not match its digest"
+    ):
         hub.load("lenet5-mnist", registry=saved)
 
 
-@pytest.mark.parametrize(("content", "reason"), [
-    (None, "missing"), (b"{\"files\": {", "not valid JSON"), (b"[]", "not a jax-zoo-manifest"),
-])
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "missing"),
+        (b'{"files": {', "not valid JSON"),
+        (b"[]", "not a jax-zoo-manifest"),
+    ],
+)
 def test_missing_or_garbled_manifest(saved, content, reason):
     path = step_dir(saved, 3) / "manifest.json"
     if content is None:

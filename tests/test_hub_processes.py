@@ -45,9 +45,21 @@ for step in steps:
 
 def start_saver(registry, *, blob_size, stride=1, max_to_keep="-", final_step="-"):
     process = subprocess.Popen(
-        [sys.executable, "-c", SAVER, NAME, str(registry), str(blob_size), str(stride),
-         str(max_to_keep), str(final_step)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            SAVER,
+            NAME,
+            str(registry),
+            str(blob_size),
+            str(stride),
+            str(max_to_keep),
+            str(final_step),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     return process
 
 
@@ -73,8 +85,9 @@ def assert_every_listed_step_loads(registry, blob_size):
 
 
 def hidden_entries(registry):
-    return sorted(p.name for p in (registry / NAME).iterdir() if p.name.startswith(".")
-                  and p.name != ".lock")
+    return sorted(
+        p.name for p in (registry / NAME).iterdir() if p.name.startswith(".") and p.name != ".lock"
+    )
 
 
 def test_sigkill_during_saves_leaves_only_loadable_steps(tmp_path):
@@ -99,16 +112,23 @@ def test_sigkill_during_saves_leaves_only_loadable_steps(tmp_path):
 
     # The next save cleans up what the killed writers left behind.
     latest = hub.latest_step(NAME, registry=tmp_path)
-    hub.save(NAME, model_name="lenet5", model_config={}, step=latest + 1, registry=tmp_path,
-             variables=hub.load(NAME, registry=tmp_path).variables)
+    hub.save(
+        NAME,
+        model_name="lenet5",
+        model_config={},
+        step=latest + 1,
+        registry=tmp_path,
+        variables=hub.load(NAME, registry=tmp_path).variables,
+    )
     assert hidden_entries(tmp_path) == []
 
 
 def test_two_concurrent_savers_of_one_name(tmp_path):
     blob_size = 250_000
     count = 6
-    savers = [start_saver(tmp_path, blob_size=blob_size, stride=2, final_step=1000)
-              for _ in range(2)]
+    savers = [
+        start_saver(tmp_path, blob_size=blob_size, stride=2, final_step=1000) for _ in range(2)
+    ]
     for first, saver in enumerate(savers):  # Even steps from one process, odd from the other.
         release(saver, first_step=first, count=count)
     results = [reported(saver) for saver in savers]

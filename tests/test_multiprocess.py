@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from train.config import resolve
-from train.data import load_dataset, process_rows
-from train.distributed import detected_cluster
-from train.loop import fit
 from zoo import cli, hub
+from zoo.data import load_dataset, process_rows
+from zoo.training.config import resolve
+from zoo.training.distributed import detected_cluster
+from zoo.training.loop import fit
 
 # `zoo train` (`zoo.cli.main`) plus two test hooks: each checkpoint's parameters as this process
 # holds them go to OUT-<process index>.npz, and with DIE_AT > 0 the process kills itself (SIGKILL)
@@ -33,7 +33,7 @@ from zoo import cli, hub
 WORKER = r"""
 import os, signal, sys
 import jax, numpy as np
-from train import loop
+from zoo.training import loop
 from zoo import cli
 from zoo.hub import store
 

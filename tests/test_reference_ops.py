@@ -31,6 +31,7 @@ VERTICAL_EDGE_KERNEL = np.array([[-1, 0, 1]] * 3, np.float32)
 
 # --- The lecture's worked examples ---------------------------------------------------------------
 
+
 def test_vertical_edge_detector_without_padding():
     # Output column j sees input columns j..j+2 and scores 3 * (x[:, j+2] - x[:, j]): +3 while
     # the window's right column is in the bar and its left is not (j = 1, 2), -3 as it leaves.
@@ -70,8 +71,9 @@ def test_stride_two_quarter_kernel_per_channel_is_average_pooling_of_a_batch():
     # conv2d sums over input channels, so a diagonal kernel (channel c -> c only) pools each one.
     images = normal(6, (2, 6, 6, 3))
     per_channel_quarter = 0.25 * jnp.broadcast_to(jnp.eye(3), (2, 2, 3, 3))
-    chex.assert_trees_all_close(conv2d(images, per_channel_quarter, stride=2),
-                                avg_pool2d(images, 2), **TOLERANCE)
+    chex.assert_trees_all_close(
+        conv2d(images, per_channel_quarter, stride=2), avg_pool2d(images, 2), **TOLERANCE
+    )
 
 
 def test_max_pooling_two_by_two_stride_two():
@@ -104,6 +106,7 @@ def test_sobel_on_the_bar_image():
 
 
 # --- The lecture's formulas ----------------------------------------------------------------------
+
 
 def test_lenet5_s2_to_c3_weights_with_full_connectivity():
     assert formulas.conv_params(6, 16, 5, bias=False) == 16 * 6 * 5 * 5 == 2_400
@@ -143,6 +146,7 @@ def test_conv_params_rejects_groups_that_do_not_divide_the_channels():
 
 # --- Against the fast path -----------------------------------------------------------------------
 
+
 def normal(seed: int, shape: tuple[int, ...]) -> np.ndarray:
     """Standard normal float32 values; NumPy's generator spares a JAX compile per shape."""
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
@@ -150,7 +154,9 @@ def normal(seed: int, shape: tuple[int, ...]) -> np.ndarray:
 
 CONV_CASES = [  # (batch, height, width, in_channels, out_channels, kernel, stride, padding)
     (2, 9, 11, 3, 4, kernel, stride, padding)  # Odd, unequal sides exercise the floor.
-    for kernel in (1, 3, 5) for stride in (1, 2) for padding in (0, 1, 2)
+    for kernel in (1, 3, 5)
+    for stride in (1, 2)
+    for padding in (0, 1, 2)
 ] + [
     (1, 6, 6, 1, 1, 3, 1, 1),  # The lecture's case: one image, one channel, one kernel.
     (3, 8, 5, 5, 1, 3, 2, 0),  # Many input channels summed into one map.
@@ -162,26 +168,37 @@ CONV_CASES = [  # (batch, height, width, in_channels, out_channels, kernel, stri
     ("batch", "height", "width", "in_channels", "out_channels", "kernel", "stride", "padding"),
     CONV_CASES,
 )
-def test_conv2d_matches_lax_and_flax(batch, height, width, in_channels, out_channels, kernel,
-                                     stride, padding):
+def test_conv2d_matches_lax_and_flax(
+    batch, height, width, in_channels, out_channels, kernel, stride, padding
+):
     x = normal(0, (batch, height, width, in_channels))
     w = normal(1, (kernel, kernel, in_channels, out_channels))
     b = normal(2, (out_channels,))
     reference = conv2d(x, w, b, stride=stride, padding=padding)
 
-    out_height, out_width = (formulas.conv_output_size(side, kernel, stride, padding)
-                             for side in (height, width))
+    out_height, out_width = (
+        formulas.conv_output_size(side, kernel, stride, padding) for side in (height, width)
+    )
     assert reference.shape == (batch, out_height, out_width, out_channels)
 
     symmetric = ((padding, padding), (padding, padding))
     lax_out = jax.lax.conv_general_dilated(
-        x, w, window_strides=(stride, stride), padding=symmetric,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST,
+        x,
+        w,
+        window_strides=(stride, stride),
+        padding=symmetric,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=jax.lax.Precision.HIGHEST,
     )
     chex.assert_trees_all_close(reference, lax_out + b, **TOLERANCE)
 
-    layer = nn.Conv(out_channels, (kernel, kernel), strides=stride, padding=symmetric,
-                    precision=jax.lax.Precision.HIGHEST)
+    layer = nn.Conv(
+        out_channels,
+        (kernel, kernel),
+        strides=stride,
+        padding=symmetric,
+        precision=jax.lax.Precision.HIGHEST,
+    )
     flax_out = layer.apply({"params": {"kernel": w, "bias": b}}, x)
     chex.assert_trees_all_close(reference, flax_out, **TOLERANCE)
 
@@ -189,16 +206,16 @@ def test_conv2d_matches_lax_and_flax(batch, height, width, in_channels, out_chan
 def test_cross_correlate2d_is_conv2d_with_one_image_and_one_channel():
     image, kernel = normal(3, (7, 9)), normal(4, (2, 3))
     expected = conv2d(image[None, :, :, None], kernel[:, :, None, None], stride=2, padding=1)
-    chex.assert_trees_all_close(cross_correlate2d(image, kernel, stride=2, padding=1),
-                                expected[0, :, :, 0], **TOLERANCE)
+    chex.assert_trees_all_close(
+        cross_correlate2d(image, kernel, stride=2, padding=1), expected[0, :, :, 0], **TOLERANCE
+    )
 
 
 def test_conv2d_works_under_jit():
     x, w = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 1))
     jitted = jax.jit(functools.partial(conv2d, stride=2, padding=1))
     # Centre output (1, 1) sees a full 3x3x2 window of ones; the corner (0, 0) sees 2x2x2.
-    np.testing.assert_array_equal(jitted(x, w)[0, :, :, 0], [[8, 12, 8], [12, 18, 12],
-                                                             [8, 12, 8]])
+    np.testing.assert_array_equal(jitted(x, w)[0, :, :, 0], [[8, 12, 8], [12, 18, 12], [8, 12, 8]])
 
 
 POOL_CASES = pytest.mark.parametrize(
@@ -210,8 +227,12 @@ POOL_CASES = pytest.mark.parametrize(
 @POOL_CASES
 def test_max_pool2d_matches_flax(window, stride, padding):
     x = normal(window * 10 + padding, (2, 7, 8, 3))
-    expected = nn.max_pool(x, (window, window), strides=(stride or window,) * 2,
-                           padding=((padding, padding), (padding, padding)))
+    expected = nn.max_pool(
+        x,
+        (window, window),
+        strides=(stride or window,) * 2,
+        padding=((padding, padding), (padding, padding)),
+    )
     chex.assert_trees_all_close(max_pool2d(x, window, stride, padding), expected, **TOLERANCE)
 
 
@@ -219,9 +240,13 @@ def test_max_pool2d_matches_flax(window, stride, padding):
 @pytest.mark.parametrize("count_include_pad", [True, False])
 def test_avg_pool2d_matches_flax(window, stride, padding, count_include_pad):
     x = normal(window * 10 + padding, (2, 7, 8, 3))
-    expected = nn.avg_pool(x, (window, window), strides=(stride or window,) * 2,
-                           padding=((padding, padding), (padding, padding)),
-                           count_include_pad=count_include_pad)
+    expected = nn.avg_pool(
+        x,
+        (window, window),
+        strides=(stride or window,) * 2,
+        padding=((padding, padding), (padding, padding)),
+        count_include_pad=count_include_pad,
+    )
     result = avg_pool2d(x, window, stride, padding, count_include_pad=count_include_pad)
     chex.assert_trees_all_close(result, expected, **TOLERANCE)
 
@@ -242,35 +267,62 @@ def test_max_pool_padding_never_wins():
 
 # --- Input validation ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: cross_correlate2d(np.zeros((2, 3, 3)), np.zeros((3, 3))),
-         r"x must have shape \(H, W\), got shape \(2, 3, 3\)"),
-        (lambda: cross_correlate2d(np.zeros((3, 3)), np.zeros(3)),
-         r"w must have shape \(KH, KW\), got shape \(3,\)"),
-        (lambda: cross_correlate2d(np.zeros((3, 3)), np.zeros((5, 5))),
-         "kernel 5x5 is larger than the padded input: 3x3 padded by 0 on each side is 3x3"),
-        (lambda: cross_correlate2d(np.zeros((3, 3)), np.zeros((3, 3)), stride=0),
-         "stride must be a positive integer, got 0"),
-        (lambda: cross_correlate2d(np.zeros((3, 3)), np.zeros((3, 3)), padding=-1),
-         "padding must be a non-negative integer, got -1"),
-        (lambda: conv2d(np.zeros((3, 3, 2)), np.zeros((3, 3, 2, 4))),
-         r"x_nhwc must have shape \(N, H, W, C_in\), got shape \(3, 3, 2\)"),
-        (lambda: conv2d(np.zeros((1, 3, 3, 2)), np.zeros((3, 3, 1, 4))),
-         r"C_in=1 input channels but x_nhwc of shape \(1, 3, 3, 2\) has 2"),
-        (lambda: conv2d(np.zeros((1, 3, 3, 2)), np.zeros((3, 3, 2, 4)), np.zeros(3)),
-         r"bias must have shape \(4,\) to match C_out .* got \(3,\)"),
-        (lambda: max_pool2d(np.zeros((4, 4, 1)), 2),
-         r"\(H, W\) image or an \(N, H, W, C\) batch, got shape \(4, 4, 1\)"),
-        (lambda: avg_pool2d(np.zeros((1, 3, 3, 1)), 4),
-         "window 4x4 is larger than the padded input: 3x3 padded by 0 on each side is 3x3"),
-        (lambda: max_pool2d(np.zeros((4, 4)), 0),
-         r"window sides must be positive integers, got \(0, 0\)"),
-        (lambda: avg_pool2d(np.zeros((4, 4)), 2, stride=-1),
-         "stride must be a positive integer, got -1"),
-        (lambda: sobel_edges(np.zeros((1, 4, 4, 1))),
-         r"image must have shape \(H, W\), got shape \(1, 4, 4, 1\)"),
+        (
+            lambda: cross_correlate2d(np.zeros((2, 3, 3)), np.zeros((3, 3))),
+            r"x must have shape \(H, W\), got shape \(2, 3, 3\)",
+        ),
+        (
+            lambda: cross_correlate2d(np.zeros((3, 3)), np.zeros(3)),
+            r"w must have shape \(KH, KW\), got shape \(3,\)",
+        ),
+        (
+            lambda: cross_correlate2d(np.zeros((3, 3)), np.zeros((5, 5))),
+            "kernel 5x5 is larger than the padded input: 3x3 padded by 0 on each side is 3x3",
+        ),
+        (
+            lambda: cross_correlate2d(np.zeros((3, 3)), np.zeros((3, 3)), stride=0),
+            "stride must be a positive integer, got 0",
+        ),
+        (
+            lambda: cross_correlate2d(np.zeros((3, 3)), np.zeros((3, 3)), padding=-1),
+            "padding must be a non-negative integer, got -1",
+        ),
+        (
+            lambda: conv2d(np.zeros((3, 3, 2)), np.zeros((3, 3, 2, 4))),
+            r"x_nhwc must have shape \(N, H, W, C_in\), got shape \(3, 3, 2\)",
+        ),
+        (
+            lambda: conv2d(np.zeros((1, 3, 3, 2)), np.zeros((3, 3, 1, 4))),
+            r"C_in=1 input channels but x_nhwc of shape \(1, 3, 3, 2\) has 2",
+        ),
+        (
+            lambda: conv2d(np.zeros((1, 3, 3, 2)), np.zeros((3, 3, 2, 4)), np.zeros(3)),
+            r"bias must have shape \(4,\) to match C_out .* got \(3,\)",
+        ),
+        (
+            lambda: max_pool2d(np.zeros((4, 4, 1)), 2),
+            r"\(H, W\) image or an \(N, H, W, C\) batch, got shape \(4, 4, 1\)",
+        ),
+        (
+            lambda: avg_pool2d(np.zeros((1, 3, 3, 1)), 4),
+            "window 4x4 is larger than the padded input: 3x3 padded by 0 on each side is 3x3",
+        ),
+        (
+            lambda: max_pool2d(np.zeros((4, 4)), 0),
+            r"window sides must be positive integers, got \(0, 0\)",
+        ),
+        (
+            lambda: avg_pool2d(np.zeros((4, 4)), 2, stride=-1),
+            "stride must be a positive integer, got -1",
+        ),
+        (
+            lambda: sobel_edges(np.zeros((1, 4, 4, 1))),
+            r"image must have shape \(H, W\), got shape \(1, 4, 4, 1\)",
+        ),
     ],
 )
 def test_invalid_inputs_raise_value_errors_that_name_the_shapes(call, message):

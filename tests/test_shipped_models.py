@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import zoo
-from train.data import load_dataset
+from zoo.data import load_dataset
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train import loop
-from train.data import load_dataset
 from zoo import cli, hub
+from zoo.data import load_dataset
+from zoo.training import loop
 
 
 @pytest.fixture(autouse=True)
@@ -27,8 +27,19 @@ def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
 
 def test_train_then_eval_lenet5_on_the_embedded_digits(tmp_path, capsys):
     registry, log = tmp_path / "registry", tmp_path / "metrics.jsonl"
-    code, out, err = run(capsys, "train", "lenet5", "--epochs", "1", "--max-train-examples",
-                         "640", "--registry", str(registry), "--log", str(log))
+    code, out, err = run(
+        capsys,
+        "train",
+        "lenet5",
+        "--epochs",
+        "1",
+        "--max-train-examples",
+        "640",
+        "--registry",
+        str(registry),
+        "--log",
+        str(log),
+    )
     assert code == 0, err
     assert re.search(r"epoch 1/1 .* val_acc \d+\.\d\d%", out)
     assert f"saved lenet5-mnist5k step 10 to {registry}: val_accuracy" in out
@@ -36,8 +47,10 @@ def test_train_then_eval_lenet5_on_the_embedded_digits(tmp_path, capsys):
 
     code, out, err = run(capsys, "eval", "lenet5-mnist5k", "--registry", str(registry))
     assert code == 0, err
-    assert out.strip() == (f"lenet5-mnist5k step 10 on mnist5k held-out split (1,000 images): "
-                           f"accuracy {record['val_accuracy']:.2%}, loss {record['val_loss']:.4f}")
+    assert out.strip() == (
+        f"lenet5-mnist5k step 10 on mnist5k held-out split (1,000 images): "
+        f"accuracy {record['val_accuracy']:.2%}, loss {record['val_loss']:.4f}"
+    )
 
     loaded = hub.load("lenet5-mnist5k", registry=registry)
     test = load_dataset("mnist5k").test
@@ -46,18 +59,37 @@ def test_train_then_eval_lenet5_on_the_embedded_digits(tmp_path, capsys):
     assert accuracy > 0.5  # One short epoch on real digits already learns something.
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["train", "lenet"], "unknown model 'lenet'; did you mean: lenet5"),
-    (["train", "mlp", "--dataset", "mnist6k"], "unknown dataset 'mnist6k'; did you mean mnist5k"),
-    (["train", "mlp", "--epochs", "-1"], "epochs must be at least 1, got -1"),
-    (["train", "mlp", "--lr", "-0.1"], "lr must be positive, got -0.1"),
-    (["train", "mlp", "--resume"], "no checkpoint named 'mlp-mnist5k'"),
-    (["train", "--epochs", "2"], "no model given"),
-    (["train", "mlp", "--config", "missing.toml"], "config file missing.toml does not exist"),
-    (["train", "mlp", "--precision", "bf16", "--dataset", "synthetic", "--max-train-examples",
-      "100", "--batch-size", "101"], "batch size 101 is larger than the 100 training examples"),
-    (["eval", "nothing-here"], "no checkpoint named 'nothing-here'"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "lenet"], "unknown model 'lenet'; did you mean: lenet5"),
+        (
+            ["train", "mlp", "--dataset", "mnist6k"],
+            "unknown dataset 'mnist6k'; did you mean mnist5k",
+        ),
+        (["train", "mlp", "--epochs", "-1"], "epochs must be at least 1, got -1"),
+        (["train", "mlp", "--lr", "-0.1"], "lr must be positive, got -0.1"),
+        (["train", "mlp", "--resume"], "no checkpoint named 'mlp-mnist5k'"),
+        (["train", "--epochs", "2"], "no model given"),
+        (["train", "mlp", "--config", "missing.toml"], "config file missing.toml does not exist"),
+        (
+            [
+                "train",
+                "mlp",
+                "--precision",
+                "bf16",
+                "--dataset",
+                "synthetic",
+                "--max-train-examples",
+                "100",
+                "--batch-size",
+                "101",
+            ],
+            "batch size 101 is larger than the 100 training examples",
+        ),
+        (["eval", "nothing-here"], "no checkpoint named 'nothing-here'"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     code, _, err = run(capsys, *argv, "--registry", str(tmp_path))
     assert code == 2
@@ -80,8 +112,9 @@ def test_unknown_config_key_names_the_file(tmp_path, capsys):
     assert code == 2 and f"{path}: unknown key 'batchsize'; did you mean 'batch_size'?" in err
 
 
-@pytest.mark.parametrize("argv", [["train", "mlp", "--optimizer", "adam"],
-                                  ["train", "mlp", "--epochs", "two"]])
+@pytest.mark.parametrize(
+    "argv", [["train", "mlp", "--optimizer", "adam"], ["train", "mlp", "--epochs", "two"]]
+)
 def test_argparse_rejects_malformed_flags_with_exit_2(capsys, argv):
     with pytest.raises(SystemExit) as info:
         cli.main(argv)
@@ -89,8 +122,9 @@ def test_argparse_rejects_malformed_flags_with_exit_2(capsys, argv):
     assert "zoo train: error: argument" in capsys.readouterr().err
 
 
-def test_divergence_and_interruption_are_reported_without_a_traceback(tmp_path, capsys,
-                                                                       monkeypatch):
+def test_divergence_and_interruption_are_reported_without_a_traceback(
+    tmp_path, capsys, monkeypatch
+):
     def diverge(config, **options):
         raise loop.TrainingDiverged("training diverged at epoch 1")
 

@@ -8,8 +8,8 @@ import json
 import pytest
 
 import zoo
-from train import commands
-from train.config import (
+from zoo.cli import training as commands
+from zoo.training.config import (
     PRESETS,
     RESUMABLE_FIELDS,
     TrainConfig,
@@ -31,21 +31,24 @@ def test_int_is_accepted_where_a_float_is_wanted():
     assert isinstance(config.lr, float) and isinstance(config.warmup_epochs, float)
 
 
-@pytest.mark.parametrize(("values", "error", "message"), [
-    ({"epochs": -1}, ValueError, "epochs must be at least 1, got -1"),
-    ({"epochs": 0}, ValueError, "epochs must be at least 1"),
-    ({"batch_size": 0}, ValueError, "batch_size must be at least 1"),
-    ({"lr": 0.0}, ValueError, "lr must be positive"),
-    ({"label_smoothing": 1.0}, ValueError, "label_smoothing must be in [0, 1)"),
-    ({"warmup_epochs": 11.0}, ValueError, "warmup_epochs must be in [0, epochs=10]"),
-    ({"epochs": "3"}, TypeError, "epochs must be int, got str '3'"),
-    ({"epochs": True}, TypeError, "epochs must be int, got bool"),
-    ({"lr": "0.1"}, TypeError, "lr must be float, got str"),
-    ({"augment": 1}, TypeError, "augment must be bool, got int"),
-    ({"optimizer": "adam"}, ValueError, "optimizer must be one of 'sgd', 'adamw', got 'adam'"),
-    ({"precision": "fp16"}, ValueError, "precision must be one of 'fp32', 'bf16'"),
-    ({"max_train_examples": 2.5}, TypeError, "max_train_examples must be int or None"),
-])
+@pytest.mark.parametrize(
+    ("values", "error", "message"),
+    [
+        ({"epochs": -1}, ValueError, "epochs must be at least 1, got -1"),
+        ({"epochs": 0}, ValueError, "epochs must be at least 1"),
+        ({"batch_size": 0}, ValueError, "batch_size must be at least 1"),
+        ({"lr": 0.0}, ValueError, "lr must be positive"),
+        ({"label_smoothing": 1.0}, ValueError, "label_smoothing must be in [0, 1)"),
+        ({"warmup_epochs": 11.0}, ValueError, "warmup_epochs must be in [0, epochs=10]"),
+        ({"epochs": "3"}, TypeError, "epochs must be int, got str '3'"),
+        ({"epochs": True}, TypeError, "epochs must be int, got bool"),
+        ({"lr": "0.1"}, TypeError, "lr must be float, got str"),
+        ({"augment": 1}, TypeError, "augment must be bool, got int"),
+        ({"optimizer": "adam"}, ValueError, "optimizer must be one of 'sgd', 'adamw', got 'adam'"),
+        ({"precision": "fp16"}, ValueError, "precision must be one of 'fp32', 'bf16'"),
+        ({"max_train_examples": 2.5}, TypeError, "max_train_examples must be int or None"),
+    ],
+)
 def test_bad_values_name_the_field_and_what_is_allowed(values, error, message):
     with pytest.raises(error) as info:
         TrainConfig(model="mlp", **values)
@@ -77,9 +80,11 @@ def test_precedence_defaults_then_preset_then_explicit():
 @pytest.mark.parametrize("suffix", [".json", ".toml", ".py"])
 def test_config_files(tmp_path, suffix):
     path = tmp_path / f"run{suffix}"
-    text = {".json": json.dumps({"model": "mlp", "lr": 0.5, "augment": True}),
-            ".toml": 'model = "mlp"\nlr = 0.5\naugment = true\n',
-            ".py": 'config = {"model": "mlp", "lr": 0.5, "augment": True}\n'}[suffix]
+    text = {
+        ".json": json.dumps({"model": "mlp", "lr": 0.5, "augment": True}),
+        ".toml": 'model = "mlp"\nlr = 0.5\naugment = true\n',
+        ".py": 'config = {"model": "mlp", "lr": 0.5, "augment": True}\n',
+    }[suffix]
     path.write_text(text)
     assert load_config_file(path) == {"model": "mlp", "lr": 0.5, "augment": True}
 
@@ -110,11 +115,17 @@ def parse_train(argv: list[str]) -> argparse.Namespace:
 def test_flags_override_the_file_and_absent_flags_override_nothing(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('model = "lenet5"\nepochs = 7\nlr = 0.5\naugment = true\n')
-    args = parse_train(["--config", str(path), "--lr", "0.25", "--no-augment",
-                        "--batch-size", "32"])
+    args = parse_train(
+        ["--config", str(path), "--lr", "0.25", "--no-augment", "--batch-size", "32"]
+    )
     settings = commands.explicit_settings(args)
-    assert settings == {"model": "lenet5", "epochs": 7, "lr": 0.25, "augment": False,
-                        "batch_size": 32}
+    assert settings == {
+        "model": "lenet5",
+        "epochs": 7,
+        "lr": 0.25,
+        "augment": False,
+        "batch_size": 32,
+    }
     config = resolve(settings)
     assert (config.epochs, config.lr, config.augment, config.batch_size) == (7, 0.25, False, 32)
     assert config.nesterov == PRESETS["lenet5"]["nesterov"]
@@ -122,17 +133,35 @@ def test_flags_override_the_file_and_absent_flags_override_nothing(tmp_path):
 
 def test_presets_read_as_the_flags_that_set_them():
     assert commands.as_flags({"lr": 0.1, "augment": True, "nesterov": False}) == (
-        "--lr 0.1 --augment --no-nesterov")
+        "--lr 0.1 --augment --no-nesterov"
+    )
     args = parse_train(["lenet5", *commands.as_flags(PRESETS["lenet5"]).split()])
     assert resolve(commands.explicit_settings(args)) == resolve({"model": "lenet5"})
 
 
 def test_every_field_has_a_flag():
-    args = parse_train(["mlp", "--max-train-examples", "5", "--precision", "bf16",
-                        "--nesterov", "--optimizer", "adamw", "--registry", "r"])
+    args = parse_train(
+        [
+            "mlp",
+            "--max-train-examples",
+            "5",
+            "--precision",
+            "bf16",
+            "--nesterov",
+            "--optimizer",
+            "adamw",
+            "--registry",
+            "r",
+        ]
+    )
     assert commands.explicit_settings(args) == {
-        "model": "mlp", "max_train_examples": 5, "precision": "bf16", "nesterov": True,
-        "optimizer": "adamw", "registry": "r"}
+        "model": "mlp",
+        "max_train_examples": 5,
+        "precision": "bf16",
+        "nesterov": True,
+        "optimizer": "adamw",
+        "registry": "r",
+    }
 
 
 def test_resume_may_extend_epochs_but_not_change_the_run():

@@ -12,21 +12,30 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from train import loop
-from train.config import TrainConfig
-from train.data import make_synthetic
-from train.experiment import build_experiment, initial_state, restore_state
-from train.loop import TrainingDiverged, fit
 from zoo import hub
+from zoo.data import make_synthetic
 from zoo.preprocessing import Preprocessing
+from zoo.training import loop
+from zoo.training.config import TrainConfig
+from zoo.training.experiment import build_experiment, initial_state, restore_state
+from zoo.training.loop import TrainingDiverged, fit
 
 STEPS_PER_EPOCH = 8  # 256 examples / batch 32
 
 
 def tiny_config(folder: Path, **overrides) -> TrainConfig:
-    settings = {"model": "mlp", "dataset": "synthetic", "epochs": 2, "batch_size": 32,
-                "max_train_examples": 256, "augment": True, "lr": 0.05, "warmup_epochs": 0.5,
-                "registry": str(folder / "registry"), "log": str(folder / "log.jsonl")}
+    settings = {
+        "model": "mlp",
+        "dataset": "synthetic",
+        "epochs": 2,
+        "batch_size": 32,
+        "max_train_examples": 256,
+        "augment": True,
+        "lr": 0.05,
+        "warmup_epochs": 0.5,
+        "registry": str(folder / "registry"),
+        "log": str(folder / "log.jsonl"),
+    }
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -35,8 +44,7 @@ def quiet() -> Console:
 
 
 def variables_at(config: TrainConfig, step: int | None = None):
-    return jax.device_get(hub.load(config.run_name, step=step, registry=config.registry)
-                          .variables)
+    return jax.device_get(hub.load(config.run_name, step=step, registry=config.registry).variables)
 
 
 def assert_same(a, b) -> None:
@@ -84,8 +92,7 @@ def test_an_interrupted_run_resumes_exactly(straight, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_checkpoint_restores_every_leaf_of_a_batchnorm_state(tmp_path, monkeypatch):
-    config = tiny_config(tmp_path, model="resnet20", epochs=1, batch_size=16,
-                         max_train_examples=32)
+    config = tiny_config(tmp_path, model="resnet20", epochs=1, batch_size=16, max_train_examples=32)
     saved = []
     save_checkpoint = loop.save_checkpoint
 
@@ -106,8 +113,10 @@ def test_another_seed_gives_other_parameters(straight, tmp_path):
     config = tiny_config(tmp_path, seed=1, epochs=1)
     fit(config, console=quiet())
     first = variables_at(straight, step=STEPS_PER_EPOCH)
-    assert not all(np.array_equal(a, b) for a, b in
-                   zip(jax.tree.leaves(first), jax.tree.leaves(variables_at(config)), strict=True))
+    assert not all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(variables_at(config)), strict=True)
+    )
 
 
 def test_the_saved_model_predicts_raw_images(straight):
@@ -174,10 +183,18 @@ def test_resume_needs_a_checkpoint_and_a_run_it_continues(straight, tmp_path):
 
 
 def test_an_autoencoder_trains_on_its_reconstruction_error(tmp_path, mnist5k_dir):
-    config = tiny_config(tmp_path, model="conv_autoencoder", dataset="mnist5k", epochs=2,
-                         data_dir=str(mnist5k_dir),
-                         max_train_examples=256, augment=False, optimizer="adamw", lr=3e-3,
-                         weight_decay=0.0)
+    config = tiny_config(
+        tmp_path,
+        model="conv_autoencoder",
+        dataset="mnist5k",
+        epochs=2,
+        data_dir=str(mnist5k_dir),
+        max_train_examples=256,
+        augment=False,
+        optimizer="adamw",
+        lr=3e-3,
+        weight_decay=0.0,
+    )
     result = fit(config, console=quiet())
     assert set(result.metrics) == {"train_loss", "val_loss"}
     history = hub.load(config.run_name, registry=config.registry).meta["history"]

@@ -9,10 +9,15 @@ import numpy as np
 import pytest
 
 import zoo
-from train import augment, pipeline
-from train.config import TrainConfig
-from train.state import create_train_state, decay_mask, learning_rate_schedule, make_optimizer
-from train.step import cross_entropy, eval_step, train_step
+from zoo.training import augment, pipeline
+from zoo.training.config import TrainConfig
+from zoo.training.state import (
+    create_train_state,
+    decay_mask,
+    learning_rate_schedule,
+    make_optimizer,
+)
+from zoo.training.step import cross_entropy, eval_step, train_step
 
 
 class TinyNet(nn.Module):
@@ -31,8 +36,7 @@ class TinyNet(nn.Module):
 def initial_state(model: nn.Module, config: TrainConfig, input_shape: tuple[int, int, int]):
     tx = make_optimizer(config, steps_per_epoch=100)
     # Jitted: eagerly, every initialiser op would be compiled on its own (seconds on CPU).
-    return jax.jit(lambda key: create_train_state(model, tx, input_shape, key))(
-        jax.random.key(0))
+    return jax.jit(lambda key: create_train_state(model, tx, input_shape, key))(jax.random.key(0))
 
 
 def tiny_state(dropout: float = 0.0):
@@ -45,8 +49,7 @@ jit_eval_step = jax.jit(eval_step, static_argnames="apply_fn")
 
 def tiny_batch(seed: int = 0, size: int = 8):
     key = jax.random.key(seed)
-    return {"image": jax.random.normal(key, (size, 6, 6, 1)) * 2 + 1,
-            "label": jnp.arange(size) % 3}
+    return {"image": jax.random.normal(key, (size, 6, 6, 1)) * 2 + 1, "label": jnp.arange(size) % 3}
 
 
 def test_train_step_learns_and_compiles_once():
@@ -87,11 +90,13 @@ def test_batch_stats_update_in_training_and_running_averages_serve_evaluation():
     metrics = jit_eval_step(variables, batch, apply_fn=apply)
     expected = cross_entropy(logits, batch["label"]).sum()
     np.testing.assert_allclose(metrics["loss_sum"], expected, rtol=1e-6)
-    masked = jit_eval_step(variables, {**batch, "weight": (jnp.arange(8) < 5).astype(float)},
-                           apply_fn=apply)
+    masked = jit_eval_step(
+        variables, {**batch, "weight": (jnp.arange(8) < 5).astype(float)}, apply_fn=apply
+    )
     assert float(masked["count"]) == 5
-    np.testing.assert_allclose(masked["loss_sum"],
-                               cross_entropy(logits, batch["label"])[:5].sum(), rtol=1e-6)
+    np.testing.assert_allclose(
+        masked["loss_sum"], cross_entropy(logits, batch["label"])[:5].sum(), rtol=1e-6
+    )
 
 
 def test_dropout_masks_come_from_the_step_number_only():
@@ -110,8 +115,7 @@ def test_weight_decay_skips_biases_and_norm_parameters():
     assert mask["Conv_0"] == {"kernel": True, "bias": False}
     assert mask["BatchNorm_0"] == {"scale": False, "bias": False}
     for optimizer in ("sgd", "adamw"):
-        config = TrainConfig(model="unused", optimizer=optimizer, weight_decay=0.1,
-                             warmup_epochs=0)
+        config = TrainConfig(model="unused", optimizer=optimizer, weight_decay=0.1, warmup_epochs=0)
         tx = make_optimizer(config, steps_per_epoch=10)
         params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
         zeros = jax.tree.map(jnp.zeros_like, params)
@@ -147,8 +151,11 @@ def test_bf16_computes_in_bfloat16_but_keeps_float32_params_and_loss():
     batch = {"image": jnp.ones((4, 32, 32, 1)), "label": jnp.arange(4)}
     assert jax.eval_shape(state.apply_fn, state.variables, batch["image"]).dtype == jnp.bfloat16
     state, metrics = jit_train_step(state, batch)
-    assert {leaf.dtype for leaf in jax.tree.leaves((state.params, state.opt_state))
-            if jnp.issubdtype(leaf.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
+    assert {
+        leaf.dtype
+        for leaf in jax.tree.leaves((state.params, state.opt_state))
+        if jnp.issubdtype(leaf.dtype, jnp.floating)
+    } == {jnp.dtype(jnp.float32)}
     assert metrics["loss_sum"].dtype == jnp.float32
 
 
@@ -176,8 +183,9 @@ def test_epoch_order_is_a_fresh_permutation_each_epoch():
     second = np.asarray(pipeline.epoch_order(key, 1, num_examples=10, batch_size=3))
     assert first.shape == (3, 3) and len(set(first.ravel())) == 9
     assert not np.array_equal(first, second)
-    np.testing.assert_array_equal(first, pipeline.epoch_order(key, 0, num_examples=10,
-                                                              batch_size=3))
+    np.testing.assert_array_equal(
+        first, pipeline.epoch_order(key, 0, num_examples=10, batch_size=3)
+    )
 
 
 def test_eval_order_covers_every_example_once():

@@ -12,6 +12,7 @@ import dataclasses
 import math
 
 from zoo import formulas
+from zoo.errors import InvalidValueError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,7 @@ class ShapeTrace:
 
     def _spatial(self) -> tuple[int, int, int]:
         if len(self.shape) != 3:
-            raise ValueError(f"expected an (H, W, C) feature map, the shape is {self.shape}")
+            raise InvalidValueError(f"expected an (H, W, C) feature map, the shape is {self.shape}")
         return self.shape  # type: ignore[return-value]
 
     def conv(
@@ -109,7 +110,7 @@ class ShapeTrace:
 
     def reshape(self, name: str, shape: tuple[int, ...]) -> ShapeTrace:
         if math.prod(shape) != math.prod(self.shape):
-            raise ValueError(f"{name}: cannot reshape {self.shape} to {shape}")
+            raise InvalidValueError(f"{name}: cannot reshape {self.shape} to {shape}")
         return self._add(name, "reshape", tuple(shape))
 
     def pool(
@@ -151,7 +152,9 @@ class ShapeTrace:
 
     def dense(self, name: str, features: int, *, bias: bool = True) -> ShapeTrace:
         if len(self.shape) != 1:
-            raise ValueError(f"{name}: a dense layer needs a flat input, the shape is {self.shape}")
+            raise InvalidValueError(
+                f"{name}: a dense layer needs a flat input, the shape is {self.shape}"
+            )
         (n,) = self.shape
         return self._add(
             name,

@@ -27,6 +27,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from zoo.errors import InvalidValueError, ZooError
 from zoo.models.alexnet import AlexNet
 from zoo.models.autoencoder import ConvAutoencoder
 from zoo.models.cifar_resnet import CifarResNet
@@ -73,7 +74,7 @@ class FeatureInfo:
     shape: tuple[int, int, int]
 
 
-class NoFeatureStagesError(TypeError):
+class NoFeatureStagesError(ZooError, TypeError):
     """A model class with no stage table (e.g. an MLP, or a new CNN not yet described here)."""
 
 
@@ -175,7 +176,7 @@ def _select(stages: tuple[Stage, ...], names: Sequence[str] | None) -> tuple[Sta
     known = {stage.name: stage for stage in stages}
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise ValueError(
+        raise InvalidValueError(
             f"unknown stage(s) {', '.join(map(repr, unknown))}; "
             f"this model's stages are {', '.join(known)}"
         )
@@ -245,7 +246,7 @@ def feature_info(
         }
         if len(strides) != 1 or min(strides).denominator != 1:
             # One integer per stage, like timm's; no zoo network breaks this.
-            raise ValueError(
+            raise InvalidValueError(
                 f"{model}: stage {stage.name} strides height and width by {sorted(strides)}, "
                 "not one integer"
             )

@@ -12,20 +12,22 @@ against real initialised variables.
 
 from __future__ import annotations
 
+from zoo.errors import InvalidValueError
+
 
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise InvalidValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     """Output length of a convolution or pooling window: floor((W - K + 2P) / S) + 1."""
     _check_positive(size=size, kernel=kernel, stride=stride)
     if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
-        raise ValueError(f"padding must be a non-negative integer, got {padding!r}")
+        raise InvalidValueError(f"padding must be a non-negative integer, got {padding!r}")
     if size + 2 * padding < kernel:
-        raise ValueError(
+        raise InvalidValueError(
             f"a {kernel}-wide window does not fit an input of {size} with padding {padding}"
         )
     return (size - kernel + 2 * padding) // stride + 1
@@ -55,7 +57,9 @@ def conv_params(
         in_channels=in_channels, out_channels=out_channels, kernel=kernel, groups=groups
     )
     if in_channels % groups or out_channels % groups:
-        raise ValueError(f"groups={groups} must divide both {in_channels} and {out_channels}")
+        raise InvalidValueError(
+            f"groups={groups} must divide both {in_channels} and {out_channels}"
+        )
     return out_channels * (in_channels // groups) * kernel * kernel + (out_channels if bias else 0)
 
 

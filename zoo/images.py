@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
+from zoo.errors import InvalidValueError
+
 ImageSource = np.ndarray | str | os.PathLike
 
 
@@ -29,7 +31,7 @@ def raw_image(source: ImageSource) -> np.ndarray:
     try:
         image = PIL.Image.open(path)
     except PIL.UnidentifiedImageError:
-        raise ValueError(f"{path}: not an image file PIL can read, nor a .npy") from None
+        raise InvalidValueError(f"{path}: not an image file PIL can read, nor a .npy") from None
     image = image if image.mode in ("L", "RGB") else image.convert("RGB")
     return _checked(np.asarray(image), str(path))
 
@@ -53,11 +55,11 @@ def grey(image: np.ndarray) -> np.ndarray:
 def _checked(image: np.ndarray, what: str) -> np.ndarray:
     """`image` as (H, W, C) uint8 with C = 1 or 3, or a ValueError that says what it is."""
     if image.dtype != np.uint8:
-        raise ValueError(f"{what}: expected raw uint8 pixels (0..255), got {image.dtype}")
+        raise InvalidValueError(f"{what}: expected raw uint8 pixels (0..255), got {image.dtype}")
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[-1] not in (1, 3):
-        raise ValueError(
+        raise InvalidValueError(
             f"{what}: expected one image of shape (H, W), (H, W, 1) or (H, W, 3), got {image.shape}"
         )
     return image

@@ -1,10 +1,11 @@
 """Which JAX process this is, and the two collectives that processes saving together need.
 
-A multi-process run (`zoo train` on several hosts, see `train.distributed`) is one program run
-by every process; whatever touches shared files or the terminal is done by one of them, the
-primary (`jax.process_index() == 0`), while the others wait at a `barrier` or take the value it
-decided (`from_primary`). With a single process, every run but a multi-process one, these cost
-nothing: `is_primary()` is True, `barrier` returns at once, `from_primary` returns its argument.
+A multi-process run (`zoo train` on several hosts, see `zoo.training.distributed`) is one
+program run by every process; whatever touches shared files or the terminal is done by one of
+them, the primary (`jax.process_index() == 0`), while the others wait at a `barrier` or take
+the value it decided (`from_primary`). With a single process, every run but a multi-process
+one, these cost nothing: `is_primary()` is True, `barrier` returns at once, `from_primary`
+returns its argument.
 """
 
 from __future__ import annotations

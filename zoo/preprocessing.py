@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo.errors import InvalidValueError
+
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
@@ -35,11 +37,15 @@ class Preprocessing:
     def __post_init__(self) -> None:
         src_c, dst_c = self.source_shape[-1], self.input_shape[-1]
         if src_c != dst_c and src_c != 1:
-            raise ValueError(f"cannot turn {src_c}-channel images into {dst_c}-channel inputs")
+            raise InvalidValueError(
+                f"cannot turn {src_c}-channel images into {dst_c}-channel inputs"
+            )
         if len(self.mean) != dst_c or len(self.std) != dst_c:
-            raise ValueError(f"mean and std need {dst_c} entries, got {self.mean}, {self.std}")
+            raise InvalidValueError(
+                f"mean and std need {dst_c} entries, got {self.mean}, {self.std}"
+            )
         if min(self.std) <= 0:
-            raise ValueError(f"std must be positive, got {self.std}")
+            raise InvalidValueError(f"std must be positive, got {self.std}")
 
     def __call__(self, images: np.ndarray | jax.Array) -> jax.Array:
         """(N, H, W[, C]) raw images -> (N, *input_shape) float32, standardised."""
@@ -47,7 +53,7 @@ class Preprocessing:
         if x.ndim == 3 and self.source_shape[-1] == 1:
             x = x[..., None]
         if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.source_shape):
-            raise ValueError(
+            raise InvalidValueError(
                 f"expected raw images of shape (N, {', '.join(map(str, self.source_shape))}), "
                 f"got {tuple(x.shape)}"
             )

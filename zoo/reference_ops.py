@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from zoo.errors import InvalidValueError
 from zoo.formulas import conv_output_size
 
 # The lecture's Sobel kernels: K1 responds to left-to-right increases, K2 = K1.T to top-to-bottom.
@@ -34,8 +35,9 @@ SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
 SOBEL_Y = SOBEL_X.T
 
 
-def cross_correlate2d(x: ArrayLike, w: ArrayLike, *, stride: int = 1,
-                      padding: int = 0) -> jax.Array:
+def cross_correlate2d(
+    x: ArrayLike, w: ArrayLike, *, stride: int = 1, padding: int = 0
+) -> jax.Array:
     """Cross-correlate one (H, W) image with one (KH, KW) kernel, the lecture's 2-D form.
 
     Args:
@@ -58,8 +60,14 @@ def cross_correlate2d(x: ArrayLike, w: ArrayLike, *, stride: int = 1,
     return z[0, :, :, 0]
 
 
-def conv2d(x_nhwc: ArrayLike, w_hwio: ArrayLike, bias: ArrayLike | None = None, *,
-           stride: int = 1, padding: int = 0) -> jax.Array:
+def conv2d(
+    x_nhwc: ArrayLike,
+    w_hwio: ArrayLike,
+    bias: ArrayLike | None = None,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+) -> jax.Array:
     """A convolutional layer: batched, multi-channel cross-correlation plus an optional bias.
 
     Each output channel o is one kernel slid over all input channels c and summed over them:
@@ -79,25 +87,30 @@ def conv2d(x_nhwc: ArrayLike, w_hwio: ArrayLike, bias: ArrayLike | None = None, 
     _check_rank(x, 4, "x_nhwc", "(N, H, W, C_in)")
     _check_rank(w, 4, "w_hwio", "(KH, KW, C_in, C_out)")
     if w.shape[2] != x.shape[3]:
-        raise ValueError(f"w_hwio expects C_in={w.shape[2]} input channels but x_nhwc of shape "
-                         f"{x.shape} has {x.shape[3]}")
+        raise InvalidValueError(
+            f"w_hwio expects C_in={w.shape[2]} input channels but x_nhwc of shape "
+            f"{x.shape} has {x.shape[3]}"
+        )
     out_hw = _output_hw(x.shape[1:3], w.shape[:2], stride, padding)
     x = _pad(x, padding, 0)
     # (N, OH, OW, C_in) @ (C_in, C_out) sums over the input channels for one offset (u, v).
     # HIGHEST keeps accelerators from rounding the reference through bfloat16 or TF32.
-    z = sum(jnp.matmul(x_uv, w[u, v], precision=jax.lax.Precision.HIGHEST)
-            for (u, v), x_uv in _offset_views(x, w.shape[:2], stride, out_hw))
+    z = sum(
+        jnp.matmul(x_uv, w[u, v], precision=jax.lax.Precision.HIGHEST)
+        for (u, v), x_uv in _offset_views(x, w.shape[:2], stride, out_hw)
+    )
     if bias is not None:
         bias = jnp.asarray(bias)
         if bias.shape != (w.shape[3],):
-            raise ValueError(f"bias must have shape ({w.shape[3]},) to match C_out of w_hwio "
-                             f"{w.shape}, got {bias.shape}")
+            raise InvalidValueError(
+                f"bias must have shape ({w.shape[3]},) to match C_out of w_hwio "
+                f"{w.shape}, got {bias.shape}"
+            )
         z = z + bias
     return z
 
 
-def max_pool2d(x: ArrayLike, window: int, stride: int | None = None,
-               padding: int = 0) -> jax.Array:
+def max_pool2d(x: ArrayLike, window: int, stride: int | None = None, padding: int = 0) -> jax.Array:
     """The largest value in each window, for an (H, W) image or an (N, H, W, C) batch.
 
     Args:
@@ -118,8 +131,14 @@ def max_pool2d(x: ArrayLike, window: int, stride: int | None = None,
     return _with_rank(functools.reduce(jnp.maximum, views), x.ndim)
 
 
-def avg_pool2d(x: ArrayLike, window: int, stride: int | None = None, padding: int = 0, *,
-               count_include_pad: bool = True) -> jax.Array:
+def avg_pool2d(
+    x: ArrayLike,
+    window: int,
+    stride: int | None = None,
+    padding: int = 0,
+    *,
+    count_include_pad: bool = True,
+) -> jax.Array:
     """The mean of each window, for an (H, W) image or an (N, H, W, C) batch.
 
     Args:
@@ -163,8 +182,9 @@ def sobel_edges(image: ArrayLike) -> tuple[jax.Array, jax.Array, jax.Array]:
     return gx, gy, jnp.hypot(gx, gy)
 
 
-def _offset_views(x_nhwc: jax.Array, kernel_hw: tuple[int, int], stride: int,
-                  out_hw: tuple[int, int]) -> Iterator[tuple[tuple[int, int], jax.Array]]:
+def _offset_views(
+    x_nhwc: jax.Array, kernel_hw: tuple[int, int], stride: int, out_hw: tuple[int, int]
+) -> Iterator[tuple[tuple[int, int], jax.Array]]:
     """Yield ((u, v), x[:, S*i + u, S*j + v, :] for every output (i, j)), one per kernel offset.
 
     The view for (u, v) holds the input cells that kernel weight w[u, v] multiplies, one per
@@ -184,11 +204,14 @@ def _offset_views(x_nhwc: jax.Array, kernel_hw: tuple[int, int], stride: int,
             yield (u, v), block[:, ::stride, ::stride, :]
 
 
-def _pooling_setup(x: jax.Array, window: int, stride: int | None,
-                   padding: int) -> tuple[jax.Array, int, tuple[int, int]]:
+def _pooling_setup(
+    x: jax.Array, window: int, stride: int | None, padding: int
+) -> tuple[jax.Array, int, tuple[int, int]]:
     """Check a pooling call; return x as NHWC, the stride (S = K if None) and the output (H, W)."""
     if x.ndim not in (2, 4):
-        raise ValueError(f"x must be an (H, W) image or an (N, H, W, C) batch, got shape {x.shape}")
+        raise InvalidValueError(
+            f"x must be an (H, W) image or an (N, H, W, C) batch, got shape {x.shape}"
+        )
     stride = window if stride is None else stride
     x_nhwc = x[None, :, :, None] if x.ndim == 2 else x
     out_hw = _output_hw(x_nhwc.shape[1:3], (window, window), stride, padding, kernel_name="window")
@@ -200,29 +223,38 @@ def _with_rank(y_nhwc: jax.Array, ndim: int) -> jax.Array:
     return y_nhwc[0, :, :, 0] if ndim == 2 else y_nhwc
 
 
-def _output_hw(in_hw: tuple[int, ...], kernel_hw: tuple[int, ...], stride: int, padding: int,
-               *, kernel_name: str = "kernel") -> tuple[int, int]:
+def _output_hw(
+    in_hw: tuple[int, ...],
+    kernel_hw: tuple[int, ...],
+    stride: int,
+    padding: int,
+    *,
+    kernel_name: str = "kernel",
+) -> tuple[int, int]:
     """floor((W - K + 2P) / S) + 1 per spatial axis, after checking the window fits."""
     if not all(_is_int(k) and k >= 1 for k in kernel_hw):
-        raise ValueError(f"{kernel_name} sides must be positive integers, got {tuple(kernel_hw)}")
+        raise InvalidValueError(
+            f"{kernel_name} sides must be positive integers, got {tuple(kernel_hw)}"
+        )
     if not _is_int(stride) or stride < 1:
-        raise ValueError(f"stride must be a positive integer, got {stride!r}")
+        raise InvalidValueError(f"stride must be a positive integer, got {stride!r}")
     if not _is_int(padding) or padding < 0:
-        raise ValueError(f"padding must be a non-negative integer, got {padding!r}")
+        raise InvalidValueError(f"padding must be a non-negative integer, got {padding!r}")
     padded_hw = tuple(side + 2 * padding for side in in_hw)
     if any(k > side for k, side in zip(kernel_hw, padded_hw, strict=True)):
-        raise ValueError(
+        raise InvalidValueError(
             f"{kernel_name} {_hw(kernel_hw)} is larger than the padded input: {_hw(in_hw)} "
             f"padded by {padding} on each side is {_hw(padded_hw)}"
         )
-    out_h, out_w = (conv_output_size(side, k, stride, padding)
-                    for side, k in zip(in_hw, kernel_hw, strict=True))
+    out_h, out_w = (
+        conv_output_size(side, k, stride, padding) for side, k in zip(in_hw, kernel_hw, strict=True)
+    )
     return out_h, out_w
 
 
 def _check_rank(array: jax.Array, rank: int, name: str, layout: str) -> None:
     if array.ndim != rank:
-        raise ValueError(f"{name} must have shape {layout}, got shape {array.shape}")
+        raise InvalidValueError(f"{name} must have shape {layout}, got shape {array.shape}")
 
 
 def _pad(x_nhwc: jax.Array, padding: int, value: float | int) -> jax.Array:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 
+from zoo.errors import InvalidTypeError, InvalidValueError, ZooError
+
 if TYPE_CHECKING:
     from zoo.analytic import Layer
 
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 AnalyticFn = Callable[[Any, tuple[int, ...]], "list[Layer]"]
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(ZooError, KeyError):
     """A model name that is not in the registry; the message lists the closest names."""
 
     def __init__(self, name: str, known: list[str]):
@@ -33,9 +35,6 @@ class UnknownModelError(KeyError):
         )
         self.name = name
         super().__init__(f"unknown model {name!r}; {hint}")
-
-    def __str__(self) -> str:  # KeyError quotes its message; show it as written.
-        return str(self.args[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +86,7 @@ class ModelInfo:
         fields = _config_fields(self.module)
         unknown = sorted(set(overrides) - set(fields))
         if unknown:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"{self.name}: unknown argument(s) {', '.join(map(repr, unknown))}; "
                 f"valid arguments: {', '.join(sorted(fields))}"
             )
@@ -98,7 +97,7 @@ class ModelInfo:
             config[key] = tuple(value) if isinstance(value, list) else value
         missing = sorted(set(fields) - set(config))
         if missing:
-            raise TypeError(f"{self.name}: missing argument(s) {', '.join(missing)}")
+            raise InvalidTypeError(f"{self.name}: missing argument(s) {', '.join(missing)}")
         return config
 
 
@@ -125,7 +124,7 @@ def register(
 ) -> ModelInfo:
     """Adds a variant to the registry; registering a name twice is an error."""
     if name in _REGISTRY:
-        raise ValueError(f"model {name!r} is already registered")
+        raise InvalidValueError(f"model {name!r} is already registered")
     info = ModelInfo(
         name=name,
         module=module,

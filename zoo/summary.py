@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 
 from zoo.analytic import Layer
+from zoo.errors import InvalidValueError
 from zoo.models.layers import fits_input
 from zoo.registry import ModelInfo, model_info
 
@@ -97,4 +98,4 @@ def _check_shape(info: ModelInfo, module: nn.Module, shape: tuple[int, ...]) -> 
     expected = (*module.input_size, module.in_channels)
     if not fits_input(shape, expected, fixed_size=module.fixed_input_size):
         want = _shape(expected) if module.fixed_input_size else f"HxWx{expected[-1]}"
-        raise ValueError(f"{info.name} takes inputs of shape {want}, got {_shape(shape)}")
+        raise InvalidValueError(f"{info.name} takes inputs of shape {want}, got {_shape(shape)}")

@@ -27,6 +27,7 @@ import flax
 import flax.linen as nn
 import numpy as np
 
+from zoo.errors import InvalidValueError, MissingDependencyError, NotFoundError
 from zoo.hub.architecture import expected_variables
 from zoo.models.resnet import VARIANTS as RESNET_VARIANTS
 from zoo.preprocessing import Preprocessing
@@ -133,14 +134,14 @@ def load_state_dict(path: str | PathLike) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no state dict file at {path}")
+        raise NotFoundError(f"no state dict file at {path}")
     torch = _import_torch()
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
         lines = str(error).strip().splitlines()
         reason = lines[0] if lines else type(error).__name__
-        raise ValueError(f"{path} is not a tensor-only PyTorch file: {reason}") from None
+        raise InvalidValueError(f"{path} is not a tensor-only PyTorch file: {reason}") from None
     state_dict = _unwrap(loaded, path, torch.Tensor)
     return {
         # DataParallel and DistributedDataParallel save every key under a "module." prefix.
@@ -155,7 +156,7 @@ def _import_torch() -> Any:
     try:
         import torch
     except ImportError:
-        raise ImportError(
+        raise MissingDependencyError(
             "reading .pth files needs PyTorch: pip install 'jax-zoo[torch]'"
         ) from None
     return torch
@@ -169,10 +170,10 @@ def _unwrap(loaded: Any, path: Path, tensor_type: type) -> Mapping[str, Any]:
                 loaded = loaded[key]
                 break
     if not isinstance(loaded, Mapping):
-        raise ValueError(f"{path} holds a {type(loaded).__name__}, expected a state dict")
+        raise InvalidValueError(f"{path} holds a {type(loaded).__name__}, expected a state dict")
     not_tensors = [k for k, v in loaded.items() if not isinstance(v, tensor_type)]
     if not_tensors:
-        raise ValueError(
+        raise InvalidValueError(
             f"{path} is not a state dict: {_some(not_tensors)} are not tensors "
             "(expected a dict of tensors, or one under 'state_dict' or 'model')"
         )
@@ -182,7 +183,7 @@ def _unwrap(loaded: Any, path: Path, tensor_type: type) -> Mapping[str, Any]:
 def torchvision_arch(arch: str) -> TorchvisionArch:
     """The mapping of torchvision architecture `arch`; `ValueError` naming the supported ones."""
     if arch not in ARCHS:
-        raise ValueError(
+        raise InvalidValueError(
             f"unsupported torchvision architecture {arch!r}; supported: {', '.join(ARCHS)}"
         )
     return ARCHS[arch]
@@ -232,7 +233,7 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> ConvertedMod
         if keys
     ]
     if problems:
-        raise ValueError(
+        raise InvalidValueError(
             f"state dict does not fit torchvision {arch} (zoo {spec.model_name}, {config}): "
             + "; ".join(problems)
         )
@@ -242,7 +243,7 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> ConvertedMod
 def _num_classes(arch: str, spec: TorchvisionArch, state_dict: Mapping[str, Any]) -> int:
     key = f"{spec.classifier}.weight"
     if key not in state_dict:
-        raise ValueError(
+        raise InvalidValueError(
             f"not a torchvision {arch} state dict: it has no {key!r} "
             f"(its first keys: {_some(list(state_dict))})"
         )

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from zoo import multihost
+from zoo.errors import AlreadyExistsError
 from zoo.hub.locks import claim, is_abandoned, name_lock
 from zoo.hub.manifest import fsync_dir
 from zoo.hub.paths import step_dir
@@ -46,8 +47,9 @@ def staging(name_dir: Path, step: int) -> Iterator[Path]:
     if not multihost.is_primary():
         token = multihost.from_primary(_FAILED)
         if token == _FAILED:
-            raise RuntimeError(f"the primary process could not stage step {step} in {name_dir}; "
-                               "its error says why")
+            raise RuntimeError(
+                f"the primary process could not stage step {step} in {name_dir}; its error says why"
+            )
         yield _staging_folder(name_dir, step, token)
         return
     token = _FAILED
@@ -100,7 +102,8 @@ def remove_leftovers(name_dir: Path) -> None:
     """Deletes staging folders of dead writers and half-deleted retired steps. Call under lock."""
     for entry in name_dir.iterdir():
         if entry.name.startswith(RETIRED_PREFIX) or (
-                entry.name.startswith(STAGING_PREFIX) and is_abandoned(entry)):
+            entry.name.startswith(STAGING_PREFIX) and is_abandoned(entry)
+        ):
             shutil.rmtree(entry)
 
 
@@ -108,5 +111,7 @@ def refuse_existing(name_dir: Path, step: int) -> None:
     """Steps are immutable: saving onto one that exists is an error, never an overwrite."""
     existing = step_dir(name_dir, step)
     if existing.exists():
-        raise FileExistsError(f"step {step} already exists at {existing}; steps are never "
-                              "overwritten: save under another step or delete that folder")
+        raise AlreadyExistsError(
+            f"step {step} already exists at {existing}; steps are never "
+            "overwritten: save under another step or delete that folder"
+        )

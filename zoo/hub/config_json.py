@@ -15,6 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from zoo.errors import InvalidTypeError, InvalidValueError
 from zoo.registry import model_info
 
 _DTYPE = "dtype"
@@ -28,13 +29,18 @@ def full_config(model_name: str, overrides: Mapping[str, Any]) -> dict[str, Any]
 
 def encode(model_name: str, config: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON form of a config; `ValueError` if some field would not come back equal."""
-    record = {field: _encode(value, f"{model_name} config {field}")
-              for field, value in config.items()}
+    record = {
+        field: _encode(value, f"{model_name} config {field}") for field, value in config.items()
+    }
     back = decode(model_name, record)
     changed = [field for field in config if back[field] != config[field]]
     if changed:
-        raise ValueError(f"{model_name} config does not survive JSON: " + ", ".join(
-            f"{field}={config[field]!r} would load as {back[field]!r}" for field in changed))
+        raise InvalidValueError(
+            f"{model_name} config does not survive JSON: "
+            + ", ".join(
+                f"{field}={config[field]!r} would load as {back[field]!r}" for field in changed
+            )
+        )
     return record
 
 
@@ -54,8 +60,10 @@ def _encode(value: Any, where: str) -> Any:
     try:
         return {_DTYPE: np.dtype(value).name}
     except TypeError:
-        raise TypeError(f"{where} must be a number, string, list, str-keyed dict or dtype, "
-                        f"got {type(value).__name__} {value!r}") from None
+        raise InvalidTypeError(
+            f"{where} must be a number, string, list, str-keyed dict or dtype, "
+            f"got {type(value).__name__} {value!r}"
+        ) from None
 
 
 def _decode(value: Any, default: Any) -> Any:

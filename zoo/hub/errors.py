@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from zoo.errors import ZooError
 
-class CheckpointNotFoundError(KeyError):
+
+class CheckpointNotFoundError(ZooError, KeyError):
     """No checkpoint under that name (or at that step); the message lists what does exist."""
 
-    def __str__(self) -> str:  # KeyError quotes its message; show it as written.
-        return str(self.args[0])
 
-
-class CorruptCheckpointError(ValueError):
+class CorruptCheckpointError(ZooError, ValueError):
     """A file of a saved step does not match its sha256 manifest (or is missing, or extra).
 
     Attributes:
@@ -35,5 +34,5 @@ class CorruptCheckpointError(ValueError):
         return CorruptCheckpointError(self.path, self.reason, hint)
 
 
-class ArchitectureMismatchError(ValueError):
+class ArchitectureMismatchError(ZooError, ValueError):
     """Saved arrays whose keys, shapes or dtypes differ from what the model expects."""

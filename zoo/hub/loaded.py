@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo.errors import InvalidValueError
 from zoo.preprocessing import Preprocessing
 
 
@@ -53,8 +54,10 @@ class LoadedModel:
     def logits(self, raw_images: np.ndarray | jax.Array) -> jax.Array:
         """Logits for raw uint8 images (N, H, W[, C]) of the training data set's shape."""
         if self.preprocessing is None:
-            raise ValueError(f"{self.name} step {self.step} was saved without "
-                             "meta['preprocessing']; call .apply on preprocessed inputs")
+            raise InvalidValueError(
+                f"{self.name} step {self.step} was saved without "
+                "meta['preprocessing']; call .apply on preprocessed inputs"
+            )
         return self._logits(self.variables, raw_images)
 
     def predict(self, raw_images: np.ndarray | jax.Array) -> np.ndarray:

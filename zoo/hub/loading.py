@@ -29,8 +29,9 @@ from zoo.hub.paths import (
 from zoo.hub.records import read_meta
 
 
-def load(name: str, *, step: int | None = None,
-         registry: str | os.PathLike | None = None) -> LoadedModel:
+def load(
+    name: str, *, step: int | None = None, registry: str | os.PathLike | None = None
+) -> LoadedModel:
     """Restores `name` (its latest step, or `step`) as a ready-to-use `LoadedModel`.
 
     Every file is checked against the step's sha256 manifest first (`CorruptCheckpointError`);
@@ -42,15 +43,30 @@ def load(name: str, *, step: int | None = None,
     with _verified_step(name, step, registry) as (folder, meta):
         config = config_json.decode(meta["model_name"], meta["model_config"])
         module, expected = expected_variables(meta["model_name"], config)
-        check_match(expected, store.saved_tree(folder / VARIABLES),
-                    f"{folder} does not fit {meta['model_name']} rebuilt from its recorded config")
+        check_match(
+            expected,
+            store.saved_tree(folder / VARIABLES),
+            f"{folder} does not fit {meta['model_name']} rebuilt from its recorded config",
+        )
         variables = store.restore_tree(folder / VARIABLES, expected)
-    return LoadedModel(name=name, model_name=meta["model_name"], module=module,
-                       variables=variables, meta=meta, step=meta["step"], path=folder)
+    return LoadedModel(
+        name=name,
+        model_name=meta["model_name"],
+        module=module,
+        variables=variables,
+        meta=meta,
+        step=meta["step"],
+        path=folder,
+    )
 
 
-def restore_train_state(name: str, abstract_train_state: Any, *, step: int | None = None,
-                        registry: str | os.PathLike | None = None) -> Any:
+def restore_train_state(
+    name: str,
+    abstract_train_state: Any,
+    *,
+    step: int | None = None,
+    registry: str | os.PathLike | None = None,
+) -> Any:
     """The `train_state` saved with `name` (latest step, or `step`), to resume training.
 
     `abstract_train_state` gives the structure, shapes and dtypes (arrays or
@@ -60,9 +76,13 @@ def restore_train_state(name: str, abstract_train_state: Any, *, step: int | Non
     with _verified_step(name, step, registry) as (folder, meta):
         if not (folder / TRAIN_STATE).is_dir():
             raise CheckpointNotFoundError(
-                f"{name!r} step {meta['step']} was saved without a train_state")
-        check_match(abstract_train_state, store.saved_tree(folder / TRAIN_STATE),
-                    f"{folder / TRAIN_STATE} does not fit the given train state")
+                f"{name!r} step {meta['step']} was saved without a train_state"
+            )
+        check_match(
+            abstract_train_state,
+            store.saved_tree(folder / TRAIN_STATE),
+            f"{folder / TRAIN_STATE} does not fit the given train state",
+        )
         return store.restore_tree(folder / TRAIN_STATE, abstract_train_state)
 
 
@@ -72,8 +92,9 @@ def latest_step(name: str, registry: str | os.PathLike | None = None) -> int | N
 
 
 @contextlib.contextmanager
-def _verified_step(name: str, step: int | None, registry: str | os.PathLike | None
-                   ) -> Iterator[tuple[Path, dict[str, Any]]]:
+def _verified_step(
+    name: str, step: int | None, registry: str | os.PathLike | None
+) -> Iterator[tuple[Path, dict[str, Any]]]:
     """The folder and metadata of a step whose every file matches its manifest, held under the
     name's shared lock so that retention cannot delete it mid-read."""
     root = existing_root(registry)
@@ -85,7 +106,8 @@ def _verified_step(name: str, step: int | None, registry: str | os.PathLike | No
         chosen = steps[-1] if step is None else check_step(step)
         if chosen not in steps:
             raise CheckpointNotFoundError(
-                f"{name!r} has no step {chosen}; saved steps: {', '.join(map(str, steps))}")
+                f"{name!r} has no step {chosen}; saved steps: {', '.join(map(str, steps))}"
+            )
         folder = step_dir(name_dir, chosen)
         try:
             manifest.verify(folder)
@@ -110,6 +132,9 @@ def _earlier_good_step(name: str, name_dir: Path, earlier: list[int]) -> str:
 def _unknown_name(name: str, root: Path) -> CheckpointNotFoundError:
     known = checkpoint_names(root)
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-    hint = (f"did you mean: {', '.join(close)}?" if close
-            else f"saved names: {', '.join(known) or 'none'}")
+    hint = (
+        f"did you mean: {', '.join(close)}?"
+        if close
+        else f"saved names: {', '.join(known) or 'none'}"
+    )
     return CheckpointNotFoundError(f"no checkpoint named {name!r} in {root}; {hint}")

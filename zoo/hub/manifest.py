@@ -68,7 +68,8 @@ def verify(step_dir: Path) -> dict[str, Any]:
         size, expected = (step_dir / rel).stat().st_size, listed[rel]["size"]
         if size != expected:
             raise CorruptCheckpointError(
-                step_dir / rel, f"{size} bytes, the manifest says {expected} (truncated?)")
+                step_dir / rel, f"{size} bytes, the manifest says {expected} (truncated?)"
+            )
     for rel in sorted(listed):
         if _sha256(step_dir / rel) != listed[rel]["sha256"]:
             raise CorruptCheckpointError(step_dir / rel, "sha256 differs from the manifest")

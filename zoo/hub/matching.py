@@ -31,8 +31,11 @@ def mismatches(expected: Any, actual: Any) -> list[str]:
     want, have = flat_specs(expected), flat_specs(actual)
     lines = [f"{key}: expected {_show(want[key])}, missing" for key in want.keys() - have.keys()]
     lines += [f"{key}: unexpected {_show(have[key])}" for key in have.keys() - want.keys()]
-    lines += [f"{key}: expected {_show(want[key])}, got {_show(have[key])}"
-              for key in want.keys() & have.keys() if want[key] != have[key]]
+    lines += [
+        f"{key}: expected {_show(want[key])}, got {_show(have[key])}"
+        for key in want.keys() & have.keys()
+        if want[key] != have[key]
+    ]
     return sorted(lines)
 
 
@@ -44,7 +47,8 @@ def check_match(expected: Any, actual: Any, what: str) -> None:
         shown = "\n  ".join(lines[:_SHOWN])
         more = f"\n  ... and {len(lines) - _SHOWN} more" if len(lines) > _SHOWN else ""
         raise ArchitectureMismatchError(
-            f"{what}: {len(lines)} array(s) differ in key, shape or dtype:\n  {shown}{more}")
+            f"{what}: {len(lines)} array(s) differ in key, shape or dtype:\n  {shown}{more}"
+        )
 
 
 def _key_name(key: Any) -> str:

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 import zoo
+from zoo.errors import InvalidValueError, NotAFolderError, NotFoundError
 
 REGISTRY_ENV = "ZOO_REGISTRY"
 HOW_TO_SET = f"pass --registry DIR or set {REGISTRY_ENV}"
@@ -45,8 +46,7 @@ def registry_root(registry: str | os.PathLike | None = None) -> Path:
     # Absolute: Orbax refuses relative paths, and a later chdir must not move the registry.
     root = root.expanduser().absolute()
     if root.exists() and not root.is_dir():
-        raise NotADirectoryError(
-            f"checkpoint registry {root} is a file, not a folder; {HOW_TO_SET}")
+        raise NotAFolderError(f"checkpoint registry {root} is a file, not a folder; {HOW_TO_SET}")
     return root
 
 
@@ -54,22 +54,24 @@ def existing_root(registry: str | os.PathLike | None = None) -> Path:
     """`registry_root`, which must exist: reading from a registry that is not there is an error."""
     root = registry_root(registry)
     if not root.is_dir():
-        raise FileNotFoundError(
-            f"checkpoint registry {root} does not exist (nothing saved there yet?); {HOW_TO_SET}")
+        raise NotFoundError(
+            f"checkpoint registry {root} does not exist (nothing saved there yet?); {HOW_TO_SET}"
+        )
     return root
 
 
 def check_name(name: str) -> str:
     """A registry name is one folder name: letters, digits, '.', '_', '-', not starting hidden."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(
-            f"checkpoint name must match {_NAME.pattern} (one folder name), got {name!r}")
+        raise InvalidValueError(
+            f"checkpoint name must match {_NAME.pattern} (one folder name), got {name!r}"
+        )
     return name
 
 
 def check_step(step: int) -> int:
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be a non-negative int, got {step!r}")
+        raise InvalidValueError(f"step must be a non-negative int, got {step!r}")
     return step
 
 
@@ -88,6 +90,7 @@ def committed_steps(name_dir: Path) -> list[int]:
 def checkpoint_names(root: Path) -> list[str]:
     """The names under the registry root that hold at least one committed step, sorted."""
     return sorted(
-        entry.name for entry in root.iterdir()
+        entry.name
+        for entry in root.iterdir()
         if _NAME.fullmatch(entry.name) and committed_steps(entry)
     )

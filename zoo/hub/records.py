@@ -11,6 +11,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from zoo.errors import InvalidTypeError, InvalidValueError
 from zoo.hub import manifest
 from zoo.hub.errors import CorruptCheckpointError
 from zoo.hub.locks import name_lock
@@ -19,8 +20,17 @@ from zoo.hub.paths import checkpoint_names, committed_steps, existing_root, step
 META_FILE = "meta.json"
 FORMAT = "jax-zoo-checkpoint/1"
 # Keys the store writes itself; a caller's `meta` may not set them.
-STORE_KEYS = ("format", "name", "model_name", "model_config", "step", "params", "created",
-              "versions", "size_bytes")
+STORE_KEYS = (
+    "format",
+    "name",
+    "model_name",
+    "model_config",
+    "step",
+    "params",
+    "created",
+    "versions",
+    "size_bytes",
+)
 _PACKAGES = {"jax": "jax", "flax": "flax", "optax": "optax", "orbax": "orbax-checkpoint"}
 
 
@@ -55,10 +65,15 @@ class CheckpointRecord:
         """The record of a committed step folder (reads metadata; verifies nothing)."""
         meta = read_meta(folder)
         return cls(
-            name=meta["name"], model_name=meta["model_name"], step=meta["step"],
-            dataset=meta.get("dataset"), metrics=meta.get("metrics", {}), params=meta["params"],
+            name=meta["name"],
+            model_name=meta["model_name"],
+            step=meta["step"],
+            dataset=meta.get("dataset"),
+            metrics=meta.get("metrics", {}),
+            params=meta["params"],
             size_bytes=manifest.total_size(manifest.read_manifest(folder)),
-            created=meta["created"], path=folder,
+            created=meta["created"],
+            path=folder,
         )
 
 
@@ -72,8 +87,10 @@ def list_checkpoints(registry: str | os.PathLike | None = None) -> list[Checkpoi
     records = []
     for name in checkpoint_names(root):
         with name_lock(root / name, shared=True):
-            records += [CheckpointRecord.read(step_dir(root / name, s))
-                        for s in committed_steps(root / name)]
+            records += [
+                CheckpointRecord.read(step_dir(root / name, s))
+                for s in committed_steps(root / name)
+            ]
     return records
 
 
@@ -86,24 +103,39 @@ def jsonable(meta: dict[str, Any] | None) -> dict[str, Any]:
     meta = dict(meta or {})
     taken = sorted(set(meta) & set(STORE_KEYS))
     if taken:
-        raise ValueError(f"meta key(s) {', '.join(taken)} are written by the store; rename them")
+        raise InvalidValueError(
+            f"meta key(s) {', '.join(taken)} are written by the store; rename them"
+        )
     try:
         return json.loads(json.dumps(meta, default=_scalar))
     except TypeError as error:
-        raise TypeError(f"meta must be JSON-able: {error}") from None
+        raise InvalidTypeError(f"meta must be JSON-able: {error}") from None
 
 
-def store_meta(*, name: str, model_name: str, model_config: dict[str, Any], step: int,
-               params: int, size_bytes: dict[str, int], user_meta: dict[str, Any]
-               ) -> dict[str, Any]:
+def store_meta(
+    *,
+    name: str,
+    model_name: str,
+    model_config: dict[str, Any],
+    step: int,
+    params: int,
+    size_bytes: dict[str, int],
+    user_meta: dict[str, Any],
+) -> dict[str, Any]:
     """The full metadata of a step: what the store knows, then the caller's own keys."""
     versions = {label: importlib.metadata.version(dist) for label, dist in _PACKAGES.items()}
     versions["python"] = platform.python_version()
     return {
-        "format": FORMAT, "name": name, "model_name": model_name, "model_config": model_config,
-        "step": step, "params": params,
+        "format": FORMAT,
+        "name": name,
+        "model_name": model_name,
+        "model_config": model_config,
+        "step": step,
+        "params": params,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "versions": versions, "size_bytes": size_bytes, **user_meta,
+        "versions": versions,
+        "size_bytes": size_bytes,
+        **user_meta,
     }
 
 
@@ -124,4 +156,4 @@ def _scalar(value: Any) -> Any:
     # Metrics often arrive as numpy or jax 0-d values; anything else is a caller error.
     if getattr(value, "shape", None) == () and hasattr(value, "item"):
         return value.item()
-    raise TypeError(f"{type(value).__name__} {value!r} is not JSON-able")
+    raise InvalidTypeError(f"{type(value).__name__} {value!r} is not JSON-able")

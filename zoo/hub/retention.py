@@ -6,29 +6,41 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from zoo.errors import InvalidValueError
+
 MODES = ("max", "min")
 
 
-def check_policy(max_to_keep: int | None, best: tuple[str, str] | None,
-                 metrics: Mapping[str, Any]) -> None:
+def check_policy(
+    max_to_keep: int | None, best: tuple[str, str] | None, metrics: Mapping[str, Any]
+) -> None:
     """Raises `ValueError` for a bad policy, or when `best` names a metric this save lacks."""
     if max_to_keep is not None and (
-            isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1):
-        raise ValueError(f"max_to_keep must be a positive int or None (keep all), "
-                         f"got {max_to_keep!r}")
+        isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1
+    ):
+        raise InvalidValueError(
+            f"max_to_keep must be a positive int or None (keep all), got {max_to_keep!r}"
+        )
     if best is None:
         return
     if not (isinstance(best, tuple | list) and len(best) == 2 and best[1] in MODES):
-        raise ValueError(f"best must be (metric name, 'max' or 'min'), got {best!r}")
+        raise InvalidValueError(f"best must be (metric name, 'max' or 'min'), got {best!r}")
     value = metrics.get(best[0])
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"best={tuple(best)!r} needs a number at meta['metrics'][{best[0]!r}], "
-                         f"got {value!r} (metrics: {sorted(metrics)})")
+        raise InvalidValueError(
+            f"best={tuple(best)!r} needs a number at meta['metrics'][{best[0]!r}], "
+            f"got {value!r} (metrics: {sorted(metrics)})"
+        )
 
 
-def steps_to_retire(steps: Sequence[int], *, max_to_keep: int | None,
-                    best: tuple[str, str] | None, metric_values: Mapping[int, float],
-                    just_saved: int) -> list[int]:
+def steps_to_retire(
+    steps: Sequence[int],
+    *,
+    max_to_keep: int | None,
+    best: tuple[str, str] | None,
+    metric_values: Mapping[int, float],
+    just_saved: int,
+) -> list[int]:
     """The steps to delete, ascending.
 
     Kept: the `max_to_keep` highest steps, the step with the best `metric_values` entry (the
@@ -46,5 +58,4 @@ def steps_to_retire(steps: Sequence[int], *, max_to_keep: int | None,
 
 def competes_for_best(value: Any) -> bool:
     """A recorded metric value that can be ranked: a number, not NaN (a diverged run's)."""
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and not math.isnan(value))
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)

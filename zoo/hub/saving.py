@@ -33,11 +33,20 @@ from zoo.hub.paths import (
 from zoo.hub.records import CheckpointRecord, jsonable, read_meta, store_meta, write_meta
 
 
-def save(name: str, *, model_name: str, model_config: dict[str, Any], variables: dict[str, Any],
-         step: int, meta: dict[str, Any] | None = None, train_state: Any | None = None,
-         registry: str | os.PathLike | None = None, max_to_keep: int | None = 3,
-         best: tuple[str, str] | None = None, keep_through: int | None = None
-         ) -> CheckpointRecord:
+def save(
+    name: str,
+    *,
+    model_name: str,
+    model_config: dict[str, Any],
+    variables: dict[str, Any],
+    step: int,
+    meta: dict[str, Any] | None = None,
+    train_state: Any | None = None,
+    registry: str | os.PathLike | None = None,
+    max_to_keep: int | None = 3,
+    best: tuple[str, str] | None = None,
+    keep_through: int | None = None,
+) -> CheckpointRecord:
     """Saves `variables` of `zoo.create_model(model_name, **model_config)` as `name`, step `step`.
 
     Args:
@@ -80,19 +89,37 @@ def save(name: str, *, model_name: str, model_config: dict[str, Any], variables:
         # ...and the primary alone describes, commits and retires.
         if multihost.is_primary():
             record = _commit_saved(
-                folder, name_dir, step, best=best, max_to_keep=max_to_keep,
+                folder,
+                name_dir,
+                step,
+                best=best,
+                max_to_keep=max_to_keep,
                 keep_through=keep_through,
-                meta=store_meta(name=name, model_name=model_name, model_config=recorded_config,
-                                step=step, params=_count(variables["params"]),
-                                size_bytes=_sizes(folder), user_meta=user_meta))
+                meta=store_meta(
+                    name=name,
+                    model_name=model_name,
+                    model_config=recorded_config,
+                    step=step,
+                    params=_count(variables["params"]),
+                    size_bytes=_sizes(folder),
+                    user_meta=user_meta,
+                ),
+            )
     # Nobody returns before the step is visible (or the primary has failed, and left).
     multihost.barrier(f"zoo.hub.save {name} step {step}")
     return record if multihost.is_primary() else CheckpointRecord.read(step_dir(name_dir, step))
 
 
-def _commit_saved(folder: Path, name_dir: Path, step: int, *, meta: dict[str, Any],
-                  max_to_keep: int | None, best: tuple[str, str] | None,
-                  keep_through: int | None) -> CheckpointRecord:
+def _commit_saved(
+    folder: Path,
+    name_dir: Path,
+    step: int,
+    *,
+    meta: dict[str, Any],
+    max_to_keep: int | None,
+    best: tuple[str, str] | None,
+    keep_through: int | None,
+) -> CheckpointRecord:
     """Writes metadata and manifest into the staged `folder`, commits it, applies retention."""
     write_meta(folder, meta)
     write_manifest(folder)  # Last: it covers everything above.
@@ -100,24 +127,33 @@ def _commit_saved(folder: Path, name_dir: Path, step: int, *, meta: dict[str, An
         path = commit(folder, name_dir, step)
         steps = [s for s in committed_steps(name_dir) if keep_through is None or s > keep_through]
         metric_values = _metric_values(name_dir, steps, best) if best else {}
-        retire(name_dir, retention.steps_to_retire(
-            steps, max_to_keep=max_to_keep, best=best, metric_values=metric_values,
-            just_saved=step))
+        retire(
+            name_dir,
+            retention.steps_to_retire(
+                steps,
+                max_to_keep=max_to_keep,
+                best=best,
+                metric_values=metric_values,
+                just_saved=step,
+            ),
+        )
         return CheckpointRecord.read(path)  # Under the lock: no other save retires it first.
 
 
 def _sizes(folder: Path) -> dict[str, int]:
     """Bytes of each saved item in the staged `folder`."""
-    return {item: sum(p.stat().st_size for p in (folder / item).rglob("*") if p.is_file())
-            for item in (VARIABLES, TRAIN_STATE) if (folder / item).is_dir()}
+    return {
+        item: sum(p.stat().st_size for p in (folder / item).rglob("*") if p.is_file())
+        for item in (VARIABLES, TRAIN_STATE)
+        if (folder / item).is_dir()
+    }
 
 
 def _count(params: Any) -> int:
     return sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
 
 
-def _metric_values(name_dir: Path, steps: list[int], best: tuple[str, str]
-                   ) -> dict[int, float]:
+def _metric_values(name_dir: Path, steps: list[int], best: tuple[str, str]) -> dict[int, float]:
     """step -> its recorded `best` metric, for the steps that have one."""
     values = {}
     for step in steps:

@@ -53,5 +53,6 @@ def _on_device(leaf: Any, device: jax.sharding.Sharding) -> Any:
     # leaf one so the restored tree is uniformly jax arrays. Python scalars stay scalars.
     if not hasattr(leaf, "shape"):
         return leaf
-    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=getattr(leaf, "sharding", None)
-                                or device)
+    return jax.ShapeDtypeStruct(
+        leaf.shape, leaf.dtype, sharding=getattr(leaf, "sharding", None) or device
+    )

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo.analytic import Layer, ShapeTrace
+from zoo.errors import InvalidValueError
 from zoo.models.base import ImageModel
 from zoo.models.layers import (
     Flatten,
@@ -125,12 +126,14 @@ class AlexNet(ImageModel):
         check_positive("AlexNet", widths=self.widths, groups=self.groups, hidden=self.hidden)
         check_choice("AlexNet", "norm", self.norm, NORMS)
         if len(self.widths) != 5 or len(self.groups) != 5:
-            raise ValueError(
+            raise InvalidValueError(
                 f"AlexNet: widths and groups need 5 entries, got {self.widths!r} "
                 f"and {self.groups!r}"
             )
         if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"AlexNet: dropout_rate must be in [0, 1), got {self.dropout_rate}")
+            raise InvalidValueError(
+                f"AlexNet: dropout_rate must be in [0, 1), got {self.dropout_rate}"
+            )
         super().__post_init__()
 
     @property

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 
 from zoo.analytic import Layer, ShapeTrace
+from zoo.errors import InvalidValueError
 from zoo.models.base import ImageModel
 from zoo.models.layers import Flatten, Reshape, check_positive
 from zoo.registry import register
@@ -43,7 +44,7 @@ class ConvAutoencoder(ImageModel):
     def __post_init__(self) -> None:
         check_positive("ConvAutoencoder", widths=self.widths, latent_dim=self.latent_dim)
         if len(self.widths) != 2 or any(size % 4 for size in self.input_size):
-            raise ValueError(
+            raise InvalidValueError(
                 "ConvAutoencoder: widths needs 2 entries and input_size must be divisible by 4, "
                 f"got widths={self.widths!r}, input_size={self.input_size!r}"
             )

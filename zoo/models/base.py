@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zoo.errors import InvalidValueError
 from zoo.models.layers import check_input, check_positive
 
 
@@ -42,7 +43,7 @@ class ImageModel(nn.Module):
             input_size=self.input_size,
         )
         if len(self.input_size) != 2:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{type(self).__name__}: input_size must be (height, width), "
                 f"got {self.input_size!r}"
             )

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 
 from zoo.analytic import Layer, ShapeTrace
+from zoo.errors import InvalidValueError
 from zoo.models.base import ImageModel
 from zoo.models.layers import batch_norm, check_choice, check_positive
 from zoo.models.resnet import (
@@ -56,7 +57,7 @@ class CifarResNet(ImageModel):
         check_positive("CifarResNet", stage_sizes=self.stage_sizes, widths=self.widths)
         check_choice("CifarResNet", "shortcut", self.shortcut, SHORTCUTS)
         if len(self.stage_sizes) != len(self.widths):
-            raise ValueError(
+            raise InvalidValueError(
                 f"CifarResNet: stage_sizes {self.stage_sizes!r} and widths "
                 f"{self.widths!r} need one entry per stage"
             )

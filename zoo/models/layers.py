@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo.errors import InvalidValueError
+
 Dtype = Any
 
 
@@ -29,12 +31,12 @@ def check_positive(model: str, **values: Any) -> None:
         if not items or not all(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items
         ):
-            raise ValueError(f"{model}: {name} must be positive integer(s), got {value!r}")
+            raise InvalidValueError(f"{model}: {name} must be positive integer(s), got {value!r}")
 
 
 def check_choice(model: str, name: str, value: Any, choices: Sequence[Any]) -> None:
     if value not in choices:
-        raise ValueError(
+        raise InvalidValueError(
             f"{model}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
         )
 
@@ -61,7 +63,7 @@ def check_input(
     if x.ndim != 4 or not fits_input(x.shape[1:], expected, fixed_size=fixed_size):
         h, w, c = expected
         want = f"(batch, {h}, {w}, {c})" if fixed_size else f"(batch, height, width, {c})"
-        raise ValueError(f"{model} expects NHWC images of shape {want}, got shape {x.shape}")
+        raise InvalidValueError(f"{model} expects NHWC images of shape {want}, got shape {x.shape}")
 
 
 def explicit_padding(padding: int) -> tuple[tuple[int, int], tuple[int, int]]:

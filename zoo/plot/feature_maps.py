@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo.errors import InvalidValueError
 from zoo.features import extract_features
 from zoo.hub import load
 from zoo.images import ImageSource, converted, raw_image
@@ -45,12 +46,12 @@ def features(
       registry: the registry folder (see `zoo.hub.registry_root`).
     """
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"channels must be a positive int, got {channels!r}")
+        raise InvalidValueError(f"channels must be a positive int, got {channels!r}")
     stem = "" if isinstance(image, np.ndarray) else f"-{Path(image).stem}"
     path = output_path(out, f"{name}-features{stem}.png")
     model = load(name, step=step, registry=registry)
     if model.preprocessing is None:
-        raise ValueError(
+        raise InvalidValueError(
             f"{name} step {model.step} was saved without its preprocessing, so an "
             "image cannot be turned into its input"
         )

@@ -16,6 +16,8 @@ from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
+from zoo.errors import InvalidValueError
+
 DPI = 100
 PLOTS_DIR = Path("plots")
 # Gaps between tiles show as this colour (NaN cells in single-channel mosaics).
@@ -45,7 +47,7 @@ def output_path(out: str | os.PathLike | None, default_name: str) -> Path:
     path = PLOTS_DIR / default_name if out is None else Path(out)
     formats = FigureCanvasBase.get_supported_filetypes()
     if path.suffix.lstrip(".").lower() not in formats:
-        raise ValueError(
+        raise InvalidValueError(
             f"cannot save a picture as {str(path)!r}: expected a file name ending in .png "
             f"(or one of .{', .'.join(sorted(formats))})"
         )

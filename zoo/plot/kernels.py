@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from zoo.errors import InvalidValueError
 from zoo.hub import load
 from zoo.plot.figure import (
     mosaic,
@@ -100,7 +101,7 @@ def first_convolution(model_name: str) -> str:
     for row in summary(model_name).layers:
         if row.kind == "conv":
             return row.name
-    raise ValueError(f"{model_name} has no convolution, so it has no filters to show")
+    raise InvalidValueError(f"{model_name} has no convolution, so it has no filters to show")
 
 
 def conv_kernel(params: dict[str, Any], layer: str, model_name: str) -> np.ndarray:
@@ -111,7 +112,7 @@ def conv_kernel(params: dict[str, Any], layer: str, model_name: str) -> np.ndarr
         if path[-1] == "kernel" and np.ndim(value) == 4
     }
     if layer not in kernels:
-        raise ValueError(
+        raise InvalidValueError(
             f"{layer!r} is not a convolution of {model_name}; its convolutions are "
             f"{', '.join(kernels) or 'none'}"
         )

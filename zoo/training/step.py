@@ -1,10 +1,10 @@
 """One optimisation step and one evaluation step: pure functions of (state, batch).
 
 No I/O, no logging, no config: the loop jits them once (with the state donated) and everything
-they need is in the state or the batch. A batch holds model-ready inputs (`train.pipeline` has
-already gathered, augmented and standardised them). Metrics come back as on-device sums (loss
-times examples, correct predictions, examples), so adding them over an epoch gives exact
-per-example means at whatever point the loop chooses to fetch them.
+they need is in the state or the batch. A batch holds model-ready inputs
+(`zoo.training.pipeline` has already gathered, augmented and standardised them). Metrics come
+back as on-device sums (loss times examples, correct predictions, examples), so adding them over
+an epoch gives exact per-example means at whatever point the loop chooses to fetch them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from train.state import TrainState
+from zoo.training.state import TrainState
 
 Batch = dict[str, jax.Array]  # "image": (B, H, W, C) float; "label": (B,) int; eval: "weight"
 Metrics = dict[str, jax.Array]  # "loss_sum", "count" and, for classifiers, "correct"
@@ -29,8 +29,7 @@ def zero_metrics(task: str = "classification") -> Metrics:
     return {name: jnp.float32(0) for name in names}
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
-                  ) -> jax.Array:
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
     """Per-example softmax cross-entropy, computed in float32 whatever the compute dtype."""
     targets = jax.nn.one_hot(labels, logits.shape[-1])
     if label_smoothing:
@@ -38,8 +37,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def per_example_loss(outputs: jax.Array, batch: Batch, task: str,
-                     label_smoothing: float = 0.0) -> jax.Array:
+def per_example_loss(
+    outputs: jax.Array, batch: Batch, task: str, label_smoothing: float = 0.0
+) -> jax.Array:
     """Cross-entropy for a classifier; for an autoencoder the mean squared error between its
     reconstruction and its own (standardised) input, the lecture's self-supervised signal."""
     if task == "reconstruction":
@@ -48,8 +48,9 @@ def per_example_loss(outputs: jax.Array, batch: Batch, task: str,
     return cross_entropy(outputs, batch["label"], label_smoothing)
 
 
-def metric_sums(outputs: jax.Array, batch: Batch, losses: jax.Array, weight: jax.Array,
-                task: str) -> Metrics:
+def metric_sums(
+    outputs: jax.Array, batch: Batch, losses: jax.Array, weight: jax.Array, task: str
+) -> Metrics:
     """Weighted sums of the loss (and, for a classifier, of correct predictions)."""
     sums = {"loss_sum": jnp.sum(losses * weight), "count": jnp.sum(weight)}
     if task == "classification":
@@ -57,32 +58,39 @@ def metric_sums(outputs: jax.Array, batch: Batch, losses: jax.Array, weight: jax
     return sums
 
 
-def train_step(state: TrainState, batch: Batch, *, task: str = "classification",
-               label_smoothing: float = 0.0) -> tuple[TrainState, Metrics]:
+def train_step(
+    state: TrainState, batch: Batch, *, task: str = "classification", label_smoothing: float = 0.0
+) -> tuple[TrainState, Metrics]:
     """A gradient step on `batch`; BatchNorm uses and updates batch statistics."""
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any]]:
         outputs, updates = state.apply_fn(
-            {**state.variables, "params": params}, batch["image"], train=True,
-            mutable=["batch_stats"], rngs={"dropout": dropout_key})
+            {**state.variables, "params": params},
+            batch["image"],
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": dropout_key},
+        )
         losses = per_example_loss(outputs, batch, task, label_smoothing)
         return losses.mean(), (outputs, losses, updates)
 
-    (_, (outputs, losses, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    (_, (outputs, losses, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(
-        grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+        grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats)
+    )
     return state, metric_sums(outputs, batch, losses, jnp.ones_like(losses), task)
 
 
-def eval_step(variables: dict[str, Any], batch: Batch, *, apply_fn: Any,
-              task: str = "classification") -> Metrics:
+def eval_step(
+    variables: dict[str, Any], batch: Batch, *, apply_fn: Any, task: str = "classification"
+) -> Metrics:
     """Loss (and accuracy) sums over the examples of `batch` whose "weight" is 1 (not padding).
 
     BatchNorm uses its running averages and dropout is off (`train=False`). Loss is the plain
     cross-entropy (no label smoothing), comparable across runs.
     """
     outputs = apply_fn(variables, batch["image"], train=False)
-    return metric_sums(outputs, batch, per_example_loss(outputs, batch, task), batch["weight"],
-                       task)
+    return metric_sums(
+        outputs, batch, per_example_loss(outputs, batch, task), batch["weight"], task
+    )

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from train.config import TrainConfig
+from zoo.training.config import TrainConfig
 
 PyTree = Any
 
@@ -44,15 +44,23 @@ class TrainState(train_state.TrainState):
         return {"step": self.step, "opt_state": self.opt_state, "dropout_key": self.dropout_key}
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                       input_shape: tuple[int, int, int], key: jax.Array) -> TrainState:
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    input_shape: tuple[int, int, int],
+    key: jax.Array,
+) -> TrainState:
     """Initialises the model on a dummy batch of `input_shape` images and the optimizer."""
     init_key, dropout_key = jax.random.split(key)
     variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
     params = variables["params"]
     return TrainState(
-        step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params, tx=tx,
-        opt_state=tx.init(params), batch_stats=variables.get("batch_stats", {}),
+        step=jnp.zeros((), jnp.int32),
+        apply_fn=model.apply,
+        params=params,
+        tx=tx,
+        opt_state=tx.init(params),
+        batch_stats=variables.get("batch_stats", {}),
         dropout_key=jax.random.key_data(dropout_key),
     )
 
@@ -61,10 +69,13 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.S
     """Linear warm-up from 0 to `config.lr` over `warmup_epochs`, then cosine decay to 0."""
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=config.lr, warmup_steps=warmup_steps,
+        init_value=0.0,
+        peak_value=config.lr,
+        warmup_steps=warmup_steps,
         # optax wants a cosine part of at least one step; when warm-up spans the whole run,
         # that step lies past the last one trained, so the run is all warm-up, as asked.
-        decay_steps=max(config.epochs * steps_per_epoch, warmup_steps + 1), end_value=0.0,
+        decay_steps=max(config.epochs * steps_per_epoch, warmup_steps + 1),
+        end_value=0.0,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from zoo.errors import InvalidValueError
 from zoo.registry import list_models, model_info
 from zoo.summary import summary
 
@@ -42,7 +43,7 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 def run_list(args: argparse.Namespace) -> int:
     names = list_models(args.pattern)
     if not names:
-        raise ValueError(f"no model matches {args.pattern!r}; try 'zoo list' for all names")
+        raise InvalidValueError(f"no model matches {args.pattern!r}; try 'zoo list' for all names")
     width = max(map(len, names))
     for name in names:
         print(f"{name.ljust(width)}  {model_info(name).description}")

@@ -19,27 +19,28 @@ import jax
 import jax.numpy as jnp
 from rich.console import Console
 
-from train.config import TrainConfig
-from train.evaluate import make_evaluator
-from train.experiment import (
+from zoo import hub, multihost
+from zoo.errors import InvalidValueError, NotFoundError, ZooError
+from zoo.training.config import TrainConfig
+from zoo.training.evaluate import make_evaluator
+from zoo.training.experiment import (
     Experiment,
     build_experiment,
     initial_state,
     restore_state,
     save_checkpoint,
 )
-from train.pipeline import DeviceSplit, epoch_order, training_batch
-from train.report import Reporter, host_metrics
-from train.sharding import replicate, replicated
-from train.state import TrainState, learning_rate_schedule
-from train.step import Metrics, train_step, zero_metrics
-from zoo import hub, multihost
+from zoo.training.pipeline import DeviceSplit, epoch_order, training_batch
+from zoo.training.report import Reporter, host_metrics
+from zoo.training.sharding import replicate, replicated
+from zoo.training.state import TrainState, learning_rate_schedule
+from zoo.training.step import Metrics, train_step, zero_metrics
 
 # Progress-bar updates per epoch; each is one device -> host fetch of the metric sums.
 REFRESHES_PER_EPOCH = 10
 
 
-class TrainingDiverged(FloatingPointError):
+class TrainingDiverged(ZooError, FloatingPointError):
     """The loss became NaN or infinite; the registry keeps the last good checkpoint."""
 
 
@@ -54,8 +55,7 @@ class FitResult:
     wall_seconds: float
 
 
-def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = None
-        ) -> FitResult:
+def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = None) -> FitResult:
     """Trains `config.model` on `config.dataset`, saving to the registry as `config.run_name`.
 
     With `resume`, continues the latest checkpoint of that name (which must exist); without, a
@@ -63,7 +63,7 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
     Raises `TrainingDiverged` on a NaN/Inf loss, and `ValueError`,
     `TypeError`, `KeyError` or `FileNotFoundError` for bad settings, before any training.
     """
-    # With several processes (`train.distributed`) only the primary prints and logs.
+    # With several processes (`zoo.training.distributed`) only the primary prints and logs.
     primary = multihost.is_primary()
     console = (console or Console()) if primary else Console(quiet=True)
     latest = _check_name_state(config, resume)
@@ -75,42 +75,72 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
     started = time.monotonic()
     with console.status("compiling"):
         train_fn = _compile_train_step(experiment, state)
-        evaluate = make_evaluator(experiment.model.apply, state.variables, experiment.test,
-                                  experiment.preprocessing, experiment.eval_batch_size,
-                                  experiment.mesh, experiment.task)
+        evaluate = make_evaluator(
+            experiment.model.apply,
+            state.variables,
+            experiment.test,
+            experiment.preprocessing,
+            experiment.eval_batch_size,
+            experiment.mesh,
+            experiment.task,
+        )
     # Jitted: evaluated eagerly, the schedule's few ops would each be compiled on their own.
     learning_rate = jax.jit(learning_rate_schedule(config, experiment.steps_per_epoch))
     metrics: dict[str, float] = {}
-    with Reporter(console, config.log_path if primary else None, epochs=config.epochs,
-                  steps_per_epoch=experiment.steps_per_epoch, append=resume) as reporter:
-        reporter.write("start", config=config.to_dict(), resumed_at_epoch=start_epoch,
-                       devices=experiment.mesh.size, device_kind=jax.devices()[0].device_kind,
-                       compile_seconds=time.monotonic() - started)
+    with Reporter(
+        console,
+        config.log_path if primary else None,
+        epochs=config.epochs,
+        steps_per_epoch=experiment.steps_per_epoch,
+        append=resume,
+    ) as reporter:
+        reporter.write(
+            "start",
+            config=config.to_dict(),
+            resumed_at_epoch=start_epoch,
+            devices=experiment.mesh.size,
+            device_kind=jax.devices()[0].device_kind,
+            compile_seconds=time.monotonic() - started,
+        )
         for epoch in range(start_epoch, config.epochs):
             epoch_started = time.monotonic()
             state, train_metrics = _train_epoch(experiment, train_fn, state, epoch, reporter)
             train_seconds = time.monotonic() - epoch_started
-            metrics = {**train_metrics,
-                       **host_metrics(jax.device_get(evaluate(state.variables)), "val")}
+            metrics = {
+                **train_metrics,
+                **host_metrics(jax.device_get(evaluate(state.variables)), "val"),
+            }
             _check_finite(metrics, experiment, epoch, step=int(state.step))
             record: dict[str, Any] = {
-                "epoch": epoch + 1, "step": int(state.step),
-                "lr": float(learning_rate(state.step - 1)), **metrics,
-                "images_per_second": experiment.steps_per_epoch * config.batch_size
-                / train_seconds,
+                "epoch": epoch + 1,
+                "step": int(state.step),
+                "lr": float(learning_rate(state.step - 1)),
+                **metrics,
+                "images_per_second": experiment.steps_per_epoch * config.batch_size / train_seconds,
                 "epoch_seconds": time.monotonic() - epoch_started,
                 "wall_seconds": time.monotonic() - started,
             }
             history.append(record)
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
                 record["checkpoint_step"] = start.step_offset + int(state.step)
-                save_checkpoint(experiment, state, step=record["checkpoint_step"],
-                                epoch=epoch + 1, metrics=metrics, history=history,
-                                wall_seconds=record["wall_seconds"],
-                                keep_through=start.step_offset)
+                save_checkpoint(
+                    experiment,
+                    state,
+                    step=record["checkpoint_step"],
+                    epoch=epoch + 1,
+                    metrics=metrics,
+                    history=history,
+                    wall_seconds=record["wall_seconds"],
+                    keep_through=start.step_offset,
+                )
             reporter.end_epoch(record)
-    return FitResult(config.run_name, start.step_offset + int(state.step), config.epochs,
-                     metrics, time.monotonic() - started)
+    return FitResult(
+        config.run_name,
+        start.step_offset + int(state.step),
+        config.epochs,
+        metrics,
+        time.monotonic() - started,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,20 +168,27 @@ def _starting_point(experiment: Experiment, resume: bool, latest: int | None) ->
     state, step, meta = restore_state(experiment, state)
     config, done = experiment.config, int(meta["epoch"])
     if done >= config.epochs:
-        raise ValueError(f"{config.run_name!r} has trained {done} of {config.epochs} epochs "
-                         "already; pass a larger --epochs")
+        raise InvalidValueError(
+            f"{config.run_name!r} has trained {done} of {config.epochs} epochs "
+            "already; pass a larger --epochs"
+        )
     history = tuple(record for record in meta.get("history", ()) if record["epoch"] <= done)
     return StartingPoint(state, done, step - int(state.step), history)
 
 
 def _describe(experiment: Experiment, start_epoch: int) -> str:
     config, mesh = experiment.config, experiment.mesh
-    where = f"resuming {config.run_name} at epoch {start_epoch + 1}" if start_epoch else (
-        f"saving as {config.run_name}")
-    return (f"{config.model} on {config.dataset}: {len(experiment.train):,} training / "
-            f"{len(experiment.test):,} held-out images, {experiment.steps_per_epoch} steps of "
-            f"{config.batch_size} per epoch on {mesh.size} {mesh.devices.flat[0].platform} "
-            f"device{'s' if mesh.size > 1 else ''}{_processes()}; {where}")
+    where = (
+        f"resuming {config.run_name} at epoch {start_epoch + 1}"
+        if start_epoch
+        else (f"saving as {config.run_name}")
+    )
+    return (
+        f"{config.model} on {config.dataset}: {len(experiment.train):,} training / "
+        f"{len(experiment.test):,} held-out images, {experiment.steps_per_epoch} steps of "
+        f"{config.batch_size} per epoch on {mesh.size} {mesh.devices.flat[0].platform} "
+        f"device{'s' if mesh.size > 1 else ''}{_processes()}; {where}"
+    )
 
 
 def _processes() -> str:
@@ -163,8 +200,10 @@ def _check_name_state(config: TrainConfig, resume: bool) -> int | None:
     """The latest step saved under the run's name; a resumed run needs one (checked first)."""
     latest = hub.latest_step(config.run_name, registry=config.registry)
     if resume and latest is None:
-        raise FileNotFoundError(f"nothing to resume: no checkpoint named {config.run_name!r} "
-                                f"in {hub.registry_root(config.registry)}")
+        raise NotFoundError(
+            f"nothing to resume: no checkpoint named {config.run_name!r} "
+            f"in {hub.registry_root(config.registry)}"
+        )
     return latest
 
 
@@ -175,34 +214,51 @@ def _compile_train_step(experiment: Experiment, state: TrainState) -> TrainFn:
     """Compiles the whole training step for these shapes and shardings, once."""
     config = experiment.config
 
-    def step(state: TrainState, totals: Metrics, split: DeviceSplit, order: jax.Array,
-             augment_key: jax.Array) -> tuple[TrainState, Metrics]:
+    def step(
+        state: TrainState,
+        totals: Metrics,
+        split: DeviceSplit,
+        order: jax.Array,
+        augment_key: jax.Array,
+    ) -> tuple[TrainState, Metrics]:
         # Every epoch has the same number of steps, so the state knows which batch is next:
         # the host sends nothing per step.
         rows = order[state.step % experiment.steps_per_epoch]
         key = jax.random.fold_in(augment_key, state.step)
-        batch = training_batch(split, rows, key, experiment.mesh,
-                               preprocessing=experiment.preprocessing,
-                               augmentation=experiment.augmentation)
-        state, metrics = train_step(state, batch, task=experiment.task,
-                                    label_smoothing=config.label_smoothing)
+        batch = training_batch(
+            split,
+            rows,
+            key,
+            experiment.mesh,
+            preprocessing=experiment.preprocessing,
+            augmentation=experiment.augmentation,
+        )
+        state, metrics = train_step(
+            state, batch, task=experiment.task, label_smoothing=config.label_smoothing
+        )
         return state, jax.tree.map(jnp.add, totals, metrics)
 
     jitted = jax.jit(step, donate_argnums=(0, 1), out_shardings=replicated(experiment.mesh))
     order = _epoch_order(experiment, 0)
     totals = replicate(zero_metrics(experiment.task), experiment.mesh)
-    return jitted.lower(state, totals, experiment.train, order,
-                        experiment.keys["augment"]).compile()
+    return jitted.lower(
+        state, totals, experiment.train, order, experiment.keys["augment"]
+    ).compile()
 
 
 def _epoch_order(experiment: Experiment, epoch: int) -> jax.Array:
-    order = epoch_order(experiment.keys["shuffle"], epoch, num_examples=len(experiment.train),
-                        batch_size=experiment.config.batch_size)
+    order = epoch_order(
+        experiment.keys["shuffle"],
+        epoch,
+        num_examples=len(experiment.train),
+        batch_size=experiment.config.batch_size,
+    )
     return replicate(order, experiment.mesh)
 
 
-def _train_epoch(experiment: Experiment, train_fn: TrainFn, state: TrainState, epoch: int,
-                 reporter: Reporter) -> tuple[TrainState, dict[str, float]]:
+def _train_epoch(
+    experiment: Experiment, train_fn: TrainFn, state: TrainState, epoch: int, reporter: Reporter
+) -> tuple[TrainState, dict[str, float]]:
     """One pass over the training split; returns the state and the epoch's mean metrics."""
     steps = experiment.steps_per_epoch
     order = _epoch_order(experiment, epoch)
@@ -211,26 +267,31 @@ def _train_epoch(experiment: Experiment, train_fn: TrainFn, state: TrainState, e
     reporter.start_epoch(epoch)
     started = time.monotonic()
     for i in range(steps):
-        state, totals = train_fn(state, totals, experiment.train, order,
-                                 experiment.keys["augment"])
+        state, totals = train_fn(state, totals, experiment.train, order, experiment.keys["augment"])
         if (i + 1) % refresh_every == 0 or i + 1 == steps:
             metrics = host_metrics(jax.device_get(totals), "train")
             _check_finite(metrics, experiment, epoch, step=epoch * steps + i + 1)
-            reporter.update(i + 1, metrics, (i + 1) * experiment.config.batch_size
-                            / (time.monotonic() - started))
+            reporter.update(
+                i + 1,
+                metrics,
+                (i + 1) * experiment.config.batch_size / (time.monotonic() - started),
+            )
     return state, metrics
 
 
-def _check_finite(metrics: dict[str, float], experiment: Experiment, epoch: int, step: int
-                  ) -> None:
+def _check_finite(metrics: dict[str, float], experiment: Experiment, epoch: int, step: int) -> None:
     bad = {k: v for k, v in metrics.items() if k.endswith("_loss") and not math.isfinite(v)}
     if not bad:
         return
     config = experiment.config
     latest = hub.latest_step(config.run_name, registry=config.registry)
-    kept = (f"the last good checkpoint, step {latest} of {config.run_name!r}, is kept"
-            if latest is not None else "no checkpoint was saved")
+    kept = (
+        f"the last good checkpoint, step {latest} of {config.run_name!r}, is kept"
+        if latest is not None
+        else "no checkpoint was saved"
+    )
     what = ", ".join(f"{k} = {v}" for k, v in bad.items())
     raise TrainingDiverged(
         f"training diverged at epoch {epoch + 1}, step {step}: {what} (lr {config.lr:g}); "
-        f"{kept}. Try a lower --lr or a longer --warmup-epochs")
+        f"{kept}. Try a lower --lr or a longer --warmup-epochs"
+    )

@@ -1,6 +1,6 @@
 """Training for jax-zoo: `zoo train MODEL` from the command line, or from Python:
 
-    from train import TrainConfig, fit
+    from zoo.training import TrainConfig, fit
     result = fit(TrainConfig(model="lenet5", epochs=3))
     zoo.hub.load(result.name).predict(raw_uint8_images)
 
@@ -9,8 +9,8 @@ sets) -> `experiment` (model, optimizer, mesh) -> `loop` (epochs, checkpoints, N
 `pipeline` and `step` (the jitted work) -> `report` (progress bar, JSONL log).
 """
 
-from train.config import TrainConfig
-from train.evaluate import evaluate_saved
-from train.loop import FitResult, TrainingDiverged, fit
+from zoo.training.config import TrainConfig
+from zoo.training.evaluate import evaluate_saved
+from zoo.training.loop import FitResult, TrainingDiverged, fit
 
 __all__ = ["FitResult", "TrainConfig", "TrainingDiverged", "evaluate_saved", "fit"]

@@ -3,11 +3,11 @@
 The raw uint8 split is replicated on every device once. Each epoch draws one permutation (key:
 seed and epoch); each step gathers its rows by index, augments them and applies the model's
 `Preprocessing`, all inside the jitted step. On CPU this beats any host pipeline for the small
-sets of `train.data`, and the host never touches a batch.
+sets of `zoo.data`, and the host never touches a batch.
 
-Several processes (`train.distributed`) keep this design rather than feeding each process's
+Several processes (`zoo.training.distributed`) keep this design rather than feeding each process's
 batch slice from the host: every process holds the whole split (read in shares and exchanged
-once, `train.data`) and draws the same permutation from the same key, so a step's global batch
+once, `zoo.data`) and draws the same permutation from the same key, so a step's global batch
 is the same rows as in a single-process run, and each device gathers its own slice of it
 (`constrain_batch`). Results therefore equal a single process's with the same global batch and
 seed, and still nothing crosses from host to device per step; the price, holding the small set
@@ -23,11 +23,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from train.augment import Augmentation
-from train.data import Split
-from train.sharding import constrain_batch, replicate
-from train.step import Batch
+from zoo.data import Split
 from zoo.preprocessing import Preprocessing
+from zoo.training.augment import Augmentation
+from zoo.training.sharding import constrain_batch, replicate
+from zoo.training.step import Batch
 
 
 @jax.tree_util.register_dataclass
@@ -47,8 +47,9 @@ class DeviceSplit:
 
 
 @functools.partial(jax.jit, static_argnames=("num_examples", "batch_size"))
-def epoch_order(key: jax.Array, epoch: int | jax.Array, *, num_examples: int, batch_size: int
-                ) -> jax.Array:
+def epoch_order(
+    key: jax.Array, epoch: int | jax.Array, *, num_examples: int, batch_size: int
+) -> jax.Array:
     """(steps, batch_size) example indices: a fresh permutation per epoch, last partial dropped.
 
     Dropping the remainder keeps every step's shapes identical (one compile); it is a different
@@ -59,8 +60,15 @@ def epoch_order(key: jax.Array, epoch: int | jax.Array, *, num_examples: int, ba
     return order[: steps * batch_size].reshape(steps, batch_size)
 
 
-def training_batch(split: DeviceSplit, indices: jax.Array, key: jax.Array, mesh: Mesh, *,
-                   preprocessing: Preprocessing, augmentation: Augmentation | None) -> Batch:
+def training_batch(
+    split: DeviceSplit,
+    indices: jax.Array,
+    key: jax.Array,
+    mesh: Mesh,
+    *,
+    preprocessing: Preprocessing,
+    augmentation: Augmentation | None,
+) -> Batch:
     """Inside jit: the rows `indices` of `split`, augmented with `key`, standardised."""
     indices = constrain_batch(indices, mesh)  # Each device gathers only its own rows.
     images = split.images[indices]
@@ -82,10 +90,18 @@ def eval_order(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.ndarr
     return indices.reshape(batches, batch_size), weights.reshape(batches, batch_size)
 
 
-def eval_batch(split: DeviceSplit, indices: jax.Array, weights: jax.Array, mesh: Mesh, *,
-               preprocessing: Preprocessing) -> Batch:
+def eval_batch(
+    split: DeviceSplit,
+    indices: jax.Array,
+    weights: jax.Array,
+    mesh: Mesh,
+    *,
+    preprocessing: Preprocessing,
+) -> Batch:
     """Inside jit: the rows `indices` of `split`, standardised, with their padding weights."""
     indices, weights = constrain_batch((indices, weights), mesh)
-    return {"image": preprocessing(split.images[indices]), "label": split.labels[indices],
-            "weight": weights}
-
+    return {
+        "image": preprocessing(split.images[indices]),
+        "label": split.labels[indices],
+        "weight": weights,
+    }

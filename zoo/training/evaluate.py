@@ -15,20 +15,27 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 import zoo
-from train.data import load_dataset
-from train.pipeline import DeviceSplit, eval_batch, eval_order
-from train.report import host_metrics
-from train.sharding import make_mesh, replicate
-from train.step import Metrics, eval_step, zero_metrics
 from zoo import hub
+from zoo.data import load_dataset
+from zoo.errors import InvalidValueError
 from zoo.preprocessing import Preprocessing
+from zoo.training.pipeline import DeviceSplit, eval_batch, eval_order
+from zoo.training.report import host_metrics
+from zoo.training.sharding import make_mesh, replicate
+from zoo.training.step import Metrics, eval_step, zero_metrics
 
 EVAL_BATCH_SIZE = 256  # `zoo eval`'s batch, rounded to a multiple of the device count.
 
 
-def make_evaluator(apply_fn: Callable[..., jax.Array], variables: dict[str, Any],
-                   split: DeviceSplit, preprocessing: Preprocessing, batch_size: int, mesh: Mesh,
-                   task: str = "classification") -> Callable[[dict[str, Any]], Metrics]:
+def make_evaluator(
+    apply_fn: Callable[..., jax.Array],
+    variables: dict[str, Any],
+    split: DeviceSplit,
+    preprocessing: Preprocessing,
+    batch_size: int,
+    mesh: Mesh,
+    task: str = "classification",
+) -> Callable[[dict[str, Any]], Metrics]:
     """A compiled `variables -> {"loss_sum", "count"[, "correct"]}` (device sums) over `split`.
 
     `variables` (replicated on `mesh`) fixes the shapes it is compiled for; it is compiled here,
@@ -38,10 +45,10 @@ def make_evaluator(apply_fn: Callable[..., jax.Array], variables: dict[str, Any]
     step = functools.partial(eval_step, apply_fn=apply_fn, task=task)
 
     @jax.jit
-    def evaluate(variables: dict[str, Any], split: DeviceSplit, indices: jax.Array,
-                 weights: jax.Array) -> Metrics:
-        def body(totals: Metrics, batch_order: tuple[jax.Array, jax.Array]
-                 ) -> tuple[Metrics, None]:
+    def evaluate(
+        variables: dict[str, Any], split: DeviceSplit, indices: jax.Array, weights: jax.Array
+    ) -> Metrics:
+        def body(totals: Metrics, batch_order: tuple[jax.Array, jax.Array]) -> tuple[Metrics, None]:
             batch = eval_batch(split, *batch_order, mesh, preprocessing=preprocessing)
             return jax.tree.map(jnp.add, totals, step(variables, batch)), None
 
@@ -51,17 +58,29 @@ def make_evaluator(apply_fn: Callable[..., jax.Array], variables: dict[str, Any]
     return lambda variables: compiled(variables, split, indices, weights)
 
 
-def evaluate_split(apply_fn: Callable[..., jax.Array], variables: dict[str, Any],
-                   split: DeviceSplit, preprocessing: Preprocessing, batch_size: int, mesh: Mesh,
-                   task: str = "classification") -> dict[str, float]:
+def evaluate_split(
+    apply_fn: Callable[..., jax.Array],
+    variables: dict[str, Any],
+    split: DeviceSplit,
+    preprocessing: Preprocessing,
+    batch_size: int,
+    mesh: Mesh,
+    task: str = "classification",
+) -> dict[str, float]:
     """{"val_loss"[, "val_accuracy"]} of `variables` on `split`, fetched to the host."""
     variables = replicate(variables, mesh)
     evaluator = make_evaluator(apply_fn, variables, split, preprocessing, batch_size, mesh, task)
     return host_metrics(jax.device_get(evaluator(variables)), "val")
 
 
-def evaluate_saved(name: str, *, dataset: str | None = None, step: int | None = None,
-                   registry: str | None = None, data_dir: str | None = None) -> dict[str, Any]:
+def evaluate_saved(
+    name: str,
+    *,
+    dataset: str | None = None,
+    step: int | None = None,
+    registry: str | None = None,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
     """Held-out loss and accuracy of registry model `name` on `dataset` (default: its own).
 
     The model's recorded preprocessing is applied, so the result matches what training logged
@@ -70,18 +89,31 @@ def evaluate_saved(name: str, *, dataset: str | None = None, step: int | None = 
     """
     loaded = hub.load(name, step=step, registry=registry)
     if loaded.preprocessing is None:
-        raise ValueError(f"{name} step {loaded.step} was saved without meta['preprocessing']; "
-                         "it cannot be evaluated on raw data")
+        raise InvalidValueError(
+            f"{name} step {loaded.step} was saved without meta['preprocessing']; "
+            "it cannot be evaluated on raw data"
+        )
     dataset = dataset or loaded.meta["dataset"]
     source_shape = tuple(loaded.preprocessing.source_shape)
-    data = load_dataset(dataset, data_dir=data_dir, image_shape=source_shape,
-                        num_classes=getattr(loaded.module, "num_classes", None))
+    data = load_dataset(
+        dataset,
+        data_dir=data_dir,
+        image_shape=source_shape,
+        num_classes=getattr(loaded.module, "num_classes", None),
+    )
     if data.image_shape != source_shape:
-        raise ValueError(f"{name} was trained on {source_shape} images; {dataset} has "
-                         f"{data.image_shape}")
+        raise InvalidValueError(
+            f"{name} was trained on {source_shape} images; {dataset} has {data.image_shape}"
+        )
     mesh = make_mesh()
     batch_size = mesh.size * max(1, EVAL_BATCH_SIZE // mesh.size)
-    metrics = evaluate_split(loaded.module.apply, loaded.variables,
-                             DeviceSplit.from_host(data.test, mesh), loaded.preprocessing,
-                             batch_size, mesh, zoo.model_info(loaded.model_name).task)
+    metrics = evaluate_split(
+        loaded.module.apply,
+        loaded.variables,
+        DeviceSplit.from_host(data.test, mesh),
+        loaded.preprocessing,
+        batch_size,
+        mesh,
+        zoo.model_info(loaded.model_name).task,
+    )
     return {"dataset": dataset, "step": loaded.step, "examples": len(data.test), **metrics}

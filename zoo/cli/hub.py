@@ -10,6 +10,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from zoo.errors import InvalidValueError
 from zoo.hub import CheckpointRecord, list_checkpoints, load, registry_root
 from zoo.images import converted, raw_image
 from zoo.registry import model_info
@@ -21,21 +22,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_checkpoints)
 
     parser = subparsers.add_parser(
-        "predict", help="classify raw images with a saved checkpoint",
+        "predict",
+        help="classify raw images with a saved checkpoint",
         description="Prints the class id and its probability for every image. FILE is a .npy "
-                    "of raw uint8 images, (N, H, W[, C]) or one (H, W[, C]), or an image file "
-                    "(.png, .jpg, ...), converted and resized to the training images' format.")
+        "of raw uint8 images, (N, H, W[, C]) or one (H, W[, C]), or an image file "
+        "(.png, .jpg, ...), converted and resized to the training images' format.",
+    )
     parser.add_argument("name", help="the checkpoint name (see 'zoo checkpoints')")
-    parser.add_argument("files", nargs="+", metavar="FILE", type=Path,
-                        help="a .npy of raw images, or an image file")
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE", type=Path, help="a .npy of raw images, or an image file"
+    )
     parser.add_argument("--step", type=int, help="the step to load (default: the latest)")
     _add_registry(parser)
     parser.set_defaults(run=run_predict)
 
 
 def _add_registry(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--registry", metavar="DIR", type=Path,
-                        help="the registry folder (default: $ZOO_REGISTRY, else checkpoints/)")
+    parser.add_argument(
+        "--registry",
+        metavar="DIR",
+        type=Path,
+        help="the registry folder (default: $ZOO_REGISTRY, else checkpoints/)",
+    )
 
 
 def run_checkpoints(args: argparse.Namespace) -> int:
@@ -60,10 +68,18 @@ def run_checkpoints(args: argparse.Namespace) -> int:
 def _row(record: CheckpointRecord) -> list[str]:
     metrics = ", ".join(
         f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
-        for key, value in record.metrics.items())
-    return [record.name, record.model_name, str(record.step), record.dataset or "-",
-            metrics or "-", f"{record.params:,}", _human_size(record.size_bytes),
-            record.created[:16].replace("T", " ")]
+        for key, value in record.metrics.items()
+    )
+    return [
+        record.name,
+        record.model_name,
+        str(record.step),
+        record.dataset or "-",
+        metrics or "-",
+        f"{record.params:,}",
+        _human_size(record.size_bytes),
+        record.created[:16].replace("T", " "),
+    ]
 
 
 def _human_size(size: int) -> str:
@@ -76,10 +92,14 @@ def run_predict(args: argparse.Namespace) -> int:
     model = load(args.name, step=args.step, registry=args.registry)
     task = model_info(model.model_name).task
     if task != "classification":
-        raise ValueError(f"zoo predict needs a classifier; {model.model_name} is a {task} model")
+        raise InvalidValueError(
+            f"zoo predict needs a classifier; {model.model_name} is a {task} model"
+        )
     if model.preprocessing is None:
-        raise ValueError(f"{args.name} step {model.step} has no recorded preprocessing, so raw "
-                         "images cannot be turned into its inputs")
+        raise InvalidValueError(
+            f"{args.name} step {model.step} has no recorded preprocessing, so raw "
+            "images cannot be turned into its inputs"
+        )
     source_shape = model.preprocessing.source_shape
     for path in args.files:
         images = read_images(path, source_shape)
@@ -96,7 +116,7 @@ def read_images(path: Path, source_shape: tuple[int, int, int]) -> np.ndarray:
         return converted(raw_image(path), source_shape)[None]
     images = np.load(path, allow_pickle=False)  # Never unpickle what the user points at.
     if images.dtype != np.uint8:
-        raise ValueError(f"{path}: expected raw uint8 images (0..255), got {images.dtype}")
+        raise InvalidValueError(f"{path}: expected raw uint8 images (0..255), got {images.dtype}")
     grey_without_channel = source_shape[2] == 1 and images.shape == tuple(source_shape[:2])
     one_image = images.shape == tuple(source_shape) or grey_without_channel
     return images[None] if one_image else images

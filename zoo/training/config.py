@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from zoo.errors import InvalidTypeError, InvalidValueError, NotFoundError, UnknownKeyError
+
 Optimizer = Literal["sgd", "adamw"]
 Precision = Literal["fp32", "bf16"]
 
@@ -39,36 +41,50 @@ class TrainConfig:
     """One training run; each field's `Flag` is the help of its `zoo train` flag."""
 
     model: Annotated[str, Flag("registered model name, e.g. lenet5")]
-    dataset: Annotated[str, Flag("data set: mnist5k (offline), mnist, fashion_mnist, kmnist, "
-                                 "cifar10, cifar100 (TFDS, prepared) or synthetic",
-                                 "NAME")] = "mnist5k"
+    dataset: Annotated[
+        str,
+        Flag(
+            "data set: mnist5k (offline), mnist, fashion_mnist, kmnist, "
+            "cifar10, cifar100 (TFDS, prepared) or synthetic",
+            "NAME",
+        ),
+    ] = "mnist5k"
     epochs: Annotated[int, Flag("passes over the training split")] = 10
     batch_size: Annotated[int, Flag("global batch size, split over all devices")] = 128
     optimizer: Annotated[Optimizer, Flag("sgd (with momentum) or adamw")] = "sgd"
-    lr: Annotated[float, Flag("peak learning rate, reached after warm-up, then cosine decay "
-                              "to 0")] = 0.1
+    lr: Annotated[
+        float, Flag("peak learning rate, reached after warm-up, then cosine decay to 0")
+    ] = 0.1
     momentum: Annotated[float, Flag("SGD momentum")] = 0.9
     nesterov: Annotated[bool, Flag("Nesterov momentum for SGD")] = False
     warmup_epochs: Annotated[float, Flag("linear warm-up from 0 to --lr, in epochs")] = 0.0
-    weight_decay: Annotated[float, Flag("L2 decay of weights (not biases or norm "
-                                        "scales)")] = 5e-4
+    weight_decay: Annotated[float, Flag("L2 decay of weights (not biases or norm scales)")] = 5e-4
     label_smoothing: Annotated[float, Flag("cross-entropy label smoothing in [0, 1)")] = 0.0
     augment: Annotated[bool, Flag("random shifts (digits) or crop+flip (natural images)")] = False
     seed: Annotated[int, Flag("seed of initialisation, shuffling, augmentation and dropout")] = 0
-    precision: Annotated[Precision, Flag("bf16: bfloat16 compute, float32 params and "
-                                         "loss")] = "fp32"
-    max_train_examples: Annotated[int | None, Flag("train on the first N examples only (a quick "
-                                                   "subset; default: all)")] = None
+    precision: Annotated[Precision, Flag("bf16: bfloat16 compute, float32 params and loss")] = (
+        "fp32"
+    )
+    max_train_examples: Annotated[
+        int | None, Flag("train on the first N examples only (a quick subset; default: all)")
+    ] = None
     checkpoint_every: Annotated[int, Flag("save every N epochs (and after the last)")] = 1
     max_to_keep: Annotated[int, Flag("checkpoints kept in the registry per name")] = 3
     name: Annotated[str | None, Flag("registry name (default: MODEL-DATASET)", "NAME")] = None
-    registry: Annotated[str | None, Flag("registry folder (default: $ZOO_REGISTRY, else the "
-                                         "checkout's checkpoints/)", "DIR")] = None
-    data_dir: Annotated[str | None, Flag("TFDS data folder (default: $ZOO_DATA_DIR, else "
-                                         "~/.cache/jax-zoo/tensorflow_datasets for mnist5k and "
-                                         "TFDS's default for the others)", "DIR")] = None
-    log: Annotated[str | None, Flag("JSONL metrics file (default: runs/NAME.jsonl)",
-                                    "FILE")] = None
+    registry: Annotated[
+        str | None,
+        Flag("registry folder (default: $ZOO_REGISTRY, else the checkout's checkpoints/)", "DIR"),
+    ] = None
+    data_dir: Annotated[
+        str | None,
+        Flag(
+            "TFDS data folder (default: $ZOO_DATA_DIR, else "
+            "~/.cache/jax-zoo/tensorflow_datasets for mnist5k and "
+            "TFDS's default for the others)",
+            "DIR",
+        ),
+    ] = None
+    log: Annotated[str | None, Flag("JSONL metrics file (default: runs/NAME.jsonl)", "FILE")] = None
 
     def __post_init__(self) -> None:
         for name, hint in typing.get_type_hints(type(self)).items():
@@ -96,22 +112,43 @@ class TrainConfig:
 
 # The fields a resumed run may change: how long it trains and where things go, not what it is.
 RESUMABLE_FIELDS = frozenset(
-    {"epochs", "checkpoint_every", "max_to_keep", "registry", "data_dir", "log"})
+    {"epochs", "checkpoint_every", "max_to_keep", "registry", "data_dir", "log"}
+)
 
 # Per-model defaults, applied under a config file and flags. Tuned on 2 CPU cores.
 PRESETS: dict[str, dict[str, Any]] = {
     # 98.4-98.5% held-out on mnist5k over seeds 0-2, ~25 s on 2 busy CPU cores with compile.
     # Label smoothing and 2-pixel shifts are what lift 4,000 training digits past 98%.
-    "lenet5": {"epochs": 25, "batch_size": 64, "lr": 0.1, "nesterov": True,
-               "warmup_epochs": 1.0, "weight_decay": 5e-4, "label_smoothing": 0.1,
-               "augment": True},
+    "lenet5": {
+        "epochs": 25,
+        "batch_size": 64,
+        "lr": 0.1,
+        "nesterov": True,
+        "warmup_epochs": 1.0,
+        "weight_decay": 5e-4,
+        "label_smoothing": 0.1,
+        "augment": True,
+    },
     # The lecture's 2-D latent autoencoder: Adam on the reconstruction error.
-    "conv_autoencoder": {"epochs": 20, "batch_size": 64, "optimizer": "adamw", "lr": 3e-3,
-                         "warmup_epochs": 1.0, "weight_decay": 0.0},
+    "conv_autoencoder": {
+        "epochs": 20,
+        "batch_size": 64,
+        "optimizer": "adamw",
+        "lr": 3e-3,
+        "warmup_epochs": 1.0,
+        "weight_decay": 0.0,
+    },
     # He et al. 2015, Sec. 4.2: SGD 0.1, momentum 0.9, decay 1e-4, batch 128, 4-pixel crops
     # and flips, ~160 epochs; cosine decay (after a 1-epoch warm-up) replaces their steps.
-    "resnet20": {"dataset": "cifar10", "epochs": 160, "batch_size": 128, "lr": 0.1,
-                 "weight_decay": 1e-4, "augment": True, "warmup_epochs": 1.0},
+    "resnet20": {
+        "dataset": "cifar10",
+        "epochs": 160,
+        "batch_size": 128,
+        "lr": 0.1,
+        "weight_decay": 1e-4,
+        "augment": True,
+        "warmup_epochs": 1.0,
+    },
 }
 
 
@@ -122,8 +159,14 @@ def field_names() -> tuple[str, ...]:
 def flags() -> dict[str, tuple[Any, Flag, Any]]:
     """field name -> (its type, its `Flag`, its default or `dataclasses.MISSING`)."""
     annotated = typing.get_type_hints(TrainConfig, include_extras=True)
-    return {f.name: (typing.get_args(annotated[f.name])[0], annotated[f.name].__metadata__[0],
-                     f.default) for f in dataclasses.fields(TrainConfig)}
+    return {
+        f.name: (
+            typing.get_args(annotated[f.name])[0],
+            annotated[f.name].__metadata__[0],
+            f.default,
+        )
+        for f in dataclasses.fields(TrainConfig)
+    }
 
 
 def check_keys(values: Mapping[str, Any], source: str) -> None:
@@ -132,28 +175,31 @@ def check_keys(values: Mapping[str, Any], source: str) -> None:
         if key not in valid:
             close = difflib.get_close_matches(str(key), valid, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise KeyError(f"{source}: unknown key {key!r}; {hint}valid keys: {', '.join(valid)}")
+            raise UnknownKeyError(
+                f"{source}: unknown key {key!r}; {hint}valid keys: {', '.join(valid)}"
+            )
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """The settings in a .json, .toml or .py file (a .py file defines a dict named `config`)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise NotFoundError(f"config file {path} does not exist")
     if path.suffix in (".json", ".toml"):
         parse = json.loads if path.suffix == ".json" else tomllib.loads
         try:
             values = parse(path.read_text())
         except ValueError as error:  # JSONDecodeError and TOMLDecodeError both are.
-            raise ValueError(f"config file {path}: {error}") from None
+            raise InvalidValueError(f"config file {path}: {error}") from None
     elif path.suffix == ".py":
         values = runpy.run_path(str(path)).get("config")
     else:
-        raise ValueError(f"config file {path}: unknown format {path.suffix!r}; "
-                         "use .json, .toml or .py")
+        raise InvalidValueError(
+            f"config file {path}: unknown format {path.suffix!r}; use .json, .toml or .py"
+        )
     if not isinstance(values, dict):
         what = "define a dict named `config`" if path.suffix == ".py" else "hold a table/object"
-        raise TypeError(f"config file {path} must {what}, got {type(values).__name__}")
+        raise InvalidTypeError(f"config file {path} must {what}, got {type(values).__name__}")
     check_keys(values, str(path))
     return values
 
@@ -162,10 +208,10 @@ def resolve(explicit: Mapping[str, Any], *, source: str = "config") -> TrainConf
     """Defaults < the model's preset < `explicit` (a config file's values updated by flags)."""
     check_keys(explicit, source)
     if "model" not in explicit:
-        raise ValueError("no model given: name one (e.g. `zoo train lenet5`) or set `model` "
-                         "in the config file")
-    return TrainConfig.from_dict({**PRESETS.get(explicit["model"], {}), **explicit},
-                                 source=source)
+        raise InvalidValueError(
+            "no model given: name one (e.g. `zoo train lenet5`) or set `model` in the config file"
+        )
+    return TrainConfig.from_dict({**PRESETS.get(explicit["model"], {}), **explicit}, source=source)
 
 
 def resumed(saved: Mapping[str, Any], explicit: Mapping[str, Any]) -> TrainConfig:
@@ -178,14 +224,19 @@ def resumed(saved: Mapping[str, Any], explicit: Mapping[str, Any]) -> TrainConfi
 def check_resumable(saved: TrainConfig, config: TrainConfig) -> None:
     """Raises `ValueError` when `config` changes what the saved run is, not only how long."""
     fixed = [k for k in field_names() if k not in RESUMABLE_FIELDS and k != "name"]
-    changed = [f"{k}={getattr(saved, k)!r} -> {getattr(config, k)!r}"
-               for k in fixed if getattr(saved, k) != getattr(config, k)]
+    changed = [
+        f"{k}={getattr(saved, k)!r} -> {getattr(config, k)!r}"
+        for k in fixed
+        if getattr(saved, k) != getattr(config, k)
+    ]
     if saved.run_name != config.run_name:  # `--name X` resumes the run saved as X by default.
         changed.append(f"name={saved.run_name!r} -> {config.run_name!r}")
     if changed:
-        raise ValueError(f"--resume cannot change {', '.join(changed)} of the saved run "
-                         f"{saved.run_name!r}; only {', '.join(sorted(RESUMABLE_FIELDS))} may "
-                         "change (train under another --name instead)")
+        raise InvalidValueError(
+            f"--resume cannot change {', '.join(changed)} of the saved run "
+            f"{saved.run_name!r}; only {', '.join(sorted(RESUMABLE_FIELDS))} may "
+            "change (train under another --name instead)"
+        )
 
 
 def _checked(name: str, value: Any, hint: Any) -> Any:
@@ -193,7 +244,7 @@ def _checked(name: str, value: Any, hint: Any) -> Any:
     if typing.get_origin(hint) is Literal:
         if value not in typing.get_args(hint):
             options = ", ".join(map(repr, typing.get_args(hint)))
-            raise ValueError(f"{name} must be one of {options}, got {value!r}")
+            raise InvalidValueError(f"{name} must be one of {options}, got {value!r}")
         return value
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None and type(None) in options:
@@ -203,27 +254,35 @@ def _checked(name: str, value: Any, hint: Any) -> Any:
     # bool is an int subclass; `epochs = true` in a file is a mistake, not 1 epoch.
     if not any(type(value) is t for t in options):
         wanted = " or ".join("None" if t is type(None) else t.__name__ for t in options)
-        raise TypeError(f"{name} must be {wanted}, got {type(value).__name__} {value!r}")
+        raise InvalidTypeError(f"{name} must be {wanted}, got {type(value).__name__} {value!r}")
     return value
 
 
 def _check_ranges(config: TrainConfig) -> None:
     def need(ok: bool, what: str, value: Any) -> None:
         if not ok:
-            raise ValueError(f"{what}, got {value!r}")
+            raise InvalidValueError(f"{what}, got {value!r}")
 
     need(config.epochs >= 1, "epochs must be at least 1", config.epochs)
     need(config.batch_size >= 1, "batch_size must be at least 1", config.batch_size)
     need(config.lr > 0, "lr must be positive", config.lr)
     need(0 <= config.momentum < 1, "momentum must be in [0, 1)", config.momentum)
-    need(0 <= config.warmup_epochs <= config.epochs,
-         f"warmup_epochs must be in [0, epochs={config.epochs}]", config.warmup_epochs)
+    need(
+        0 <= config.warmup_epochs <= config.epochs,
+        f"warmup_epochs must be in [0, epochs={config.epochs}]",
+        config.warmup_epochs,
+    )
     need(config.weight_decay >= 0, "weight_decay must be >= 0", config.weight_decay)
-    need(0 <= config.label_smoothing < 1, "label_smoothing must be in [0, 1)",
-         config.label_smoothing)
-    need(config.max_train_examples is None or config.max_train_examples >= 1,
-         "max_train_examples must be at least 1", config.max_train_examples)
-    need(config.checkpoint_every >= 1, "checkpoint_every must be at least 1",
-         config.checkpoint_every)
+    need(
+        0 <= config.label_smoothing < 1, "label_smoothing must be in [0, 1)", config.label_smoothing
+    )
+    need(
+        config.max_train_examples is None or config.max_train_examples >= 1,
+        "max_train_examples must be at least 1",
+        config.max_train_examples,
+    )
+    need(
+        config.checkpoint_every >= 1, "checkpoint_every must be at least 1", config.checkpoint_every
+    )
     need(config.max_to_keep >= 1, "max_to_keep must be at least 1", config.max_to_keep)
     need(bool(config.model), "model must be a model name", config.model)
