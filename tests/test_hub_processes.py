@@ -22,7 +22,7 @@ SAVER = r"""
 import sys
 import jax, numpy as np, zoo
 from zoo import hub
-from zoo.hub.architecture import expected_variables
+from zoo.hub.store import expected_variables
 
 name, registry, blob_size, stride, max_to_keep, final_step = sys.argv[1:]
 _, abstract = expected_variables("lenet5", zoo.model_info("lenet5").config())

@@ -28,7 +28,7 @@ import flax.linen as nn
 import numpy as np
 
 from zoo.errors import InvalidValueError, MissingDependencyError, NotFoundError
-from zoo.hub.architecture import expected_variables
+from zoo.hub.store import expected_variables
 from zoo.models.resnet import VARIANTS as RESNET_VARIANTS
 from zoo.preprocessing import Preprocessing
 from zoo.registry import create_model
