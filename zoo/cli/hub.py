@@ -71,15 +71,17 @@ def run_checkpoints(args: argparse.Namespace) -> int:
     if not console.is_terminal:
         console.width = 1_000  # Piped or captured output keeps whole names instead of '…'.
     console.print(table)
-    damaged = [record for record in records if record.damaged]
-    for record in damaged:
-        print(f"damaged: {record.name} step {record.step}: {record.damaged}")
+    for record in records:
+        if record.damaged:
+            where = record.name if record.step is None else f"{record.name} step {record.step}"
+            print(f"damaged: {where}: {record.damaged}")
     return 0
 
 
 def _row(record: CheckpointRecord) -> list[str]:
     if record.damaged:
-        return [record.name, record.source, "-", str(record.step), "DAMAGED (see below)"]
+        step = "-" if record.step is None else str(record.step)
+        return [record.name, record.source, "-", step, "DAMAGED (see below)"]
     metrics = ", ".join(
         f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
         for key, value in record.metrics.items()

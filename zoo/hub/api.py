@@ -244,12 +244,15 @@ def list_checkpoints(registry: PathLike | None = None) -> list[CheckpointRecord]
     """
     found = []
     for root, source in registries(registry):
-        for name in disk.checkpoint_names(root):
-            with disk.name_lock(root / name, shared=True):
-                found += [
-                    CheckpointRecord.read(disk.step_dir(root / name, s), source)
-                    for s in disk.committed_steps(root / name)
-                ]
+        for name_dir in disk.name_folders(root):
+            try:
+                with disk.name_lock(name_dir, shared=True):
+                    found += [
+                        CheckpointRecord.read(disk.step_dir(name_dir, step), source)
+                        for step in disk.committed_steps(name_dir)
+                    ]
+            except OSError as error:
+                found.append(CheckpointRecord.unreadable(name_dir, source, error))
     return found
 
 

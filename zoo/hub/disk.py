@@ -90,13 +90,21 @@ def committed_steps(name_dir: Path) -> list[int]:
     return sorted(int(m.group(1)) for m in matches if m)
 
 
-def checkpoint_names(root: Path) -> list[str]:
-    """The names under the registry root that hold at least one committed step, sorted."""
+def name_folders(root: Path) -> list[Path]:
+    """The folders under the registry root named like a checkpoint name, sorted by name."""
     return sorted(
-        entry.name
-        for entry in root.iterdir()
-        if _NAME.fullmatch(entry.name) and committed_steps(entry)
+        entry for entry in root.iterdir() if _NAME.fullmatch(entry.name) and entry.is_dir()
     )
+
+
+def checkpoint_names(root: Path) -> list[str]:
+    """The names under the registry root that hold at least one readable committed step."""
+    names = []
+    for folder in name_folders(root):
+        with contextlib.suppress(OSError):  # An unreadable folder: listing reports it.
+            if committed_steps(folder):
+                names.append(folder.name)
+    return names
 
 
 # --- locks --------------------------------------------------------------------------------------

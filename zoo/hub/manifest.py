@@ -88,6 +88,8 @@ def _check_size(step_dir: Path, rel: str, entry: dict[str, Any]) -> None:
         size = (step_dir / rel).stat().st_size
     except FileNotFoundError:
         raise CorruptCheckpointError(step_dir / rel, "missing") from None
+    except OSError as error:
+        raise CorruptCheckpointError(step_dir / rel, f"unreadable ({error.strerror})") from None
     if size != entry["size"]:
         raise CorruptCheckpointError(
             step_dir / rel, f"{size} bytes, the manifest says {entry['size']} (truncated?)"

@@ -58,7 +58,7 @@ class CheckpointRecord:
     Attributes:
       name: the registry name.
       model_name: the zoo model it rebuilds with `zoo.create_model`.
-      step: the training step.
+      step: the training step (None only for a name folder that cannot be read).
       dataset: `meta["dataset"]`, if the saver recorded one.
       metrics: `meta["metrics"]` ({} if none).
       params: trainable parameters (the `params` collection).
@@ -71,7 +71,7 @@ class CheckpointRecord:
 
     name: str
     model_name: str | None
-    step: int
+    step: int | None
     dataset: str | None
     metrics: dict[str, Any]
     params: int | None
@@ -91,19 +91,7 @@ class CheckpointRecord:
             meta = read_meta(folder)
             size = manifest.total_size(manifest.read_manifest(folder))
         except CorruptCheckpointError as error:
-            return cls(
-                name=folder.parent.name,
-                model_name=None,
-                step=folder_step(folder),
-                dataset=None,
-                metrics={},
-                params=None,
-                size_bytes=None,
-                created=None,
-                path=folder,
-                source=source,
-                damaged=str(error),
-            )
+            return cls._damaged(folder.parent.name, folder_step(folder), folder, source, str(error))
         return cls(
             name=folder.parent.name,
             model_name=meta["model_name"],
@@ -115,6 +103,30 @@ class CheckpointRecord:
             created=meta["created"],
             path=folder,
             source=source,
+        )
+
+    @classmethod
+    def unreadable(cls, name_dir: Path, source: str, error: OSError) -> CheckpointRecord:
+        """The record of a name folder whose steps cannot even be listed (`step` is None)."""
+        reason = f"its folder {name_dir} is unreadable ({error.strerror})"
+        return cls._damaged(name_dir.name, None, name_dir, source, reason)
+
+    @classmethod
+    def _damaged(
+        cls, name: str, step: int | None, path: Path, source: str, reason: str
+    ) -> CheckpointRecord:
+        return cls(
+            name=name,
+            model_name=None,
+            step=step,
+            dataset=None,
+            metrics={},
+            params=None,
+            size_bytes=None,
+            created=None,
+            path=path,
+            source=source,
+            damaged=reason,
         )
 
 
