@@ -248,10 +248,13 @@ def test_max_to_keep_none_keeps_everything(tmp_path):
     assert [r.step for r in hub.list_checkpoints(tmp_path)] == [0, 1, 2, 3, 4]
 
 
-def test_steps_up_to_keep_through_are_out_of_retentions_reach(tmp_path):
-    for step in range(4):
-        save_lenet(tmp_path, step=step, max_to_keep=1, keep_through=1)
+def test_a_runs_retention_prunes_only_its_own_steps(tmp_path):
+    for step, run in enumerate(["earlier", "other", "this", "this"]):
+        save_lenet(tmp_path, step=step, max_to_keep=1, run_id=run)
     assert [r.step for r in hub.list_checkpoints(tmp_path)] == [0, 1, 3]
+    assert hub.read_metadata("lenet5-mnist", step=3, registry=tmp_path)["run_id"] == "this"
+    save_lenet(tmp_path, step=4, max_to_keep=1)  # No run id: prunes only steps without one.
+    assert [r.step for r in hub.list_checkpoints(tmp_path)] == [0, 1, 3, 4]
 
 
 def test_retention_policy():

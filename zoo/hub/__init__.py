@@ -21,6 +21,7 @@ Cut by reason to change:
 """
 
 from zoo.hub.api import (
+    claim_run,
     latest_step,
     list_checkpoints,
     load,
@@ -44,6 +45,7 @@ __all__ = [
     "CorruptCheckpointError",
     "LoadedModel",
     "check_writable",
+    "claim_run",
     "latest_step",
     "list_checkpoints",
     "load",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ def save(
     registry: PathLike | None = None,
     max_to_keep: int | None = 3,
     best: tuple[str, str] | None = None,
-    keep_through: int | None = None,
+    run_id: str | None = None,
 ) -> CheckpointRecord:
     """Saves `variables` of `zoo.create_model(model_name, **model_config)` as `name`, step `step`.
 
@@ -55,10 +56,12 @@ def save(
       train_state: an optional pytree (optimizer state, rng, ...) saved beside the variables for
         `load(..., train_state=...)`.
       registry: the registry folder (see `registry_root`); created if missing.
-      max_to_keep: how many of the highest steps to keep; None keeps every step.
-      best: (metric, "max" | "min") also keeps the step with the best `meta["metrics"][metric]`.
-      keep_through: steps up to this one are out of retention's reach (an earlier run's
-        checkpoints, which a new run under the same name must not delete).
+      max_to_keep: how many of the highest steps of this run to keep; None keeps every step.
+      best: (metric, "max" | "min") also keeps the run's step with the best
+        `meta["metrics"][metric]`.
+      run_id: the training run saving (see `claim_run`); recorded, and retention then prunes
+        only this run's steps. Without one, only steps saved without a run id are pruned: a
+        run's steps, and those shipped, are never deleted by another run's save.
 
     Returns:
       The record of the committed step, as `list_checkpoints` shows it.
@@ -90,11 +93,12 @@ def save(
                     step=step,
                     params=sum(int(np.size(leaf)) for leaf in jax.tree.leaves(variables["params"])),
                     size_bytes=_sizes(folder),
+                    run_id=run_id,
                     user_meta=user_meta,
                 ),
             )
             manifest.write_manifest(folder)  # Last: it covers everything above.
-            record = _commit(folder, name_dir, step, max_to_keep, best, keep_through)
+            record = _commit(folder, name_dir, step, max_to_keep, best, run_id)
     # Nobody returns before the step is visible (or the primary has failed, and left).
     multihost.barrier(f"zoo.hub.save {name} step {step}")
     if multihost.is_primary():
@@ -108,26 +112,40 @@ def _commit(
     step: int,
     max_to_keep: int | None,
     best: tuple[str, str] | None,
-    keep_through: int | None,
+    run_id: str | None,
 ) -> CheckpointRecord:
-    """Commits the staged, described `folder` as `step`, then applies retention."""
+    """Commits the staged, described `folder` as `step`, then applies retention to the steps
+    of the same run."""
     with disk.name_lock(name_dir):
         path = disk.commit(folder, name_dir, step)
-        steps = [
-            s for s in disk.committed_steps(name_dir) if keep_through is None or s > keep_through
-        ]
-        metric_values = _metric_values(name_dir, steps, best) if best else {}
+        owned = _run_steps(name_dir, run_id)
         disk.retire(
             name_dir,
             disk.steps_to_retire(
-                steps,
+                list(owned),
                 max_to_keep=max_to_keep,
                 best=best,
-                metric_values=metric_values,
+                metric_values=_metric_values(owned, best) if best else {},
                 just_saved=step,
             ),
         )
         return CheckpointRecord.read(path)  # Under the lock: no other save retires it first.
+
+
+def _run_steps(name_dir: Path, run_id: str | None) -> dict[int, dict[str, Any]]:
+    """step -> metadata of the committed steps saved by `run_id` (None: saved without one).
+
+    A damaged step belongs to no run: retention never deletes it, loading it will say why.
+    """
+    owned = {}
+    for step in disk.committed_steps(name_dir):
+        try:
+            meta = records.read_meta(disk.step_dir(name_dir, step))
+        except CorruptCheckpointError:
+            continue
+        if meta.get(records.RUN_ID) == run_id:
+            owned[step] = meta
+    return owned
 
 
 def _sizes(folder: Path) -> dict[str, int]:
@@ -139,18 +157,27 @@ def _sizes(folder: Path) -> dict[str, int]:
     }
 
 
-def _metric_values(name_dir: Path, steps: list[int], best: tuple[str, str]) -> dict[int, float]:
-    """step -> its recorded `best` metric, for the steps that have one."""
-    values = {}
-    for step in steps:
-        try:
-            meta = records.read_meta(disk.step_dir(name_dir, step))
-        except CorruptCheckpointError:
-            continue  # A damaged step does not compete for best; loading it will say why.
-        value = meta.get("metrics", {}).get(best[0])
-        if disk.competes_for_best(value):
-            values[step] = value
-    return values
+def _metric_values(metas: dict[int, dict[str, Any]], best: tuple[str, str]) -> dict[int, float]:
+    """step -> its recorded `best` metric, for the steps that have a rankable one."""
+    values = {step: meta.get("metrics", {}).get(best[0]) for step, meta in metas.items()}
+    return {step: value for step, value in values.items() if disk.competes_for_best(value)}
+
+
+@contextlib.contextmanager
+def claim_run(name: str, *, registry: PathLike | None = None) -> Iterator[str]:
+    """Holds `name` for one training run and yields a fresh run id to `save` with.
+
+    A second run under the same name in the same registry, while this one lives, is refused at
+    once with `AlreadyExistsError` (two runs numbering and pruning one name's steps would fight
+    over them). The claim dies with its process, so a killed run never blocks the next one.
+    In a multi-process run only the primary claims (it alone commits and prunes).
+    """
+    run_id = secrets.token_hex(8)
+    if not multihost.is_primary():
+        yield run_id
+        return
+    with disk.run_claim(check_writable(registry) / disk.check_name(name), run_id):
+        yield run_id
 
 
 # --- reading ------------------------------------------------------------------------------------

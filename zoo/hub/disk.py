@@ -2,6 +2,7 @@
 may write a name, and which steps a save keeps.
 
     <root>/<name>/.lock                   flock: commit and retention exclusive, reads shared
+    <root>/<name>/.run                    flock: held by the one live training run of the name
     <root>/<name>/step_<N>/               a committed step
     <root>/<name>/step_<N>/variables/     the model's variables, an Orbax tree
     <root>/<name>/step_<N>/train_state/   the optional training state, an Orbax tree
@@ -46,6 +47,7 @@ from zoo.errors import AlreadyExistsError, InvalidValueError
 VARIABLES = "variables"
 TRAIN_STATE = "train_state"
 LOCK_FILE = ".lock"
+RUN_FILE = ".run"
 STAGING_PREFIX = ".staging-"
 RETIRED_PREFIX = ".retired-"
 BEST_MODES = ("max", "min")
@@ -128,6 +130,31 @@ def name_lock(name_dir: Path, *, shared: bool = False) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # Closing releases the lock.
+
+
+@contextlib.contextmanager
+def run_claim(name_dir: Path, run_id: str) -> Iterator[None]:
+    """Holds the name for one training run; a second live run under it is refused at once.
+
+    The claim is a non-blocking flock on `.run`, which also records the holder's run id and pid
+    for the refusal's message. It dies with the process, so a killed run never blocks the next.
+    """
+    name_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(name_dir / RUN_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown"
+            raise AlreadyExistsError(
+                f"another run is training {name_dir.name!r} in {name_dir.parent} right now "
+                f"({holder}); wait for it to finish or train under another --name"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"run {run_id}, pid {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _claim(directory: Path) -> int:

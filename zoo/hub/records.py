@@ -42,6 +42,8 @@ STORE_KEYS = {
     "versions": dict,
     "size_bytes": dict,
 }
+# Written by the store when a training run saves: the run that owns the step (`zoo.hub.save`).
+RUN_ID = "run_id"
 # Where an entry was found: the read-only models that ship inside the package, or the user's own.
 SHIPPED, USER = "shipped", "user"
 _PACKAGES = {"jax": "jax", "flax": "flax", "optax": "optax", "orbax": "orbax-checkpoint"}
@@ -140,7 +142,7 @@ def jsonable(meta: dict[str, Any] | None) -> dict[str, Any]:
     hold.
     """
     meta = dict(meta or {})
-    taken = sorted(set(meta) & set(STORE_KEYS))
+    taken = sorted(set(meta) & {*STORE_KEYS, RUN_ID})
     if taken:
         raise InvalidValueError(
             f"meta key(s) {', '.join(taken)} are written by the store; rename them"
@@ -159,6 +161,7 @@ def store_meta(
     step: int,
     params: int,
     size_bytes: dict[str, int],
+    run_id: str | None,
     user_meta: dict[str, Any],
 ) -> dict[str, Any]:
     """The full metadata of a step: what the store knows, then the caller's own keys."""
@@ -174,6 +177,7 @@ def store_meta(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": versions,
         "size_bytes": size_bytes,
+        **({} if run_id is None else {RUN_ID: run_id}),
         **user_meta,
     }
 
