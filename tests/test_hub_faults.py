@@ -19,7 +19,7 @@ from test_hub import edit_step, save_lenet
 
 from zoo import hub
 from zoo.cli import main
-from zoo.errors import InvalidValueError, NotWritableError
+from zoo.errors import AlreadyExistsError, InvalidValueError, NotWritableError
 
 
 def step_dir(registry, step, name="lenet5-mnist"):
@@ -201,3 +201,26 @@ class Payload:
 
     def __reduce__(self):
         return (open, (str(self.proof), "w"))
+
+
+def test_a_name_is_claimed_by_one_run_at_a_time(tmp_path):
+    with hub.claim_run("c", registry=tmp_path) as run_id:
+        refused = pytest.raises(AlreadyExistsError, match=f"another run is training 'c'.*{run_id}")
+        with refused, hub.claim_run("c", registry=tmp_path):
+            pass
+        with hub.claim_run("d", registry=tmp_path) as other:  # Another name: no conflict.
+            assert other != run_id
+        save_lenet(tmp_path, name="c", step=1, run_id=run_id)
+    with hub.claim_run("c", registry=tmp_path):  # Released with its holder.
+        pass
+    # A run that saved nothing leaves nothing; one that saved keeps its steps, not its claim.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [".lock", "step_1"]
+
+
+def test_a_run_cannot_claim_the_shipped_models():
+    with (
+        pytest.raises(NotWritableError, match="read-only"),
+        hub.claim_run("lenet5-mnist5k", registry=hub.shipped_root()),
+    ):
+        pass

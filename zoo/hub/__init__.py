@@ -29,6 +29,7 @@ from zoo.hub.api import (
     restore_train_state,
     save,
 )
+from zoo.hub.disk import check_name
 from zoo.hub.errors import (
     ArchitectureMismatchError,
     CheckpointNotFoundError,
@@ -44,6 +45,7 @@ __all__ = [
     "CheckpointRecord",
     "CorruptCheckpointError",
     "LoadedModel",
+    "check_name",
     "check_writable",
     "claim_run",
     "latest_step",

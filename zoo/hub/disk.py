@@ -138,23 +138,42 @@ def run_claim(name_dir: Path, run_id: str) -> Iterator[None]:
 
     The claim is a non-blocking flock on `.run`, which also records the holder's run id and pid
     for the refusal's message. It dies with the process, so a killed run never blocks the next.
+    The claim leaves nothing behind: `.run` goes, and so does a name folder the run made and
+    saved nothing in.
     """
+    created = not name_dir.exists()
     name_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(name_dir / RUN_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    path = name_dir / RUN_FILE
+    fd = _lock_run_file(path)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown"
-            raise AlreadyExistsError(
-                f"another run is training {name_dir.name!r} in {name_dir.parent} right now "
-                f"({holder}); wait for it to finish or train under another --name"
-            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"run {run_id}, pid {os.getpid()}".encode(), 0)
         yield
     finally:
+        path.unlink()  # Still locked: a run that opened it meanwhile finds it gone and retries.
+        if created:
+            with contextlib.suppress(OSError):  # Not empty: the run saved, and its steps stay.
+                name_dir.rmdir()
         os.close(fd)
+
+
+def _lock_run_file(path: Path) -> int:
+    """An open, exclusively flocked `path`, or `AlreadyExistsError` naming its live holder."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyExistsError(
+                f"another run is training {path.parent.name!r} in {path.parent.parent} right "
+                f"now ({holder}); wait for it to finish or train under another --name"
+            ) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        os.close(fd)  # Locked a file its last holder unlinked meanwhile: take the new one.
 
 
 def _claim(directory: Path) -> int:

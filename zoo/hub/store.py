@@ -57,7 +57,7 @@ def restore_tree(directory: Path, abstract_tree: Any) -> Any:
     device (the default device, unless several processes run together).
 
     Orbax casts to the abstract dtypes and, when asked to be lenient, pads or truncates shapes;
-    callers compare `saved_tree` with `abstract_tree` first (`zoo.hub.matching`), so neither
+    callers compare `saved_tree` with `abstract_tree` first (`check_match`), so neither
     can happen silently here.
     """
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
