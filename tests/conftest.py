@@ -16,6 +16,16 @@ def no_persistent_compilation_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(runtime.CACHE_OPT_OUT_ENV, "0")
 
 
+@pytest.fixture(autouse=True)
+def user_registry(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """$ZOO_REGISTRY in a fresh temporary folder: no test ever writes to the real user registry."""
+    root = tmp_path_factory.mktemp("registry")
+    monkeypatch.setenv("ZOO_REGISTRY", str(root))
+    return root
+
+
 @pytest.fixture(scope="session")
 def mnist5k_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One data folder for the whole run, shared by the pytest-xdist workers.

@@ -15,10 +15,10 @@ import pytest
 import zoo
 from zoo import hub
 from zoo.cli import main
-from zoo.hub import config_json
-from zoo.hub.architecture import expected_variables
+from zoo.hub import records
+from zoo.hub.disk import steps_to_retire
 from zoo.hub.manifest import write_manifest
-from zoo.hub.retention import steps_to_retire
+from zoo.hub.store import expected_variables
 from zoo.preprocessing import Preprocessing
 
 MNIST_PREP = Preprocessing(
@@ -133,7 +133,7 @@ def test_recorded_config_rebuilds_an_equal_module(tmp_path, config):
 
 def test_config_that_json_cannot_hold_is_refused_before_writing(tmp_path):
     with pytest.raises(TypeError, match=r"resnet20 config widths\[1\].*set"):
-        config_json.encode(
+        records.encode_config(
             "resnet20", {**zoo.model_info("resnet20").config(), "widths": (8, {16}, 32)}
         )
 
@@ -248,10 +248,13 @@ def test_max_to_keep_none_keeps_everything(tmp_path):
     assert [r.step for r in hub.list_checkpoints(tmp_path)] == [0, 1, 2, 3, 4]
 
 
-def test_steps_up_to_keep_through_are_out_of_retentions_reach(tmp_path):
-    for step in range(4):
-        save_lenet(tmp_path, step=step, max_to_keep=1, keep_through=1)
+def test_a_runs_retention_prunes_only_its_own_steps(tmp_path):
+    for step, run in enumerate(["earlier", "other", "this", "this"]):
+        save_lenet(tmp_path, step=step, max_to_keep=1, run_id=run)
     assert [r.step for r in hub.list_checkpoints(tmp_path)] == [0, 1, 3]
+    assert hub.read_metadata("lenet5-mnist", step=3, registry=tmp_path)["run_id"] == "this"
+    save_lenet(tmp_path, step=4, max_to_keep=1)  # No run id: prunes only steps without one.
+    assert [r.step for r in hub.list_checkpoints(tmp_path)] == [0, 1, 3, 4]
 
 
 def test_retention_policy():
@@ -421,8 +424,11 @@ def test_registry_root_precedence(tmp_path, monkeypatch):
     assert hub.registry_root(tmp_path / "arg") == tmp_path / "arg"
     assert hub.registry_root() == tmp_path / "env"
     monkeypatch.delenv("ZOO_REGISTRY")
-    checkout = hub.registry_root().parent
-    assert (checkout / "pyproject.toml").is_file() and (checkout / "zoo").is_dir()
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert hub.registry_root() == tmp_path / "data" / "jax-zoo" / "registry"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert hub.registry_root() == tmp_path / "home" / ".local" / "share" / "jax-zoo" / "registry"
 
 
 # --- command line -----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Real processes: SIGKILL in the middle of saves, and two savers writing one name at once."""
+"""Real processes: SIGKILL in the middle of saves, two savers writing one name at once, and two
+`zoo train` runs under one name."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from zoo import hub
 
@@ -22,7 +24,7 @@ SAVER = r"""
 import sys
 import jax, numpy as np, zoo
 from zoo import hub
-from zoo.hub.architecture import expected_variables
+from zoo.hub.store import expected_variables
 
 name, registry, blob_size, stride, max_to_keep, final_step = sys.argv[1:]
 _, abstract = expected_variables("lenet5", zoo.model_info("lenet5").config())
@@ -138,3 +140,50 @@ def test_two_concurrent_savers_of_one_name(tmp_path):
     steps = assert_every_listed_step_loads(tmp_path, blob_size)
     assert steps == [*range(2 * count), 1000]
     assert hidden_entries(tmp_path) == []
+
+
+def zoo_train(registry, *flags):
+    """`zoo train lenet5 ... --name c --registry REGISTRY` as its own process, on a small subset."""
+    main = "import sys; from zoo.cli import main; sys.exit(main(sys.argv[1:]))"
+    command = [sys.executable, "-c", main, "train", "lenet5", "--name", "c"]
+    command += ["--registry", str(registry), "--max-train-examples", "300", *flags]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def steps_of(registry, name="c"):
+    return {record.step: record for record in hub.list_checkpoints(registry) if record.name == name}
+
+
+@pytest.mark.slow
+def test_a_second_run_under_a_live_runs_name_is_refused_and_prunes_only_its_own(
+    tmp_path, mnist5k_env
+):
+    # Issue 13's scenario: a long run saves under "c"; a second one with --max-to-keep 1 starts.
+    first = zoo_train(tmp_path, "--epochs", "500", "--batch-size", "30")  # 10 steps an epoch
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "c" / "step_10").is_dir():
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "the first run saved nothing in time"
+        time.sleep(0.2)
+
+    second = ["--epochs", "4", "--batch-size", "100", "--max-to-keep", "1"]
+    _, err = zoo_train(tmp_path, *second).communicate(timeout=240)
+    assert first.poll() is None, "the first run ended before the second one started"
+    assert err.count("\n") == 1, err
+    assert "zoo train: error: another run is training 'c'" in err and "pid" in err
+
+    first.kill()  # SIGKILL: its claim dies with it, and its saved steps stay.
+    first.wait()
+    first_steps = set(steps_of(tmp_path))
+    assert first_steps and all(step % 10 == 0 for step in first_steps)
+
+    retry = zoo_train(tmp_path, *second)
+    _, err = retry.communicate(timeout=240)
+    assert retry.returncode == 0, err
+    final = steps_of(tmp_path)
+    assert first_steps <= set(final)  # Nothing of the first run was pruned by the second...
+    second_steps = sorted(set(final) - first_steps)
+    # ...which kept its last of 4 saves (3 steps an epoch), and perhaps its best one.
+    assert second_steps[-1] == max(first_steps) + 4 * 3 and len(second_steps) <= 2
+    run_ids = {hub.read_metadata("c", step=step, registry=tmp_path)["run_id"] for step in final}
+    assert len(run_ids) == 2

@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--registry",
         metavar="DIR",
         type=Path,
-        help="the registry folder (default: $ZOO_REGISTRY, else checkpoints/)",
+        help="the registry folder (default: $ZOO_REGISTRY, else ~/.local/share/jax-zoo/registry)",
     )
     parser.set_defaults(run=run_import_torchvision)
 

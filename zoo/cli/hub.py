@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from zoo.errors import InvalidValueError
-from zoo.hub import CheckpointRecord, list_checkpoints, load, registry_root
+from zoo.hub import CheckpointRecord, list_checkpoints, load, registry_root, shipped_root
 from zoo.images import converted, raw_image
 from zoo.registry import model_info
 
@@ -42,18 +42,27 @@ def _add_registry(parser: argparse.ArgumentParser) -> None:
         "--registry",
         metavar="DIR",
         type=Path,
-        help="the registry folder (default: $ZOO_REGISTRY, else checkpoints/)",
+        help="read only this registry folder (default: yours, $ZOO_REGISTRY or "
+        "~/.local/share/jax-zoo/registry, then the shipped models)",
     )
+
+
+COLUMNS = ("name", "source", "model", "step", "dataset", "metrics", "params", "size", "date (UTC)")
 
 
 def run_checkpoints(args: argparse.Namespace) -> int:
     records = list_checkpoints(args.registry)
-    root = registry_root(args.registry)
+    roots = (
+        [registry_root(args.registry)]
+        if args.registry is not None
+        else [registry_root(), shipped_root()]
+    )
+    where = " and ".join(map(str, roots))
     if not records:
-        print(f"no checkpoints in {root}")
+        print(f"no checkpoints in {where}")
         return 0
-    table = Table(title=f"checkpoints in {root}")
-    for column in ("name", "model", "step", "dataset", "metrics", "params", "size", "date (UTC)"):
+    table = Table(title=f"checkpoints in {where}")
+    for column in COLUMNS:
         justify = "right" if column in ("step", "params", "size") else "left"
         table.add_column(column, justify=justify, no_wrap=True)
     for record in records:
@@ -62,16 +71,24 @@ def run_checkpoints(args: argparse.Namespace) -> int:
     if not console.is_terminal:
         console.width = 1_000  # Piped or captured output keeps whole names instead of '…'.
     console.print(table)
+    for record in records:
+        if record.damaged:
+            where = record.name if record.step is None else f"{record.name} step {record.step}"
+            print(f"damaged: {where}: {record.damaged}")
     return 0
 
 
 def _row(record: CheckpointRecord) -> list[str]:
+    if record.damaged:
+        step = "-" if record.step is None else str(record.step)
+        return [record.name, record.source, "-", step, "DAMAGED (see below)"]
     metrics = ", ".join(
         f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
         for key, value in record.metrics.items()
     )
     return [
         record.name,
+        record.source,
         record.model_name,
         str(record.step),
         record.dataset or "-",

@@ -16,7 +16,6 @@ did not fit, never a partial conversion. `num_classes` follows the state dict's 
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import re
 from collections.abc import Mapping
 from os import PathLike
@@ -28,7 +27,7 @@ import flax.linen as nn
 import numpy as np
 
 from zoo.errors import InvalidValueError, MissingDependencyError, NotFoundError
-from zoo.hub.architecture import expected_variables
+from zoo.hub.store import expected_variables
 from zoo.models.resnet import VARIANTS as RESNET_VARIANTS
 from zoo.preprocessing import Preprocessing
 from zoo.registry import create_model
@@ -135,13 +134,21 @@ def load_state_dict(path: str | PathLike) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"no state dict file at {path}")
+    with path.open("rb") as file:
+        head = file.read(len(_ZIP_START))
+    if not head.startswith((_ZIP_START, _PICKLE_START)):
+        raise InvalidValueError(
+            f"{path} is not a PyTorch file: torch.save writes a zip archive (or, before "
+            f"PyTorch 1.6, a pickle), and this file starts with {head!r}"
+        )
     torch = _import_torch()
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        lines = str(error).strip().splitlines()
-        reason = lines[0] if lines else type(error).__name__
-        raise InvalidValueError(f"{path} is not a tensor-only PyTorch file: {reason}") from None
+    except Exception as error:  # Its unpickler reports a bad file as any of a dozen types.
+        raise InvalidValueError(
+            f"{path} is not a tensor-only PyTorch file ({_refusal(error)}); it holds more "
+            "than tensors, and none of it was run"
+        ) from None
     state_dict = _unwrap(loaded, path, torch.Tensor)
     return {
         # DataParallel and DistributedDataParallel save every key under a "module." prefix.
@@ -150,6 +157,20 @@ def load_state_dict(path: str | PathLike) -> dict[str, np.ndarray]:
         ).numpy()
         for key, value in state_dict.items()
     }
+
+
+# The first bytes of what `torch.save` writes: a zip archive, or a protocol-2+ pickle (legacy).
+_ZIP_START, _PICKLE_START = b"PK\x03\x04", b"\x80"
+
+
+def _refusal(error: Exception) -> str:
+    """What torch's weights-only unpickler objected to, without its advice: the file comes from
+    someone else, so nothing here may suggest loading it with code execution allowed."""
+    detail = str(error).partition("WeightsUnpickler error:")[2].strip()
+    first = detail.splitlines()[0].split(". ")[0].strip() if detail else ""
+    if not first or "weights_only" in first or "safe_globals" in first:
+        return type(error).__name__
+    return first
 
 
 def _import_torch() -> Any:

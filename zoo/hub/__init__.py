@@ -6,29 +6,38 @@
                               "metrics": {"val_accuracy": 0.99}}, best=("val_accuracy", "max"))
     model = hub.load("lenet5-mnist")
     model.predict(raw_uint8_images)          # class ids
+    hub.read_metadata("lenet5-mnist")["metrics"]   # no weights read
 
-Layout of a registry (see `registry_root` for where it is):
-
-    <root>/<name>/step_<N>/variables/     Orbax StandardSave of {'params', 'batch_stats'?}
-                           train_state/   optional Orbax tree, for resuming
-                           meta.json      who, what, when: model name + config, metrics, ...
-                           manifest.json  sha256 of every file above, written last
-
-A step exists once its folder is renamed into place (`zoo.hub.commit`), is verified against its
-manifest before anything is restored (`zoo.hub.manifest`), and must match the rebuilt model's
-variables leaf for leaf (`zoo.hub.matching`). Only `zoo.hub.store` imports Orbax.
+Cut by reason to change:
+  `zoo.hub.api`      the public API: save, load, read_metadata, list_checkpoints
+  `zoo.hub.roots`    where registries are: the user's (written) first, then the shipped one
+  `zoo.hub.disk`     the on-disk transaction: layout, names, locks, staging/commit/retire,
+                     retention
+  `zoo.hub.manifest` the sha256 manifest every step is verified against before it is restored
+  `zoo.hub.store`    the Orbax layer (its only importer): one tree written, described, restored,
+                     and matched against the tree a model expects
+  `zoo.hub.records`  what a step says about itself: meta.json, its model config, CheckpointRecord
+  `zoo.hub.loaded`   `LoadedModel`, a restored step ready to classify raw images
 """
 
+from zoo.hub.api import (
+    claim_run,
+    latest_step,
+    list_checkpoints,
+    load,
+    read_metadata,
+    restore_train_state,
+    save,
+)
+from zoo.hub.disk import check_name
 from zoo.hub.errors import (
     ArchitectureMismatchError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
 )
 from zoo.hub.loaded import LoadedModel
-from zoo.hub.loading import latest_step, load, restore_train_state
-from zoo.hub.paths import registry_root
-from zoo.hub.records import CheckpointRecord, list_checkpoints
-from zoo.hub.saving import save
+from zoo.hub.records import CheckpointRecord
+from zoo.hub.roots import check_writable, registry_root, shipped_root
 
 __all__ = [
     "ArchitectureMismatchError",
@@ -36,10 +45,15 @@ __all__ = [
     "CheckpointRecord",
     "CorruptCheckpointError",
     "LoadedModel",
+    "check_name",
+    "check_writable",
+    "claim_run",
     "latest_step",
     "list_checkpoints",
     "load",
+    "read_metadata",
     "registry_root",
     "restore_train_state",
     "save",
+    "shipped_root",
 ]

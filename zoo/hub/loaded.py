@@ -27,6 +27,9 @@ class LoadedModel:
       meta: the step's full metadata record.
       step: the training step.
       path: the step folder it was loaded from.
+      source: "shipped" (the read-only models inside the package) or "user" (a registry of
+        one's own); see `zoo.hub.api` for the lookup order.
+      train_state: the training state restored with it (`load(..., train_state=...)`), or None.
       preprocessing: raw images -> model inputs, from `meta["preprocessing"]`; None if the
         saver recorded none (then only `apply` works).
     """
@@ -38,6 +41,8 @@ class LoadedModel:
     meta: dict[str, Any] = dataclasses.field(repr=False)
     step: int
     path: Path
+    source: str
+    train_state: Any = dataclasses.field(default=None, repr=False)
     preprocessing: Preprocessing | None = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:

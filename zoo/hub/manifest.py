@@ -8,7 +8,7 @@ manifest is missing, unreadable, or disagrees with the files (changed, truncated
 unknown extra files) raises `CorruptCheckpointError` naming the file.
 
 Writing also fsyncs every file and folder of the step, so that the commit (a rename, see
-`zoo.hub.commit`) can only ever point at data that reached the disk.
+`zoo.hub.disk`) can only ever point at data that reached the disk.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from zoo.hub.disk import fsync_dir
 from zoo.hub.errors import CorruptCheckpointError
 
 MANIFEST_FILE = "manifest.json"
@@ -46,6 +47,8 @@ def read_manifest(step_dir: Path) -> dict[str, Any]:
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict) or manifest.get("format") != FORMAT:
         raise CorruptCheckpointError(path, f"not a {FORMAT} manifest")
+    if not all(_is_entry(entry) for entry in files.values()):
+        raise CorruptCheckpointError(path, "a file entry lacks its integer size or sha256")
     if manifest.get("digest") != _table_digest(files):
         raise CorruptCheckpointError(path, "its file table does not match its digest")
     return manifest
@@ -65,23 +68,54 @@ def verify(step_dir: Path) -> dict[str, Any]:
     if extra:
         raise CorruptCheckpointError(step_dir / extra[0], "not in the manifest (added later)")
     for rel in sorted(listed):
-        size, expected = (step_dir / rel).stat().st_size, listed[rel]["size"]
-        if size != expected:
-            raise CorruptCheckpointError(
-                step_dir / rel, f"{size} bytes, the manifest says {expected} (truncated?)"
-            )
+        _check_size(step_dir, rel, listed[rel])
     for rel in sorted(listed):
-        if _sha256(step_dir / rel) != listed[rel]["sha256"]:
-            raise CorruptCheckpointError(step_dir / rel, "sha256 differs from the manifest")
+        _check_sha256(step_dir, rel, listed[rel])
     return manifest
 
 
+def verify_file(step_dir: Path, rel: str) -> None:
+    """Checks one file of a step (its metadata, say) against the manifest, hashing no other."""
+    listed = read_manifest(step_dir)["files"]
+    if rel not in listed:
+        raise CorruptCheckpointError(step_dir / rel, "not in the manifest")
+    _check_size(step_dir, rel, listed[rel])
+    _check_sha256(step_dir, rel, listed[rel])
+
+
+def _check_size(step_dir: Path, rel: str, entry: dict[str, Any]) -> None:
+    try:
+        size = (step_dir / rel).stat().st_size
+    except FileNotFoundError:
+        raise CorruptCheckpointError(step_dir / rel, "missing") from None
+    except OSError as error:
+        raise CorruptCheckpointError(step_dir / rel, f"unreadable ({error.strerror})") from None
+    if size != entry["size"]:
+        raise CorruptCheckpointError(
+            step_dir / rel, f"{size} bytes, the manifest says {entry['size']} (truncated?)"
+        )
+
+
+def _check_sha256(step_dir: Path, rel: str, entry: dict[str, Any]) -> None:
+    try:
+        digest = _sha256(step_dir / rel)
+    except OSError as error:
+        raise CorruptCheckpointError(step_dir / rel, f"unreadable ({error.strerror})") from None
+    if digest != entry["sha256"]:
+        raise CorruptCheckpointError(step_dir / rel, "sha256 differs from the manifest")
+
+
 def read_json(path: Path) -> Any:
-    """A JSON file of a step; `CorruptCheckpointError` naming it if it is missing or garbled."""
+    """A JSON file of a step; `CorruptCheckpointError` naming it if it is missing, garbled, a
+    folder, or unreadable."""
     try:
         return json.loads(path.read_bytes())
     except FileNotFoundError:
         raise CorruptCheckpointError(path, "missing") from None
+    except IsADirectoryError:
+        raise CorruptCheckpointError(path, "a folder where a file belongs") from None
+    except OSError as error:
+        raise CorruptCheckpointError(path, f"unreadable ({error.strerror})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CorruptCheckpointError(path, f"not valid JSON ({error})") from None
 
@@ -89,15 +123,6 @@ def read_json(path: Path) -> Any:
 def total_size(manifest: dict[str, Any]) -> int:
     """Bytes of all files a manifest lists."""
     return sum(entry["size"] for entry in manifest["files"].values())
-
-
-def fsync_dir(folder: Path) -> None:
-    """Makes a folder's entries (new files, renames) durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _relative_files(step_dir: Path) -> list[str]:
@@ -109,6 +134,14 @@ def _relative_files(step_dir: Path) -> list[str]:
             if rel != MANIFEST_FILE:
                 found.append(rel)
     return sorted(found)
+
+
+def _is_entry(entry: Any) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("size"), int)
+        and isinstance(entry.get("sha256"), str)
+    )
 
 
 def _describe(path: Path) -> dict[str, Any]:

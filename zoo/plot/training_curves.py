@@ -10,9 +10,7 @@ from typing import Any
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from zoo.errors import InvalidValueError
-from zoo.hub import CheckpointNotFoundError, latest_step, registry_root
-from zoo.hub.paths import check_name, check_step, committed_steps, step_dir
-from zoo.hub.records import read_meta
+from zoo.hub import CheckpointNotFoundError, read_metadata
 from zoo.plot.figure import new_figure, output_path, save_figure
 
 PANEL_WIDTH = 5.5
@@ -61,15 +59,15 @@ def saved_history(
 
     Reads the step's metadata file only: plotting curves needs no weights restored.
     """
-    name_dir = registry_root(registry) / check_name(name)
-    chosen = latest_step(name, registry) if step is None else check_step(step)
-    if chosen is None or chosen not in committed_steps(name_dir):
-        what = f"checkpoint named {name!r}" if step is None else f"step {step} of {name!r}"
+    try:
+        meta = read_metadata(name, step=step, registry=registry)
+    except CheckpointNotFoundError as error:
         raise CheckpointNotFoundError(
-            f"no {what} in {registry_root(registry)} (see `zoo checkpoints`); to plot a run's "
-            "JSONL log instead, pass --log FILE"
-        )
-    history = read_meta(step_dir(name_dir, chosen)).get("history")
+            f"{error.args[0]} (see `zoo checkpoints`); to plot a run's JSONL log instead, "
+            "pass --log FILE"
+        ) from None
+    chosen = meta["step"]
+    history = meta.get("history")
     if not history:
         raise InvalidValueError(
             f"{name} step {chosen} has no meta['history'] (saved before runs recorded it); "

@@ -164,12 +164,12 @@ def save_checkpoint(
     metrics: dict[str, float],
     history: list[dict[str, Any]],
     wall_seconds: float,
-    keep_through: int,
+    run_id: str,
 ) -> None:
     """Saves variables, the resumable state and the run's metadata as registry step `step`.
 
-    Retention (`max_to_keep`) prunes this run's checkpoints only: steps up to `keep_through`
-    belong to earlier runs under the name (the shipped pretrained one, say) and stay.
+    Retention (`max_to_keep`) prunes the checkpoints of run `run_id` only: other runs' steps
+    under the name stay.
     """
     config = experiment.config
     best = ("val_accuracy", "max") if experiment.task == "classification" else ("val_loss", "min")
@@ -195,5 +195,5 @@ def save_checkpoint(
         registry=config.registry,
         max_to_keep=config.max_to_keep,
         best=best,
-        keep_through=keep_through,
+        run_id=run_id,
     )

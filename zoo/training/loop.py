@@ -61,8 +61,14 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
     With `resume`, continues the latest checkpoint of that name (which must exist); without, a
     new run starts, and under a name that exists its checkpoints follow the latest one.
     Raises `TrainingDiverged` on a NaN/Inf loss, and `ValueError`,
-    `TypeError`, `KeyError` or `FileNotFoundError` for bad settings, before any training.
+    `TypeError`, `KeyError` or `FileNotFoundError` for bad settings, before any training; a
+    second live run under the same name and registry is refused (`zoo.hub.claim_run`).
     """
+    with hub.claim_run(config.run_name, registry=config.registry) as run_id:
+        return _fit(config, resume, console, run_id)
+
+
+def _fit(config: TrainConfig, resume: bool, console: Console | None, run_id: str) -> FitResult:
     # With several processes (`zoo.training.distributed`) only the primary prints and logs.
     primary = multihost.is_primary()
     console = (console or Console()) if primary else Console(quiet=True)
@@ -131,7 +137,7 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
                     metrics=metrics,
                     history=history,
                     wall_seconds=record["wall_seconds"],
-                    keep_through=start.step_offset,
+                    run_id=start.run_id or run_id,
                 )
             reporter.end_epoch(record)
     return FitResult(
@@ -152,12 +158,14 @@ class StartingPoint:
         exists counts on from the latest saved step, so it adds checkpoints to the name and never
         overwrites one; a resumed run keeps the numbering it was saved with.
       history: the epoch records so far (saved with every checkpoint, for `zoo plot curves`).
+      run_id: the resumed run's id, so that it keeps pruning its own steps; None for a new run.
     """
 
     state: TrainState
     epoch: int
     step_offset: int
     history: tuple[dict[str, Any], ...]
+    run_id: str | None = None
 
 
 def _starting_point(experiment: Experiment, resume: bool, latest: int | None) -> StartingPoint:
@@ -173,7 +181,7 @@ def _starting_point(experiment: Experiment, resume: bool, latest: int | None) ->
             "already; pass a larger --epochs"
         )
     history = tuple(record for record in meta.get("history", ()) if record["epoch"] <= done)
-    return StartingPoint(state, done, step - int(state.step), history)
+    return StartingPoint(state, done, step - int(state.step), history, meta.get("run_id"))
 
 
 def _describe(experiment: Experiment, start_epoch: int) -> str:

@@ -1,0 +1,96 @@
+"""Where registries are, in the order a lookup reads them, and which of them may be written.
+
+A `registry` argument names the one folder to use. Without one, the user's registry
+(`registry_root`: $ZOO_REGISTRY, else $XDG_DATA_HOME/jax-zoo/registry) comes first and the
+models shipped inside the package (`shipped_root`, read-only) second; a name is taken whole from
+the first registry that holds it. The user's registry goes first so that a run of one's own is
+what its name loads, even under a shipped name (the default name of `zoo train lenet5` is the
+shipped `lenet5-mnist5k`); every record and loaded model says which registry it came from, and
+`load(name, registry=shipped_root())` still reaches the shipped one. Saves only ever go to the
+user's registry (or the `registry` given), never to the shipped one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import zoo
+from zoo.errors import NotAFolderError, NotFoundError, NotWritableError
+from zoo.hub.records import SHIPPED, USER
+
+REGISTRY_ENV = "ZOO_REGISTRY"
+HOW_TO_SET = f"pass --registry DIR or set {REGISTRY_ENV}"
+# The user's registry without $ZOO_REGISTRY: per-user data, outside the package and any checkout.
+DEFAULT_REGISTRY = ("jax-zoo", "registry")
+
+PathLike = str | os.PathLike
+
+
+def registry_root(registry: PathLike | None = None) -> Path:
+    """The registry folder saves go to: `registry` if given, else $ZOO_REGISTRY, else
+    $XDG_DATA_HOME/jax-zoo/registry (~/.local/share/jax-zoo/registry without $XDG_DATA_HOME).
+
+    The folder need not exist yet (saving creates it), but a file at that path raises
+    `NotADirectoryError`.
+    """
+    if registry is not None:
+        root = Path(registry)
+    elif os.environ.get(REGISTRY_ENV):
+        root = Path(os.environ[REGISTRY_ENV])
+    else:
+        data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+        root = Path(data_home, *DEFAULT_REGISTRY)
+    # Absolute: Orbax refuses relative paths, and a later chdir must not move the registry.
+    root = root.expanduser().absolute()
+    if root.exists() and not root.is_dir():
+        raise NotAFolderError(f"checkpoint registry {root} is a file, not a folder; {HOW_TO_SET}")
+    return root
+
+
+def shipped_root() -> Path:
+    """The read-only pretrained models: `zoo/checkpoints/` inside an installed package (mapped
+    from the repository's `checkpoints/` at build time), or that `checkpoints/` itself when zoo
+    runs from a source checkout."""
+    package = Path(zoo.__file__).resolve().parent
+    installed = package / "checkpoints"
+    return installed if installed.is_dir() else package.parent / "checkpoints"
+
+
+def registries(registry: PathLike | None = None) -> list[tuple[Path, str]]:
+    """(root, source) of every registry a lookup reads, in order; see the module docstring."""
+    if registry is not None:
+        root = registry_root(registry)
+        if not root.is_dir():
+            raise NotFoundError(
+                f"checkpoint registry {root} does not exist (nothing saved there yet?); "
+                f"{HOW_TO_SET}"
+            )
+        return [(root, _source(root))]
+    found = [(registry_root(), USER), (shipped_root(), SHIPPED)]
+    return [(root, source) for root, source in found if root.is_dir()]
+
+
+def check_writable(registry: PathLike | None = None) -> Path:
+    """The registry saves would go to, created if missing, after proving a file can be written
+    there: `NotWritableError` naming the folder (the shipped registry is never writable)."""
+    root = registry_root(registry)
+    if _source(root) == SHIPPED:
+        raise NotWritableError(
+            f"{root} holds the shipped models, which are read-only; save to a registry of "
+            f"your own ({HOW_TO_SET}; default {registry_root()})"
+        )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise NotWritableError(
+            f"cannot write to checkpoint registry {root} ({error.strerror}); {HOW_TO_SET}"
+        ) from None
+    return root
+
+
+def _source(root: Path) -> str:
+    return SHIPPED if root.resolve() == shipped_root().resolve() else USER
