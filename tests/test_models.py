@@ -1,21 +1,29 @@
 """Every registered model, proven against the lecture's formulas and the published counts.
 
-One parametrised test over the whole registry, so a model is tested the moment it is
-registered: the analytic summary (formulas only) must equal the real Flax variables and
-intermediate outputs layer by layer, and the totals must equal the reference table.
-Big models go through `jax.eval_shape`: no compile, no memory.
+Parametrised over the whole registry, so a model is tested the moment it is registered: the
+analytic summary (formulas only) must equal the real Flax variables and intermediate outputs
+layer by layer, and the totals must equal the reference table. Big models go through
+`jax.eval_shape`: no compile, no memory. The checks are functions (`check_*`), so a model
+defined inside a test gets exactly the same ones (`test_a_model_defined_in_a_test_...`).
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import chex
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import zoo
+from zoo.analytic import NoAnalyticRuleError
+from zoo.features import extract_features, feature_info, feature_stages
+from zoo.models.base import ImageModel, Stage
+from zoo.models.layers import GlobalAvgPool, MaxPool
 from zoo.summary import summary
 
 ALL_MODELS = zoo.list_models()
@@ -48,7 +56,7 @@ def outputs_by_layer(intermediates) -> dict[str, jax.ShapeDtypeStruct]:
     }
 
 
-ISSUE_MODELS = [
+EXPECTED_MODELS = [
     "logistic_regression",
     "mlp",
     "lenet5",
@@ -71,11 +79,11 @@ ISSUE_MODELS = [
 
 
 def test_the_zoo_holds_every_network_of_the_issues():
-    assert sorted(ISSUE_MODELS) == ALL_MODELS
+    assert sorted(EXPECTED_MODELS) == ALL_MODELS
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_formulas_match_the_initialised_model(name):
+def check_formulas_match(name):
+    """Every analytic row equals the real variables and intermediates; totals equal the paper."""
     info = zoo.model_info(name)
     model = zoo.create_model(name)
     table = summary(name)
@@ -94,8 +102,8 @@ def test_formulas_match_the_initialised_model(name):
         chex.assert_equal(total, info.reference_params)
 
 
-@pytest.mark.parametrize("name", SMALL_MODELS)
-def test_forward_and_gradients_are_finite(name):
+def check_forward_and_gradients(name):
+    """A real train-mode forward and backward pass: finite, with some non-zero gradient."""
     info = zoo.model_info(name)
     model = zoo.create_model(name)
     x = jax.random.normal(jax.random.key(2), (4, *info.input_shape))
@@ -118,6 +126,30 @@ def test_forward_and_gradients_are_finite(name):
     chex.assert_tree_all_finite((value, grads))
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
     chex.assert_trees_all_equal_shapes(grads, variables["params"])
+
+
+def check_features(name):
+    """Extracted stages (abstract) have the shapes the analytic `feature_info` gives."""
+    info = zoo.model_info(name)
+    model = zoo.create_model(name)
+    x = jax.ShapeDtypeStruct((2, *info.input_shape), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(RNGS, x, train=False), x)
+    features = jax.eval_shape(lambda v, x: extract_features(model, v, x), variables, x)
+    stages = feature_info(name)
+    assert [stage.stage for stage in stages] == list(feature_stages(name))
+    assert sorted(features) == sorted(stage.stage for stage in stages)
+    for stage in stages:
+        chex.assert_shape(features[stage.stage], (2, *stage.shape))
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_formulas_match_the_initialised_model(name):
+    check_formulas_match(name)
+
+
+@pytest.mark.parametrize("name", SMALL_MODELS)
+def test_forward_and_gradients_are_finite(name):
+    check_forward_and_gradients(name)
 
 
 def test_flexible_models_follow_the_formulas_at_other_sizes():
@@ -186,3 +218,69 @@ def test_lenet5_1998_c3_follows_table_one():
     changed = conv.apply(params, s2.at[..., 3].add(5.0))
     np.testing.assert_array_equal(base[..., 0], changed[..., 0])
     assert not np.allclose(base[..., 3], changed[..., 3])
+
+
+@contextlib.contextmanager
+def registered(name, module, **registration):
+    """`zoo.registry.register` for the duration of a test; unregistered afterwards."""
+    zoo.registry.register(name, module, **registration)
+    try:
+        yield zoo.model_info(name)
+    finally:
+        zoo.registry.unregister(name)
+
+
+class TinyNet(ImageModel):
+    """A model as a user writes one: one module, its stages, and one `register` call."""
+
+    num_classes: int = 3
+    in_channels: int = 1
+    input_size: tuple[int, int] = (12, 12)
+    width: int = 4
+
+    @nn.nowrap
+    def feature_stages(self):
+        return (Stage("conv", "conv", nn.relu), Stage("pool", "pool"))
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        self.check_input(x)
+        x = nn.relu(nn.Conv(self.width, (3, 3), name="conv")(x))
+        x = nn.BatchNorm(use_running_average=not train, name="bn")(MaxPool(2, 2, name="pool")(x))
+        return nn.Dense(self.num_classes, name="head")(GlobalAvgPool(name="gap")(x))
+
+
+def test_a_model_defined_in_a_test_gets_the_whole_toolkit():
+    # conv 4 * 9 + 4, batch norm 2 * 4, head 4 * 3 + 3.
+    with registered(
+        "tiny_net", TinyNet, paper="this test", description="a test model", reference_params=63
+    ):
+        assert "tiny_net" in zoo.list_models()
+        assert zoo.create_model("tiny_net", width=8).width == 8
+        table = summary("tiny_net")
+        assert [layer.name for layer in table.layers] == ["conv", "pool", "bn", "gap", "head"]
+        assert table.layers[0].output_shape == (12, 12, 4)  # Flax's default 'SAME' padding.
+        assert table.total_macs == 12 * 12 * 4 * 9 + 4 * 3
+        assert summary("tiny_net", (20, 16, 1)).layers[1].output_shape == (10, 8, 4)
+        check_formulas_match("tiny_net")
+        check_forward_and_gradients("tiny_net")
+        check_features("tiny_net")
+        assert {s.stage: s.reduction for s in feature_info("tiny_net")} == {"conv": 1, "pool": 2}
+    assert "tiny_net" not in zoo.list_models()
+    with pytest.raises(zoo.UnknownModelError):
+        zoo.create_model("tiny_net")
+
+
+def test_a_layer_without_a_rule_is_named():
+    class Scale(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return x * self.param("scale", nn.initializers.ones, (x.shape[-1],))
+
+    class Scaled(TinyNet):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.Dense(self.num_classes, name="head")(Scale(name="scale")(x).mean((1, 2)))
+
+    with pytest.raises(NoAnalyticRuleError, match="scale: Scale creates parameters"):
+        zoo.analytic.describe(Scaled(), (12, 12, 1))

@@ -86,6 +86,4 @@ def test_model_info_describes_the_model():
 def test_duplicate_registration_is_an_error():
     info = zoo.model_info("lenet5")
     with pytest.raises(ValueError, match="already registered"):
-        zoo.registry.register(
-            "lenet5", info.module, analytic=info.analytic, paper="", description=""
-        )
+        zoo.registry.register("lenet5", info.module, paper="", description="")

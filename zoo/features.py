@@ -12,9 +12,9 @@ non-linearity as a plain function right after a module (it has no module of its 
 `capture_intermediates` cannot see it), the stage records that function and the extractor
 applies it to the captured output.
 
-The stage tables live here, one per model class in `STAGE_TABLES`; a model class without one
-raises `NoFeatureStagesError`, and the tests require one for every registered model whose
-analytic summary has a spatial (H, W, C) layer, so a new CNN cannot be registered without it.
+Each model class lists its own stages, next to the modules they name, in a `feature_stages()`
+method returning `Stage`s; a model without one raises `NoFeatureStagesError`, and the tests
+require one for every registered model whose analytic summary has a spatial (H, W, C) layer.
 """
 
 from __future__ import annotations
@@ -27,32 +27,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from zoo.analytic import describe
 from zoo.errors import InvalidValueError, ZooError
-from zoo.models.alexnet import AlexNet
-from zoo.models.autoencoder import ConvAutoencoder
-from zoo.models.cifar_resnet import CifarResNet
-from zoo.models.lenet import LeNet5, LeNet5_1998, squash
-from zoo.models.resnet import ResNet
-from zoo.registry import create_model, model_info
+from zoo.models.base import Stage
+from zoo.registry import create_model
 from zoo.summary import summary
-
-Activation = Callable[[jax.Array], jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """One feature stage of a model.
-
-    Attributes:
-      name: the stage name users ask for ("stage3", "pool5", ...).
-      module: the '/'-separated path of the submodule whose output the stage is.
-      activation: the function the model applies to that output before the next layer, when
-        it is a plain function call rather than a module; None when the output is final.
-    """
-
-    name: str
-    module: str
-    activation: Activation | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,88 +54,22 @@ class FeatureInfo:
 
 
 class NoFeatureStagesError(ZooError, TypeError):
-    """A model class with no stage table (e.g. an MLP, or a new CNN not yet described here)."""
-
-
-def _resnet_stages(model: ResNet) -> tuple[Stage, ...]:
-    # The stem pool's input is already relu(stem_bn); each block ends in its own relu.
-    return (Stage("stem", "stem_pool"), *_residual_stages(model.stage_sizes))
-
-
-def _cifar_resnet_stages(model: CifarResNet) -> tuple[Stage, ...]:
-    # No stem pool: the stem's last module is stem_bn, and the model applies relu after it.
-    return (Stage("stem", "stem_bn", nn.relu), *_residual_stages(model.stage_sizes))
-
-
-def _residual_stages(stage_sizes: Sequence[int]) -> tuple[Stage, ...]:
-    """stageN is the output of stage N's last block (post-relu, as every block ends)."""
-    return tuple(
-        Stage(f"stage{i + 1}", f"stage{i + 1}_block{blocks - 1}")
-        for i, blocks in enumerate(stage_sizes)
-    )
-
-
-def _lenet5_stages(model: LeNet5) -> tuple[Stage, ...]:
-    # Lecture layout: tanh follows each convolution; the average pools' outputs are final.
-    return (
-        Stage("c1", "c1", nn.tanh),
-        Stage("s2", "s2"),
-        Stage("c3", "c3", nn.tanh),
-        Stage("s4", "s4"),
-    )
-
-
-def _lenet5_1998_stages(model: LeNet5_1998) -> tuple[Stage, ...]:
-    # The paper squashes every layer's output, the subsampling layers' included.
-    return tuple(Stage(name, name, squash) for name in ("c1", "s2", "c3", "s4"))
-
-
-def _alexnet_stages(model: AlexNet) -> tuple[Stage, ...]:
-    # The pools come after relu (and norm) in every layout; conv3 and conv4 have no module
-    # after them before their relu.
-    return (
-        Stage("pool1", "pool1"),
-        Stage("pool2", "pool2"),
-        Stage("conv3", "conv3", nn.relu),
-        Stage("conv4", "conv4", nn.relu),
-        Stage("pool5", "pool5"),
-    )
-
-
-def _autoencoder_stages(model: ConvAutoencoder) -> tuple[Stage, ...]:
-    # The encoder's maps; the decoder rebuilds the image and is no backbone.
-    return (
-        Stage("encoder_conv1", "encoder_conv1", nn.relu),
-        Stage("encoder_conv2", "encoder_conv2", nn.relu),
-    )
-
-
-# Model class -> its stages for one configured instance (stage counts follow the config).
-# Looked up by exact class: a subclass may lay its modules out differently.
-STAGE_TABLES: dict[type[nn.Module], Callable[[Any], tuple[Stage, ...]]] = {
-    ResNet: _resnet_stages,
-    CifarResNet: _cifar_resnet_stages,
-    LeNet5: _lenet5_stages,
-    LeNet5_1998: _lenet5_1998_stages,
-    AlexNet: _alexnet_stages,
-    ConvAutoencoder: _autoencoder_stages,
-}
+    """A model class with no `feature_stages` method (e.g. an MLP)."""
 
 
 def stages_of(model: str | nn.Module, **overrides: Any) -> tuple[Stage, ...]:
     """The `Stage`s of a model (a registry name built with `overrides`, or a module), in order.
 
-    Raises `NoFeatureStagesError` for a model class with no stage table.
+    Raises `NoFeatureStagesError` for a model class without a `feature_stages` method.
     """
     module = create_model(model, **overrides) if isinstance(model, str) else model
-    table = STAGE_TABLES.get(type(module))
-    if table is None:
-        described = ", ".join(sorted(cls.__name__ for cls in STAGE_TABLES))
+    declared = getattr(module, "feature_stages", None)
+    if declared is None:
         raise NoFeatureStagesError(
-            f"{type(module).__name__} has no feature stages (it is not a CNN, or its stage "
-            f"table is missing from zoo.features.STAGE_TABLES); models with stages: {described}"
+            f"{type(module).__name__} has no feature stages: it is not a CNN, or its class "
+            "does not list them in a `feature_stages()` method returning zoo.features.Stage"
         )
-    return table(module)
+    return tuple(declared())
 
 
 def feature_stages(model: str | nn.Module, **overrides: Any) -> dict[str, str]:
@@ -231,11 +144,10 @@ def feature_info(
     every stride, measured with the formulas (also for fixed-size models, whose formulas hold
     at any size even if their dense head does not).
     """
-    info = model_info(model)
     module = create_model(model, **overrides)
     table = summary(model, input_shape, **overrides)
     h, w, c = table.input_shape
-    probe = info.analytic(module, (h + _STRIDE_PROBE, w + _STRIDE_PROBE, c))
+    probe = describe(module, (h + _STRIDE_PROBE, w + _STRIDE_PROBE, c))
     shapes = {layer.name: layer.output_shape for layer in table.layers}
     grown = {layer.name: layer.output_shape for layer in probe}
     result = []

@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo.analytic import Layer, ShapeTrace
+from zoo.analytic import Counts, Shape, spatial
 from zoo.errors import InvalidValueError
-from zoo.models.base import ImageModel
+from zoo.models.base import ImageModel, Stage
 from zoo.models.layers import (
     Flatten,
     MaxPool,
@@ -63,6 +63,10 @@ class LocalResponseNorm(nn.Module):
     alpha: float = 1e-4
     beta: float = 0.75
 
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        return Counts("lrn", tuple(input_shape))
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         half = self.size // 2
@@ -81,6 +85,10 @@ class AdaptiveAvgPool(nn.Module):
     """PyTorch's `AdaptiveAvgPool2d`: bin i averages rows floor(i H / n) .. ceil((i+1) H / n)."""
 
     output_size: tuple[int, int]
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        return Counts("adaptive_avgpool", (*self.output_size, spatial(input_shape, "avgpool")[-1]))
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -144,6 +152,18 @@ class AlexNet(ImageModel):
     def paddings(self) -> tuple[int, ...]:
         return (self.conv1_padding, 2, 1, 1, 1)
 
+    @nn.nowrap
+    def feature_stages(self) -> tuple[Stage, ...]:
+        # The pools come after relu (and norm) in every layout; conv3 and conv4 have no module
+        # after them before their relu.
+        return (
+            Stage("pool1", "pool1"),
+            Stage("pool2", "pool2"),
+            Stage("conv3", "conv3", nn.relu),
+            Stage("conv4", "conv4", nn.relu),
+            Stage("pool5", "pool5"),
+        )
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(x)
@@ -175,38 +195,11 @@ class AlexNet(ImageModel):
         return nn.Dense(self.num_classes, dtype=self.dtype, name="fc8")(x)
 
 
-def alexnet_layers(model: AlexNet, input_shape: tuple[int, ...]) -> list[Layer]:
-    trace = ShapeTrace(input_shape)
-    for i in range(5):
-        n = i + 1
-        with_bn = n <= 2 and model.norm == "batchnorm"
-        trace.conv(
-            f"conv{n}",
-            model.widths[i],
-            KERNELS[i],
-            STRIDES[i],
-            model.paddings[i],
-            bias=not with_bn,
-            groups=model.groups[i],
-        )
-        if with_bn:
-            trace.norm(f"bn{n}")
-        if n <= 2 and model.norm == "lrn":
-            trace.norm(f"lrn{n}", kind="lrn")
-        if n in (1, 2, 5):
-            trace.pool(f"pool{n}", 3, 2)
-    if model.adaptive_pool:
-        trace.adaptive_pool("avgpool", (6, 6))
-    trace.flatten("flatten").dense("fc6", model.hidden).dense("fc7", model.hidden)
-    return trace.dense("fc8", model.num_classes).layers
-
-
 _IMAGENET = {"num_classes": 1000, "in_channels": 3}
 
 register(
     "alexnet",
     AlexNet,
-    analytic=alexnet_layers,
     **_IMAGENET,
     reference_params=62_378_696,
     paper=f"{PAPER}; with batch norm as in the CMU 10-315 lecture",
@@ -215,7 +208,6 @@ register(
 register(
     "alexnet_2012",
     AlexNet,
-    analytic=alexnet_layers,
     **_IMAGENET,
     input_size=(227, 227),
     conv1_padding=0,
@@ -228,7 +220,6 @@ register(
 register(
     "alexnet_torchvision",
     AlexNet,
-    analytic=alexnet_layers,
     **_IMAGENET,
     widths=(64, 192, 384, 256, 256),
     norm="none",

@@ -6,14 +6,33 @@ from `zoo.create_model(name, **config)` and nothing else (the registry records e
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zoo import analytic
 from zoo.errors import InvalidValueError
 from zoo.models.layers import check_input, check_positive
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One feature stage of a model (see `zoo.features`); a model lists them in `feature_stages`.
+
+    Attributes:
+      name: the stage name users ask for ("stage3", "pool5", ...).
+      module: the '/'-separated path of the submodule whose output the stage is.
+      activation: the function the model applies to that output before the next layer, when
+        it is a plain function call rather than a module; None when the output is final.
+    """
+
+    name: str
+    module: str
+    activation: Callable[[jax.Array], jax.Array] | None = None
 
 
 class ImageModel(nn.Module):
@@ -50,10 +69,21 @@ class ImageModel(nn.Module):
         super().__post_init__()
 
     def check_input(self, x: jax.Array) -> None:
-        """Raises `ValueError` (at trace time, before any compile) for an input of wrong shape."""
+        """Raises `ValueError` (at trace time, before any compile) for an input of wrong shape.
+
+        Beyond the rank and channels (and the size, for `fixed_input_size`), the input must
+        fit every layer: the analytic description at its shape (`zoo.analytic`) must hold, so
+        a window larger than its input is this error, not a failure deep inside the network.
+        """
+        model = type(self).__name__
         check_input(
-            type(self).__name__,
-            x,
-            (*self.input_size, self.in_channels),
-            fixed_size=self.fixed_input_size,
+            model, x, (*self.input_size, self.in_channels), fixed_size=self.fixed_input_size
         )
+        try:
+            analytic.describe(self, x.shape[1:])
+        except InvalidValueError as error:
+            side = analytic.smallest_square_input(self, x.shape[1:])
+            raise InvalidValueError(
+                f"{model} expects NHWC images of shape (batch, height, width, {self.in_channels})"
+                f" with height and width at least {side}, got shape {x.shape} ({error})"
+            ) from None

@@ -19,17 +19,15 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from zoo.analytic import Layer, ShapeTrace
 from zoo.errors import InvalidValueError
-from zoo.models.base import ImageModel
+from zoo.models.base import ImageModel, Stage
 from zoo.models.layers import batch_norm, check_choice, check_positive
 from zoo.models.resnet import (
     PAPER,
     SHORTCUTS,
     BasicBlock,
-    block_layers,
-    block_plan,
     he_normal,
+    residual_stages,
     stages_and_classifier,
 )
 from zoo.registry import register
@@ -63,6 +61,11 @@ class CifarResNet(ImageModel):
             )
         super().__post_init__()
 
+    @nn.nowrap
+    def feature_stages(self) -> tuple[Stage, ...]:
+        # No stem pool: the stem's last module is stem_bn, and the model applies relu after it.
+        return (Stage("stem", "stem_bn", nn.relu), *residual_stages(self.stage_sizes))
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(x)
@@ -80,14 +83,6 @@ class CifarResNet(ImageModel):
         return stages_and_classifier(self, x, train, BasicBlock, shortcut=self.shortcut)
 
 
-def cifar_resnet_layers(model: CifarResNet, input_shape: tuple[int, ...]) -> list[Layer]:
-    trace = ShapeTrace(input_shape)
-    trace.conv("stem_conv", model.widths[0], 3, 1, 1, bias=False).norm("stem_bn")
-    for name, width, stride in block_plan(model.stage_sizes, model.widths):
-        block_layers(trace, name, "basic", width, stride, model.shortcut)
-    return trace.global_pool("pool").dense("fc", model.num_classes).layers
-
-
 VARIANTS = {  # name: (n, parameter count of Table 6 with option A shortcuts)
     "resnet20": (3, 269_722),
     "resnet32": (5, 464_154),
@@ -100,7 +95,6 @@ for _name, (_n, _params) in VARIANTS.items():
     register(
         _name,
         CifarResNet,
-        analytic=cifar_resnet_layers,
         stage_sizes=(_n, _n, _n),
         reference_params=_params,
         paper=f"{PAPER}, Sec. 4.2, Table 6 (option A shortcuts)",

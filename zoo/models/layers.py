@@ -8,6 +8,7 @@ shapes and how feature extraction finds a stage by name.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo import analytic
+from zoo.analytic import Counts, Shape
 from zoo.errors import InvalidValueError
 
 Dtype = Any
@@ -81,6 +84,10 @@ class MaxPool(nn.Module):
     window: int
     stride: int
     padding: int = 0
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        return analytic.pool(input_shape, self.window, self.stride, self.padding)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -211,6 +218,10 @@ class RowGemmConv(nn.Module):
     kernel_size: int
     dtype: Dtype = jnp.float32
 
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        return analytic.conv(input_shape, self.features, (self.kernel_size,) * 2)
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
@@ -226,6 +237,10 @@ class AvgPool(nn.Module):
     window: int
     stride: int
 
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        return analytic.pool(input_shape, self.window, self.stride, kind="avgpool")
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return nn.avg_pool(x, (self.window, self.window), (self.stride, self.stride))
@@ -234,6 +249,10 @@ class AvgPool(nn.Module):
 class GlobalAvgPool(nn.Module):
     """Mean over height and width: (N, H, W, C) -> (N, C)."""
 
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        return Counts("global_avgpool", (analytic.spatial(input_shape, "global_avgpool")[-1],))
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return jnp.mean(x, axis=(1, 2))
@@ -241,6 +260,10 @@ class GlobalAvgPool(nn.Module):
 
 class Flatten(nn.Module):
     """(N, ...) -> (N, prod(...)), in NHWC order (PyTorch flattens CHW: see the importer)."""
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        return Counts("flatten", (math.prod(input_shape),))
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -251,6 +274,12 @@ class Reshape(nn.Module):
     """(N, ...) -> (N, *shape)."""
 
     shape: tuple[int, ...]
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        if math.prod(input_shape) != math.prod(self.shape):
+            raise InvalidValueError(f"reshape: cannot reshape {input_shape} to {self.shape}")
+        return Counts("reshape", tuple(self.shape))
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -18,6 +18,7 @@ Layer names follow the paper (c1, s2, c3, s4, c5, f6, output) so checkpoint keys
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 import flax.linen as nn
@@ -25,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo import formulas
-from zoo.analytic import Layer, ShapeTrace
-from zoo.models.base import ImageModel
+from zoo import analytic, formulas
+from zoo.analytic import Counts, Shape
+from zoo.models.base import ImageModel, Stage
 from zoo.models.layers import AvgPool, Flatten, RowGemmConv
 from zoo.registry import register
 
@@ -64,6 +65,16 @@ class LeNet5(ImageModel):
 
     fixed_input_size: ClassVar[bool] = True
 
+    @nn.nowrap
+    def feature_stages(self) -> tuple[Stage, ...]:
+        # tanh follows each convolution; the average pools' outputs are final.
+        return (
+            Stage("c1", "c1", nn.tanh),
+            Stage("s2", "s2"),
+            Stage("c3", "c3", nn.tanh),
+            Stage("s4", "s4"),
+        )
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(x)
@@ -80,21 +91,6 @@ class LeNet5(ImageModel):
         return nn.Dense(self.num_classes, dtype=self.dtype, name="output")(x)
 
 
-def lenet5_layers(model: LeNet5, input_shape: tuple[int, ...]) -> list[Layer]:
-    return (
-        ShapeTrace(input_shape)
-        .conv("c1", 6, 5)
-        .pool("s2", 2, kind="avgpool")
-        .conv("c3", 16, 5)
-        .pool("s4", 2, kind="avgpool")
-        .flatten("flatten")
-        .dense("c5", 120)
-        .dense("f6", 84)
-        .dense("output", model.num_classes)
-        .layers
-    )
-
-
 def squash(a: jax.Array) -> jax.Array:
     """The paper's sigmoid, f(a) = A tanh(S a) with A = 1.7159 and S = 2/3 (Appendix A)."""
     return 1.7159 * jnp.tanh(2.0 * a / 3.0)
@@ -104,6 +100,11 @@ class Subsampling(nn.Module):
     """S2/S4: each 2x2 sum times a trainable coefficient plus a trainable bias, per map."""
 
     dtype: jnp.dtype = jnp.float32
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        pooled = analytic.pool(input_shape, 2, 2, kind="subsample")
+        return dataclasses.replace(pooled, params=2 * input_shape[-1])
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -125,6 +126,20 @@ class PartialConv(nn.Module):
     connections: tuple[tuple[int, ...], ...]
     kernel_size: int = 5
     dtype: jnp.dtype = jnp.float32
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        # One K x K kernel per connection: a convolution of the connected maps, one per group.
+        h, w, _ = analytic.spatial(input_shape, "partial_conv")
+        k, fan_in = self.kernel_size, sum(map(len, self.connections))
+        oh, ow = (formulas.conv_output_size(n, k) for n in (h, w))
+        return Counts(
+            "partial_conv",
+            (oh, ow, len(self.connections)),
+            formulas.conv_params(fan_in, fan_in, k, groups=fan_in, bias=False)
+            + len(self.connections),
+            formulas.conv_macs(oh, ow, fan_in, fan_in, k, groups=fan_in),
+        )
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -155,6 +170,11 @@ class LeNet5_1998(ImageModel):
 
     fixed_input_size: ClassVar[bool] = True
 
+    @nn.nowrap
+    def feature_stages(self) -> tuple[Stage, ...]:
+        # The paper squashes every layer's output, the subsampling layers' included.
+        return tuple(Stage(name, name, squash) for name in ("c1", "s2", "c3", "s4"))
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(x)
@@ -177,6 +197,11 @@ class RBFOutput(nn.Module):
 
     num_classes: int
 
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        (width,) = input_shape
+        return Counts("rbf", (self.num_classes,), macs=width * self.num_classes)
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         centres = rbf_centres(self.num_classes, x.shape[-1])
@@ -188,32 +213,9 @@ def rbf_centres(num_classes: int, width: int) -> np.ndarray:
     return np.random.default_rng(1998).choice([-1.0, 1.0], size=(num_classes, width))
 
 
-def lenet5_1998_layers(model: LeNet5_1998, input_shape: tuple[int, ...]) -> list[Layer]:
-    trace = ShapeTrace(input_shape).conv("c1", 6, 5).subsample("s2")
-    h, w, _ = trace.shape
-    oh, ow = formulas.conv_output_size(h, 5), formulas.conv_output_size(w, 5)
-    fan_in = sum(len(c) for c in C3_CONNECTIONS)
-    trace.layer(
-        "c3",
-        "partial_conv",
-        (oh, ow, len(C3_CONNECTIONS)),
-        params=fan_in * 25 + len(C3_CONNECTIONS),
-        macs=oh * ow * fan_in * 25,
-    )
-    return (
-        trace.subsample("s4")
-        .conv("c5", 120, 5)
-        .flatten("flatten")
-        .dense("f6", 84)
-        .layer("output", "rbf", (model.num_classes,), macs=84 * model.num_classes)
-        .layers
-    )
-
-
 register(
     "lenet5",
     LeNet5,
-    analytic=lenet5_layers,
     in_channels=1,
     reference_params=61_706,
     paper="LeNet-5 as listed in the CMU 10-315 lecture (after LeCun et al. 1998, Fig. 2)",
@@ -222,7 +224,6 @@ register(
 register(
     "lenet5_1998",
     LeNet5_1998,
-    analytic=lenet5_1998_layers,
     in_channels=1,
     reference_params=60_000,
     paper=PAPER_1998,

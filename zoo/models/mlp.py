@@ -14,7 +14,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from zoo.analytic import Layer, ShapeTrace
 from zoo.models.base import ImageModel
 from zoo.models.layers import Flatten, check_choice, check_positive
 from zoo.registry import register
@@ -52,19 +51,11 @@ class MLP(ImageModel):
         return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
 
 
-def mlp_layers(model: MLP, input_shape: tuple[int, ...]) -> list[Layer]:
-    trace = ShapeTrace(input_shape).flatten("flatten")
-    for i, width in enumerate(model.hidden):
-        trace.dense(f"hidden{i}", width)
-    return trace.dense("classifier", model.num_classes).layers
-
-
 _MNIST = {"num_classes": 10, "in_channels": 1, "input_size": (28, 28)}
 
 register(
     "logistic_regression",
     MLP,
-    analytic=mlp_layers,
     hidden=(),
     **_MNIST,
     reference_params=7_850,
@@ -74,7 +65,6 @@ register(
 register(
     "mlp",
     MLP,
-    analytic=mlp_layers,
     hidden=(2,),
     **_MNIST,
     paper="One hidden layer of two neurons, a 2-D hidden representation (CMU 10-315 lecture)",

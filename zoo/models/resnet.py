@@ -26,8 +26,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from zoo.analytic import Layer, ShapeTrace
-from zoo.models.base import ImageModel
+from zoo import formulas
+from zoo.analytic import Counts, Shape, spatial
+from zoo.models.base import ImageModel, Stage
 from zoo.models.layers import (
     GlobalAvgPool,
     MaxPool,
@@ -49,6 +50,13 @@ class ZeroPadShortcut(nn.Module):
     features: int
     stride: int
 
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        h, w, _ = spatial(input_shape, "zero_pad")
+        # Every stride-th pixel: the output size of a 1x1 window at that stride.
+        size = [formulas.conv_output_size(n, 1, self.stride) for n in (h, w)]
+        return Counts("zero_pad", (*size, self.features))
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x[:, :: self.stride, :: self.stride, :]
@@ -66,6 +74,15 @@ class _ResidualBlock(nn.Module):
     dtype: Any = jnp.float32
 
     expansion: ClassVar[int] = 1
+    # The block's own row (the add) follows its layers' rows in the analytic summary.
+    describes_after_children: ClassVar[bool] = True
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        h, w, _ = spatial(input_shape, "residual_add")
+        # Both blocks stride once, on a 3x3 convolution padded by 1.
+        size = [formulas.conv_output_size(n, 3, self.stride, 1) for n in (h, w)]
+        return Counts("residual_add", (*size, self.features * self.expansion))
 
     def conv(self, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
         return nn.Conv(
@@ -133,6 +150,14 @@ def block_plan(
             yield f"stage{i + 1}_block{j}", width, 2 if i > 0 and j == 0 else 1
 
 
+def residual_stages(stage_sizes: tuple[int, ...]) -> tuple[Stage, ...]:
+    """stageN is the output of stage N's last block (post-relu, as every block ends)."""
+    return tuple(
+        Stage(f"stage{i + 1}", f"stage{i + 1}_block{blocks - 1}")
+        for i, blocks in enumerate(stage_sizes)
+    )
+
+
 def stages_and_classifier(
     model: nn.Module, x: jax.Array, train: bool, block: type[_ResidualBlock], **options: Any
 ) -> jax.Array:
@@ -151,30 +176,6 @@ def stages_and_classifier(
         )(x, train)
     x = GlobalAvgPool(name="pool")(x)
     return nn.Dense(model.num_classes, dtype=model.dtype, name="fc")(x)
-
-
-def block_layers(
-    trace: ShapeTrace, name: str, block: str, features: int, stride: int, shortcut: str
-) -> None:
-    """Appends one residual block's layers (the analytic twin of `BasicBlock`/`Bottleneck`)."""
-    in_shape = trace.shape
-    inner = trace.fork()
-    if block == "basic":
-        inner.conv(f"{name}/conv1", features, 3, stride, 1, bias=False).norm(f"{name}/bn1")
-        inner.conv(f"{name}/conv2", features, 3, 1, 1, bias=False).norm(f"{name}/bn2")
-    else:
-        inner.conv(f"{name}/conv1", features, 1, bias=False).norm(f"{name}/bn1")
-        inner.conv(f"{name}/conv2", features, 3, stride, 1, bias=False).norm(f"{name}/bn2")
-        inner.conv(f"{name}/conv3", features * 4, 1, bias=False).norm(f"{name}/bn3")
-    if needs_projection(in_shape[-1], inner.shape[-1], stride):
-        side = ShapeTrace(in_shape, trace.layers)
-        if shortcut == "zero_pad":
-            h, w = inner.shape[:2]
-            side.layer(f"{name}/shortcut", "zero_pad", (h, w, inner.shape[-1]))
-        else:
-            side.conv(f"{name}/downsample_conv", inner.shape[-1], 1, stride, bias=False)
-            side.norm(f"{name}/downsample_bn")
-    trace.layer(name, "residual_add", inner.shape)
 
 
 class ResNet(ImageModel):
@@ -206,6 +207,11 @@ class ResNet(ImageModel):
         """Channels of each stage (times 4 after a bottleneck): the width, doubling."""
         return tuple(self.width * 2**i for i in range(len(self.stage_sizes)))
 
+    @nn.nowrap
+    def feature_stages(self) -> tuple[Stage, ...]:
+        # The stem pool's input is already relu(stem_bn); each block ends in its own relu.
+        return (Stage("stem", "stem_pool"), *residual_stages(self.stage_sizes))
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(x)
@@ -224,15 +230,6 @@ class ResNet(ImageModel):
         return stages_and_classifier(self, x, train, BLOCKS[self.block])
 
 
-def resnet_layers(model: ResNet, input_shape: tuple[int, ...]) -> list[Layer]:
-    trace = ShapeTrace(input_shape)
-    trace.conv("stem_conv", model.width, 7, 2, 3, bias=False).norm("stem_bn")
-    trace.pool("stem_pool", 3, 2, 1)
-    for name, width, stride in block_plan(model.stage_sizes, model.widths):
-        block_layers(trace, name, model.block, width, stride, "projection")
-    return trace.global_pool("pool").dense("fc", model.num_classes).layers
-
-
 VARIANTS = {  # name: (block, stage sizes, torchvision's parameter count at 1000 classes)
     "resnet18": ("basic", (2, 2, 2, 2), 11_689_512),
     "resnet34": ("basic", (3, 4, 6, 3), 21_797_672),
@@ -245,7 +242,6 @@ for _name, (_block, _stages, _params) in VARIANTS.items():
     register(
         _name,
         ResNet,
-        analytic=resnet_layers,
         block=_block,
         stage_sizes=_stages,
         num_classes=1000,
