@@ -20,7 +20,7 @@ require one for every registered model whose analytic summary has a spatial (H, 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 

@@ -3,8 +3,9 @@
 `register` is called once per variant, at import of its family module; `create_model` builds a
 `flax.linen.Module` from the recorded defaults plus the caller's overrides, and validates both
 before any tracing happens. The module is the model's only description: its per-layer table
-(`zoo.analytic`) and its feature stages (its `feature_stages` method) come from it. Unknown names raise `UnknownModelError` (a `KeyError`) that lists the
-closest registered names, as `difflib` ranks them.
+(`zoo.analytic`) and its feature stages (its `feature_stages` method) come from it. Unknown
+names raise `UnknownModelError` (a `KeyError`) that lists the closest registered names, as
+`difflib` ranks them.
 """
 
 from __future__ import annotations
