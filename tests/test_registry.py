@@ -35,7 +35,7 @@ def test_unknown_name_suggests_close_matches():
 @pytest.mark.parametrize(
     ("overrides", "error", "names"),
     [
-        ({"num_classes": 0}, ValueError, "num_classes"),
+        ({"num_classes": -1}, ValueError, "num_classes"),  # 0 is headless: see test_models.
         ({"num_classes": 2.5}, ValueError, "num_classes"),
         ({"block": "huge"}, ValueError, "block"),
         ({"stage_sizes": (2, 0, 2, 2)}, ValueError, "stage_sizes"),

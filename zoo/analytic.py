@@ -247,9 +247,9 @@ def _describe(model: nn.Module, input_shape: Shape) -> tuple[Layer, ...]:
             return output
         if getattr(module, "describes_after_children", False):
             output = next_fun(*args, **kwargs)
-            counts = rule(tuple(x.shape[1:]))
+            counts = _apply(rule, name, tuple(x.shape[1:]))
         else:
-            counts = rule(tuple(x.shape[1:]))
+            counts = _apply(rule, name, tuple(x.shape[1:]))
             if counts is None:
                 return x
             output = jnp.zeros((x.shape[0], *counts.output_shape), x.dtype)
@@ -261,6 +261,13 @@ def _describe(model: nn.Module, input_shape: Shape) -> tuple[Layer, ...]:
     with nn.intercept_methods(interceptor):
         jax.eval_shape(lambda x: model.init(rngs, x, train=False), x)
     return tuple(layers)
+
+
+def _apply(rule: Callable[[Shape], Counts | None], name: str, shape: Shape) -> Counts | None:
+    try:
+        return rule(shape)
+    except InvalidValueError as error:
+        raise InvalidValueError(f"{name}: {error}") from None
 
 
 def smallest_square_input(model: nn.Module, input_shape: Shape, limit: int = 2**16) -> int | None:
@@ -275,6 +282,8 @@ def smallest_square_input(model: nn.Module, input_shape: Shape, limit: int = 2**
             return False
         return True
 
+    if fits(1):
+        return 1
     high = max(input_shape[:-1])
     while not fits(high):
         if high > limit:

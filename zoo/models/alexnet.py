@@ -25,6 +25,8 @@ pooling 3/2 after conv1, conv2 and conv5, two dropout-0.5 fully connected layers
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -130,6 +132,8 @@ class AlexNet(ImageModel):
     hidden: int = 4096
     dropout_rate: float = 0.5
 
+    head_name: ClassVar[str] = "fc8"
+
     def __post_init__(self) -> None:
         check_positive("AlexNet", widths=self.widths, groups=self.groups, hidden=self.hidden)
         check_choice("AlexNet", "norm", self.norm, NORMS)
@@ -192,7 +196,7 @@ class AlexNet(ImageModel):
         for name in ("fc6", "fc7"):
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
             x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name=name)(x))
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc8")(x)
+        return self.classify(x)
 
 
 _IMAGENET = {"num_classes": 1000, "in_channels": 3}

@@ -38,8 +38,11 @@ class Stage:
 class ImageModel(nn.Module):
     """Base config of a zoo network that maps NHWC images to `num_classes` outputs.
 
+    `num_classes=0` makes the model headless (timm's convention): it returns the features its
+    classifier would read, (N, C), and `zoo.models.heads.replace_head` puts a new head on.
+
     Attributes:
-      num_classes: size of the output layer.
+      num_classes: size of the output layer; 0 for no classifier (the model's features).
       in_channels: channels of the input images.
       input_size: (height, width) the network was designed for; a network with
         `fixed_input_size` accepts no other, the others use it for summaries only.
@@ -53,20 +56,34 @@ class ImageModel(nn.Module):
     dtype: Any = jnp.float32
 
     fixed_input_size: ClassVar[bool] = False
+    # The module name of the classifier (None: the model has none); its checkpoint key.
+    head_name: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
-        check_positive(
-            type(self).__name__,
-            num_classes=self.num_classes,
-            in_channels=self.in_channels,
-            input_size=self.input_size,
-        )
+        model = type(self).__name__
+        check_positive(model, in_channels=self.in_channels, input_size=self.input_size)
+        num_classes = self.num_classes
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+            raise InvalidValueError(
+                f"{model}: num_classes must be a non-negative integer (0: no classifier), "
+                f"got {num_classes!r}"
+            )
         if len(self.input_size) != 2:
             raise InvalidValueError(
                 f"{type(self).__name__}: input_size must be (height, width), "
                 f"got {self.input_size!r}"
             )
         super().__post_init__()
+
+    @nn.nowrap
+    def head(self) -> nn.Module:
+        """The classifier on the features: a dense layer to `num_classes`, named `head_name`."""
+        return nn.Dense(self.num_classes, dtype=self.dtype, name=self.head_name)
+
+    @nn.nowrap
+    def classify(self, features: jax.Array) -> jax.Array:
+        """`head()(features)`, or the features themselves for a headless model."""
+        return self.head()(features) if self.num_classes else features
 
     def check_input(self, x: jax.Array) -> None:
         """Raises `ValueError` (at trace time, before any compile) for an input of wrong shape.

@@ -16,6 +16,8 @@ stride-2 subsample zero-padded to the new width, so they add no parameters.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 
@@ -50,6 +52,8 @@ class CifarResNet(ImageModel):
     widths: tuple[int, ...] = (16, 32, 64)
     shortcut: str = "zero_pad"
     zero_init_residual: bool = False
+
+    head_name: ClassVar[str] = "fc"
 
     def __post_init__(self) -> None:
         check_positive("CifarResNet", stage_sizes=self.stage_sizes, widths=self.widths)

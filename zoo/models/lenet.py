@@ -64,6 +64,7 @@ class LeNet5(ImageModel):
     input_size: tuple[int, int] = (32, 32)
 
     fixed_input_size: ClassVar[bool] = True
+    head_name: ClassVar[str] = "output"
 
     @nn.nowrap
     def feature_stages(self) -> tuple[Stage, ...]:
@@ -88,7 +89,7 @@ class LeNet5(ImageModel):
         x = Flatten(name="flatten")(x)
         x = jnp.tanh(nn.Dense(120, dtype=self.dtype, name="c5")(x))
         x = jnp.tanh(nn.Dense(84, dtype=self.dtype, name="f6")(x))
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="output")(x)
+        return self.classify(x)
 
 
 def squash(a: jax.Array) -> jax.Array:
@@ -169,6 +170,11 @@ class LeNet5_1998(ImageModel):
     input_size: tuple[int, int] = (32, 32)
 
     fixed_input_size: ClassVar[bool] = True
+    head_name: ClassVar[str] = "output"
+
+    @nn.nowrap
+    def head(self) -> nn.Module:
+        return RBFOutput(self.num_classes, name=self.head_name)
 
     @nn.nowrap
     def feature_stages(self) -> tuple[Stage, ...]:
@@ -185,7 +191,7 @@ class LeNet5_1998(ImageModel):
         x = squash(nn.Conv(120, (5, 5), padding="VALID", dtype=self.dtype, name="c5")(x))
         x = Flatten(name="flatten")(x)
         x = squash(nn.Dense(84, dtype=self.dtype, name="f6")(x))
-        return RBFOutput(self.num_classes, name="output")(x)
+        return self.classify(x)
 
 
 class RBFOutput(nn.Module):

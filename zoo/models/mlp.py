@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zoo.errors import InvalidValueError
 from zoo.models.base import ImageModel
 from zoo.models.layers import Flatten, check_choice, check_positive
 from zoo.registry import register
@@ -33,10 +34,17 @@ class MLP(ImageModel):
     activation: str = "tanh"
 
     fixed_input_size: ClassVar[bool] = True
+    head_name: ClassVar[str] = "classifier"
 
     def __post_init__(self) -> None:
         if self.hidden:
             check_positive("MLP", hidden=self.hidden)
+        elif self.num_classes == 0:
+            # Its "features" would be the flattened pixels: a model with nothing to train.
+            raise InvalidValueError(
+                "MLP: num_classes=0 needs a hidden layer, whose output is the features; "
+                "logistic regression (hidden=()) has none"
+            )
         check_choice("MLP", "activation", self.activation, tuple(ACTIVATIONS))
         super().__post_init__()
 
@@ -48,7 +56,7 @@ class MLP(ImageModel):
             x = ACTIVATIONS[self.activation](
                 nn.Dense(width, dtype=self.dtype, name=f"hidden{i}")(x)
             )
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
+        return self.classify(x)
 
 
 _MNIST = {"num_classes": 10, "in_channels": 1, "input_size": (28, 28)}

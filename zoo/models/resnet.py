@@ -174,8 +174,7 @@ def stages_and_classifier(
             name=name,
             **options,
         )(x, train)
-    x = GlobalAvgPool(name="pool")(x)
-    return nn.Dense(model.num_classes, dtype=model.dtype, name="fc")(x)
+    return model.classify(GlobalAvgPool(name="pool")(x))
 
 
 class ResNet(ImageModel):
@@ -196,6 +195,8 @@ class ResNet(ImageModel):
     block: str = "basic"
     width: int = 64
     zero_init_residual: bool = False
+
+    head_name: ClassVar[str] = "fc"
 
     def __post_init__(self) -> None:
         check_positive("ResNet", stage_sizes=self.stage_sizes, width=self.width)
