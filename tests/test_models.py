@@ -275,6 +275,17 @@ def test_bfloat16_compute_keeps_float32_parameters():
     assert {p.dtype for p in jax.tree.leaves(variables["params"])} == {jnp.dtype("float32")}
 
 
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_param_dtype_reaches_every_layer(name):
+    model = zoo.create_model(name, param_dtype=jnp.bfloat16)
+    _, variables = init_abstract(model, zoo.model_info(name).input_shape)
+    assert {p.dtype for p in jax.tree.leaves(variables["params"])} == {jnp.dtype("bfloat16")}
+    # Running statistics are float32 whatever the parameters are, like nn.BatchNorm's.
+    assert {s.dtype for s in jax.tree.leaves(variables.get("batch_stats", {}))} <= {
+        jnp.dtype("float32")
+    }
+
+
 def test_lenet5_1998_c3_follows_table_one():
     from zoo.models.lenet import C3_CONNECTIONS, PartialConv
 

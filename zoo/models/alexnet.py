@@ -181,10 +181,11 @@ class AlexNet(ImageModel):
                 feature_group_count=self.groups[i],
                 use_bias=not (n <= 2 and self.norm == "batchnorm"),
                 dtype=self.dtype,
+                param_dtype=self.param_dtype,
                 name=f"conv{n}",
             )(x)
             if n <= 2 and self.norm == "batchnorm":
-                x = batch_norm(train, self.dtype, name=f"bn{n}")(x)
+                x = batch_norm(train, self.dtype, self.param_dtype, f"bn{n}")(x)
             x = nn.relu(x)
             if n <= 2 and self.norm == "lrn":
                 x = LocalResponseNorm(name=f"lrn{n}")(x)
@@ -195,7 +196,9 @@ class AlexNet(ImageModel):
         x = Flatten(name="flatten")(x)
         for name in ("fc6", "fc7"):
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-            x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name=name)(x))
+            x = nn.relu(
+                nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
+            )
         return self.classify(x)
 
 

@@ -64,12 +64,13 @@ class ConvAutoencoder(ImageModel):
         )
 
     def setup(self) -> None:
-        conv = {"kernel_size": (3, 3), "strides": 2, "dtype": self.dtype}
+        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        conv = {"kernel_size": (3, 3), "strides": 2, **dtypes}
         self.encoder_conv1 = nn.Conv(self.widths[0], padding=((1, 1), (1, 1)), **conv)
         self.encoder_conv2 = nn.Conv(self.widths[1], padding=((1, 1), (1, 1)), **conv)
         self.encoder_flatten = Flatten()
-        self.latent = nn.Dense(self.latent_dim, dtype=self.dtype)
-        self.decoder_dense = nn.Dense(math.prod(self.code_shape), dtype=self.dtype)
+        self.latent = nn.Dense(self.latent_dim, **dtypes)
+        self.decoder_dense = nn.Dense(math.prod(self.code_shape), **dtypes)
         self.decoder_reshape = Reshape(self.code_shape)
         self.decoder_conv1 = nn.ConvTranspose(self.widths[0], padding="SAME", **conv)
         self.decoder_conv2 = nn.ConvTranspose(self.in_channels, padding="SAME", **conv)

@@ -46,14 +46,16 @@ class ImageModel(nn.Module):
       in_channels: channels of the input images.
       input_size: (height, width) the network was designed for; a network with
         `fixed_input_size` accepts no other, the others use it for summaries only.
-      dtype: the compute dtype (e.g. `jnp.bfloat16` for mixed precision); parameters stay
-        float32 whatever it is.
+      dtype: the compute dtype (e.g. `jnp.bfloat16` for mixed precision).
+      param_dtype: the dtype every layer stores its parameters in (float32 by default, also
+        under a bfloat16 `dtype`); batch statistics stay float32.
     """
 
     num_classes: int = 10
     in_channels: int = 1
     input_size: tuple[int, int] = (28, 28)
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     fixed_input_size: ClassVar[bool] = False
     # The module name of the classifier (None: the model has none); its checkpoint key.
@@ -78,7 +80,9 @@ class ImageModel(nn.Module):
     @nn.nowrap
     def head(self) -> nn.Module:
         """The classifier on the features: a dense layer to `num_classes`, named `head_name`."""
-        return nn.Dense(self.num_classes, dtype=self.dtype, name=self.head_name)
+        return nn.Dense(
+            self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name=self.head_name
+        )
 
     @nn.nowrap
     def classify(self, features: jax.Array) -> jax.Array:

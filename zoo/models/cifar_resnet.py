@@ -81,9 +81,10 @@ class CifarResNet(ImageModel):
             use_bias=False,
             kernel_init=he_normal,
             dtype=self.dtype,
+            param_dtype=self.param_dtype,
             name="stem_conv",
         )(x)
-        x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
+        x = nn.relu(batch_norm(train, self.dtype, self.param_dtype, "stem_bn")(x))
         return stages_and_classifier(self, x, train, BasicBlock, shortcut=self.shortcut)
 
 

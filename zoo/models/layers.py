@@ -217,6 +217,7 @@ class RowGemmConv(nn.Module):
     features: int
     kernel_size: int
     dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.nowrap
     def describe(self, input_shape: Shape) -> Counts:
@@ -225,8 +226,8 @@ class RowGemmConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         y = row_gemm_conv(x.astype(self.dtype), kernel.astype(self.dtype))
         return y + bias.astype(self.dtype)
 
@@ -286,13 +287,66 @@ class Reshape(nn.Module):
         return x.reshape(x.shape[0], *self.shape)
 
 
-def batch_norm(train: bool, dtype: Dtype, name: str, scale_init: Any = None) -> nn.BatchNorm:
-    """BatchNorm with PyTorch's constants (momentum 0.1 there is 0.9 here, eps 1e-5)."""
-    return nn.BatchNorm(
+class BatchNorm(nn.Module):
+    """`torch.nn.BatchNorm2d` for channels-last inputs (Ioffe & Szegedy 2015), statistics included.
+
+    Train mode normalises with the batch's biased variance and moves the running variance
+    towards the unbiased one, var * n / (n - 1) with n = N * H * W per channel, exactly as
+    PyTorch does (Flax's `nn.BatchNorm` keeps the biased one, which drifts from imported
+    torchvision statistics on small maps). The variables are `nn.BatchNorm`'s: params `scale`
+    and `bias`, batch_stats `mean` and `var` (float32), so checkpoints load either way.
+
+    Attributes:
+      use_running_average: normalise with the running statistics (eval) instead of the batch's.
+      momentum: the running statistics keep this share of their old value (PyTorch's momentum
+        is 1 - this: 0.9 here is its 0.1).
+      epsilon: added to the variance, PyTorch's eps.
+    """
+
+    use_running_average: bool = False
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    scale_init: Any = nn.initializers.ones
+    bias_init: Any = nn.initializers.zeros
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        return analytic.batchnorm(input_shape)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = (x.shape[-1],)
+        scale = self.param("scale", self.scale_init, channels, self.param_dtype)
+        bias = self.param("bias", self.bias_init, channels, self.param_dtype)
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, channels, jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, channels, jnp.float32)
+        if self.use_running_average:
+            mean, var = running_mean.value, running_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            batch = x.astype(jnp.float32)
+            mean = jnp.mean(batch, axes)
+            var = jnp.mean(jnp.square(batch - mean), axes)
+            if not self.is_initializing():
+                n = math.prod(x.shape[:-1])
+                unbiased = var * (n / max(n - 1, 1))
+                keep = self.momentum
+                running_mean.value = keep * running_mean.value + (1 - keep) * mean
+                running_var.value = keep * running_var.value + (1 - keep) * unbiased
+        y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.epsilon)
+        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+def batch_norm(
+    train: bool, dtype: Dtype, param_dtype: Dtype, name: str, scale_init: Any = None
+) -> BatchNorm:
+    """The zoo's BatchNorm with PyTorch's constants (momentum 0.1 there is 0.9 here, eps 1e-5)."""
+    return BatchNorm(
         use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-5,
         dtype=dtype,
+        param_dtype=param_dtype,
         scale_init=scale_init or nn.initializers.ones,
         name=name,
     )

@@ -82,13 +82,13 @@ class LeNet5(ImageModel):
 
         def conv(features: int, name: str) -> RowGemmConv:
             # nn.Conv's parameters and values, ~1.5x faster on CPU with so few channels.
-            return RowGemmConv(features, 5, dtype=self.dtype, name=name)
+            return RowGemmConv(features, 5, self.dtype, self.param_dtype, name=name)
 
         x = AvgPool(2, 2, name="s2")(jnp.tanh(conv(6, "c1")(x)))
         x = AvgPool(2, 2, name="s4")(jnp.tanh(conv(16, "c3")(x)))
         x = Flatten(name="flatten")(x)
-        x = jnp.tanh(nn.Dense(120, dtype=self.dtype, name="c5")(x))
-        x = jnp.tanh(nn.Dense(84, dtype=self.dtype, name="f6")(x))
+        x = jnp.tanh(nn.Dense(120, dtype=self.dtype, param_dtype=self.param_dtype, name="c5")(x))
+        x = jnp.tanh(nn.Dense(84, dtype=self.dtype, param_dtype=self.param_dtype, name="f6")(x))
         return self.classify(x)
 
 
@@ -101,6 +101,7 @@ class Subsampling(nn.Module):
     """S2/S4: each 2x2 sum times a trainable coefficient plus a trainable bias, per map."""
 
     dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
 
     @nn.nowrap
     def describe(self, input_shape: Shape) -> Counts:
@@ -110,8 +111,8 @@ class Subsampling(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         channels = x.shape[-1]
-        coefficient = self.param("coefficient", nn.initializers.ones, (channels,))
-        bias = self.param("bias", nn.initializers.zeros, (channels,))
+        coefficient = self.param("coefficient", nn.initializers.ones, (channels,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
         window_sum = nn.avg_pool(x, (2, 2), (2, 2)) * 4
         return window_sum * coefficient.astype(self.dtype) + bias.astype(self.dtype)
 
@@ -127,6 +128,7 @@ class PartialConv(nn.Module):
     connections: tuple[tuple[int, ...], ...]
     kernel_size: int = 5
     dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
 
     @nn.nowrap
     def describe(self, input_shape: Shape) -> Counts:
@@ -148,9 +150,12 @@ class PartialConv(nn.Module):
         outputs = np.array([j for j, c in enumerate(self.connections) for _ in c])
         k, features = self.kernel_size, len(self.connections)
         kernel = self.param(
-            "kernel", nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=()), (k, k, len(inputs))
+            "kernel",
+            nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=()),
+            (k, k, len(inputs)),
+            self.param_dtype,
         )
-        bias = self.param("bias", nn.initializers.zeros, (features,))
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
         dense = jnp.zeros((k, k, x.shape[-1], features), kernel.dtype)
         dense = dense.at[:, :, inputs, outputs].set(kernel)
         y = jax.lax.conv_general_dilated(
@@ -184,13 +189,35 @@ class LeNet5_1998(ImageModel):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(x)
-        x = squash(nn.Conv(6, (5, 5), padding="VALID", dtype=self.dtype, name="c1")(x))
-        x = squash(Subsampling(self.dtype, name="s2")(x))
-        x = squash(PartialConv(C3_CONNECTIONS, dtype=self.dtype, name="c3")(x))
-        x = squash(Subsampling(self.dtype, name="s4")(x))
-        x = squash(nn.Conv(120, (5, 5), padding="VALID", dtype=self.dtype, name="c5")(x))
+        x = squash(
+            nn.Conv(
+                6,
+                (5, 5),
+                padding="VALID",
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="c1",
+            )(x)
+        )
+        x = squash(Subsampling(self.dtype, self.param_dtype, name="s2")(x))
+        x = squash(
+            PartialConv(C3_CONNECTIONS, dtype=self.dtype, param_dtype=self.param_dtype, name="c3")(
+                x
+            )
+        )
+        x = squash(Subsampling(self.dtype, self.param_dtype, name="s4")(x))
+        x = squash(
+            nn.Conv(
+                120,
+                (5, 5),
+                padding="VALID",
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="c5",
+            )(x)
+        )
         x = Flatten(name="flatten")(x)
-        x = squash(nn.Dense(84, dtype=self.dtype, name="f6")(x))
+        x = squash(nn.Dense(84, dtype=self.dtype, param_dtype=self.param_dtype, name="f6")(x))
         return self.classify(x)
 
 

@@ -54,7 +54,9 @@ class MLP(ImageModel):
         x = Flatten(name="flatten")(x)
         for i, width in enumerate(self.hidden):
             x = ACTIVATIONS[self.activation](
-                nn.Dense(width, dtype=self.dtype, name=f"hidden{i}")(x)
+                nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name=f"hidden{i}")(
+                    x
+                )
             )
         return self.classify(x)
 

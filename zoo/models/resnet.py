@@ -72,6 +72,7 @@ class _ResidualBlock(nn.Module):
     shortcut: str = "projection"
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     expansion: ClassVar[int] = 1
     # The block's own row (the add) follows its layers' rows in the analytic summary.
@@ -93,12 +94,14 @@ class _ResidualBlock(nn.Module):
             use_bias=False,
             kernel_init=he_normal,
             dtype=self.dtype,
+            param_dtype=self.param_dtype,
             name=name,
         )
 
     def norm(self, train: bool, name: str, last: bool = False) -> nn.BatchNorm:
         zero = last and self.zero_init_residual
-        return batch_norm(train, self.dtype, name, nn.initializers.zeros if zero else None)
+        zero_init = nn.initializers.zeros if zero else None
+        return batch_norm(train, self.dtype, self.param_dtype, name, zero_init)
 
     def add_shortcut(self, x: jax.Array, residual: jax.Array, train: bool) -> jax.Array:
         out_features = self.features * self.expansion
@@ -171,6 +174,7 @@ def stages_and_classifier(
             stride=stride,
             zero_init_residual=model.zero_init_residual,
             dtype=model.dtype,
+            param_dtype=model.param_dtype,
             name=name,
             **options,
         )(x, train)
@@ -224,9 +228,10 @@ class ResNet(ImageModel):
             use_bias=False,
             kernel_init=he_normal,
             dtype=self.dtype,
+            param_dtype=self.param_dtype,
             name="stem_conv",
         )(x)
-        x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
+        x = nn.relu(batch_norm(train, self.dtype, self.param_dtype, "stem_bn")(x))
         x = MaxPool(3, 2, 1, name="stem_pool")(x)
         return stages_and_classifier(self, x, train, BLOCKS[self.block])
 
