@@ -102,14 +102,22 @@ def extract_features(
     variables: Mapping[str, Any],
     x: jax.Array,
     stages: Sequence[str] | None = None,
-) -> dict[str, jax.Array]:
-    """The feature maps of `stages` (all by default) for NHWC inputs `x`, in inference mode.
+    *,
+    train: bool = False,
+    rngs: Mapping[str, jax.Array] | None = None,
+) -> dict[str, jax.Array] | tuple[dict[str, jax.Array], dict[str, Any]]:
+    """The feature maps of `stages` (all by default) for NHWC inputs `x`.
 
-    Returns {stage name: (N, H, W, C) array}. The dict is in network order, but a dict that
-    comes out of `jax.jit` has its keys sorted ("stem" after "stage4"): index it by name, in the
-    order `feature_stages(model)` gives. A pure function of `variables` and `x`: wrap it in
-    `jax.jit` (with `model` and `stages` closed over), and XLA computes nothing past the last
-    requested stage.
+    Returns {stage name: (N, H, W, C) array} in inference mode. With `train=True` the model
+    runs in training mode (batch statistics from the batch, dropout and drop-path from
+    `rngs["dropout"]`) and the result is `(features, updates)`, `updates` being the updated
+    `batch_stats` collection ({} for a model without) to merge into `variables`, as
+    `Module.apply(..., mutable=["batch_stats"])` returns it: a backbone trains through this.
+
+    The dict is in network order, but a dict that comes out of `jax.jit` has its keys sorted
+    ("stem" after "stage4"): index it by name, in the order `feature_stages(model)` gives. A
+    pure function of `variables` and `x`: wrap it in `jax.jit` (with `model` and `stages`
+    closed over), and XLA computes nothing past the last requested stage.
     """
     chosen = _select(stages_of(model), stages)
     paths = {tuple(stage.module.split("/")) for stage in chosen}
@@ -117,7 +125,14 @@ def extract_features(
     def is_wanted(module: nn.Module, method_name: str) -> bool:
         return method_name == "__call__" and module.path in paths
 
-    _, state = model.apply(variables, x, train=False, capture_intermediates=is_wanted)
+    _, state = model.apply(
+        variables,
+        x,
+        train=train,
+        capture_intermediates=is_wanted,
+        mutable=["batch_stats"] if train else False,
+        rngs=rngs,
+    )
     captured = state["intermediates"]
     features = {}
     for stage in chosen:
@@ -126,7 +141,9 @@ def extract_features(
             node = node[part]
         (output,) = node["__call__"]  # Every stage module is called exactly once.
         features[stage.name] = output if stage.activation is None else stage.activation(output)
-    return features
+    if not train:
+        return features
+    return features, {key: value for key, value in state.items() if key == "batch_stats"}
 
 
 # Added to the input height and width to measure strides; a multiple of every product of
