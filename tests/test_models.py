@@ -268,6 +268,38 @@ def test_dropout_is_active_only_in_training():
     assert not np.allclose(a, b)
 
 
+@pytest.mark.parametrize("name", ["resnet20", "resnet18"])
+def test_drop_path_drops_residual_branches_in_training_only(name):
+    shape = (32, 32, 3)
+    model = zoo.create_model(name, stage_sizes=(1, 1, 1), num_classes=4, drop_path_rate=0.5)
+    plain = model.clone(drop_path_rate=0.0)
+    x = jax.random.normal(jax.random.key(0), (4, *shape))
+    variables = model.init(RNGS, x)
+
+    def train(module, seed):
+        outputs, _ = module.apply(
+            variables, x, train=True, rngs={"dropout": jax.random.key(seed)}, mutable=True
+        )
+        return outputs
+
+    assert not np.allclose(train(model, 1), train(model, 2))
+    chex.assert_trees_all_equal(model.apply(variables, x), plain.apply(variables, x))
+    chex.assert_trees_all_equal(train(plain, 1), train(plain, 2))
+
+
+def test_drop_path_keeps_whole_examples_with_the_right_rate_and_scale():
+    from zoo.models.resnet import drop_path, drop_path_rates
+
+    assert drop_path_rates(5, 0.2) == pytest.approx((0.0, 0.05, 0.1, 0.15, 0.2))
+    kept = drop_path(jnp.ones((4000, 3, 3, 2)), 0.25, jax.random.key(0))
+    per_example = np.asarray(kept).reshape(4000, -1)
+    np.testing.assert_allclose(np.unique(per_example), [0.0, 1 / 0.75], rtol=1e-6)
+    assert (per_example.min(1) == per_example.max(1)).all()  # All of an example, or none.
+    assert abs(float(jnp.mean(kept)) - 1.0) < 0.05
+    with pytest.raises(ValueError, match=r"drop_path_rate must be a number in \[0, 1\)"):
+        zoo.create_model("resnet50", drop_path_rate=1.0)
+
+
 def test_bfloat16_compute_keeps_float32_parameters():
     model = zoo.create_model("resnet20", dtype=jnp.bfloat16)
     logits, variables = init_abstract(model, (32, 32, 3))

@@ -41,6 +41,7 @@ from zoo.models.layers import (
     batch_norm,
     check_choice,
     check_positive,
+    check_rate,
     explicit_padding,
 )
 from zoo.registry import register
@@ -142,10 +143,7 @@ class AlexNet(ImageModel):
                 f"AlexNet: widths and groups need 5 entries, got {self.widths!r} "
                 f"and {self.groups!r}"
             )
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise InvalidValueError(
-                f"AlexNet: dropout_rate must be in [0, 1), got {self.dropout_rate}"
-            )
+        check_rate("AlexNet", "dropout_rate", self.dropout_rate)
         super().__post_init__()
 
     @property

@@ -23,7 +23,7 @@ import jax
 
 from zoo.errors import InvalidValueError
 from zoo.models.base import ImageModel, Stage
-from zoo.models.layers import batch_norm, check_choice, check_positive
+from zoo.models.layers import batch_norm, check_choice, check_positive, check_rate
 from zoo.models.resnet import (
     PAPER,
     SHORTCUTS,
@@ -43,6 +43,8 @@ class CifarResNet(ImageModel):
       widths: channels of the three stages.
       shortcut: "zero_pad" (option A, the paper's) or "projection" (option B).
       zero_init_residual: start each block's last BatchNorm scale at 0.
+      drop_path_rate: stochastic depth in training, rising linearly over the blocks from 0 to
+        this rate (see `zoo.models.resnet.drop_path_rates`). 0 (off) by default.
     """
 
     num_classes: int = 10
@@ -52,12 +54,14 @@ class CifarResNet(ImageModel):
     widths: tuple[int, ...] = (16, 32, 64)
     shortcut: str = "zero_pad"
     zero_init_residual: bool = False
+    drop_path_rate: float = 0.0
 
     head_name: ClassVar[str] = "fc"
 
     def __post_init__(self) -> None:
         check_positive("CifarResNet", stage_sizes=self.stage_sizes, widths=self.widths)
         check_choice("CifarResNet", "shortcut", self.shortcut, SHORTCUTS)
+        check_rate("CifarResNet", "drop_path_rate", self.drop_path_rate)
         if len(self.stage_sizes) != len(self.widths):
             raise InvalidValueError(
                 f"CifarResNet: stage_sizes {self.stage_sizes!r} and widths "

@@ -37,6 +37,12 @@ def check_positive(model: str, **values: Any) -> None:
             raise InvalidValueError(f"{model}: {name} must be positive integer(s), got {value!r}")
 
 
+def check_rate(model: str, name: str, value: Any) -> None:
+    """Raises `ValueError` unless `value` is a probability of dropping: a number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise InvalidValueError(f"{model}: {name} must be a number in [0, 1), got {value!r}")
+
+
 def check_choice(model: str, name: str, value: Any, choices: Sequence[Any]) -> None:
     if value not in choices:
         raise InvalidValueError(

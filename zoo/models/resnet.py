@@ -35,6 +35,7 @@ from zoo.models.layers import (
     batch_norm,
     check_choice,
     check_positive,
+    check_rate,
     explicit_padding,
 )
 from zoo.registry import register
@@ -71,6 +72,7 @@ class _ResidualBlock(nn.Module):
     stride: int = 1
     shortcut: str = "projection"
     zero_init_residual: bool = False
+    drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -111,7 +113,23 @@ class _ResidualBlock(nn.Module):
             else:
                 x = self.conv(out_features, 1, self.stride, "downsample_conv")(x)
                 x = self.norm(train, "downsample_bn")(x)
+        if train and self.drop_path_rate > 0:
+            residual = drop_path(residual, self.drop_path_rate, self.make_rng("dropout"))
         return nn.relu(residual + x)
+
+
+def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+    """Stochastic depth (Huang et al. 2016, "Deep Networks with Stochastic Depth"): each
+    example's residual branch is dropped with probability `rate`, and kept ones are scaled by
+    1 / (1 - rate) so the expectation is the eval-mode branch (timm's `drop_path`)."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+
+
+def drop_path_rates(blocks: int, rate: float) -> tuple[float, ...]:
+    """timm's schedule: block i of `blocks` drops with rate * i / (blocks - 1), 0 to `rate`."""
+    return tuple(rate * i / max(blocks - 1, 1) for i in range(blocks))
 
 
 def needs_projection(in_features: int, out_features: int, stride: int) -> bool:
@@ -168,11 +186,14 @@ def stages_and_classifier(
 
     Called inside `model`'s compact `__call__`, so the blocks become its submodules.
     """
-    for name, width, stride in block_plan(model.stage_sizes, model.widths):
+    plan = tuple(block_plan(model.stage_sizes, model.widths))
+    rates = drop_path_rates(len(plan), model.drop_path_rate)
+    for (name, width, stride), rate in zip(plan, rates, strict=True):
         x = block(
             width,
             stride=stride,
             zero_init_residual=model.zero_init_residual,
+            drop_path_rate=rate,
             dtype=model.dtype,
             param_dtype=model.param_dtype,
             name=name,
@@ -190,6 +211,8 @@ class ResNet(ImageModel):
       width: channels of the stem and of the first stage; each stage doubles it.
       zero_init_residual: start each block's last BatchNorm scale at 0, so every block starts as
         the identity (Goyal et al. 2017); off by default, like torchvision.
+      drop_path_rate: stochastic depth in training, rising linearly over the blocks from 0 to
+        this rate (`drop_path_rates`); needs a 'dropout' rng. 0 (off) by default.
     """
 
     num_classes: int = 1000
@@ -199,11 +222,13 @@ class ResNet(ImageModel):
     block: str = "basic"
     width: int = 64
     zero_init_residual: bool = False
+    drop_path_rate: float = 0.0
 
     head_name: ClassVar[str] = "fc"
 
     def __post_init__(self) -> None:
         check_positive("ResNet", stage_sizes=self.stage_sizes, width=self.width)
+        check_rate("ResNet", "drop_path_rate", self.drop_path_rate)
         check_choice("ResNet", "block", self.block, tuple(BLOCKS))
         super().__post_init__()
 
