@@ -183,3 +183,32 @@ def test_unknown_stages_and_models_without_stages_are_clear_errors():
 
     with pytest.raises(NoFeatureStagesError, match="NewNet has no feature stages"):
         feature_stages(NewNet())
+
+
+def test_a_backbone_trains_through_its_features():
+    model, variables, x = real_model("resnet20", (32, 32, 3), stage_sizes=(1, 1, 1))
+
+    def loss(params):
+        features, updates = extract_features(
+            model, {**variables, "params": params}, x, stages=["stage2"], train=True
+        )
+        return jnp.mean(features["stage2"] ** 2), updates
+
+    (value, updates), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    assert float(value) > 0
+    # Gradients reach every layer up to stage 2 and nothing after it.
+    assert float(jnp.abs(grads["stem_conv"]["kernel"]).max()) > 0
+    assert float(jnp.abs(grads["stage2_block0"]["conv2"]["kernel"]).max()) > 0
+    assert float(jnp.abs(grads["stage3_block0"]["conv1"]["kernel"]).max()) == 0
+    # The batch statistics are train mode's: those of a full training-mode apply.
+    _, expected = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    chex.assert_trees_all_close(updates, expected, atol=1e-6)
+    assert not np.allclose(
+        updates["batch_stats"]["stem_bn"]["mean"], variables["batch_stats"]["stem_bn"]["mean"]
+    )
+    # Train-mode features normalise with the batch, not the running statistics.
+    inference = extract_features(model, variables, x, stages=["stage2"])
+    trained, _ = extract_features(model, variables, x, stages=["stage2"], train=True)
+    assert not np.allclose(inference["stage2"], trained["stage2"])
+    features, none = extract_features(*real_model("lenet5", (32, 32, 1)), train=True)
+    assert none == {} and set(features) == {"c1", "s2", "c3", "s4"}

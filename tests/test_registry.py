@@ -35,7 +35,7 @@ def test_unknown_name_suggests_close_matches():
 @pytest.mark.parametrize(
     ("overrides", "error", "names"),
     [
-        ({"num_classes": 0}, ValueError, "num_classes"),
+        ({"num_classes": -1}, ValueError, "num_classes"),  # 0 is headless: see test_models.
         ({"num_classes": 2.5}, ValueError, "num_classes"),
         ({"block": "huge"}, ValueError, "block"),
         ({"stage_sizes": (2, 0, 2, 2)}, ValueError, "stage_sizes"),
@@ -86,6 +86,4 @@ def test_model_info_describes_the_model():
 def test_duplicate_registration_is_an_error():
     info = zoo.model_info("lenet5")
     with pytest.raises(ValueError, match="already registered"):
-        zoo.registry.register(
-            "lenet5", info.module, analytic=info.analytic, paper="", description=""
-        )
+        zoo.registry.register("lenet5", info.module, paper="", description="")

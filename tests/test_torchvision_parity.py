@@ -10,14 +10,18 @@ from __future__ import annotations
 import dataclasses
 import fractions
 
+import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import zoo
 from zoo import hub
 from zoo.cli import main
 from zoo.convert import TORCHVISION_ARCHS, convert_state_dict, load_state_dict
 from zoo.convert import torchvision as tv_convert
+from zoo.models.layers import BatchNorm
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -177,3 +181,81 @@ def test_import_torchvision_cli_round_trip(tmp_path, capsys):
 
     assert main(["import-torchvision", "vgg16", str(path), "--name", "x"]) == 2
     assert "unsupported torchvision architecture 'vgg16'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("batch", "size"), [(2, 7), (4, 8)])
+def test_batch_norm_trains_like_torch(batch, size):
+    # ResNet layer4's 7x7 and CIFAR stage 3's 8x8 maps: n = N*H*W is small enough that the
+    # biased and unbiased variance differ by 1-2%, so only PyTorch's rule passes.
+    channels = 6
+    torch.manual_seed(0)
+    reference = torch.nn.BatchNorm2d(channels, momentum=0.1, eps=1e-5).train()
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 1.5)
+        reference.bias.normal_()
+    norm = BatchNorm(use_running_average=False)
+    rng = np.random.default_rng(0)
+    variables = {
+        "params": {
+            "scale": jnp.asarray(reference.weight.detach().numpy()),
+            "bias": jnp.asarray(reference.bias.detach().numpy()),
+        },
+        "batch_stats": norm.init(jax.random.key(0), jnp.zeros((1, size, size, channels)))[
+            "batch_stats"
+        ],
+    }
+    step = jax.jit(lambda v, x: norm.apply(v, x, mutable=["batch_stats"]))
+    for _ in range(3):
+        x = (rng.standard_normal((batch, size, size, channels)) * 3 + 1).astype(np.float32)
+        ours, updates = step(variables, x)
+        variables = {**variables, **updates}
+        theirs = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
+        np.testing.assert_allclose(ours, theirs.transpose(0, 2, 3, 1), atol=2e-5)
+        stats = variables["batch_stats"]
+        np.testing.assert_allclose(stats["mean"], reference.running_mean.numpy(), atol=1e-6)
+        np.testing.assert_allclose(stats["var"], reference.running_var.numpy(), rtol=1e-5)
+    eval_mode = BatchNorm(use_running_average=True).apply(variables, x)
+    reference.eval()
+    theirs = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
+    np.testing.assert_allclose(eval_mode, theirs.transpose(0, 2, 3, 1), atol=2e-5)
+
+
+def test_a_converted_resnet_updates_its_statistics_like_torch():
+    # One train-mode step of the whole network: every running mean and variance, down to
+    # layer4's 2x2 maps (n = 8, where the unbiased variance is 8/7 of the biased one).
+    model = random_torchvision("resnet18", RESNET_INPUT)
+    converted = convert_state_dict("resnet18", state_dict_arrays(model))
+    images = np.random.default_rng(3).standard_normal(
+        (2, 3, RESNET_INPUT, RESNET_INPUT), np.float32
+    )
+    model.train()
+    for norm in model.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            norm.momentum = 0.1  # PyTorch's default (random_torchvision set 1 for its init).
+    with torch.no_grad():
+        model(torch.from_numpy(images))
+    module = converted.module
+    _, updates = jax.jit(lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"]))(
+        converted.variables, jnp.asarray(images.transpose(0, 2, 3, 1))
+    )
+    expected = convert_state_dict("resnet18", state_dict_arrays(model)).variables["batch_stats"]
+    chex.assert_trees_all_close(updates["batch_stats"], expected, rtol=2e-4, atol=2e-5)
+
+
+def test_every_family_normalises_with_the_zoo_batch_norm():
+    import flax.linen as nn
+
+    seen = set()
+
+    def record(next_fun, args, kwargs, context):
+        seen.add(type(context.module))
+        return next_fun(*args, **kwargs)
+
+    smallest = {}  # One model per family (module class), its smallest.
+    for name in sorted(zoo.list_models(), key=lambda n: -zoo.summary(n).total_params):
+        smallest[zoo.model_info(name).module] = name
+    for name in smallest.values():
+        x = jax.ShapeDtypeStruct((1, *zoo.model_info(name).input_shape), jnp.float32)
+        with nn.intercept_methods(record):
+            jax.eval_shape(zoo.create_model(name).init, jax.random.key(0), x)
+    assert BatchNorm in seen and nn.BatchNorm not in seen

@@ -12,47 +12,26 @@ non-linearity as a plain function right after a module (it has no module of its 
 `capture_intermediates` cannot see it), the stage records that function and the extractor
 applies it to the captured output.
 
-The stage tables live here, one per model class in `STAGE_TABLES`; a model class without one
-raises `NoFeatureStagesError`, and the tests require one for every registered model whose
-analytic summary has a spatial (H, W, C) layer, so a new CNN cannot be registered without it.
+Each model class lists its own stages, next to the modules they name, in a `feature_stages()`
+method returning `Stage`s; a model without one raises `NoFeatureStagesError`, and the tests
+require one for every registered model whose analytic summary has a spatial (H, W, C) layer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
 import flax.linen as nn
 import jax
 
+from zoo.analytic import describe
 from zoo.errors import InvalidValueError, ZooError
-from zoo.models.alexnet import AlexNet
-from zoo.models.autoencoder import ConvAutoencoder
-from zoo.models.cifar_resnet import CifarResNet
-from zoo.models.lenet import LeNet5, LeNet5_1998, squash
-from zoo.models.resnet import ResNet
-from zoo.registry import create_model, model_info
+from zoo.models.base import Stage
+from zoo.registry import create_model
 from zoo.summary import summary
-
-Activation = Callable[[jax.Array], jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """One feature stage of a model.
-
-    Attributes:
-      name: the stage name users ask for ("stage3", "pool5", ...).
-      module: the '/'-separated path of the submodule whose output the stage is.
-      activation: the function the model applies to that output before the next layer, when
-        it is a plain function call rather than a module; None when the output is final.
-    """
-
-    name: str
-    module: str
-    activation: Activation | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,88 +54,22 @@ class FeatureInfo:
 
 
 class NoFeatureStagesError(ZooError, TypeError):
-    """A model class with no stage table (e.g. an MLP, or a new CNN not yet described here)."""
-
-
-def _resnet_stages(model: ResNet) -> tuple[Stage, ...]:
-    # The stem pool's input is already relu(stem_bn); each block ends in its own relu.
-    return (Stage("stem", "stem_pool"), *_residual_stages(model.stage_sizes))
-
-
-def _cifar_resnet_stages(model: CifarResNet) -> tuple[Stage, ...]:
-    # No stem pool: the stem's last module is stem_bn, and the model applies relu after it.
-    return (Stage("stem", "stem_bn", nn.relu), *_residual_stages(model.stage_sizes))
-
-
-def _residual_stages(stage_sizes: Sequence[int]) -> tuple[Stage, ...]:
-    """stageN is the output of stage N's last block (post-relu, as every block ends)."""
-    return tuple(
-        Stage(f"stage{i + 1}", f"stage{i + 1}_block{blocks - 1}")
-        for i, blocks in enumerate(stage_sizes)
-    )
-
-
-def _lenet5_stages(model: LeNet5) -> tuple[Stage, ...]:
-    # Lecture layout: tanh follows each convolution; the average pools' outputs are final.
-    return (
-        Stage("c1", "c1", nn.tanh),
-        Stage("s2", "s2"),
-        Stage("c3", "c3", nn.tanh),
-        Stage("s4", "s4"),
-    )
-
-
-def _lenet5_1998_stages(model: LeNet5_1998) -> tuple[Stage, ...]:
-    # The paper squashes every layer's output, the subsampling layers' included.
-    return tuple(Stage(name, name, squash) for name in ("c1", "s2", "c3", "s4"))
-
-
-def _alexnet_stages(model: AlexNet) -> tuple[Stage, ...]:
-    # The pools come after relu (and norm) in every layout; conv3 and conv4 have no module
-    # after them before their relu.
-    return (
-        Stage("pool1", "pool1"),
-        Stage("pool2", "pool2"),
-        Stage("conv3", "conv3", nn.relu),
-        Stage("conv4", "conv4", nn.relu),
-        Stage("pool5", "pool5"),
-    )
-
-
-def _autoencoder_stages(model: ConvAutoencoder) -> tuple[Stage, ...]:
-    # The encoder's maps; the decoder rebuilds the image and is no backbone.
-    return (
-        Stage("encoder_conv1", "encoder_conv1", nn.relu),
-        Stage("encoder_conv2", "encoder_conv2", nn.relu),
-    )
-
-
-# Model class -> its stages for one configured instance (stage counts follow the config).
-# Looked up by exact class: a subclass may lay its modules out differently.
-STAGE_TABLES: dict[type[nn.Module], Callable[[Any], tuple[Stage, ...]]] = {
-    ResNet: _resnet_stages,
-    CifarResNet: _cifar_resnet_stages,
-    LeNet5: _lenet5_stages,
-    LeNet5_1998: _lenet5_1998_stages,
-    AlexNet: _alexnet_stages,
-    ConvAutoencoder: _autoencoder_stages,
-}
+    """A model class with no `feature_stages` method (e.g. an MLP)."""
 
 
 def stages_of(model: str | nn.Module, **overrides: Any) -> tuple[Stage, ...]:
     """The `Stage`s of a model (a registry name built with `overrides`, or a module), in order.
 
-    Raises `NoFeatureStagesError` for a model class with no stage table.
+    Raises `NoFeatureStagesError` for a model class without a `feature_stages` method.
     """
     module = create_model(model, **overrides) if isinstance(model, str) else model
-    table = STAGE_TABLES.get(type(module))
-    if table is None:
-        described = ", ".join(sorted(cls.__name__ for cls in STAGE_TABLES))
+    declared = getattr(module, "feature_stages", None)
+    if declared is None:
         raise NoFeatureStagesError(
-            f"{type(module).__name__} has no feature stages (it is not a CNN, or its stage "
-            f"table is missing from zoo.features.STAGE_TABLES); models with stages: {described}"
+            f"{type(module).__name__} has no feature stages: it is not a CNN, or its class "
+            "does not list them in a `feature_stages()` method returning zoo.features.Stage"
         )
-    return table(module)
+    return tuple(declared())
 
 
 def feature_stages(model: str | nn.Module, **overrides: Any) -> dict[str, str]:
@@ -189,14 +102,22 @@ def extract_features(
     variables: Mapping[str, Any],
     x: jax.Array,
     stages: Sequence[str] | None = None,
-) -> dict[str, jax.Array]:
-    """The feature maps of `stages` (all by default) for NHWC inputs `x`, in inference mode.
+    *,
+    train: bool = False,
+    rngs: Mapping[str, jax.Array] | None = None,
+) -> dict[str, jax.Array] | tuple[dict[str, jax.Array], dict[str, Any]]:
+    """The feature maps of `stages` (all by default) for NHWC inputs `x`.
 
-    Returns {stage name: (N, H, W, C) array}. The dict is in network order, but a dict that
-    comes out of `jax.jit` has its keys sorted ("stem" after "stage4"): index it by name, in the
-    order `feature_stages(model)` gives. A pure function of `variables` and `x`: wrap it in
-    `jax.jit` (with `model` and `stages` closed over), and XLA computes nothing past the last
-    requested stage.
+    Returns {stage name: (N, H, W, C) array} in inference mode. With `train=True` the model
+    runs in training mode (batch statistics from the batch, dropout and drop-path from
+    `rngs["dropout"]`) and the result is `(features, updates)`, `updates` being the updated
+    `batch_stats` collection ({} for a model without) to merge into `variables`, as
+    `Module.apply(..., mutable=["batch_stats"])` returns it: a backbone trains through this.
+
+    The dict is in network order, but a dict that comes out of `jax.jit` has its keys sorted
+    ("stem" after "stage4"): index it by name, in the order `feature_stages(model)` gives. A
+    pure function of `variables` and `x`: wrap it in `jax.jit` (with `model` and `stages`
+    closed over), and XLA computes nothing past the last requested stage.
     """
     chosen = _select(stages_of(model), stages)
     paths = {tuple(stage.module.split("/")) for stage in chosen}
@@ -204,7 +125,14 @@ def extract_features(
     def is_wanted(module: nn.Module, method_name: str) -> bool:
         return method_name == "__call__" and module.path in paths
 
-    _, state = model.apply(variables, x, train=False, capture_intermediates=is_wanted)
+    _, state = model.apply(
+        variables,
+        x,
+        train=train,
+        capture_intermediates=is_wanted,
+        mutable=["batch_stats"] if train else False,
+        rngs=rngs,
+    )
     captured = state["intermediates"]
     features = {}
     for stage in chosen:
@@ -213,7 +141,9 @@ def extract_features(
             node = node[part]
         (output,) = node["__call__"]  # Every stage module is called exactly once.
         features[stage.name] = output if stage.activation is None else stage.activation(output)
-    return features
+    if not train:
+        return features
+    return features, {key: value for key, value in state.items() if key == "batch_stats"}
 
 
 # Added to the input height and width to measure strides; a multiple of every product of
@@ -231,11 +161,10 @@ def feature_info(
     every stride, measured with the formulas (also for fixed-size models, whose formulas hold
     at any size even if their dense head does not).
     """
-    info = model_info(model)
     module = create_model(model, **overrides)
     table = summary(model, input_shape, **overrides)
     h, w, c = table.input_shape
-    probe = info.analytic(module, (h + _STRIDE_PROBE, w + _STRIDE_PROBE, c))
+    probe = describe(module, (h + _STRIDE_PROBE, w + _STRIDE_PROBE, c))
     shapes = {layer.name: layer.output_shape for layer in table.layers}
     grown = {layer.name: layer.output_shape for layer in probe}
     result = []

@@ -6,8 +6,8 @@ These are the textbook expressions (CMU 10-315, "Neural Networks Applications fo
   conv parameters  C_out * (C_in / groups) * K * K  (+ C_out bias)
   dense parameters in * out  (+ out bias)
 
-They know nothing of Flax: `zoo.analytic` walks a network with them and the tests check the result
-against real initialised variables.
+A kernel is K (square) or (K_h, K_w). They know nothing of Flax: `zoo.analytic` applies them to
+each layer of a network and the tests check the result against real initialised variables.
 """
 
 from __future__ import annotations
@@ -45,22 +45,37 @@ def conv_transpose_output_size(
     return (size - 1) * stride - 2 * padding + kernel + output_padding
 
 
+def same_output_size(size: int, stride: int = 1) -> int:
+    """Output length with 'SAME' padding (Flax's default): ceil(W / S), padded as needed."""
+    _check_positive(size=size, stride=stride)
+    return -(-size // stride)
+
+
 # Pooling slides a window exactly like a convolution does.
 pool_output_size = conv_output_size
 
 
+def _area(kernel: int | tuple[int, ...]) -> int:
+    sides = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+    _check_positive(**{f"kernel[{i}]": side for i, side in enumerate(sides)})
+    return sides[0] * sides[1]
+
+
 def conv_params(
-    in_channels: int, out_channels: int, kernel: int, *, bias: bool = True, groups: int = 1
+    in_channels: int,
+    out_channels: int,
+    kernel: int | tuple[int, int],
+    *,
+    bias: bool = True,
+    groups: int = 1,
 ) -> int:
     """Trainable parameters of a KxK convolution: C_out * (C_in / groups) * K * K (+ C_out)."""
-    _check_positive(
-        in_channels=in_channels, out_channels=out_channels, kernel=kernel, groups=groups
-    )
+    _check_positive(in_channels=in_channels, out_channels=out_channels, groups=groups)
     if in_channels % groups or out_channels % groups:
         raise InvalidValueError(
             f"groups={groups} must divide both {in_channels} and {out_channels}"
         )
-    return out_channels * (in_channels // groups) * kernel * kernel + (out_channels if bias else 0)
+    return out_channels * (in_channels // groups) * _area(kernel) + (out_channels if bias else 0)
 
 
 def dense_params(in_features: int, out_features: int, *, bias: bool = True) -> int:
@@ -69,13 +84,13 @@ def dense_params(in_features: int, out_features: int, *, bias: bool = True) -> i
     return in_features * out_features + (out_features if bias else 0)
 
 
-def batchnorm_params(channels: int) -> int:
+def batchnorm_params(channels: int, *, scale: bool = True, bias: bool = True) -> int:
     """Trainable parameters of batch normalisation: a scale and a shift per channel.
 
     The running mean and variance are state, not parameters (torchvision counts them the same way).
     """
     _check_positive(channels=channels)
-    return 2 * channels
+    return (int(scale) + int(bias)) * channels
 
 
 def conv_macs(
@@ -83,12 +98,12 @@ def conv_macs(
     out_width: int,
     in_channels: int,
     out_channels: int,
-    kernel: int,
+    kernel: int | tuple[int, int],
     *,
     groups: int = 1,
 ) -> int:
     """Multiply-accumulates of one convolution on one image: one K*K*C_in/g dot per output."""
-    return out_height * out_width * out_channels * (in_channels // groups) * kernel * kernel
+    return out_height * out_width * out_channels * (in_channels // groups) * _area(kernel)
 
 
 def dense_macs(in_features: int, out_features: int) -> int:

@@ -2,8 +2,10 @@
 
 `register` is called once per variant, at import of its family module; `create_model` builds a
 `flax.linen.Module` from the recorded defaults plus the caller's overrides, and validates both
-before any tracing happens. Unknown names raise `UnknownModelError` (a `KeyError`) that lists the
-closest registered names, as `difflib` ranks them.
+before any tracing happens. The module is the model's only description: its per-layer table
+(`zoo.analytic`) and its feature stages (its `feature_stages` method) come from it. Unknown
+names raise `UnknownModelError` (a `KeyError`) that lists the closest registered names, as
+`difflib` ranks them.
 """
 
 from __future__ import annotations
@@ -11,18 +13,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 
 from zoo.errors import InvalidTypeError, InvalidValueError, ZooError
-
-if TYPE_CHECKING:
-    from zoo.analytic import Layer
-
-# An analytic description of a network: (model, input HWC shape) -> layers, from the formulas only.
-AnalyticFn = Callable[[Any, tuple[int, ...]], "list[Layer]"]
 
 
 class UnknownModelError(ZooError, KeyError):
@@ -45,7 +41,6 @@ class ModelInfo:
       name: the registry name.
       module: the `flax.linen.Module` class that `create_model` builds.
       defaults: the config fields this variant sets (stage sizes, widths, ...).
-      analytic: the per-layer description built from the lecture's formulas.
       reference_params: the published trainable parameter count at the default config.
       paper: the paper, table or figure the variant follows.
       description: one line for `zoo list`.
@@ -55,7 +50,6 @@ class ModelInfo:
     name: str
     module: type[nn.Module]
     defaults: Mapping[str, Any]
-    analytic: AnalyticFn
     reference_params: int | None
     paper: str
     description: str
@@ -115,21 +109,24 @@ def register(
     name: str,
     module: type[nn.Module],
     *,
-    analytic: AnalyticFn,
     paper: str,
     description: str,
     reference_params: int | None = None,
     task: str = "classification",
     **defaults: Any,
 ) -> ModelInfo:
-    """Adds a variant to the registry; registering a name twice is an error."""
+    """Adds a variant to the registry; registering a name twice is an error.
+
+    `module` is a `flax.linen.Module` class whose dataclass fields are the whole config (an
+    `zoo.models.base.ImageModel`: num_classes, in_channels, input_size, ...); `defaults` sets
+    this variant's fields. Returns the record `model_info(name)` gives.
+    """
     if name in _REGISTRY:
         raise InvalidValueError(f"model {name!r} is already registered")
     info = ModelInfo(
         name=name,
         module=module,
         defaults=dict(defaults),
-        analytic=analytic,
         reference_params=reference_params,
         paper=paper,
         description=description,
@@ -138,6 +135,12 @@ def register(
     info.module(**info.config())  # Fail at import, not at first use, on defaults that do not fit.
     _REGISTRY[name] = info
     return info
+
+
+def unregister(name: str) -> None:
+    """Removes `name` from the registry (for a model registered in a test or a notebook)."""
+    model_info(name)  # UnknownModelError with close matches for a name never registered.
+    del _REGISTRY[name]
 
 
 def _ensure_models_imported() -> None:

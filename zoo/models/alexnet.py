@@ -25,20 +25,23 @@ pooling 3/2 after conv1, conv2 and conv5, two dropout-0.5 fully connected layers
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo.analytic import Layer, ShapeTrace
+from zoo.analytic import Counts, Shape, spatial
 from zoo.errors import InvalidValueError
-from zoo.models.base import ImageModel
+from zoo.models.base import ImageModel, Stage
 from zoo.models.layers import (
     Flatten,
     MaxPool,
     batch_norm,
     check_choice,
     check_positive,
+    check_rate,
     explicit_padding,
 )
 from zoo.registry import register
@@ -63,6 +66,10 @@ class LocalResponseNorm(nn.Module):
     alpha: float = 1e-4
     beta: float = 0.75
 
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        return Counts("lrn", tuple(input_shape))
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         half = self.size // 2
@@ -81,6 +88,10 @@ class AdaptiveAvgPool(nn.Module):
     """PyTorch's `AdaptiveAvgPool2d`: bin i averages rows floor(i H / n) .. ceil((i+1) H / n)."""
 
     output_size: tuple[int, int]
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        return Counts("adaptive_avgpool", (*self.output_size, spatial(input_shape, "avgpool")[-1]))
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -122,6 +133,8 @@ class AlexNet(ImageModel):
     hidden: int = 4096
     dropout_rate: float = 0.5
 
+    head_name: ClassVar[str] = "fc8"
+
     def __post_init__(self) -> None:
         check_positive("AlexNet", widths=self.widths, groups=self.groups, hidden=self.hidden)
         check_choice("AlexNet", "norm", self.norm, NORMS)
@@ -130,10 +143,7 @@ class AlexNet(ImageModel):
                 f"AlexNet: widths and groups need 5 entries, got {self.widths!r} "
                 f"and {self.groups!r}"
             )
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise InvalidValueError(
-                f"AlexNet: dropout_rate must be in [0, 1), got {self.dropout_rate}"
-            )
+        check_rate("AlexNet", "dropout_rate", self.dropout_rate)
         super().__post_init__()
 
     @property
@@ -143,6 +153,18 @@ class AlexNet(ImageModel):
     @property
     def paddings(self) -> tuple[int, ...]:
         return (self.conv1_padding, 2, 1, 1, 1)
+
+    @nn.nowrap
+    def feature_stages(self) -> tuple[Stage, ...]:
+        # The pools come after relu (and norm) in every layout; conv3 and conv4 have no module
+        # after them before their relu.
+        return (
+            Stage("pool1", "pool1"),
+            Stage("pool2", "pool2"),
+            Stage("conv3", "conv3", nn.relu),
+            Stage("conv4", "conv4", nn.relu),
+            Stage("pool5", "pool5"),
+        )
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -157,10 +179,11 @@ class AlexNet(ImageModel):
                 feature_group_count=self.groups[i],
                 use_bias=not (n <= 2 and self.norm == "batchnorm"),
                 dtype=self.dtype,
+                param_dtype=self.param_dtype,
                 name=f"conv{n}",
             )(x)
             if n <= 2 and self.norm == "batchnorm":
-                x = batch_norm(train, self.dtype, name=f"bn{n}")(x)
+                x = batch_norm(train, self.dtype, self.param_dtype, f"bn{n}")(x)
             x = nn.relu(x)
             if n <= 2 and self.norm == "lrn":
                 x = LocalResponseNorm(name=f"lrn{n}")(x)
@@ -171,34 +194,10 @@ class AlexNet(ImageModel):
         x = Flatten(name="flatten")(x)
         for name in ("fc6", "fc7"):
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-            x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name=name)(x))
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc8")(x)
-
-
-def alexnet_layers(model: AlexNet, input_shape: tuple[int, ...]) -> list[Layer]:
-    trace = ShapeTrace(input_shape)
-    for i in range(5):
-        n = i + 1
-        with_bn = n <= 2 and model.norm == "batchnorm"
-        trace.conv(
-            f"conv{n}",
-            model.widths[i],
-            KERNELS[i],
-            STRIDES[i],
-            model.paddings[i],
-            bias=not with_bn,
-            groups=model.groups[i],
-        )
-        if with_bn:
-            trace.norm(f"bn{n}")
-        if n <= 2 and model.norm == "lrn":
-            trace.norm(f"lrn{n}", kind="lrn")
-        if n in (1, 2, 5):
-            trace.pool(f"pool{n}", 3, 2)
-    if model.adaptive_pool:
-        trace.adaptive_pool("avgpool", (6, 6))
-    trace.flatten("flatten").dense("fc6", model.hidden).dense("fc7", model.hidden)
-    return trace.dense("fc8", model.num_classes).layers
+            x = nn.relu(
+                nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
+            )
+        return self.classify(x)
 
 
 _IMAGENET = {"num_classes": 1000, "in_channels": 3}
@@ -206,7 +205,6 @@ _IMAGENET = {"num_classes": 1000, "in_channels": 3}
 register(
     "alexnet",
     AlexNet,
-    analytic=alexnet_layers,
     **_IMAGENET,
     reference_params=62_378_696,
     paper=f"{PAPER}; with batch norm as in the CMU 10-315 lecture",
@@ -215,7 +213,6 @@ register(
 register(
     "alexnet_2012",
     AlexNet,
-    analytic=alexnet_layers,
     **_IMAGENET,
     input_size=(227, 227),
     conv1_padding=0,
@@ -228,7 +225,6 @@ register(
 register(
     "alexnet_torchvision",
     AlexNet,
-    analytic=alexnet_layers,
     **_IMAGENET,
     widths=(64, 192, 384, 256, 256),
     norm="none",

@@ -18,9 +18,8 @@ from typing import ClassVar
 import flax.linen as nn
 import jax
 
-from zoo.analytic import Layer, ShapeTrace
 from zoo.errors import InvalidValueError
-from zoo.models.base import ImageModel
+from zoo.models.base import ImageModel, Stage
 from zoo.models.layers import Flatten, Reshape, check_positive
 from zoo.registry import register
 
@@ -56,13 +55,22 @@ class ConvAutoencoder(ImageModel):
         h, w = self.input_size
         return (h // 4, w // 4, self.widths[1])
 
+    @nn.nowrap
+    def feature_stages(self) -> tuple[Stage, ...]:
+        # The encoder's maps; the decoder rebuilds the image and is no backbone.
+        return (
+            Stage("encoder_conv1", "encoder_conv1", nn.relu),
+            Stage("encoder_conv2", "encoder_conv2", nn.relu),
+        )
+
     def setup(self) -> None:
-        conv = {"kernel_size": (3, 3), "strides": 2, "dtype": self.dtype}
+        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        conv = {"kernel_size": (3, 3), "strides": 2, **dtypes}
         self.encoder_conv1 = nn.Conv(self.widths[0], padding=((1, 1), (1, 1)), **conv)
         self.encoder_conv2 = nn.Conv(self.widths[1], padding=((1, 1), (1, 1)), **conv)
         self.encoder_flatten = Flatten()
-        self.latent = nn.Dense(self.latent_dim, dtype=self.dtype)
-        self.decoder_dense = nn.Dense(math.prod(self.code_shape), dtype=self.dtype)
+        self.latent = nn.Dense(self.latent_dim, **dtypes)
+        self.decoder_dense = nn.Dense(math.prod(self.code_shape), **dtypes)
         self.decoder_reshape = Reshape(self.code_shape)
         self.decoder_conv1 = nn.ConvTranspose(self.widths[0], padding="SAME", **conv)
         self.decoder_conv2 = nn.ConvTranspose(self.in_channels, padding="SAME", **conv)
@@ -84,22 +92,9 @@ class ConvAutoencoder(ImageModel):
         return self.decode(self.encode(x))
 
 
-def autoencoder_layers(model: ConvAutoencoder, input_shape: tuple[int, ...]) -> list[Layer]:
-    trace = ShapeTrace(input_shape)
-    trace.conv("encoder_conv1", model.widths[0], 3, 2, 1)
-    trace.conv("encoder_conv2", model.widths[1], 3, 2, 1)
-    trace.flatten("encoder_flatten").dense("latent", model.latent_dim)
-    trace.dense("decoder_dense", math.prod(model.code_shape))
-    trace.reshape("decoder_reshape", model.code_shape)
-    # Flax's "SAME" transposed convolution doubles the size: PyTorch's padding 1, output_padding 1.
-    trace.conv_transpose("decoder_conv1", model.widths[0], 3, 2, 1, 1)
-    return trace.conv_transpose("decoder_conv2", model.in_channels, 3, 2, 1, 1).layers
-
-
 register(
     "conv_autoencoder",
     ConvAutoencoder,
-    analytic=autoencoder_layers,
     task="reconstruction",
     num_classes=10,
     in_channels=1,

@@ -16,20 +16,20 @@ stride-2 subsample zero-padded to the new width, so they add no parameters.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 
-from zoo.analytic import Layer, ShapeTrace
 from zoo.errors import InvalidValueError
-from zoo.models.base import ImageModel
-from zoo.models.layers import batch_norm, check_choice, check_positive
+from zoo.models.base import ImageModel, Stage
+from zoo.models.layers import batch_norm, check_choice, check_positive, check_rate
 from zoo.models.resnet import (
     PAPER,
     SHORTCUTS,
     BasicBlock,
-    block_layers,
-    block_plan,
     he_normal,
+    residual_stages,
     stages_and_classifier,
 )
 from zoo.registry import register
@@ -43,6 +43,8 @@ class CifarResNet(ImageModel):
       widths: channels of the three stages.
       shortcut: "zero_pad" (option A, the paper's) or "projection" (option B).
       zero_init_residual: start each block's last BatchNorm scale at 0.
+      drop_path_rate: stochastic depth in training, rising linearly over the blocks from 0 to
+        this rate (see `zoo.models.resnet.drop_path_rates`). 0 (off) by default.
     """
 
     num_classes: int = 10
@@ -52,16 +54,25 @@ class CifarResNet(ImageModel):
     widths: tuple[int, ...] = (16, 32, 64)
     shortcut: str = "zero_pad"
     zero_init_residual: bool = False
+    drop_path_rate: float = 0.0
+
+    head_name: ClassVar[str] = "fc"
 
     def __post_init__(self) -> None:
         check_positive("CifarResNet", stage_sizes=self.stage_sizes, widths=self.widths)
         check_choice("CifarResNet", "shortcut", self.shortcut, SHORTCUTS)
+        check_rate("CifarResNet", "drop_path_rate", self.drop_path_rate)
         if len(self.stage_sizes) != len(self.widths):
             raise InvalidValueError(
                 f"CifarResNet: stage_sizes {self.stage_sizes!r} and widths "
                 f"{self.widths!r} need one entry per stage"
             )
         super().__post_init__()
+
+    @nn.nowrap
+    def feature_stages(self) -> tuple[Stage, ...]:
+        # No stem pool: the stem's last module is stem_bn, and the model applies relu after it.
+        return (Stage("stem", "stem_bn", nn.relu), *residual_stages(self.stage_sizes))
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -74,18 +85,11 @@ class CifarResNet(ImageModel):
             use_bias=False,
             kernel_init=he_normal,
             dtype=self.dtype,
+            param_dtype=self.param_dtype,
             name="stem_conv",
         )(x)
-        x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
+        x = nn.relu(batch_norm(train, self.dtype, self.param_dtype, "stem_bn")(x))
         return stages_and_classifier(self, x, train, BasicBlock, shortcut=self.shortcut)
-
-
-def cifar_resnet_layers(model: CifarResNet, input_shape: tuple[int, ...]) -> list[Layer]:
-    trace = ShapeTrace(input_shape)
-    trace.conv("stem_conv", model.widths[0], 3, 1, 1, bias=False).norm("stem_bn")
-    for name, width, stride in block_plan(model.stage_sizes, model.widths):
-        block_layers(trace, name, "basic", width, stride, model.shortcut)
-    return trace.global_pool("pool").dense("fc", model.num_classes).layers
 
 
 VARIANTS = {  # name: (n, parameter count of Table 6 with option A shortcuts)
@@ -100,7 +104,6 @@ for _name, (_n, _params) in VARIANTS.items():
     register(
         _name,
         CifarResNet,
-        analytic=cifar_resnet_layers,
         stage_sizes=(_n, _n, _n),
         reference_params=_params,
         paper=f"{PAPER}, Sec. 4.2, Table 6 (option A shortcuts)",

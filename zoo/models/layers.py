@@ -8,6 +8,7 @@ shapes and how feature extraction finds a stage by name.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo import analytic
+from zoo.analytic import Counts, Shape
 from zoo.errors import InvalidValueError
 
 Dtype = Any
@@ -32,6 +35,12 @@ def check_positive(model: str, **values: Any) -> None:
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items
         ):
             raise InvalidValueError(f"{model}: {name} must be positive integer(s), got {value!r}")
+
+
+def check_rate(model: str, name: str, value: Any) -> None:
+    """Raises `ValueError` unless `value` is a probability of dropping: a number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise InvalidValueError(f"{model}: {name} must be a number in [0, 1), got {value!r}")
 
 
 def check_choice(model: str, name: str, value: Any, choices: Sequence[Any]) -> None:
@@ -81,6 +90,10 @@ class MaxPool(nn.Module):
     window: int
     stride: int
     padding: int = 0
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        return analytic.pool(input_shape, self.window, self.stride, self.padding)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -210,12 +223,17 @@ class RowGemmConv(nn.Module):
     features: int
     kernel_size: int
     dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        return analytic.conv(input_shape, self.features, (self.kernel_size,) * 2)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         y = row_gemm_conv(x.astype(self.dtype), kernel.astype(self.dtype))
         return y + bias.astype(self.dtype)
 
@@ -226,6 +244,10 @@ class AvgPool(nn.Module):
     window: int
     stride: int
 
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        return analytic.pool(input_shape, self.window, self.stride, kind="avgpool")
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return nn.avg_pool(x, (self.window, self.window), (self.stride, self.stride))
@@ -234,6 +256,10 @@ class AvgPool(nn.Module):
 class GlobalAvgPool(nn.Module):
     """Mean over height and width: (N, H, W, C) -> (N, C)."""
 
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        return Counts("global_avgpool", (analytic.spatial(input_shape, "global_avgpool")[-1],))
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return jnp.mean(x, axis=(1, 2))
@@ -241,6 +267,10 @@ class GlobalAvgPool(nn.Module):
 
 class Flatten(nn.Module):
     """(N, ...) -> (N, prod(...)), in NHWC order (PyTorch flattens CHW: see the importer)."""
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        return Counts("flatten", (math.prod(input_shape),))
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -252,18 +282,77 @@ class Reshape(nn.Module):
 
     shape: tuple[int, ...]
 
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        if math.prod(input_shape) != math.prod(self.shape):
+            raise InvalidValueError(f"reshape: cannot reshape {input_shape} to {self.shape}")
+        return Counts("reshape", tuple(self.shape))
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return x.reshape(x.shape[0], *self.shape)
 
 
-def batch_norm(train: bool, dtype: Dtype, name: str, scale_init: Any = None) -> nn.BatchNorm:
-    """BatchNorm with PyTorch's constants (momentum 0.1 there is 0.9 here, eps 1e-5)."""
-    return nn.BatchNorm(
+class BatchNorm(nn.Module):
+    """`torch.nn.BatchNorm2d` for channels-last inputs (Ioffe & Szegedy 2015), statistics included.
+
+    Train mode normalises with the batch's biased variance and moves the running variance
+    towards the unbiased one, var * n / (n - 1) with n = N * H * W per channel, exactly as
+    PyTorch does (Flax's `nn.BatchNorm` keeps the biased one, which drifts from imported
+    torchvision statistics on small maps). The variables are `nn.BatchNorm`'s: params `scale`
+    and `bias`, batch_stats `mean` and `var` (float32), so checkpoints load either way.
+
+    Attributes:
+      use_running_average: normalise with the running statistics (eval) instead of the batch's.
+      momentum: the running statistics keep this share of their old value (PyTorch's momentum
+        is 1 - this: 0.9 here is its 0.1).
+      epsilon: added to the variance, PyTorch's eps.
+    """
+
+    use_running_average: bool = False
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    scale_init: Any = nn.initializers.ones
+    bias_init: Any = nn.initializers.zeros
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        return analytic.batchnorm(input_shape)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = (x.shape[-1],)
+        scale = self.param("scale", self.scale_init, channels, self.param_dtype)
+        bias = self.param("bias", self.bias_init, channels, self.param_dtype)
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, channels, jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, channels, jnp.float32)
+        if self.use_running_average:
+            mean, var = running_mean.value, running_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            batch = x.astype(jnp.float32)
+            mean = jnp.mean(batch, axes)
+            var = jnp.mean(jnp.square(batch - mean), axes)
+            if not self.is_initializing():
+                n = math.prod(x.shape[:-1])
+                unbiased = var * (n / max(n - 1, 1))
+                keep = self.momentum
+                running_mean.value = keep * running_mean.value + (1 - keep) * mean
+                running_var.value = keep * running_var.value + (1 - keep) * unbiased
+        y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.epsilon)
+        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+def batch_norm(
+    train: bool, dtype: Dtype, param_dtype: Dtype, name: str, scale_init: Any = None
+) -> BatchNorm:
+    """The zoo's BatchNorm with PyTorch's constants (momentum 0.1 there is 0.9 here, eps 1e-5)."""
+    return BatchNorm(
         use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-5,
         dtype=dtype,
+        param_dtype=param_dtype,
         scale_init=scale_init or nn.initializers.ones,
         name=name,
     )

@@ -18,6 +18,7 @@ Layer names follow the paper (c1, s2, c3, s4, c5, f6, output) so checkpoint keys
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 import flax.linen as nn
@@ -25,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo import formulas
-from zoo.analytic import Layer, ShapeTrace
-from zoo.models.base import ImageModel
+from zoo import analytic, formulas
+from zoo.analytic import Counts, Shape
+from zoo.models.base import ImageModel, Stage
 from zoo.models.layers import AvgPool, Flatten, RowGemmConv
 from zoo.registry import register
 
@@ -63,6 +64,17 @@ class LeNet5(ImageModel):
     input_size: tuple[int, int] = (32, 32)
 
     fixed_input_size: ClassVar[bool] = True
+    head_name: ClassVar[str] = "output"
+
+    @nn.nowrap
+    def feature_stages(self) -> tuple[Stage, ...]:
+        # tanh follows each convolution; the average pools' outputs are final.
+        return (
+            Stage("c1", "c1", nn.tanh),
+            Stage("s2", "s2"),
+            Stage("c3", "c3", nn.tanh),
+            Stage("s4", "s4"),
+        )
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -70,29 +82,14 @@ class LeNet5(ImageModel):
 
         def conv(features: int, name: str) -> RowGemmConv:
             # nn.Conv's parameters and values, ~1.5x faster on CPU with so few channels.
-            return RowGemmConv(features, 5, dtype=self.dtype, name=name)
+            return RowGemmConv(features, 5, self.dtype, self.param_dtype, name=name)
 
         x = AvgPool(2, 2, name="s2")(jnp.tanh(conv(6, "c1")(x)))
         x = AvgPool(2, 2, name="s4")(jnp.tanh(conv(16, "c3")(x)))
         x = Flatten(name="flatten")(x)
-        x = jnp.tanh(nn.Dense(120, dtype=self.dtype, name="c5")(x))
-        x = jnp.tanh(nn.Dense(84, dtype=self.dtype, name="f6")(x))
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="output")(x)
-
-
-def lenet5_layers(model: LeNet5, input_shape: tuple[int, ...]) -> list[Layer]:
-    return (
-        ShapeTrace(input_shape)
-        .conv("c1", 6, 5)
-        .pool("s2", 2, kind="avgpool")
-        .conv("c3", 16, 5)
-        .pool("s4", 2, kind="avgpool")
-        .flatten("flatten")
-        .dense("c5", 120)
-        .dense("f6", 84)
-        .dense("output", model.num_classes)
-        .layers
-    )
+        x = jnp.tanh(nn.Dense(120, dtype=self.dtype, param_dtype=self.param_dtype, name="c5")(x))
+        x = jnp.tanh(nn.Dense(84, dtype=self.dtype, param_dtype=self.param_dtype, name="f6")(x))
+        return self.classify(x)
 
 
 def squash(a: jax.Array) -> jax.Array:
@@ -104,12 +101,18 @@ class Subsampling(nn.Module):
     """S2/S4: each 2x2 sum times a trainable coefficient plus a trainable bias, per map."""
 
     dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        pooled = analytic.pool(input_shape, 2, 2, kind="subsample")
+        return dataclasses.replace(pooled, params=2 * input_shape[-1])
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         channels = x.shape[-1]
-        coefficient = self.param("coefficient", nn.initializers.ones, (channels,))
-        bias = self.param("bias", nn.initializers.zeros, (channels,))
+        coefficient = self.param("coefficient", nn.initializers.ones, (channels,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
         window_sum = nn.avg_pool(x, (2, 2), (2, 2)) * 4
         return window_sum * coefficient.astype(self.dtype) + bias.astype(self.dtype)
 
@@ -125,6 +128,21 @@ class PartialConv(nn.Module):
     connections: tuple[tuple[int, ...], ...]
     kernel_size: int = 5
     dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        # One K x K kernel per connection: a convolution of the connected maps, one per group.
+        h, w, _ = analytic.spatial(input_shape, "partial_conv")
+        k, fan_in = self.kernel_size, sum(map(len, self.connections))
+        oh, ow = (formulas.conv_output_size(n, k) for n in (h, w))
+        return Counts(
+            "partial_conv",
+            (oh, ow, len(self.connections)),
+            formulas.conv_params(fan_in, fan_in, k, groups=fan_in, bias=False)
+            + len(self.connections),
+            formulas.conv_macs(oh, ow, fan_in, fan_in, k, groups=fan_in),
+        )
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -132,9 +150,12 @@ class PartialConv(nn.Module):
         outputs = np.array([j for j, c in enumerate(self.connections) for _ in c])
         k, features = self.kernel_size, len(self.connections)
         kernel = self.param(
-            "kernel", nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=()), (k, k, len(inputs))
+            "kernel",
+            nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=()),
+            (k, k, len(inputs)),
+            self.param_dtype,
         )
-        bias = self.param("bias", nn.initializers.zeros, (features,))
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
         dense = jnp.zeros((k, k, x.shape[-1], features), kernel.dtype)
         dense = dense.at[:, :, inputs, outputs].set(kernel)
         y = jax.lax.conv_general_dilated(
@@ -154,18 +175,50 @@ class LeNet5_1998(ImageModel):
     input_size: tuple[int, int] = (32, 32)
 
     fixed_input_size: ClassVar[bool] = True
+    head_name: ClassVar[str] = "output"
+
+    @nn.nowrap
+    def head(self) -> nn.Module:
+        return RBFOutput(self.num_classes, name=self.head_name)
+
+    @nn.nowrap
+    def feature_stages(self) -> tuple[Stage, ...]:
+        # The paper squashes every layer's output, the subsampling layers' included.
+        return tuple(Stage(name, name, squash) for name in ("c1", "s2", "c3", "s4"))
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(x)
-        x = squash(nn.Conv(6, (5, 5), padding="VALID", dtype=self.dtype, name="c1")(x))
-        x = squash(Subsampling(self.dtype, name="s2")(x))
-        x = squash(PartialConv(C3_CONNECTIONS, dtype=self.dtype, name="c3")(x))
-        x = squash(Subsampling(self.dtype, name="s4")(x))
-        x = squash(nn.Conv(120, (5, 5), padding="VALID", dtype=self.dtype, name="c5")(x))
+        x = squash(
+            nn.Conv(
+                6,
+                (5, 5),
+                padding="VALID",
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="c1",
+            )(x)
+        )
+        x = squash(Subsampling(self.dtype, self.param_dtype, name="s2")(x))
+        x = squash(
+            PartialConv(C3_CONNECTIONS, dtype=self.dtype, param_dtype=self.param_dtype, name="c3")(
+                x
+            )
+        )
+        x = squash(Subsampling(self.dtype, self.param_dtype, name="s4")(x))
+        x = squash(
+            nn.Conv(
+                120,
+                (5, 5),
+                padding="VALID",
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="c5",
+            )(x)
+        )
         x = Flatten(name="flatten")(x)
-        x = squash(nn.Dense(84, dtype=self.dtype, name="f6")(x))
-        return RBFOutput(self.num_classes, name="output")(x)
+        x = squash(nn.Dense(84, dtype=self.dtype, param_dtype=self.param_dtype, name="f6")(x))
+        return self.classify(x)
 
 
 class RBFOutput(nn.Module):
@@ -176,6 +229,11 @@ class RBFOutput(nn.Module):
     """
 
     num_classes: int
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        (width,) = input_shape
+        return Counts("rbf", (self.num_classes,), macs=width * self.num_classes)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -188,32 +246,9 @@ def rbf_centres(num_classes: int, width: int) -> np.ndarray:
     return np.random.default_rng(1998).choice([-1.0, 1.0], size=(num_classes, width))
 
 
-def lenet5_1998_layers(model: LeNet5_1998, input_shape: tuple[int, ...]) -> list[Layer]:
-    trace = ShapeTrace(input_shape).conv("c1", 6, 5).subsample("s2")
-    h, w, _ = trace.shape
-    oh, ow = formulas.conv_output_size(h, 5), formulas.conv_output_size(w, 5)
-    fan_in = sum(len(c) for c in C3_CONNECTIONS)
-    trace.layer(
-        "c3",
-        "partial_conv",
-        (oh, ow, len(C3_CONNECTIONS)),
-        params=fan_in * 25 + len(C3_CONNECTIONS),
-        macs=oh * ow * fan_in * 25,
-    )
-    return (
-        trace.subsample("s4")
-        .conv("c5", 120, 5)
-        .flatten("flatten")
-        .dense("f6", 84)
-        .layer("output", "rbf", (model.num_classes,), macs=84 * model.num_classes)
-        .layers
-    )
-
-
 register(
     "lenet5",
     LeNet5,
-    analytic=lenet5_layers,
     in_channels=1,
     reference_params=61_706,
     paper="LeNet-5 as listed in the CMU 10-315 lecture (after LeCun et al. 1998, Fig. 2)",
@@ -222,7 +257,6 @@ register(
 register(
     "lenet5_1998",
     LeNet5_1998,
-    analytic=lenet5_1998_layers,
     in_channels=1,
     reference_params=60_000,
     paper=PAPER_1998,

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from zoo.analytic import Layer, ShapeTrace
+from zoo.errors import InvalidValueError
 from zoo.models.base import ImageModel
 from zoo.models.layers import Flatten, check_choice, check_positive
 from zoo.registry import register
@@ -34,10 +34,17 @@ class MLP(ImageModel):
     activation: str = "tanh"
 
     fixed_input_size: ClassVar[bool] = True
+    head_name: ClassVar[str] = "classifier"
 
     def __post_init__(self) -> None:
         if self.hidden:
             check_positive("MLP", hidden=self.hidden)
+        elif self.num_classes == 0:
+            # Its "features" would be the flattened pixels: a model with nothing to train.
+            raise InvalidValueError(
+                "MLP: num_classes=0 needs a hidden layer, whose output is the features; "
+                "logistic regression (hidden=()) has none"
+            )
         check_choice("MLP", "activation", self.activation, tuple(ACTIVATIONS))
         super().__post_init__()
 
@@ -47,16 +54,11 @@ class MLP(ImageModel):
         x = Flatten(name="flatten")(x)
         for i, width in enumerate(self.hidden):
             x = ACTIVATIONS[self.activation](
-                nn.Dense(width, dtype=self.dtype, name=f"hidden{i}")(x)
+                nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name=f"hidden{i}")(
+                    x
+                )
             )
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
-
-
-def mlp_layers(model: MLP, input_shape: tuple[int, ...]) -> list[Layer]:
-    trace = ShapeTrace(input_shape).flatten("flatten")
-    for i, width in enumerate(model.hidden):
-        trace.dense(f"hidden{i}", width)
-    return trace.dense("classifier", model.num_classes).layers
+        return self.classify(x)
 
 
 _MNIST = {"num_classes": 10, "in_channels": 1, "input_size": (28, 28)}
@@ -64,7 +66,6 @@ _MNIST = {"num_classes": 10, "in_channels": 1, "input_size": (28, 28)}
 register(
     "logistic_regression",
     MLP,
-    analytic=mlp_layers,
     hidden=(),
     **_MNIST,
     reference_params=7_850,
@@ -74,7 +75,6 @@ register(
 register(
     "mlp",
     MLP,
-    analytic=mlp_layers,
     hidden=(2,),
     **_MNIST,
     paper="One hidden layer of two neurons, a 2-D hidden representation (CMU 10-315 lecture)",

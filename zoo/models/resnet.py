@@ -26,14 +26,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from zoo.analytic import Layer, ShapeTrace
-from zoo.models.base import ImageModel
+from zoo import formulas
+from zoo.analytic import Counts, Shape, spatial
+from zoo.models.base import ImageModel, Stage
 from zoo.models.layers import (
     GlobalAvgPool,
     MaxPool,
     batch_norm,
     check_choice,
     check_positive,
+    check_rate,
     explicit_padding,
 )
 from zoo.registry import register
@@ -49,6 +51,13 @@ class ZeroPadShortcut(nn.Module):
     features: int
     stride: int
 
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        h, w, _ = spatial(input_shape, "zero_pad")
+        # Every stride-th pixel: the output size of a 1x1 window at that stride.
+        size = [formulas.conv_output_size(n, 1, self.stride) for n in (h, w)]
+        return Counts("zero_pad", (*size, self.features))
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x[:, :: self.stride, :: self.stride, :]
@@ -63,9 +72,20 @@ class _ResidualBlock(nn.Module):
     stride: int = 1
     shortcut: str = "projection"
     zero_init_residual: bool = False
+    drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     expansion: ClassVar[int] = 1
+    # The block's own row (the add) follows its layers' rows in the analytic summary.
+    describes_after_children: ClassVar[bool] = True
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        h, w, _ = spatial(input_shape, "residual_add")
+        # Both blocks stride once, on a 3x3 convolution padded by 1.
+        size = [formulas.conv_output_size(n, 3, self.stride, 1) for n in (h, w)]
+        return Counts("residual_add", (*size, self.features * self.expansion))
 
     def conv(self, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
         return nn.Conv(
@@ -76,12 +96,14 @@ class _ResidualBlock(nn.Module):
             use_bias=False,
             kernel_init=he_normal,
             dtype=self.dtype,
+            param_dtype=self.param_dtype,
             name=name,
         )
 
     def norm(self, train: bool, name: str, last: bool = False) -> nn.BatchNorm:
         zero = last and self.zero_init_residual
-        return batch_norm(train, self.dtype, name, nn.initializers.zeros if zero else None)
+        zero_init = nn.initializers.zeros if zero else None
+        return batch_norm(train, self.dtype, self.param_dtype, name, zero_init)
 
     def add_shortcut(self, x: jax.Array, residual: jax.Array, train: bool) -> jax.Array:
         out_features = self.features * self.expansion
@@ -91,7 +113,23 @@ class _ResidualBlock(nn.Module):
             else:
                 x = self.conv(out_features, 1, self.stride, "downsample_conv")(x)
                 x = self.norm(train, "downsample_bn")(x)
+        if train and self.drop_path_rate > 0:
+            residual = drop_path(residual, self.drop_path_rate, self.make_rng("dropout"))
         return nn.relu(residual + x)
+
+
+def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+    """Stochastic depth (Huang et al. 2016, "Deep Networks with Stochastic Depth"): each
+    example's residual branch is dropped with probability `rate`, and kept ones are scaled by
+    1 / (1 - rate) so the expectation is the eval-mode branch (timm's `drop_path`)."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+
+
+def drop_path_rates(blocks: int, rate: float) -> tuple[float, ...]:
+    """timm's schedule: block i of `blocks` drops with rate * i / (blocks - 1), 0 to `rate`."""
+    return tuple(rate * i / max(blocks - 1, 1) for i in range(blocks))
 
 
 def needs_projection(in_features: int, out_features: int, stride: int) -> bool:
@@ -133,6 +171,14 @@ def block_plan(
             yield f"stage{i + 1}_block{j}", width, 2 if i > 0 and j == 0 else 1
 
 
+def residual_stages(stage_sizes: tuple[int, ...]) -> tuple[Stage, ...]:
+    """stageN is the output of stage N's last block (post-relu, as every block ends)."""
+    return tuple(
+        Stage(f"stage{i + 1}", f"stage{i + 1}_block{blocks - 1}")
+        for i, blocks in enumerate(stage_sizes)
+    )
+
+
 def stages_and_classifier(
     model: nn.Module, x: jax.Array, train: bool, block: type[_ResidualBlock], **options: Any
 ) -> jax.Array:
@@ -140,41 +186,20 @@ def stages_and_classifier(
 
     Called inside `model`'s compact `__call__`, so the blocks become its submodules.
     """
-    for name, width, stride in block_plan(model.stage_sizes, model.widths):
+    plan = tuple(block_plan(model.stage_sizes, model.widths))
+    rates = drop_path_rates(len(plan), model.drop_path_rate)
+    for (name, width, stride), rate in zip(plan, rates, strict=True):
         x = block(
             width,
             stride=stride,
             zero_init_residual=model.zero_init_residual,
+            drop_path_rate=rate,
             dtype=model.dtype,
+            param_dtype=model.param_dtype,
             name=name,
             **options,
         )(x, train)
-    x = GlobalAvgPool(name="pool")(x)
-    return nn.Dense(model.num_classes, dtype=model.dtype, name="fc")(x)
-
-
-def block_layers(
-    trace: ShapeTrace, name: str, block: str, features: int, stride: int, shortcut: str
-) -> None:
-    """Appends one residual block's layers (the analytic twin of `BasicBlock`/`Bottleneck`)."""
-    in_shape = trace.shape
-    inner = trace.fork()
-    if block == "basic":
-        inner.conv(f"{name}/conv1", features, 3, stride, 1, bias=False).norm(f"{name}/bn1")
-        inner.conv(f"{name}/conv2", features, 3, 1, 1, bias=False).norm(f"{name}/bn2")
-    else:
-        inner.conv(f"{name}/conv1", features, 1, bias=False).norm(f"{name}/bn1")
-        inner.conv(f"{name}/conv2", features, 3, stride, 1, bias=False).norm(f"{name}/bn2")
-        inner.conv(f"{name}/conv3", features * 4, 1, bias=False).norm(f"{name}/bn3")
-    if needs_projection(in_shape[-1], inner.shape[-1], stride):
-        side = ShapeTrace(in_shape, trace.layers)
-        if shortcut == "zero_pad":
-            h, w = inner.shape[:2]
-            side.layer(f"{name}/shortcut", "zero_pad", (h, w, inner.shape[-1]))
-        else:
-            side.conv(f"{name}/downsample_conv", inner.shape[-1], 1, stride, bias=False)
-            side.norm(f"{name}/downsample_bn")
-    trace.layer(name, "residual_add", inner.shape)
+    return model.classify(GlobalAvgPool(name="pool")(x))
 
 
 class ResNet(ImageModel):
@@ -186,6 +211,8 @@ class ResNet(ImageModel):
       width: channels of the stem and of the first stage; each stage doubles it.
       zero_init_residual: start each block's last BatchNorm scale at 0, so every block starts as
         the identity (Goyal et al. 2017); off by default, like torchvision.
+      drop_path_rate: stochastic depth in training, rising linearly over the blocks from 0 to
+        this rate (`drop_path_rates`); needs a 'dropout' rng. 0 (off) by default.
     """
 
     num_classes: int = 1000
@@ -195,9 +222,13 @@ class ResNet(ImageModel):
     block: str = "basic"
     width: int = 64
     zero_init_residual: bool = False
+    drop_path_rate: float = 0.0
+
+    head_name: ClassVar[str] = "fc"
 
     def __post_init__(self) -> None:
         check_positive("ResNet", stage_sizes=self.stage_sizes, width=self.width)
+        check_rate("ResNet", "drop_path_rate", self.drop_path_rate)
         check_choice("ResNet", "block", self.block, tuple(BLOCKS))
         super().__post_init__()
 
@@ -205,6 +236,11 @@ class ResNet(ImageModel):
     def widths(self) -> tuple[int, ...]:
         """Channels of each stage (times 4 after a bottleneck): the width, doubling."""
         return tuple(self.width * 2**i for i in range(len(self.stage_sizes)))
+
+    @nn.nowrap
+    def feature_stages(self) -> tuple[Stage, ...]:
+        # The stem pool's input is already relu(stem_bn); each block ends in its own relu.
+        return (Stage("stem", "stem_pool"), *residual_stages(self.stage_sizes))
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -217,20 +253,12 @@ class ResNet(ImageModel):
             use_bias=False,
             kernel_init=he_normal,
             dtype=self.dtype,
+            param_dtype=self.param_dtype,
             name="stem_conv",
         )(x)
-        x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
+        x = nn.relu(batch_norm(train, self.dtype, self.param_dtype, "stem_bn")(x))
         x = MaxPool(3, 2, 1, name="stem_pool")(x)
         return stages_and_classifier(self, x, train, BLOCKS[self.block])
-
-
-def resnet_layers(model: ResNet, input_shape: tuple[int, ...]) -> list[Layer]:
-    trace = ShapeTrace(input_shape)
-    trace.conv("stem_conv", model.width, 7, 2, 3, bias=False).norm("stem_bn")
-    trace.pool("stem_pool", 3, 2, 1)
-    for name, width, stride in block_plan(model.stage_sizes, model.widths):
-        block_layers(trace, name, model.block, width, stride, "projection")
-    return trace.global_pool("pool").dense("fc", model.num_classes).layers
 
 
 VARIANTS = {  # name: (block, stage sizes, torchvision's parameter count at 1000 classes)
@@ -245,7 +273,6 @@ for _name, (_block, _stages, _params) in VARIANTS.items():
     register(
         _name,
         ResNet,
-        analytic=resnet_layers,
         block=_block,
         stage_sizes=_stages,
         num_classes=1000,
