@@ -13,7 +13,7 @@ from zoo.errors import InvalidValueError
 from zoo.hub import CheckpointNotFoundError, latest_step, registry_root
 from zoo.hub.paths import check_name, check_step, committed_steps, step_dir
 from zoo.hub.records import read_meta
-from zoo.plot.figure import new_figure, output_path, save_figure
+from zoo.plot.figure import checkpoint_picture, new_figure, output_path, save_figure
 
 PANEL_WIDTH = 5.5
 HEIGHT = 4.25
@@ -34,13 +34,17 @@ def curves(
 
     The epochs come from `log` (a `zoo train` JSONL metrics file) when given, else from the
     history saved with checkpoint `name` (its latest step, or `step`). Reconstruction runs, which
-    log no accuracy, get the loss panel only. Writes `out`, else plots/<name>-curves.png.
+    log no accuracy, get the loss panel only. Writes `out`, else
+    plots/<registry folder>/<name>-step_<N>-curves.png for a checkpoint's history and
+    plots/<name>-curves.png for a log.
     """
-    path = output_path(out, f"{name}-curves.png")
     if log is not None:
+        path = output_path(out, f"{name}-curves.png")
         history, source = read_log(log), f"log {log}"
     else:
-        history, source = saved_history(name, step, registry)
+        folder = saved_step(name, step, registry)
+        path = output_path(out, checkpoint_picture(folder, "curves"))
+        history, source = saved_history(folder), f"the history saved in {folder.name}"
     metrics = [metric for metric in METRICS if _has(history, f"val_{metric}")]
     if not metrics:
         raise InvalidValueError(f"{source}: the epoch records hold no val_loss to plot")
@@ -54,13 +58,8 @@ def curves(
     return save_figure(figure, path)
 
 
-def saved_history(
-    name: str, step: int | None, registry: str | os.PathLike | None
-) -> tuple[list[dict[str, Any]], str]:
-    """The epoch records saved with `name` and a description of where they came from.
-
-    Reads the step's metadata file only: plotting curves needs no weights restored.
-    """
+def saved_step(name: str, step: int | None, registry: str | os.PathLike | None) -> Path:
+    """The folder of checkpoint `name`'s latest step, or of `step`."""
     name_dir = registry_root(registry) / check_name(name)
     chosen = latest_step(name, registry) if step is None else check_step(step)
     if chosen is None or chosen not in committed_steps(name_dir):
@@ -69,13 +68,19 @@ def saved_history(
             f"no {what} in {registry_root(registry)} (see `zoo checkpoints`); to plot a run's "
             "JSONL log instead, pass --log FILE"
         )
-    history = read_meta(step_dir(name_dir, chosen)).get("history")
+    return step_dir(name_dir, chosen)
+
+
+def saved_history(step_folder: Path) -> list[dict[str, Any]]:
+    """The epoch records saved with a step, from its metadata file only (no weights restored)."""
+    history = read_meta(step_folder).get("history")
     if not history:
+        name = step_folder.parent.name
         raise InvalidValueError(
-            f"{name} step {chosen} has no meta['history'] (saved before runs recorded it); "
+            f"{name} {step_folder.name} has no meta['history'] (saved before runs recorded it); "
             f"pass its metrics log, e.g. --log runs/{name}.jsonl"
         )
-    return history, f"the history saved with step {chosen}"
+    return history
 
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
