@@ -27,21 +27,23 @@ DIGITS = Preprocessing((28, 28, 1), (32, 32, 1), (0.13,), (0.31,))
 PHOTOS = Preprocessing((32, 32, 3), (32, 32, 3), (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
 
 
-def png_declaring(path: Path, width: int, height: int) -> Path:
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_declaring(path: Path, width: int, height: int, *extra_chunks: bytes) -> Path:
     """A valid PNG header for a 1-bit `width` x `height` image, followed by one row of data.
 
     Tens of bytes that declare any size: what the size check must refuse without decoding.
     """
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     row = zlib.compress(b"\0" * (1 + -(-width // 8)))
     path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", row) + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + b"".join(extra_chunks)
+        + png_chunk(b"IDAT", row)
+        + png_chunk(b"IEND", b"")
     )
     return path
 
@@ -98,6 +100,11 @@ def test_bad_image_files_are_named_errors(tmp_path):
         raw_image(tmp_path / "missing.png")
     with pytest.raises(InvalidValueError, match=r"text\.png: not an image file PIL can read"):
         raw_image(tmp_path / "text.png")
+    # A 100 kB text chunk that inflates to 100 MB: PIL refuses it while opening the file.
+    comment = png_chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"a" * 100_000_000))
+    png_declaring(tmp_path / "text-bomb.png", 8, 8, comment)
+    with pytest.raises(InvalidValueError, match=r"text-bomb\.png: cannot decode the image"):
+        raw_image(tmp_path / "text-bomb.png")
 
 
 def npy_header_only(path: Path, shape: tuple[int, ...], dtype: str = "|u1") -> Path:
@@ -114,6 +121,7 @@ def test_npy_files_are_checked_by_their_header_and_named(tmp_path):
     (tmp_path / "text.npy").write_text("1 2 3\n")
     (tmp_path / "empty.npy").write_bytes(b"")
     npy_header_only(tmp_path / "huge.npy", (MAX_NPY_VALUES + 1,))
+    npy_header_only(tmp_path / "overflow.npy", (2**32, 2**32))  # 2**64 values wrap in int64
     npy_header_only(tmp_path / "truncated.npy", (10, 28, 28))
     np.save(tmp_path / "float.npy", np.zeros((8, 8), np.float32))
 
@@ -122,6 +130,7 @@ def test_npy_files_are_checked_by_their_header_and_named(tmp_path):
         ("text.npy", "not a readable .npy file"),
         ("empty.npy", "not a readable .npy file"),
         ("huge.npy", f"an array of shape .* larger than the {MAX_NPY_VALUES:,} the zoo reads"),
+        ("overflow.npy", f"an array of shape .* larger than the {MAX_NPY_VALUES:,} the zoo reads"),
         ("truncated.npy", "a truncated or corrupt .npy file"),
         ("float.npy", "expected raw uint8 images \\(0..255\\), got float32"),
     ]:

@@ -13,8 +13,11 @@ the same way against `MAX_NPY_VALUES` before its data is loaded.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -64,14 +67,8 @@ def read_image_file(path: Path) -> np.ndarray:
     with warnings.catch_warnings():
         # PIL's alarm fires only far above MAX_PIXELS, which the size check below refuses.
         warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
-        try:
+        with _named_errors(path):
             image = PIL.Image.open(path)
-        except PIL.UnidentifiedImageError:
-            raise InvalidValueError(f"{path}: not an image file PIL can read, nor a .npy") from None
-        except PIL.Image.DecompressionBombError as error:
-            raise InvalidValueError(
-                f"{path}: too large to read ({error}); the zoo reads at most {MAX_PIXELS:,} pixels"
-            ) from None
     with image:
         width, height = image.size
         if width * height > MAX_PIXELS:
@@ -79,19 +76,25 @@ def read_image_file(path: Path) -> np.ndarray:
                 f"{path}: a {width}x{height} image ({width * height:,} pixels) is larger than "
                 f"the {MAX_PIXELS:,} pixels the zoo reads (zoo.images.MAX_PIXELS); shrink it first"
             )
-        try:
-            image = image if image.mode in ("L", "RGB") else image.convert("RGB")
-            return np.asarray(image)
-        except (
-            OSError,
-            SyntaxError,
-            ValueError,
-            EOFError,
-            PIL.Image.DecompressionBombError,
-        ) as error:
-            # PIL reports a truncated or corrupt stream with any of these, and a frame (of a GIF,
-            # say) larger than the header's size as a bomb.
-            raise InvalidValueError(f"{path}: cannot decode the image ({error})") from None
+        with _named_errors(path):
+            return np.asarray(image if image.mode in ("L", "RGB") else image.convert("RGB"))
+
+
+@contextlib.contextmanager
+def _named_errors(path: Path) -> Iterator[None]:
+    """PIL's errors about a file, opening or decoding it, as one InvalidValueError naming it."""
+    try:
+        yield
+    except PIL.UnidentifiedImageError:
+        raise InvalidValueError(f"{path}: not an image file PIL can read, nor a .npy") from None
+    except PIL.Image.DecompressionBombError as error:
+        # Above twice PIL's own limit, at open; or a frame (of a GIF, say) larger than the header.
+        raise InvalidValueError(
+            f"{path}: too large to read ({error}); the zoo reads at most {MAX_PIXELS:,} pixels"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        # A truncated or corrupt stream, or an oversized text chunk (PIL's MAX_TEXT_CHUNK).
+        raise InvalidValueError(f"{path}: cannot decode the image ({error})") from None
 
 
 def read_npy(path: Path) -> np.ndarray:
@@ -113,7 +116,7 @@ def read_npy(path: Path) -> np.ndarray:
     except ValueError as error:
         raise InvalidValueError(f"{path}: not a readable .npy file ({error})") from None
     _check_raw(dtype, str(path))
-    values = int(np.prod(shape))
+    values = math.prod(shape)  # Python ints: a declared shape cannot overflow past the check.
     if values > MAX_NPY_VALUES:
         raise InvalidValueError(
             f"{path}: an array of shape {shape} ({values:,} values) is larger than the "
