@@ -11,6 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+import zoo.cli.hub
 from zoo.cli import main
 from zoo.cli.hub import INVERTED_NOTE, read_images
 from zoo.data import load_dataset
@@ -33,7 +34,8 @@ def predicted_classes(out: str) -> list[int]:
     return [int(line.split("class ")[1].split()[0]) for line in out.splitlines()]
 
 
-def test_black_on_white_digits_are_inverted_with_a_note(digits, tmp_path, capsys):
+def test_black_on_white_digits_are_inverted_with_a_note(digits, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(zoo.cli.hub, "PREDICT_BATCH", 16)  # 60 digits: 3 whole slices and a part
     images, labels = digits
     np.save(tmp_path / "white.npy", 255 - images)  # black strokes on white paper
     np.save(tmp_path / "black.npy", images)
@@ -45,6 +47,9 @@ def test_black_on_white_digits_are_inverted_with_a_note(digits, tmp_path, capsys
     white, black, png = lines[:DIGITS], lines[DIGITS:-1], lines[-1]
     assert all(line.endswith(INVERTED_NOTE) for line in [*white, png])
     assert not any(INVERTED_NOTE in line for line in black)
+    assert [line.split(":")[0] for line in white] == [
+        f"{tmp_path / 'white.npy'}[{i}]" for i in range(DIGITS)
+    ]
     white_classes, black_classes = (predicted_classes("\n".join(part)) for part in (white, black))
     assert white_classes == black_classes
     assert np.mean(np.array(white_classes) == labels) >= 0.95

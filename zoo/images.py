@@ -162,10 +162,11 @@ def on_training_background(
     """
     if max(preprocessing.mean) >= DARK_TRAINING_MEAN:
         return images, np.zeros(len(images), bool)
-    x = images.astype(np.float32) / 255.0
     # (N, 2W + 2(H - 2), C): each border pixel once.
-    border = np.concatenate([x[:, 0], x[:, -1], x[:, 1:-1, 0], x[:, 1:-1, -1]], axis=1)
-    light = border.mean(axis=(1, 2)) > LIGHT_BORDER
+    border = np.concatenate(
+        [images[:, 0], images[:, -1], images[:, 1:-1, 0], images[:, 1:-1, -1]], axis=1
+    )
+    light = border.mean(axis=(1, 2)) / 255.0 > LIGHT_BORDER
     return np.where(light[:, None, None, None], 255 - images, images), light
 
 

@@ -15,6 +15,7 @@ from zoo.hub import CheckpointRecord, list_checkpoints, load, registry_root
 from zoo.images import converted, image_batch, is_npy, on_training_background, raw_image, read_npy
 from zoo.registry import model_info
 
+PREDICT_BATCH = 256
 INVERTED_NOTE = " (light background: inverted to match the dark training images)"
 
 
@@ -102,15 +103,16 @@ def run_predict(args: argparse.Namespace) -> int:
             f"{args.name} step {model.step} has no recorded preprocessing, so raw "
             "images cannot be turned into its inputs"
         )
-    # Every file is read before anything is computed: a bad last file fails at once.
-    batches = [read_images(path, model.preprocessing.source_shape) for path in args.files]
-    for path, images in zip(args.files, batches, strict=True):
+    for path in args.files:
+        images = read_images(path, model.preprocessing.source_shape)
         images, inverted = on_training_background(images, model.preprocessing)
-        probabilities = np.asarray(jax.nn.softmax(model.logits(images), axis=-1))
-        for i, p in enumerate(probabilities):
-            label = f"{path}[{i}]" if is_npy(path) else str(path)
-            note = INVERTED_NOTE if inverted[i] else ""
-            print(f"{label}: class {int(p.argmax())} (p={p.max():.3f}){note}")
+        # In slices: the activations of a whole file's batch could take gigabytes.
+        for start in range(0, len(images), PREDICT_BATCH):
+            logits = model.logits(images[start : start + PREDICT_BATCH])
+            for i, p in enumerate(np.asarray(jax.nn.softmax(logits, axis=-1)), start):
+                label = f"{path}[{i}]" if is_npy(path) else str(path)
+                note = INVERTED_NOTE if inverted[i] else ""
+                print(f"{label}: class {int(p.argmax())} (p={p.max():.3f}){note}")
     return 0
 
 
