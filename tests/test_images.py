@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import zlib
@@ -78,6 +79,14 @@ def test_any_declared_size_above_the_limit_is_refused_before_decoding(tmp_path, 
         raw_image(path)
 
 
+def test_one_image_in_a_npy_or_an_array_has_the_same_limit(tmp_path):
+    np.save(tmp_path / "tall.npy", np.zeros((4097, 4096), np.uint8))  # fewer than MAX_NPY_VALUES
+    with pytest.raises(InvalidValueError, match=rf"tall\.npy: a 4096x4097 image .*{MAX_PIXELS:,}"):
+        raw_image(tmp_path / "tall.npy")
+    with pytest.raises(InvalidValueError, match=rf"the image array: .*{MAX_PIXELS:,}"):
+        raw_image(np.zeros((1, MAX_PIXELS + 1, 3), np.uint8))
+
+
 def test_an_image_at_the_limit_is_read(tmp_path):
     path = tmp_path / "limit.png"
     PIL.Image.new("L", (MAX_PIXELS // 1024, 1024), 200).save(path)
@@ -98,6 +107,10 @@ def test_bad_image_files_are_named_errors(tmp_path):
         raw_image(tmp_path / "folder.png")
     with pytest.raises(NotFoundError, match=r"missing\.png: no such file"):
         raw_image(tmp_path / "missing.png")
+    if hasattr(os, "mkfifo"):  # PIL would wait forever on a pipe nothing writes to.
+        os.mkfifo(tmp_path / "pipe.png")
+        with pytest.raises(InvalidValueError, match=r"pipe\.png: not a regular file"):
+            raw_image(tmp_path / "pipe.png")
     with pytest.raises(InvalidValueError, match=r"text\.png: not an image file PIL can read"):
         raw_image(tmp_path / "text.png")
     # A 100 kB text chunk that inflates to 100 MB: PIL refuses it while opening the file.

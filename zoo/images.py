@@ -28,8 +28,9 @@ from zoo.preprocessing import Preprocessing
 
 ImageSource = np.ndarray | str | os.PathLike
 
-# 4096 x 4096: above the 12-24 megapixels of a camera photo, while the zoo's models take at most
-# 224 x 224; a fifth of PIL's own alarm (89 M pixels), which only warns.
+# The most pixels of any one image, from a file or an array: 4096 x 4096, above a 12-megapixel
+# phone photo while the zoo's models take at most 224 x 224, and about a fifth of PIL's own alarm
+# (89 M pixels, which only warns). Decoded, an RGB image this size is 48 MiB.
 MAX_PIXELS = 4096 * 4096
 # A .npy of raw images holds at most the values of the largest RGB image allowed (48 MiB of uint8,
 # 64k MNIST digits).
@@ -70,12 +71,7 @@ def read_image_file(path: Path) -> np.ndarray:
         with _named_errors(path):
             image = PIL.Image.open(path)
     with image:
-        width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise InvalidValueError(
-                f"{path}: a {width}x{height} image ({width * height:,} pixels) is larger than "
-                f"the {MAX_PIXELS:,} pixels the zoo reads (zoo.images.MAX_PIXELS); shrink it first"
-            )
+        _check_size(*image.size, str(path))
         with _named_errors(path):
             return np.asarray(image if image.mode in ("L", "RGB") else image.convert("RGB"))
 
@@ -189,8 +185,18 @@ def grey(image: np.ndarray) -> np.ndarray:
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise NotFoundError(f"{path}: no such file")
-    if not path.is_file():
+    if path.is_dir():
         raise InvalidValueError(f"{path}: a folder, not an image file or .npy")
+    if not path.is_file():  # A device or a pipe could be read without end.
+        raise InvalidValueError(f"{path}: not a regular file, as an image file or .npy is")
+
+
+def _check_size(width: int, height: int, what: str) -> None:
+    if width * height > MAX_PIXELS:
+        raise InvalidValueError(
+            f"{what}: a {width}x{height} image ({width * height:,} pixels) is larger than "
+            f"the {MAX_PIXELS:,} pixels the zoo reads (zoo.images.MAX_PIXELS); shrink it first"
+        )
 
 
 def _check_raw(dtype: np.dtype, what: str) -> None:
@@ -207,4 +213,5 @@ def _checked(image: np.ndarray, what: str) -> np.ndarray:
         raise InvalidValueError(
             f"{what}: expected one image of shape (H, W), (H, W, 1) or (H, W, 3), got {image.shape}"
         )
+    _check_size(image.shape[1], image.shape[0], what)
     return image
