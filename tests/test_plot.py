@@ -20,6 +20,7 @@ import pytest
 import zoo
 from zoo import hub
 from zoo.cli import main
+from zoo.errors import InvalidValueError, NotFoundError
 from zoo.plot import feature_maps, kernels, latent_space, sobel, training_curves
 from zoo.plot.figure import DPI
 from zoo.preprocessing import Preprocessing
@@ -158,6 +159,23 @@ def test_a_log_that_is_not_json_names_the_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"event": "start"}\nnot json\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: not a JSON line"):
         zoo.plot.curves("x", log=tmp_path / "bad.jsonl")
+
+
+def test_a_log_that_is_missing_a_folder_or_binary_is_a_named_error(tmp_path):
+    (tmp_path / "binary.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    (tmp_path / "no-number.jsonl").write_text('{"event": "epoch", "val_loss": 1.0}\n')
+    for log, error, message in [
+        ("missing.jsonl", NotFoundError, r"missing\.jsonl: no such file"),
+        (".", InvalidValueError, r": a folder, not a `zoo train` JSONL metrics log"),
+        ("binary.jsonl", InvalidValueError, r"binary\.jsonl:1: not a JSON line"),
+        (
+            "no-number.jsonl",
+            InvalidValueError,
+            r"no-number\.jsonl:1: an epoch record without its number",
+        ),
+    ]:
+        with pytest.raises(error, match=message):
+            zoo.plot.curves("x", log=tmp_path / log)
 
 
 # --- filters ----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from zoo.errors import InvalidValueError
+from zoo.errors import InvalidValueError, NotFoundError
 from zoo.hub import CheckpointNotFoundError, latest_step, registry_root
 from zoo.hub.paths import check_name, check_step, committed_steps, step_dir
 from zoo.hub.records import read_meta
@@ -89,8 +89,13 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     A resumed run appends to its log and may repeat epochs it redoes after the checkpoint it
     resumed from; the later record of an epoch is the one that counts.
     """
+    path = Path(path)
+    if path.is_dir():
+        raise InvalidValueError(f"{path}: a folder, not a `zoo train` JSONL metrics log")
+    if not path.is_file():
+        raise NotFoundError(f"{path}: no such file (expected a `zoo train` JSONL metrics log)")
     by_epoch: dict[int, dict[str, Any]] = {}
-    with open(path) as lines:
+    with open(path, encoding="utf-8", errors="replace") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -99,6 +104,8 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
             except json.JSONDecodeError as error:
                 raise InvalidValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
             if isinstance(record, dict) and record.get("event") == "epoch":
+                if not isinstance(record.get("epoch"), int):
+                    raise InvalidValueError(f"{path}:{number}: an epoch record without its number")
                 by_epoch[record["epoch"]] = record
     if not by_epoch:
         raise InvalidValueError(f"{path} has no epoch records (is it a `zoo train` metrics log?)")
