@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import pytest
 
 from zoo import runtime
 from zoo.data import DATA_DIR_ENV
+from zoo.images import MAX_PIXELS
 
 
 @pytest.fixture(autouse=True)
@@ -41,3 +44,25 @@ def mnist5k_env(mnist5k_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Points $ZOO_DATA_DIR at the shared folder, for code that finds mnist5k by itself."""
     monkeypatch.setenv(DATA_DIR_ENV, str(mnist5k_dir))
     return mnist5k_dir
+
+
+@pytest.fixture(scope="session")
+def bad_image_files(tmp_path_factory: pytest.TempPathFactory) -> dict[Path, str]:
+    """Files the audit gave as images, each with what the one-line error about it must say."""
+    folder = tmp_path_factory.mktemp("bad-images")
+    PIL.Image.new("1", (10_000, 10_000)).save(folder / "bomb.png")  # 12 kB, 100 M pixels
+    PIL.Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / "whole.png")
+    data = (folder / "whole.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    (folder / "folder.png").mkdir()
+    np.save(folder / "objects.npy", np.array([None, "x"], dtype=object), allow_pickle=True)
+    (folder / "text.npy").write_text("0 1 2\n")
+    messages = {
+        "bomb.png": f"a 10000x10000 image (100,000,000 pixels) is larger than the {MAX_PIXELS:,}",
+        "truncated.png": "cannot decode the image",
+        "folder.png": "a folder, not an image file",
+        "missing.png": "no such file",
+        "objects.npy": "expected raw uint8 images (0..255), got object",
+        "text.npy": "not a readable .npy file",
+    }
+    return {folder / name: message for name, message in messages.items()}

@@ -7,6 +7,7 @@ nothing depends on shipped checkpoints or the network.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 import zoo
 from zoo import hub
 from zoo.cli import main
+from zoo.errors import InvalidValueError, NotFoundError
 from zoo.plot import feature_maps, kernels, latent_space, sobel, training_curves
 from zoo.plot.figure import DPI
 from zoo.preprocessing import Preprocessing
@@ -98,6 +100,11 @@ def digit_png(tmp_path: Path) -> Path:
     return tmp_path / "digit.png"
 
 
+def saved_picture(registry: Path, name: str, picture: str) -> Path:
+    """The default path of a picture of step 1 of checkpoint `name`."""
+    return Path("plots") / registry.name / f"{name}-step_1-{picture}.png"
+
+
 def assert_png(path: Path, inches: tuple[float, float]) -> None:
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     with PIL.Image.open(path) as image:
@@ -109,7 +116,7 @@ def assert_png(path: Path, inches: tuple[float, float]) -> None:
 
 def test_curves_of_a_classifier_show_loss_and_accuracy(registry):
     path = zoo.plot.curves("lenet", registry=registry)
-    assert path == Path("plots/lenet-curves.png")
+    assert path == saved_picture(registry, "lenet", "curves")
     assert_png(path, (2 * training_curves.PANEL_WIDTH, training_curves.HEIGHT))
 
 
@@ -154,19 +161,36 @@ def test_a_log_that_is_not_json_names_the_line(tmp_path):
         zoo.plot.curves("x", log=tmp_path / "bad.jsonl")
 
 
+def test_a_log_that_is_missing_a_folder_or_binary_is_a_named_error(tmp_path):
+    (tmp_path / "binary.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    (tmp_path / "no-number.jsonl").write_text('{"event": "epoch", "val_loss": 1.0}\n')
+    for log, error, message in [
+        ("missing.jsonl", NotFoundError, r"missing\.jsonl: no such file"),
+        (".", InvalidValueError, r": a folder, not a `zoo train` JSONL metrics log"),
+        ("binary.jsonl", InvalidValueError, r"binary\.jsonl:1: not a JSON line"),
+        (
+            "no-number.jsonl",
+            InvalidValueError,
+            r"no-number\.jsonl:1: an epoch record without its number",
+        ),
+    ]:
+        with pytest.raises(error, match=message):
+            zoo.plot.curves("x", log=tmp_path / log)
+
+
 # --- filters ----------------------------------------------------------------------------------
 
 
 def test_filters_default_to_the_first_convolution(registry):
     path = zoo.plot.filters("lenet", registry=registry)
-    assert path == Path("plots/lenet-filters-c1.png")
+    assert path == saved_picture(registry, "lenet", "filters-c1")
     # Six 5x5 kernels: 3 columns by 2 rows of tiles, one cell apart.
     assert_png(path, (kernels.WIDTH, kernels.figure_height((2 * 6 - 1, 3 * 6 - 1))))
 
 
 def test_rgb_kernels_fill_a_square_grid(registry):
     path = zoo.plot.filters("alexnet", registry=registry)
-    assert path == Path("plots/alexnet-filters-conv1.png")
+    assert path == saved_picture(registry, "alexnet", "filters-conv1")
     # 64 kernels of 11x11x3 as 8x8 tiles: a square grid.
     assert kernels.figure_height((95, 95)) == kernels.GRID_WIDTH + kernels.TITLE_HEIGHT
     assert_png(path, (kernels.WIDTH, kernels.figure_height((95, 95))))
@@ -190,7 +214,7 @@ def test_filters_of_a_layer_that_is_no_convolution_list_the_convolutions(registr
 
 def test_features_show_a_row_per_stage(registry, digit_png):
     path = zoo.plot.features("lenet", digit_png, registry=registry)
-    assert path == Path("plots/lenet-features-digit.png")
+    assert path == saved_picture(registry, "lenet", "features-digit")
     rows = len(zoo.feature_stages("lenet5"))
     assert_png(
         path, (feature_maps.WIDTH, feature_maps.TITLE_HEIGHT + rows * feature_maps.ROW_HEIGHT)
@@ -227,7 +251,7 @@ def test_edges_of_a_colour_npy(tmp_path):
 
 def test_images_that_are_not_raw_pixels_are_refused(tmp_path):
     np.save(tmp_path / "float.npy", np.zeros((8, 8), np.float32))
-    with pytest.raises(ValueError, match="expected raw uint8 pixels"):
+    with pytest.raises(ValueError, match=r"expected raw uint8 images \(0\.\.255\), got float32"):
         zoo.plot.edges(tmp_path / "float.npy")
     with pytest.raises(ValueError, match=r"one image of shape .* got \(2, 8, 8, 1\)"):
         zoo.plot.edges(np.zeros((2, 8, 8, 1), np.uint8))
@@ -238,13 +262,49 @@ def test_images_that_are_not_raw_pixels_are_refused(tmp_path):
 
 def test_latent_of_an_autoencoder(registry, mnist5k_env):
     path = zoo.plot.latent("autoencoder", grid=4, registry=registry)
-    assert path == Path("plots/autoencoder-latent.png")
+    assert path == saved_picture(registry, "autoencoder", "latent")
     assert_png(path, (latent_space.WIDTH, latent_space.HEIGHT))
 
 
 def test_latent_of_a_classifier_is_a_clear_error(registry):
     with pytest.raises(ValueError, match="lenet is a lenet5, which has no encode/decode"):
         zoo.plot.latent("lenet", registry=registry)
+
+
+def test_pictures_of_one_name_in_two_registries_do_not_overwrite_each_other(
+    registry, tmp_path, digit_png
+):
+    retrained = tmp_path / "retrained"
+    save(retrained, "lenet", "lenet5", GREY_DIGITS, history=[epoch_record(1)])
+    for draw in (
+        zoo.plot.curves,
+        zoo.plot.filters,
+        lambda name, registry: zoo.plot.features(name, digit_png, registry=registry),
+    ):
+        shipped, own = (draw("lenet", registry=folder) for folder in (registry, retrained))
+        assert shipped != own and shipped.is_file() and own.is_file()
+        assert own.parts[:2] == ("plots", "retrained")
+
+
+# --- where pictures go ------------------------------------------------------------------------
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(tmp_path, digit_png):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(NotADirectoryError, match="a-file is a file, not a folder"):
+        zoo.plot.edges(digit_png, out=tmp_path / "a-file" / "deeper" / "edges.png")
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(ValueError, match=r"folder\.png: it is a folder"):
+        zoo.plot.edges(digit_png, out=tmp_path / "folder.png")
+    assert not (tmp_path / "plots").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_out_folder_is_refused(tmp_path, digit_png):
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(mode=0o555)
+    with pytest.raises(PermissionError, match=r"read-only is not writable \(Permission denied\)"):
+        zoo.plot.edges(digit_png, out=read_only / "edges.png")
 
 
 # --- command line and imports -----------------------------------------------------------------
@@ -274,6 +334,24 @@ def test_cli_errors_are_one_line(registry, capsys):
         main(["plot", "filters", "lenet", "--out", "kernels.txt", "--registry", str(registry)]) == 2
     )
     assert "expected a file name ending in .png" in capsys.readouterr().err
+
+
+def test_cli_bad_images_are_one_line_errors_naming_the_file(registry, bad_image_files, capsys):
+    for path, message in bad_image_files.items():
+        for command in (["edges", str(path)], ["features", "lenet", str(path)]):
+            options = ["--registry", str(registry)] if command[0] == "features" else []
+            assert main(["plot", *command, *options]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"zoo plot: error: {path}: ") and message in err
+            assert err.count("\n") == 1
+
+
+def test_cli_refuses_an_out_under_a_file_in_one_line(registry, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    out = str(tmp_path / "a-file" / "kernels.png")
+    assert main(["plot", "filters", "lenet", "--out", out, "--registry", str(registry)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("zoo plot: error: cannot save a picture as") and err.count("\n") == 1
 
 
 def test_importing_zoo_and_the_cli_leaves_matplotlib_unloaded():

@@ -12,8 +12,11 @@ from rich.table import Table
 
 from zoo.errors import InvalidValueError
 from zoo.hub import CheckpointRecord, list_checkpoints, load, registry_root, shipped_root
-from zoo.images import converted, raw_image
+from zoo.images import converted, image_batch, is_npy, on_training_background, raw_image, read_npy
 from zoo.registry import model_info
+
+PREDICT_BATCH = 256
+INVERTED_NOTE = " (light background: inverted to match the dark training images)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -117,23 +120,21 @@ def run_predict(args: argparse.Namespace) -> int:
             f"{args.name} step {model.step} has no recorded preprocessing, so raw "
             "images cannot be turned into its inputs"
         )
-    source_shape = model.preprocessing.source_shape
     for path in args.files:
-        images = read_images(path, source_shape)
-        probabilities = np.asarray(jax.nn.softmax(model.logits(images), axis=-1))
-        for i, p in enumerate(probabilities):
-            label = f"{path}[{i}]" if path.suffix == ".npy" else str(path)
-            print(f"{label}: class {int(p.argmax())} (p={p.max():.3f})")
+        images = read_images(path, model.preprocessing.source_shape)
+        images, inverted = on_training_background(images, model.preprocessing)
+        # In slices: the activations of a whole file's batch could take gigabytes.
+        for start in range(0, len(images), PREDICT_BATCH):
+            logits = model.logits(images[start : start + PREDICT_BATCH])
+            for i, p in enumerate(np.asarray(jax.nn.softmax(logits, axis=-1)), start):
+                label = f"{path}[{i}]" if is_npy(path) else str(path)
+                note = INVERTED_NOTE if inverted[i] else ""
+                print(f"{label}: class {int(p.argmax())} (p={p.max():.3f}){note}")
     return 0
 
 
 def read_images(path: Path, source_shape: tuple[int, int, int]) -> np.ndarray:
-    """A batch (N, H, W[, C]) of raw uint8 images from a .npy file or one image file."""
-    if path.suffix != ".npy":
-        return converted(raw_image(path), source_shape)[None]
-    images = np.load(path, allow_pickle=False)  # Never unpickle what the user points at.
-    if images.dtype != np.uint8:
-        raise InvalidValueError(f"{path}: expected raw uint8 images (0..255), got {images.dtype}")
-    grey_without_channel = source_shape[2] == 1 and images.shape == tuple(source_shape[:2])
-    one_image = images.shape == tuple(source_shape) or grey_without_channel
-    return images[None] if one_image else images
+    """A batch (N, *source_shape) of raw uint8 images from a .npy file or one image file."""
+    if is_npy(path):
+        return image_batch(read_npy(path), source_shape, str(path))
+    return converted(raw_image(path), source_shape)[None]

@@ -11,7 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "plot",
         help="draw a picture of a saved model or an image (PNG)",
         description="Draw one picture and print the path of the PNG it wrote (default: "
-        "plots/NAME-PICTURE.png under the current folder).",
+        "plots/REGISTRY/NAME-step_N-PICTURE.png under the current folder, REGISTRY being the "
+        "registry folder's name).",
     )
     pictures = parser.add_subparsers(dest="picture", required=True, metavar="PICTURE")
 

@@ -28,6 +28,7 @@ from zoo.hub.api import (
     read_metadata,
     restore_train_state,
     save,
+    step_folder,
 )
 from zoo.hub.disk import check_name
 from zoo.hub.errors import (
@@ -56,4 +57,5 @@ __all__ = [
     "restore_train_state",
     "save",
     "shipped_root",
+    "step_folder",
 ]

@@ -254,6 +254,12 @@ def read_metadata(
         return records.read_meta(folder)
 
 
+def step_folder(name: str, *, step: int | None = None, registry: PathLike | None = None) -> Path:
+    """The folder of `name`'s latest step (or `step`), found in lookup order; nothing is read."""
+    with _chosen_step(name, step, registry) as (folder, _):
+        return folder
+
+
 def latest_step(name: str, registry: PathLike | None = None) -> int | None:
     """The highest committed step of `name` in the registry saves go to (`registry_root`), or
     None when nothing is saved under it there."""

@@ -7,8 +7,11 @@
     zoo.plot.edges("photo.jpg")                       # the lecture's Sobel K1, K2 and magnitude
     zoo.plot.latent("conv_autoencoder-mnist5k")       # digits in the 2-D code, decodes over it
 
-Each function writes one picture and returns its path: `out` if given, else
-plots/<name>-<picture>.png under the current folder. The command line is `zoo plot PICTURE`.
+Each function writes one picture and returns its path: `out` if given (checked writable before
+any work), else under plots/ in the current folder: a checkpoint's picture as
+plots/<registry folder>/<name>-step_<N>-<picture>.png, so the same name in two registries, or two
+steps of one run, never overwrite each other; edges as plots/<image file stem>-edges.png. The
+command line is `zoo plot PICTURE`.
 Nothing here opens a window (figures are drawn on matplotlib's Agg canvas), and `import zoo`
 does not import this package, so matplotlib loads only when a picture is asked for.
 """

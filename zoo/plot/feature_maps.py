@@ -1,7 +1,8 @@
 """`features`: what each convolutional stage of a saved model computes for one input image.
 
 The image goes through the checkpoint's own preprocessing (so a photo or a digit is resized and
-standardised exactly as `zoo predict` would), then `zoo.extract_features` records every stage.
+standardised exactly as `zoo predict` would, and inverted when it is on a light background while
+the training images are dark), then `zoo.extract_features` records every stage.
 Each stage is one row of its first channels on one colour scale, so a dead channel shows as
 dark next to its live neighbours.
 """
@@ -16,8 +17,16 @@ import numpy as np
 from zoo.errors import InvalidValueError
 from zoo.features import extract_features
 from zoo.hub import load
-from zoo.images import ImageSource, converted, raw_image
-from zoo.plot.figure import mosaic, new_figure, output_path, save_figure, show_map, tile_centres
+from zoo.images import ImageSource, converted, on_training_background, raw_image
+from zoo.plot.figure import (
+    checkpoint_picture,
+    mosaic,
+    new_figure,
+    output_path,
+    save_figure,
+    show_map,
+    tile_centres,
+)
 
 WIDTH = 13.0
 TITLE_HEIGHT, ROW_HEIGHT = 0.75, 1.5
@@ -42,20 +51,22 @@ def features(
       image: a raw uint8 image (H, W[, C]) as an array, a .npy file, or an image file; it is
         converted to the training images' channels and size.
       channels: how many channels (the first ones) to show per stage.
-      out: where to write; default plots/<name>-features[-<image file stem>].png.
+      out: where to write; default
+        plots/<registry folder>/<name>-step_<N>-features[-<image file stem>].png.
       registry: the registry folder (see `zoo.hub.registry_root`).
     """
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
         raise InvalidValueError(f"channels must be a positive int, got {channels!r}")
-    stem = "" if isinstance(image, np.ndarray) else f"-{Path(image).stem}"
-    path = output_path(out, f"{name}-features{stem}.png")
     model = load(name, step=step, registry=registry)
+    stem = "" if isinstance(image, np.ndarray) else f"-{Path(image).stem}"
+    path = output_path(out, checkpoint_picture(model.path, f"features{stem}"))
     if model.preprocessing is None:
         raise InvalidValueError(
             f"{name} step {model.step} was saved without its preprocessing, so an "
             "image cannot be turned into its input"
         )
     raw = converted(raw_image(image), model.preprocessing.source_shape)
+    (raw,), (inverted,) = on_training_background(raw[None], model.preprocessing)
     maps = extract_features(model.module, model.variables, model.preprocessing(raw[None]))
 
     figure = new_figure(WIDTH, TITLE_HEIGHT + ROW_HEIGHT * len(maps))
@@ -65,7 +76,8 @@ def features(
     panels["input"].imshow(
         raw.squeeze(-1) if raw.shape[-1] == 1 else raw, cmap="gray", vmin=0, vmax=255
     )
-    panels["input"].set_title(f"input {raw.shape[0]}x{raw.shape[1]}")
+    inverted_note = "\n(light background:\ninverted)" if inverted else ""
+    panels["input"].set_title(f"input {raw.shape[0]}x{raw.shape[1]}{inverted_note}")
     panels["input"].set_axis_off()
     # Every row is as wide as the widest, so the same channel index lines up down the figure.
     columns = min(channels, max(feature_map.shape[-1] for feature_map in maps.values()))

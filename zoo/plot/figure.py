@@ -8,6 +8,7 @@ pyplot's global list after it is saved.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -16,7 +17,7 @@ from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
-from zoo.errors import InvalidValueError
+from zoo.errors import InvalidValueError, NotAFolderError, NotWritableError
 
 DPI = 100
 PLOTS_DIR = Path("plots")
@@ -41,8 +42,9 @@ def quarter_inches(inches: float) -> float:
 def output_path(out: str | os.PathLike | None, default_name: str) -> Path:
     """Where a picture goes: `out`, else plots/`default_name` under the current folder.
 
-    Checked before the picture is computed, so a bad name fails at once. The format follows the
-    suffix: .png, or any other that matplotlib writes (.svg, .pdf, ...).
+    Checked before the picture is computed, so a bad name or a folder that cannot be written
+    fails at once. The format follows the suffix: .png, or any other that matplotlib writes
+    (.svg, .pdf, ...).
     """
     path = PLOTS_DIR / default_name if out is None else Path(out)
     formats = FigureCanvasBase.get_supported_filetypes()
@@ -51,7 +53,42 @@ def output_path(out: str | os.PathLike | None, default_name: str) -> Path:
             f"cannot save a picture as {str(path)!r}: expected a file name ending in .png "
             f"(or one of .{', .'.join(sorted(formats))})"
         )
+    _check_writable(path)
     return path
+
+
+def checkpoint_picture(step_folder: Path, picture: str) -> str:
+    """The default file name of `picture` of a saved step: <registry>/<name>-step_<N>-<picture>.png.
+
+    The registry's folder name and the step keep apart pictures of the same name in two
+    registries (the shipped checkpoints/ and one's own retraining, which reaches the same step)
+    and of two steps of one run.
+    """
+    name_dir = step_folder.parent
+    return f"{name_dir.parent.name}/{name_dir.name}-{step_folder.name}-{picture}.png"
+
+
+def _check_writable(path: Path) -> None:
+    """Raises unless `path` can be written: its nearest existing folder takes a new file."""
+    if path.is_dir():
+        raise InvalidValueError(f"cannot save a picture as {path}: it is a folder")
+    folder = path.parent
+    while not folder.exists():  # save_figure creates the missing folders.
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotAFolderError(f"cannot save a picture as {path}: {folder} is a file, not a folder")
+    # Opening for real is the only test that holds for every user and mount (root ignores
+    # permission bits, a read-only mount ignores root); "r+b" leaves an old picture intact.
+    target = path if path.exists() else folder
+    try:
+        if target == path:
+            open(path, "r+b").close()
+        else:
+            tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise NotWritableError(
+            f"cannot save a picture as {path}: {target} is not writable ({error.strerror})"
+        ) from None
 
 
 def save_figure(figure: Figure, path: Path) -> Path:

@@ -19,6 +19,7 @@ from flax import traverse_util
 from zoo.errors import InvalidValueError
 from zoo.hub import load
 from zoo.plot.figure import (
+    checkpoint_picture,
     mosaic,
     new_figure,
     output_path,
@@ -55,13 +56,13 @@ def filters(
       name: the registry name; its latest step, or `step`, is loaded.
       layer: the convolution's module path ("c1", "conv1", "stage1_block0/conv1", ...); default:
         the model's first convolution.
-      out: where to write; default plots/<name>-filters-<layer>.png.
+      out: where to write; default plots/<registry folder>/<name>-step_<N>-filters-<layer>.png.
       registry: the registry folder (see `zoo.hub.registry_root`).
     """
     model = load(name, step=step, registry=registry)
     layer = layer or first_convolution(model.model_name)
     kernel = conv_kernel(model.variables["params"], layer, model.model_name)
-    path = output_path(out, f"{name}-filters-{layer.replace('/', '_')}.png")
+    path = output_path(out, checkpoint_picture(model.path, f"filters-{layer.replace('/', '_')}"))
     height, width, inputs, outputs = kernel.shape
     title = f"{name}: {layer}, {outputs} kernels of {height}x{width}x{inputs}"
     if inputs in (1, 3):

@@ -18,7 +18,14 @@ from matplotlib.patches import Rectangle
 
 from zoo.errors import InvalidValueError
 from zoo.hub import LoadedModel, load
-from zoo.plot.figure import mosaic, new_figure, output_path, save_figure, show_map
+from zoo.plot.figure import (
+    checkpoint_picture,
+    mosaic,
+    new_figure,
+    output_path,
+    save_figure,
+    show_map,
+)
 
 WIDTH, HEIGHT = 15.0, 7.0
 DEFAULT_GRID = 12
@@ -44,15 +51,15 @@ def latent(
       name: a checkpoint of a model with a 2-D `encode` and a `decode` (`conv_autoencoder`),
         saved with its preprocessing; its latest step, or `step`, is loaded.
       grid: decoded images per side of the grid.
-      out: where to write; default plots/<name>-latent.png.
+      out: where to write; default plots/<registry folder>/<name>-step_<N>-latent.png.
       registry: the registry folder (see `zoo.hub.registry_root`).
       data_dir: the data folder (see `zoo.data.load_dataset`); the data set is the one the
         checkpoint records in meta["dataset"], else the embedded mnist5k digits.
     """
     if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
         raise InvalidValueError(f"grid must be an int of at least 2, got {grid!r}")
-    path = output_path(out, f"{name}-latent.png")
     model = load(name, step=step, registry=registry)
+    path = output_path(out, checkpoint_picture(model.path, "latent"))
     _check_autoencoder(model)
     dataset = _held_out(model, data_dir)
     images, labels = dataset.test.images[:MAX_POINTS], dataset.test.labels[:MAX_POINTS]

@@ -9,9 +9,9 @@ from typing import Any
 
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from zoo.errors import InvalidValueError
-from zoo.hub import CheckpointNotFoundError, read_metadata
-from zoo.plot.figure import new_figure, output_path, save_figure
+from zoo.errors import InvalidValueError, NotFoundError
+from zoo.hub import CheckpointNotFoundError, read_metadata, step_folder
+from zoo.plot.figure import checkpoint_picture, new_figure, output_path, save_figure
 
 PANEL_WIDTH = 5.5
 HEIGHT = 4.25
@@ -32,13 +32,17 @@ def curves(
 
     The epochs come from `log` (a `zoo train` JSONL metrics file) when given, else from the
     history saved with checkpoint `name` (its latest step, or `step`). Reconstruction runs, which
-    log no accuracy, get the loss panel only. Writes `out`, else plots/<name>-curves.png.
+    log no accuracy, get the loss panel only. Writes `out`, else
+    plots/<registry folder>/<name>-step_<N>-curves.png for a checkpoint's history and
+    plots/<name>-curves.png for a log.
     """
-    path = output_path(out, f"{name}-curves.png")
     if log is not None:
+        path = output_path(out, f"{name}-curves.png")
         history, source = read_log(log), f"log {log}"
     else:
-        history, source = saved_history(name, step, registry)
+        folder = saved_step(name, step, registry)
+        path = output_path(out, checkpoint_picture(folder, "curves"))
+        history, source = saved_history(folder, registry), f"the history saved in {folder.name}"
     metrics = [metric for metric in METRICS if _has(history, f"val_{metric}")]
     if not metrics:
         raise InvalidValueError(f"{source}: the epoch records hold no val_loss to plot")
@@ -52,28 +56,29 @@ def curves(
     return save_figure(figure, path)
 
 
-def saved_history(
-    name: str, step: int | None, registry: str | os.PathLike | None
-) -> tuple[list[dict[str, Any]], str]:
-    """The epoch records saved with `name` and a description of where they came from.
-
-    Reads the step's metadata file only: plotting curves needs no weights restored.
-    """
+def saved_step(name: str, step: int | None, registry: str | os.PathLike | None) -> Path:
+    """The folder of checkpoint `name`'s latest step, or of `step`, in the registries' lookup
+    order."""
     try:
-        meta = read_metadata(name, step=step, registry=registry)
+        return step_folder(name, step=step, registry=registry)
     except CheckpointNotFoundError as error:
         raise CheckpointNotFoundError(
             f"{error.args[0]} (see `zoo checkpoints`); to plot a run's JSONL log instead, "
             "pass --log FILE"
         ) from None
-    chosen = meta["step"]
-    history = meta.get("history")
+
+
+def saved_history(step_folder: Path, registry: str | os.PathLike | None) -> list[dict[str, Any]]:
+    """The epoch records saved with a step, from its metadata file only (no weights restored)."""
+    name, step = step_folder.parent.name, int(step_folder.name.removeprefix("step_"))
+    history = read_metadata(name, step=step, registry=registry).get("history")
     if not history:
+        name = step_folder.parent.name
         raise InvalidValueError(
-            f"{name} step {chosen} has no meta['history'] (saved before runs recorded it); "
+            f"{name} {step_folder.name} has no meta['history'] (saved before runs recorded it); "
             f"pass its metrics log, e.g. --log runs/{name}.jsonl"
         )
-    return history, f"the history saved with step {chosen}"
+    return history
 
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -82,8 +87,13 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     A resumed run appends to its log and may repeat epochs it redoes after the checkpoint it
     resumed from; the later record of an epoch is the one that counts.
     """
+    path = Path(path)
+    if path.is_dir():
+        raise InvalidValueError(f"{path}: a folder, not a `zoo train` JSONL metrics log")
+    if not path.is_file():
+        raise NotFoundError(f"{path}: no such file (expected a `zoo train` JSONL metrics log)")
     by_epoch: dict[int, dict[str, Any]] = {}
-    with open(path) as lines:
+    with open(path, encoding="utf-8", errors="replace") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -92,6 +102,8 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
             except json.JSONDecodeError as error:
                 raise InvalidValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
             if isinstance(record, dict) and record.get("event") == "epoch":
+                if not isinstance(record.get("epoch"), int):
+                    raise InvalidValueError(f"{path}:{number}: an epoch record without its number")
                 by_epoch[record["epoch"]] = record
     if not by_epoch:
         raise InvalidValueError(f"{path} has no epoch records (is it a `zoo train` metrics log?)")

@@ -12,7 +12,7 @@ the other processes when
 Otherwise it starts nothing, and a plain run stays the single process it always was. Once
 connected, `jax.devices()` lists every process's devices: the mesh spans them all
 (`zoo.training.sharding`), each process reads only its share of the data (`zoo.data`), and the
-primary, process 0, alone prints, logs and commits checkpoints (`zoo.hub.commit`).
+primary, process 0, alone prints, logs and commits checkpoints (`zoo.hub.disk`).
 
 A process that dies must not leave the others waiting for ever:
 
@@ -27,7 +27,7 @@ A process that dies must not leave the others waiting for ever:
   it as a notice to checkpoint (and otherwise ignore it), is off.
 
 No checkpoint is ever half-visible: a step appears by one rename once complete, and a staging
-folder left by a dead primary is deleted by the next save (`zoo.hub.commit`).
+folder left by a dead primary is deleted by the next save (`zoo.hub.disk`).
 """
 
 from __future__ import annotations
