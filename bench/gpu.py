@@ -1,7 +1,7 @@
 """jax-zoo against PyTorch on one GPU: training throughput, MFU and compile times, in one process.
 
     JAX_PLATFORMS=cuda python bench/gpu.py [--out FILE] [--budget-s 420]
-    python bench/gpu.py --tiny --out /tmp/tiny.json      # the same code on CPU, in seconds
+    python bench/gpu.py --tiny --out /tmp/tiny.json      # the same code paths on a CPU
 
 Rows, in order of importance (a row is skipped, and listed as skipped, once the budget is spent):
 ResNet-50 at batch 256, 224x224x3, 1000 classes; the CIFAR ResNet-20 at batch 512, 32x32x3;
@@ -40,8 +40,9 @@ measured first in the same process (an 8192^3 bf16 matmul in JAX, median of samp
 before and after the rows). The TF32 matmul rate is measured and recorded too.
 
 JSON: device, versions, settings, roofs, rows (model, precision, step, batch, image,
-zoo_img_s, torch_img_s, ratio = zoo / torch, mfu, zoo_compile_s, torch_compile_s (null when
-PyTorch ran eager), torch_mode, torch_compile), details (per-round seconds per step, steps per
+zoo_img_s, torch_img_s, ratio = zoo / torch, mfu, train_flops_per_image, zoo_compile_s,
+torch_compile_s (null unless a compile was tried and worked), torch_mode (what was timed),
+torch_compile (what happened to the compile)), details (per-round seconds per step, steps per
 block, final losses), skipped (rows the budget left out), failed (rows that raised: the error;
 the exit status is then 1), wall_s. The JSON is rewritten after every row, so a run cut short
 keeps the rows it finished. The Markdown table is printed last.

@@ -3,20 +3,23 @@
     JAX_PLATFORMS=cuda python bench/gpu_check.py [--out FILE]
 
 A script, not a test file: `tests/conftest.py` imports `zoo.data`, hence tensorflow_datasets,
-which the GPU image lacks; this imports only zoo, zoo.convert, flax, optax, torch, torchvision.
+which the GPU image lacks; this imports only zoo, zoo.convert, torch, torchvision and, from
+`bench/gpu.py`, the trainer's modules without zoo.training's `__init__`.
 
-1. registry: every registered model, forward in training mode and the gradient of its loss, on
-   the GPU at JAX's default precision (TF32 for float32 matmuls and convolutions), batch 2, its
-   design input: loss and gradients finite, gradients shaped like the parameters, some nonzero.
-2. parity: torchvision's ResNet-18, ResNet-50 and AlexNet with random weights and randomised
+In this order (the JSON is rewritten after each check: a run cut short keeps its results):
+
+1. parity: torchvision's ResNet-18, ResNet-50 and AlexNet with random weights and randomised
    BatchNorm, converted by `zoo.convert`, logits on the GPU against torchvision on the CPU in
    float32. Under `jax.default_matmul_precision("float32")` the bound is the CPU test's
    (`tests/test_torchvision_parity.py`: max |difference| < 1e-4 and < 1e-4 of max |logit|);
    under "tensorfloat32" it is ||difference|| / ||logits|| < 1e-2 (`TF32_RELATIVE_L2`): TF32
    keeps 10 mantissa bits, a relative rounding of ~5e-4 per operand, over ~50 layers.
-3. bf16 training: ResNet-20 with `dtype=jnp.bfloat16` (float32 parameters), the zoo's
+2. bf16 training: ResNet-20 with `dtype=jnp.bfloat16` (float32 parameters), the zoo's
    `train_step`, SGD, on one fixed synthetic batch: the mean loss of the last 5 of 40 steps is
    below 0.7 of the first step's, and every loss is finite.
+3. registry: every registered model, forward in training mode and the gradient of its loss, on
+   the GPU at JAX's default precision (TF32 for float32 matmuls and convolutions), batch 2, its
+   design input: loss and gradients finite, gradients shaped like the parameters, some nonzero.
 
 Prints one PASS/FAIL line per check, writes the details as JSON (default
 bench/results/gpu-check-DEVICE.json) and exits 1 if any check failed. Without a GPU it refuses
@@ -203,32 +206,33 @@ def main(argv: list[str] | None = None) -> int:
             f"unknown --parity {', '.join(unknown)}; choose from {', '.join(PARITY_ARCHS)}"
         )
 
-    started = time.perf_counter()
-    results: dict[str, Any] = {}
-    for name in models:
-        run_check(results, f"registry/{name}", lambda name=name: registry_check(name))
-    for arch in archs:
-        run_check(results, f"parity/{arch}", lambda a=arch: parity_check(a, PARITY_ARCHS[a]))
-    run_check(results, "bf16_training/resnet20", bf16_training_check)
-
-    failed = [label for label, result in results.items() if not result["passed"]]
-    report = {
-        "device": device.device_kind,
-        "platform": device.platform,
-        "versions": {"jax": jax.__version__, "torch": torch.__version__},
-        "bounds": {
-            "float32_max_abs_and_relative_to_scale": FLOAT32_BOUND,
-            "tf32_relative_l2": TF32_RELATIVE_L2,
-            "bf16_last5_over_first_loss": BF16_DROP,
-        },
-        "checks": results,
-        "failed": failed,
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
     name = slug(device.device_kind)
     out = Path(args.out or REPO / "bench" / "results" / f"gpu-check-{name}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    started = time.perf_counter()
+    results: dict[str, Any] = {}
+    checks: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        *((f"parity/{a}", lambda a=a: parity_check(a, PARITY_ARCHS[a])) for a in archs),
+        ("bf16_training/resnet20", bf16_training_check),
+        *((f"registry/{m}", lambda m=m: registry_check(m)) for m in models),
+    ]
+    for label, check in checks:  # the cheap ones first; the JSON is rewritten after each
+        run_check(results, label, check)
+        failed = [label for label, result in results.items() if not result["passed"]]
+        report = {
+            "device": device.device_kind,
+            "platform": device.platform,
+            "versions": {"jax": jax.__version__, "torch": torch.__version__},
+            "bounds": {
+                "float32_max_abs_and_relative_to_scale": FLOAT32_BOUND,
+                "tf32_relative_l2": TF32_RELATIVE_L2,
+                "bf16_last5_over_first_loss": BF16_DROP,
+            },
+            "checks": results,
+            "failed": failed,
+            "wall_s": round(time.perf_counter() - started, 1),
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{len(results) - len(failed)}/{len(results)} checks passed in {report['wall_s']:.0f} s")
     print(f"failed: {', '.join(failed)}" if failed else "all passed", f"- wrote {out}")
     return 1 if failed else 0
