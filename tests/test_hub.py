@@ -501,3 +501,33 @@ def test_cli_predict_refuses_non_uint8(tmp_path, capsys):
 def test_a_relative_registry_path_is_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert hub.registry_root("reg") == tmp_path / "reg"
+
+
+def test_load_with_train_state_verifies_once_and_restores_both(tmp_path, monkeypatch):
+    from zoo.hub import manifest
+
+    variables = random_variables("lenet5", seed=4)
+    state = {"step": jnp.int32(9), "momentum": random_variables("lenet5", seed=5)["params"]}
+    hub.save(
+        "l",
+        model_name="lenet5",
+        model_config={},
+        variables=variables,
+        step=9,
+        train_state=state,
+        registry=tmp_path,
+    )
+    verified = []
+    real_verify = manifest.verify
+    monkeypatch.setattr(
+        manifest, "verify", lambda folder: verified.append(folder) or real_verify(folder)
+    )
+
+    loaded = hub.load("l", registry=tmp_path, train_state=jax.eval_shape(lambda: state))
+
+    assert verified == [tmp_path / "l" / "step_9"]
+    assert_trees_equal(loaded.variables, variables)
+    assert_trees_equal(loaded.train_state, state)
+    assert hub.load("l", registry=tmp_path).train_state is None
+    with pytest.raises(hub.ArchitectureMismatchError, match="step: expected float32"):
+        hub.load("l", registry=tmp_path, train_state={**state, "step": jnp.float32(0)})

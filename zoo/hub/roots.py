@@ -13,6 +13,7 @@ user's registry (or the `registry` given), never to the shipped one.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import zoo
@@ -67,8 +68,8 @@ def registries(registry: PathLike | None = None) -> list[tuple[Path, str]]:
                 f"{HOW_TO_SET}"
             )
         return [(root, _source(root))]
-    found = [(registry_root(), USER), (shipped_root(), SHIPPED)]
-    return [(root, source) for root, source in found if root.is_dir()]
+    found = dict.fromkeys(root for root in (registry_root(), shipped_root()) if root.is_dir())
+    return [(root, _source(root)) for root in found]
 
 
 def check_writable(registry: PathLike | None = None) -> Path:
@@ -82,9 +83,8 @@ def check_writable(registry: PathLike | None = None) -> Path:
         )
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=root):  # A unique name: many processes may probe at once.
+            pass
     except OSError as error:
         raise NotWritableError(
             f"cannot write to checkpoint registry {root} ({error.strerror}); {HOW_TO_SET}"
