@@ -55,10 +55,10 @@ def interrupt_in_epoch_2(config: TrainConfig, monkeypatch: pytest.MonkeyPatch) -
     """Runs `config` until Ctrl-C arrives at the start of epoch 2 (after epoch 1 was saved)."""
     train_epoch = loop._train_epoch
 
-    def interrupted(experiment, train_fn, state, epoch, reporter):
+    def interrupted(experiment, train_fn, state, epoch, *args):
         if epoch == 1:
             raise KeyboardInterrupt
-        return train_epoch(experiment, train_fn, state, epoch, reporter)
+        return train_epoch(experiment, train_fn, state, epoch, *args)
 
     with monkeypatch.context() as patch:
         patch.setattr(loop, "_train_epoch", interrupted)
@@ -159,6 +159,54 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
         fit(config, console=quiet())
     assert hub.latest_step(config.run_name, registry=config.registry) == STEPS_PER_EPOCH
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(variables_at(config)))
+
+
+def poison(monkeypatch: pytest.MonkeyPatch, change, after_step: int = STEPS_PER_EPOCH) -> None:
+    """After the run's step `after_step`, every step's parameters become `change(params)`."""
+    train_step = loop.train_step
+
+    def poisoned(state, batch, **options):
+        state, metrics = train_step(state, batch, **options)
+        bad = state.step > after_step
+        params = jax.tree.map(lambda p: jnp.where(bad, change(p), p), state.params)
+        return state.replace(params=params), metrics
+
+    monkeypatch.setattr(loop, "train_step", poisoned)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        # Huge but finite weights: a held-out loss of ~1e10, as a far too high lr gives.
+        (lambda p: p * 1e3, r"val_loss = .*, over 10x"),
+        # All-zero weights: loss ln(10), accuracy of always guessing class 0.
+        (jnp.zeros_like, r"val_accuracy = .*down to about chance"),
+    ],
+    ids=["loss", "accuracy"],
+)
+def test_a_finite_divergence_is_stopped_and_never_saved(tmp_path, monkeypatch, change, reason):
+    # Settings under which epoch 1 is well above chance (>= 30%), so a collapse can be seen.
+    config = tiny_config(tmp_path, epochs=3, lr=0.2, augment=False)
+    poison(monkeypatch, change)
+    message = (
+        rf"epoch 2, step {2 * STEPS_PER_EPOCH} .*registry.*{reason}.*step {STEPS_PER_EPOCH} of"
+    )
+    with pytest.raises(TrainingDiverged, match=message):
+        fit(config, console=quiet())
+    assert hub.latest_step(config.run_name, registry=config.registry) == STEPS_PER_EPOCH
+    meta = hub.load(config.run_name, registry=config.registry).meta
+    assert meta["epoch"] == 1 and meta["metrics"]["val_accuracy"] >= 0.3
+
+
+def test_a_diverged_run_under_a_saved_name_names_the_registry_step(tmp_path, monkeypatch):
+    """A second run's first epoch diverges: no best of its own, so ln(classes) is the bar."""
+    config = tiny_config(tmp_path, epochs=1)
+    fit(config, console=quiet())
+    poison(monkeypatch, lambda p: p * 1e3, after_step=0)
+    message = rf"epoch 1, step {2 * STEPS_PER_EPOCH} .*ln\(classes\).*step {STEPS_PER_EPOCH} of"
+    with pytest.raises(TrainingDiverged, match=message):
+        fit(config, console=quiet())
+    assert hub.latest_step(config.run_name, registry=config.registry) == STEPS_PER_EPOCH
 
 
 def test_a_new_run_under_a_saved_name_adds_checkpoints_after_it(tmp_path):

@@ -1,9 +1,10 @@
-"""The training loop: epochs of one compiled step, held-out evaluation, checkpoints, NaN guard.
+"""The training loop: epochs of one compiled step, held-out evaluation, checkpoints, a guard.
 
 The step (gather, augment, preprocess, `train_step`, add metrics) is compiled once, ahead of
 time, with the state and the metric sums donated. Metrics stay on the device: the loop fetches
 their sums `REFRESHES_PER_EPOCH` times an epoch for the progress bar, never every step, and
-each fetch checks the loss is finite. After every epoch the held-out split is evaluated and,
+each fetch checks the loss is finite. After every epoch the held-out split is evaluated, the
+epoch is judged for divergence (`zoo.training.divergence`: a diverged epoch is never saved) and,
 every `checkpoint_every` epochs and after the last, the state is saved to the registry with
 the optimizer state, so `--resume` continues exactly where the last save left off.
 """
@@ -11,7 +12,6 @@ the optimizer state, so `--resume` continues exactly where the last save left of
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Any
 
@@ -20,8 +20,9 @@ import jax.numpy as jnp
 from rich.console import Console
 
 from zoo import hub, multihost
-from zoo.errors import InvalidValueError, NotFoundError, ZooError
+from zoo.errors import InvalidValueError, NotFoundError
 from zoo.training.config import TrainConfig
+from zoo.training.divergence import TrainingDiverged, divergence, non_finite_losses
 from zoo.training.evaluate import make_evaluator
 from zoo.training.experiment import (
     Experiment,
@@ -40,10 +41,6 @@ from zoo.training.step import Metrics, train_step, zero_metrics
 REFRESHES_PER_EPOCH = 10
 
 
-class TrainingDiverged(ZooError, FloatingPointError):
-    """The loss became NaN or infinite; the registry keeps the last good checkpoint."""
-
-
 @dataclasses.dataclass(frozen=True)
 class FitResult:
     """How a run ended: its registry name, last registry step and epoch, last metrics."""
@@ -60,7 +57,8 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
 
     With `resume`, continues the latest checkpoint of that name (which must exist); without, a
     new run starts, and under a name that exists its checkpoints follow the latest one.
-    Raises `TrainingDiverged` on a NaN/Inf loss, and `ValueError`,
+    Raises `TrainingDiverged` when an epoch diverges (`zoo.training.divergence`; that epoch is
+    not saved), and `ValueError`,
     `TypeError`, `KeyError` or `FileNotFoundError` for bad settings, before any training.
     """
     # With several processes (`zoo.training.distributed`) only the primary prints and logs.
@@ -104,13 +102,20 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
         )
         for epoch in range(start_epoch, config.epochs):
             epoch_started = time.monotonic()
-            state, train_metrics = _train_epoch(experiment, train_fn, state, epoch, reporter)
+            state, train_metrics = _train_epoch(
+                experiment, train_fn, state, epoch, reporter, start.step_offset
+            )
             train_seconds = time.monotonic() - epoch_started
             metrics = {
                 **train_metrics,
                 **host_metrics(jax.device_get(evaluate(state.variables)), "val"),
             }
-            _check_finite(metrics, experiment, epoch, step=int(state.step))
+            _check_diverged(
+                divergence(metrics, history, _classes(experiment)),
+                experiment,
+                epoch,
+                step=start.step_offset + int(state.step),
+            )
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "step": int(state.step),
@@ -257,9 +262,17 @@ def _epoch_order(experiment: Experiment, epoch: int) -> jax.Array:
 
 
 def _train_epoch(
-    experiment: Experiment, train_fn: TrainFn, state: TrainState, epoch: int, reporter: Reporter
+    experiment: Experiment,
+    train_fn: TrainFn,
+    state: TrainState,
+    epoch: int,
+    reporter: Reporter,
+    step_offset: int,
 ) -> tuple[TrainState, dict[str, float]]:
-    """One pass over the training split; returns the state and the epoch's mean metrics."""
+    """One pass over the training split; returns the state and the epoch's mean metrics.
+
+    `step_offset` turns the optimizer's step into the registry's (`StartingPoint`).
+    """
     steps = experiment.steps_per_epoch
     order = _epoch_order(experiment, epoch)
     totals = replicate(zero_metrics(experiment.task), experiment.mesh)
@@ -270,7 +283,12 @@ def _train_epoch(
         state, totals = train_fn(state, totals, experiment.train, order, experiment.keys["augment"])
         if (i + 1) % refresh_every == 0 or i + 1 == steps:
             metrics = host_metrics(jax.device_get(totals), "train")
-            _check_finite(metrics, experiment, epoch, step=epoch * steps + i + 1)
+            _check_diverged(
+                non_finite_losses(metrics),
+                experiment,
+                epoch,
+                step=step_offset + epoch * steps + i + 1,
+            )
             reporter.update(
                 i + 1,
                 metrics,
@@ -279,19 +297,24 @@ def _train_epoch(
     return state, metrics
 
 
-def _check_finite(metrics: dict[str, float], experiment: Experiment, epoch: int, step: int) -> None:
-    bad = {k: v for k, v in metrics.items() if k.endswith("_loss") and not math.isfinite(v)}
-    if not bad:
+def _classes(experiment: Experiment) -> int | None:
+    """The number of classes of a classifier; None for a reconstruction model."""
+    return experiment.num_classes if experiment.task == "classification" else None
+
+
+def _check_diverged(reason: str | None, experiment: Experiment, epoch: int, step: int) -> None:
+    """Raises `TrainingDiverged` for a `reason`, naming steps as the registry numbers them."""
+    if reason is None:
         return
     config = experiment.config
     latest = hub.latest_step(config.run_name, registry=config.registry)
     kept = (
-        f"the last good checkpoint, step {latest} of {config.run_name!r}, is kept"
+        f"{config.run_name!r} still loads its last good checkpoint, step {latest} of the registry"
         if latest is not None
-        else "no checkpoint was saved"
+        else f"no checkpoint of {config.run_name!r} was saved"
     )
-    what = ", ".join(f"{k} = {v}" for k, v in bad.items())
     raise TrainingDiverged(
-        f"training diverged at epoch {epoch + 1}, step {step}: {what} (lr {config.lr:g}); "
-        f"{kept}. Try a lower --lr or a longer --warmup-epochs"
+        f"training diverged at epoch {epoch + 1}, step {step} (the registry's numbering): "
+        f"{reason} (lr {config.lr:g}); this epoch was not saved and {kept}. "
+        "Try a lower --lr or a longer --warmup-epochs"
     )
