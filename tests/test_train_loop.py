@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from pathlib import Path
 
 import jax
@@ -88,6 +90,7 @@ def test_an_interrupted_run_resumes_exactly(straight, tmp_path, monkeypatch):
     assert [e["event"] for e in events] == ["start", "epoch", "stopped", "start", "epoch"]
     assert events[2]["reason"] == "KeyboardInterrupt"
     assert events[3]["resumed_at_epoch"] == 1 and events[4]["epoch"] == 2
+    assert events[3]["schedule_change"] is None and "schedule_change" not in events[4]
 
 
 @pytest.mark.slow
@@ -218,6 +221,30 @@ def test_a_new_run_under_a_saved_name_adds_checkpoints_after_it(tmp_path):
     assert_same(variables_at(config, step=second), variables_at(config, step=first))
     history = hub.load(config.run_name, registry=config.registry).meta["history"]
     assert [(record["epoch"], record["checkpoint_step"]) for record in history] == [(1, second)]
+
+
+def test_resuming_with_more_epochs_says_the_schedule_is_rebuilt_and_records_it(
+    straight, tmp_path, monkeypatch
+):
+    config = tiny_config(tmp_path)
+    interrupt_in_epoch_2(config, monkeypatch)
+    longer = dataclasses.replace(config, epochs=4)
+    console = Console(record=True, width=400)
+    fit(longer, resume=True, console=console)
+    # Cosine after a 4-step warm-up: at step 8, 1/3 of the way through 12 steps, or 1/7 of 28.
+    before, after = (0.05 * (1 + math.cos(math.pi * fraction)) / 2 for fraction in (1 / 3, 1 / 7))
+    assert re.search(
+        rf"--epochs 4 is not the saved run's 2: .*rebuilt for 4 epochs, so after registry step "
+        rf"{STEPS_PER_EPOCH} the lr is {after:.3g} \(the 2-epoch schedule's is {before:.3g}\)",
+        console.export_text(),
+    )
+    history = hub.load(config.run_name, registry=config.registry).meta["history"]
+    changes = [record.get("schedule_change") for record in history]
+    assert changes[0] is None and changes[2:] == [None, None]
+    assert changes[1]["epochs"] == [2, 4] and changes[1]["registry_step"] == STEPS_PER_EPOCH
+    assert changes[1]["lr"] == pytest.approx([before, after], rel=1e-5)
+    events = [json.loads(line) for line in Path(config.log).read_text().splitlines()]
+    assert events[3]["event"] == "start" and events[3]["schedule_change"] == changes[1]
 
 
 def test_resume_needs_a_checkpoint_and_a_run_it_continues(straight, tmp_path):

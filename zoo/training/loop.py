@@ -70,6 +70,10 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
     state, start_epoch, history = start.state, start.epoch, list(start.history)
 
     console.print(_describe(experiment, start_epoch), highlight=False, soft_wrap=True)
+    if start.schedule_change is not None:
+        console.print(
+            _describe_schedule_change(start.schedule_change), highlight=False, soft_wrap=True
+        )
     started = time.monotonic()
     with console.status("compiling"):
         train_fn = _compile_train_step(experiment, state)
@@ -99,6 +103,7 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
             devices=experiment.mesh.size,
             device_kind=jax.devices()[0].device_kind,
             compile_seconds=time.monotonic() - started,
+            schedule_change=start.schedule_change,
         )
         for epoch in range(start_epoch, config.epochs):
             epoch_started = time.monotonic()
@@ -125,6 +130,8 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
                 "epoch_seconds": time.monotonic() - epoch_started,
                 "wall_seconds": time.monotonic() - started,
             }
+            if epoch == start_epoch and start.schedule_change is not None:
+                record["schedule_change"] = start.schedule_change  # Saved with the history.
             history.append(record)
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
                 record["checkpoint_step"] = start.step_offset + int(state.step)
@@ -157,12 +164,15 @@ class StartingPoint:
         exists counts on from the latest saved step, so it adds checkpoints to the name and never
         overwrites one; a resumed run keeps the numbering it was saved with.
       history: the epoch records so far (saved with every checkpoint, for `zoo plot curves`).
+      schedule_change: how a resume with another `epochs` than the saved run's changes the
+        learning rate (`_schedule_change`), or None.
     """
 
     state: TrainState
     epoch: int
     step_offset: int
     history: tuple[dict[str, Any], ...]
+    schedule_change: dict[str, Any] | None = None
 
 
 def _starting_point(experiment: Experiment, resume: bool, latest: int | None) -> StartingPoint:
@@ -178,7 +188,40 @@ def _starting_point(experiment: Experiment, resume: bool, latest: int | None) ->
             "already; pass a larger --epochs"
         )
     history = tuple(record for record in meta.get("history", ()) if record["epoch"] <= done)
-    return StartingPoint(state, done, step - int(state.step), history)
+    saved = TrainConfig.from_dict(meta["config"], source="saved config")
+    change = _schedule_change(saved, config, experiment.steps_per_epoch, int(state.step), step)
+    return StartingPoint(state, done, step - int(state.step), history, change)
+
+
+def _schedule_change(
+    saved: TrainConfig, config: TrainConfig, steps_per_epoch: int, step: int, registry_step: int
+) -> dict[str, Any] | None:
+    """What resuming under another `epochs` does to the learning rate, or None if nothing.
+
+    The schedule's horizon is the run's `epochs`, so a resume that changes them rebuilds it:
+    the run continues on the new schedule from its next step, and its earlier epochs followed the
+    old one, so it ends close to, but not exactly where, a straight run of the new length would.
+    """
+    if saved.epochs == config.epochs:
+        return None
+    before = learning_rate_schedule(saved, steps_per_epoch)(step)
+    after = learning_rate_schedule(config, steps_per_epoch)(step)
+    return {
+        "epochs": [saved.epochs, config.epochs],
+        "registry_step": registry_step,
+        "lr": [float(before), float(after)],
+    }
+
+
+def _describe_schedule_change(change: dict[str, Any]) -> str:
+    (old, new), (before, after) = change["epochs"], change["lr"]
+    return (
+        f"--epochs {new} is not the saved run's {old}: the learning-rate schedule is rebuilt for "
+        f"{new} epochs, so after registry step {change['registry_step']} the lr is {after:.3g} "
+        f"(the {old}-epoch schedule's is {before:.3g}); the epochs trained so far followed the "
+        f"{old}-epoch schedule, so the result is close to, not the same as, a straight "
+        f"{new}-epoch run"
+    )
 
 
 def _describe(experiment: Experiment, start_epoch: int) -> str:
