@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +105,46 @@ def test_a_registry_path_that_is_a_file_is_refused(tmp_path, capsys):
     registry.write_text("not a folder")
     code, _, err = run(capsys, "train", "mlp", "--registry", str(registry))
     assert code == 2 and "is a file, not a folder" in err and err.count("\n") == 1
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Path:
+    """A folder no file can be created in: permission bits, or for root a read-only /sys."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir(mode=0o555)
+        return folder
+    try:
+        with tempfile.TemporaryFile(dir="/sys"):
+            pytest.skip("running as root with a writable /sys: no read-only folder to test")
+    except OSError:
+        return Path("/sys")
+
+
+@pytest.mark.parametrize("where", ["registry", "log"])
+def test_an_unwritable_registry_or_log_folder_is_refused_before_any_work(
+    tmp_path, capsys, monkeypatch, read_only_folder, where
+):
+    def no_work(config):
+        pytest.fail("data was loaded before the folders were checked")
+
+    monkeypatch.setattr(loop, "build_experiment", no_work)
+    paths = {"registry": tmp_path / "registry", "log": tmp_path / "log.jsonl"}
+    paths[where] = read_only_folder / ("zoo-registry" if where == "registry" else "m.jsonl")
+    code, _, err = run(
+        capsys, "train", "mlp", "--registry", str(paths["registry"]), "--log", str(paths["log"])
+    )
+    assert code == 2 and err.count("\n") == 1, err
+    folder = paths["registry"] if where == "registry" else read_only_folder
+    assert re.match(rf"zoo train: error: .* {re.escape(str(folder))} is not writable", err)
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_an_empty_name_is_refused(tmp_path, capsys, resume):
+    code, _, err = run(capsys, "train", "mlp", "--name", "", "--registry", str(tmp_path), *resume)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "name must" in err and "''" in err
+    assert not any(tmp_path.iterdir())
 
 
 def test_unknown_config_key_names_the_file(tmp_path, capsys):

@@ -9,6 +9,7 @@ import pytest
 
 import zoo
 from zoo.cli import training as commands
+from zoo.errors import InvalidValueError
 from zoo.training.config import (
     PRESETS,
     RESUMABLE_FIELDS,
@@ -174,3 +175,9 @@ def test_resume_may_extend_epochs_but_not_change_the_run():
     with pytest.raises(ValueError, match=r"cannot change lr=0.1 -> 0.5"):
         resumed(saved, {"lr": 0.5})
     assert {"epochs", "registry"} <= RESUMABLE_FIELDS and "batch_size" not in RESUMABLE_FIELDS
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_an_empty_name_is_refused(name):
+    with pytest.raises(InvalidValueError, match="name must not be empty"):
+        TrainConfig(model="mlp", name=name)

@@ -163,7 +163,9 @@ def _train(args: argparse.Namespace) -> int:
     settings = explicit_settings(args)
     if args.resume:
         # `--name` alone finds the run; its saved config supplies everything else.
-        name = settings.get("name") or resolve(settings).run_name
+        name = settings.get("name")
+        if name is None:
+            name = resolve(settings).run_name
         saved = hub.load(name, registry=settings.get("registry")).meta["config"]
         config = resumed(saved, settings)
     else:

@@ -286,3 +286,8 @@ def _check_ranges(config: TrainConfig) -> None:
     )
     need(config.max_to_keep >= 1, "max_to_keep must be at least 1", config.max_to_keep)
     need(bool(config.model), "model must be a model name", config.model)
+    need(
+        config.name is None or bool(config.name.strip()),
+        "name must not be empty (leave --name out to save as MODEL-DATASET)",
+        config.name,
+    )

@@ -12,7 +12,9 @@ the optimizer state, so `--resume` continues exactly where the last save left of
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -20,7 +22,7 @@ import jax.numpy as jnp
 from rich.console import Console
 
 from zoo import hub, multihost
-from zoo.errors import InvalidValueError, NotFoundError
+from zoo.errors import InvalidValueError, NotAFolderError, NotFoundError, NotWritableError
 from zoo.training.config import TrainConfig
 from zoo.training.divergence import TrainingDiverged, divergence, non_finite_losses
 from zoo.training.evaluate import make_evaluator
@@ -65,6 +67,9 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
     primary = multihost.is_primary()
     console = (console or Console()) if primary else Console(quiet=True)
     latest = _check_name_state(config, resume)
+    _check_writable(hub.registry_root(config.registry), "registry")
+    if primary:
+        _check_log_file(config.log_path)
     experiment = build_experiment(config)
     start = _starting_point(experiment, resume, latest)
     state, start_epoch, history = start.state, start.epoch, list(start.history)
@@ -253,6 +258,34 @@ def _check_name_state(config: TrainConfig, resume: bool) -> int | None:
             f"in {hub.registry_root(config.registry)}"
         )
     return latest
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """Raises a one-line error unless files can be created in `folder` (or where it would be).
+
+    Checked before data is loaded or anything compiles, so that a run never trains an epoch to
+    find out it cannot save it. Creating a file is the test: permission bits do not show a
+    read-only file system, and root passes them all.
+    """
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotAFolderError(f"{what} {folder}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        where = "" if existing == folder else f" (it would be created in {existing})"
+        raise NotWritableError(
+            f"{what} {folder} is not writable{where}: {error.strerror}"
+        ) from None
+
+
+def _check_log_file(path: Path) -> None:
+    if path.is_dir():
+        raise NotAFolderError(f"metrics log {path} is a folder; --log wants a file name")
+    _check_writable(path.parent, "metrics log folder")
 
 
 TrainFn = Any  # A compiled (state, totals, split, order, key) -> (state, totals).
