@@ -276,3 +276,32 @@ def test_an_autoencoder_trains_on_its_reconstruction_error(tmp_path, mnist5k_dir
     assert history[1]["val_loss"] < history[0]["val_loss"]
     events = [json.loads(line) for line in Path(config.log).read_text().splitlines()]
     assert "val_accuracy" not in events[-1] and events[-1]["event"] == "epoch"
+
+
+def test_model_args_build_the_model_and_are_saved_so_load_rebuilds_it(tmp_path):
+    config = tiny_config(tmp_path, epochs=1, model_args={"hidden": [16]})
+    fit(config, console=quiet())
+    loaded = hub.load(config.run_name, registry=config.registry)
+    assert loaded.module.hidden == (16,) and loaded.meta["config"]["model_args"] == {"hidden": [16]}
+    kernels = sorted(v["kernel"].shape for v in loaded.variables["params"].values())
+    assert kernels == [(16, 10), (28 * 28, 16)]
+    with pytest.raises(TypeError, match=r"mlp: unknown argument.*'hiden'.*valid arguments"):
+        build_experiment(tiny_config(tmp_path, model_args={"hiden": [16]}))
+
+
+@pytest.mark.parametrize(
+    ("model", "shape", "line"),
+    [
+        # Any input size: trains on the data set's own 28x28 digits, grey repeated for RGB.
+        ("resnet18", (28, 28, 3), "mnist5k's 28x28x1 images are given 3 channels"),
+        ("lenet5", (32, 32, 1), "mnist5k's 28x28x1 images are zero-padded to fit lenet5's 32x32x1"),
+        ("mlp", (28, 28, 1), None),
+    ],
+)
+def test_the_input_size_is_the_data_sets_unless_the_model_fixes_it(mnist5k_dir, model, shape, line):
+    config = TrainConfig(model=model, data_dir=str(mnist5k_dir), batch_size=8)
+    experiment = build_experiment(config)
+    assert experiment.input_shape == experiment.preprocessing.input_shape == shape
+    assert tuple(experiment.model_config["input_size"]) == shape[:2]
+    described = loop._describe_input(experiment)
+    assert described == line if line is None else described.startswith(line)

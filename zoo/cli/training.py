@@ -10,6 +10,7 @@ joins a multi-process run (`zoo.training.distributed`); they are launch settings
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import types
 import typing
@@ -78,7 +79,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             continue
         help_ = flag.help if "default:" in flag.help else f"{flag.help} (default: {default})"
         options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_}
-        if hint is bool:
+        if typing.get_origin(hint) is dict:
+            options.update(action="append", type=model_arg, metavar=flag.metavar)
+        elif hint is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(hint) is Literal:
             options["choices"] = typing.get_args(hint)
@@ -87,7 +90,19 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             types_ = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
             options["type"] = next(t for t in types_ if t is not type(None))
             options["metavar"] = flag.metavar or METAVARS[options["type"]]
-        parser.add_argument("--" + name.replace("_", "-"), **options)
+        parser.add_argument("--" + (flag.name or name.replace("_", "-")), **options)
+
+
+def model_arg(text: str) -> tuple[str, Any]:
+    """`key=value` -> (key, value): the value as JSON where it parses (hidden=[128] is a list,
+    width=2 an int), else the text itself (act=relu)."""
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
 
 
 def _add_launch_flags(parser: argparse.ArgumentParser) -> None:
@@ -139,6 +154,10 @@ def as_flags(settings: dict[str, Any]) -> str:
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             words.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, dict):  # model_args: one --model-arg each.
+            words += [
+                f"--model-arg {k}={json.dumps(v, separators=(',', ':'))}" for k, v in value.items()
+            ]
         else:
             words.append(f"{flag} {value}")
     return " ".join(words)
@@ -147,7 +166,12 @@ def as_flags(settings: dict[str, Any]) -> str:
 def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The config file's values updated by the flags actually given."""
     settings = load_config_file(args.config) if args.config else {}
-    settings.update({name: getattr(args, name) for name in field_names() if hasattr(args, name)})
+    flags = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
+    if "model_args" in flags:  # Each --model-arg overrides that one key of the file's table.
+        from_file = settings.get("model_args", {})
+        from_file = from_file if isinstance(from_file, dict) else {}  # TrainConfig says why.
+        flags["model_args"] = {**from_file, **dict(flags["model_args"])}
+    settings.update(flags)
     return settings
 
 

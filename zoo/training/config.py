@@ -34,6 +34,7 @@ class Flag:
 
     help: str
     metavar: str | None = None
+    name: str | None = None  # The flag's name when it is not the field's (`--model-arg`).
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -85,6 +86,15 @@ class TrainConfig:
         ),
     ] = None
     log: Annotated[str | None, Flag("JSONL metrics file (default: runs/NAME.jsonl)", "FILE")] = None
+    model_args: Annotated[
+        dict[str, Any],
+        Flag(
+            "a model argument, e.g. hidden=[128] (repeatable; the value is read as JSON where "
+            "it parses, else as a string; default: none)",
+            "KEY=VALUE",
+            "model-arg",
+        ),
+    ] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, hint in typing.get_type_hints(type(self)).items():
@@ -241,6 +251,10 @@ def check_resumable(saved: TrainConfig, config: TrainConfig) -> None:
 
 def _checked(name: str, value: Any, hint: Any) -> Any:
     """`value` if it has type `hint` (an int is accepted, as a float, where a float is wanted)."""
+    if typing.get_origin(hint) is dict:  # `model_args`: the model's own config checks values.
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise InvalidTypeError(f"{name} must be a table of named values, got {value!r}")
+        return dict(value)
     if typing.get_origin(hint) is Literal:
         if value not in typing.get_args(hint):
             options = ", ".join(map(repr, typing.get_args(hint)))

@@ -75,6 +75,8 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
     state, start_epoch, history = start.state, start.epoch, list(start.history)
 
     console.print(_describe(experiment, start_epoch), highlight=False, soft_wrap=True)
+    if (adapted := _describe_input(experiment)) is not None:
+        console.print(adapted, highlight=False, soft_wrap=True)
     if start.schedule_change is not None:
         console.print(
             _describe_schedule_change(start.schedule_change), highlight=False, soft_wrap=True
@@ -241,6 +243,24 @@ def _describe(experiment: Experiment, start_epoch: int) -> str:
         f"{len(experiment.test):,} held-out images, {experiment.steps_per_epoch} steps of "
         f"{config.batch_size} per epoch on {mesh.size} {mesh.devices.flat[0].platform} "
         f"device{'s' if mesh.size > 1 else ''}{_processes()}; {where}"
+    )
+
+
+def _describe_input(experiment: Experiment) -> str | None:
+    """One line when the data set's images are not the model's input as they are."""
+    config, preprocessing = experiment.config, experiment.preprocessing
+    source, target = preprocessing.source_shape, preprocessing.input_shape
+    changes = {"zero-padded": ["zero-padded"], "resized": ["resized (bilinear)"], None: []}[
+        preprocessing.resizing
+    ]
+    if source[-1] != target[-1]:
+        changes.append(f"given {target[-1]} channels (the grey one repeated)")
+    if not changes:
+        return None
+    source_text, target_text = ("x".join(map(str, shape)) for shape in (source, target))
+    return (
+        f"{config.dataset}'s {source_text} images are {' and '.join(changes)} to fit "
+        f"{config.model}'s {target_text} input"
     )
 
 
