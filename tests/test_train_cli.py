@@ -8,11 +8,14 @@ import re
 import tempfile
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
+import zoo
 from zoo import cli, hub
 from zoo.data import load_dataset
+from zoo.preprocessing import Preprocessing
 from zoo.training import loop
 
 
@@ -181,3 +184,28 @@ def test_divergence_and_interruption_are_reported_without_a_traceback(
     code, _, err = run(capsys, "train", "mlp", "--name", "run7", "--registry", str(tmp_path))
     assert code == 130
     assert "interrupted; nothing was saved: continue with `zoo train --resume --name run7`" in err
+
+
+def test_eval_of_an_entry_without_a_data_set_says_to_name_one(tmp_path, capsys):
+    # What `zoo import-torchvision` saves: weights and preprocessing, no training data set.
+    raw = np.stack([np.zeros((28, 28, 1), np.uint8), np.full((28, 28, 1), 255, np.uint8)])
+    preprocessing = Preprocessing.fit(raw, (28, 28, 1))
+    model = zoo.create_model("mlp")
+    variables = model.init(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32))
+    hub.save(
+        "imported",
+        model_name="mlp",
+        model_config={},
+        variables=variables,
+        step=0,
+        registry=tmp_path,
+        meta={"preprocessing": preprocessing.to_dict()},
+    )
+    code, _, err = run(capsys, "eval", "imported", "--registry", str(tmp_path))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "imported step 0 records no data set" in err
+    assert "`zoo eval imported --dataset NAME` with a data set of 28x28x1 images" in err
+    code, out, err = run(
+        capsys, "eval", "imported", "--registry", str(tmp_path), "--dataset", "mnist5k"
+    )
+    assert code == 0 and "imported step 0 on mnist5k held-out split (1,000 images)" in out, err
