@@ -305,3 +305,17 @@ def test_the_input_size_is_the_data_sets_unless_the_model_fixes_it(mnist5k_dir, 
     assert tuple(experiment.model_config["input_size"]) == shape[:2]
     described = loop._describe_input(experiment)
     assert described == line if line is None else described.startswith(line)
+
+
+def test_the_smoothed_training_loss_is_labelled_apart_from_the_plain_held_out_loss(tmp_path):
+    config = tiny_config(tmp_path, epochs=1, label_smoothing=0.1)
+    console = Console(record=True, width=300)
+    fit(config, console=console)
+    assert re.search(
+        r"epoch 1/1  train_loss \(labels smoothed 0\.1\) [\d.]+  train_acc [\d.]+%  val_loss",
+        console.export_text(),
+    )
+    record = hub.load(config.run_name, registry=config.registry).meta["history"][0]
+    assert record["train_loss_label_smoothing"] == 0.1
+    logged = json.loads(Path(config.log).read_text().splitlines()[-1])
+    assert logged["train_loss_label_smoothing"] == 0.1

@@ -133,6 +133,7 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
                 "step": int(state.step),
                 "lr": float(learning_rate(state.step - 1)),
                 **metrics,
+                "train_loss_label_smoothing": config.label_smoothing,
                 "images_per_second": experiment.steps_per_epoch * config.batch_size / train_seconds,
                 "epoch_seconds": time.monotonic() - epoch_started,
                 "wall_seconds": time.monotonic() - started,

@@ -1,7 +1,9 @@
 """What a run shows and records: a rich progress bar, one line per epoch, a JSONL metrics log.
 
 The log has one JSON object per line, each with an "event": "start" (config, devices, compile
-time), "epoch" (train and held-out metrics, learning rate, images/s, checkpoint step) and
+time), "epoch" (train and held-out metrics, learning rate, images/s, checkpoint step; the
+training loss is the cross-entropy the step minimises, with labels smoothed by
+"train_loss_label_smoothing", the held-out loss the plain one) and
 "stopped" (a run ended by an exception: divergence, Ctrl-C). A resumed run appends to the same
 file, so it reads as one history.
 """
@@ -70,7 +72,7 @@ class Reporter:
             TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}{task.fields[accuracy]}"),
+            TextColumn("train_loss {task.fields[loss]:.4f}{task.fields[accuracy]}"),
             TextColumn("{task.fields[images_per_second]:,.0f} img/s"),
             TimeElapsedColumn(),
             console=console,
@@ -128,11 +130,15 @@ class Reporter:
 
     def end_epoch(self, record: dict[str, Any]) -> None:
         """Prints the epoch's line above the bar and logs it."""
+        smoothing = record.get("train_loss_label_smoothing")
         metrics = format_metrics(
             record,
             {
-                "train_loss": "loss",
-                "train_accuracy": "acc",
+                # The training loss is what the step minimises, the held-out one plain.
+                "train_loss": f"train_loss (labels smoothed {smoothing:g})"
+                if smoothing
+                else "train_loss",
+                "train_accuracy": "train_acc",
                 "val_loss": "val_loss",
                 "val_accuracy": "val_acc",
             },
