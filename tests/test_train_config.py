@@ -213,3 +213,13 @@ def test_model_args_must_be_a_table_and_are_part_of_what_resume_keeps():
         resumed(saved, {"model_args": {"hidden": [32]}})
     old = {k: v for k, v in saved.items() if k != "model_args"}  # Saved before model_args.
     assert resumed(old, {"epochs": 3}).model_args == {}
+
+
+def test_the_help_of_a_flag_a_preset_sets_shows_the_presets_values(capsys):
+    with pytest.raises(SystemExit):
+        parse_train(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    epochs = f"lenet5 {PRESETS['lenet5']['epochs']}"
+    assert f"passes over the training split (default: the model's preset ({epochs}," in text
+    assert "(default: 10)" not in text
+    assert "seed of initialisation, shuffling, augmentation and dropout (default: 0)" in text

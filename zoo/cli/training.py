@@ -77,7 +77,11 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for name, (hint, flag, default) in flags().items():
         if name == "model":
             continue
-        help_ = flag.help if "default:" in flag.help else f"{flag.help} (default: {default})"
+        help_ = (
+            flag.help
+            if "default:" in flag.help
+            else f"{flag.help} ({_default_text(name, default)})"
+        )
         options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_}
         if typing.get_origin(hint) is dict:
             options.update(action="append", type=model_arg, metavar=flag.metavar)
@@ -91,6 +95,15 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             options["type"] = next(t for t in types_ if t is not type(None))
             options["metavar"] = flag.metavar or METAVARS[options["type"]]
         parser.add_argument("--" + (flag.name or name.replace("_", "-")), **options)
+
+
+def _default_text(name: str, default: Any) -> str:
+    """'default: 10', or for a field a preset sets, each preset's value and the fallback."""
+    by_preset = {model: preset[name] for model, preset in PRESETS.items() if name in preset}
+    if not by_preset:
+        return f"default: {default}"
+    presets = ", ".join(f"{model} {value}" for model, value in by_preset.items())
+    return f"default: the model's preset ({presets}), else {default}"
 
 
 def model_arg(text: str) -> tuple[str, Any]:
