@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import re
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from rich.console import Console
+from tensorboard.backend.event_processing import event_accumulator
 
 from zoo import hub
 from zoo.data import make_synthetic
@@ -21,6 +23,7 @@ from zoo.training import loop
 from zoo.training.config import TrainConfig
 from zoo.training.experiment import build_experiment, initial_state, restore_state
 from zoo.training.loop import TrainingDiverged, fit
+from zoo.training.report import tensorboard_dir
 
 STEPS_PER_EPOCH = 8  # 256 examples / batch 32
 
@@ -319,3 +322,33 @@ def test_the_smoothed_training_loss_is_labelled_apart_from_the_plain_held_out_lo
     assert record["train_loss_label_smoothing"] == 0.1
     logged = json.loads(Path(config.log).read_text().splitlines()[-1])
     assert logged["train_loss_label_smoothing"] == 0.1
+
+
+def test_tensorboard_reads_the_runs_scalars_at_registry_steps_and_plain_output_shows_progress(
+    tmp_path,
+):
+    config = tiny_config(tmp_path)
+    output = io.StringIO()
+    fit(config, console=Console(file=output, force_terminal=False, width=200))
+    events = event_accumulator.EventAccumulator(str(tensorboard_dir(Path(config.log))))
+    events.Reload()
+    assert {"train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr"} <= set(
+        events.Tags()["scalars"]
+    )
+    history = hub.load(config.run_name, registry=config.registry).meta["history"]
+    for tag, key in [("val/accuracy", "val_accuracy"), ("lr", "lr")]:
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+        assert [s.value for s in scalars] == pytest.approx([r[key] for r in history], rel=1e-6)
+    # Not a terminal: a line while compiling and about every tenth of an epoch, with the ETA.
+    lines = output.getvalue().splitlines()
+    assert "compiling the training and evaluation steps" in lines
+    progress = [line for line in lines if re.match(r"epoch \d/2 +\d+% \(\d/8 steps\)", line)]
+    assert len(progress) == 2 * STEPS_PER_EPOCH  # 8 steps an epoch: every step is a tenth.
+    assert re.search(r"run 100%, ETA 0:00$", progress[-1]) and "run 50%" in progress[7]
+
+
+def test_tensorboard_can_be_turned_off(tmp_path):
+    config = tiny_config(tmp_path, epochs=1, tensorboard=False)
+    fit(config, console=quiet())
+    assert not tensorboard_dir(Path(config.log)).exists()

@@ -95,6 +95,9 @@ class TrainConfig:
             "model-arg",
         ),
     ] = dataclasses.field(default_factory=dict)
+    tensorboard: Annotated[
+        bool, Flag("TensorBoard event files beside the log (runs/NAME/ for runs/NAME.jsonl)")
+    ] = True
 
     def __post_init__(self) -> None:
         for name, hint in typing.get_type_hints(type(self)).items():
@@ -122,7 +125,7 @@ class TrainConfig:
 
 # The fields a resumed run may change: how long it trains and where things go, not what it is.
 RESUMABLE_FIELDS = frozenset(
-    {"epochs", "checkpoint_every", "max_to_keep", "registry", "data_dir", "log"}
+    {"epochs", "checkpoint_every", "max_to_keep", "registry", "data_dir", "log", "tensorboard"}
 )
 
 # Per-model defaults, applied under a config file and flags. Tuned on 2 CPU cores.

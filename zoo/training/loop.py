@@ -34,7 +34,7 @@ from zoo.training.experiment import (
     save_checkpoint,
 )
 from zoo.training.pipeline import DeviceSplit, epoch_order, training_batch
-from zoo.training.report import Reporter, host_metrics
+from zoo.training.report import Reporter, compiling, host_metrics
 from zoo.training.sharding import replicate, replicated
 from zoo.training.state import TrainState, learning_rate_schedule
 from zoo.training.step import Metrics, train_step, zero_metrics
@@ -82,7 +82,7 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
             _describe_schedule_change(start.schedule_change), highlight=False, soft_wrap=True
         )
     started = time.monotonic()
-    with console.status("compiling"):
+    with compiling(console):
         train_fn = _compile_train_step(experiment, state)
         evaluate = make_evaluator(
             experiment.model.apply,
@@ -100,8 +100,10 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
         console,
         config.log_path if primary else None,
         epochs=config.epochs,
+        start_epoch=start_epoch,
         steps_per_epoch=experiment.steps_per_epoch,
         append=resume,
+        tensorboard=config.tensorboard,
     ) as reporter:
         reporter.write(
             "start",
@@ -153,7 +155,7 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
                     wall_seconds=record["wall_seconds"],
                     keep_through=start.step_offset,
                 )
-            reporter.end_epoch(record)
+            reporter.end_epoch(record, registry_step=start.step_offset + int(state.step))
     return FitResult(
         config.run_name,
         start.step_offset + int(state.step),
