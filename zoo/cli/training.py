@@ -17,8 +17,8 @@ import typing
 from typing import Any, Literal
 
 from zoo import hub, multihost, runtime
-from zoo.training import distributed, loop
-from zoo.training.config import PRESETS, field_names, flags, load_config_file, resolve, resumed
+from zoo.training import api, distributed, loop
+from zoo.training.config import PRESETS, field_names, flags, load_config_file
 from zoo.training.evaluate import evaluate_saved
 from zoo.training.report import format_metrics
 
@@ -198,17 +198,9 @@ def _train(args: argparse.Namespace) -> int:
     # A second run of the same job loads its compiled programs instead of compiling them again.
     runtime.enable_compilation_cache()
     settings = explicit_settings(args)
-    if args.resume:
-        # `--name` alone finds the run; its saved config supplies everything else.
-        name = settings.get("name")
-        if name is None:
-            name = resolve(settings).run_name
-        saved = hub.load(name, registry=settings.get("registry")).meta["config"]
-        config = resumed(saved, settings)
-    else:
-        config = resolve(settings, source=args.config or "command line")
+    config = api.configure(resume=args.resume, source=args.config or "command line", **settings)
     try:
-        result = loop.fit(config, resume=args.resume)
+        result = api.train(config, resume=args.resume)
     except loop.TrainingDiverged as error:
         print(f"zoo train: error: {error}", file=sys.stderr)
         return 1

@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 import zoo
 from zoo import hub
-from zoo.data import load_dataset
+from zoo.data import Dataset, load_dataset
 from zoo.errors import InvalidValueError
 from zoo.preprocessing import Preprocessing
 from zoo.training.augment import AUGMENTATIONS, Augmentation
@@ -61,8 +61,8 @@ class Experiment:
         return 2 * self.config.batch_size
 
 
-def build_experiment(config: TrainConfig) -> Experiment:
-    """Loads the data and builds model, mesh and keys; checks the cheap things first."""
+def build_experiment(config: TrainConfig, dataset: Dataset | None = None) -> Experiment:
+    """Loads the data (or takes `dataset`) and builds model, mesh and keys; cheap checks first."""
     info = zoo.model_info(config.model)
     designed = info.config(**config.model_args)  # Unknown model arguments fail here.
     mesh = make_mesh()
@@ -77,7 +77,7 @@ def build_experiment(config: TrainConfig) -> Experiment:
         model_config["dtype"] = COMPUTE_DTYPES[config.precision]
 
     designed_shape = (*designed["input_size"], designed["in_channels"])
-    dataset = load_dataset(
+    dataset = dataset or load_dataset(
         config.dataset,
         data_dir=config.data_dir,
         image_shape=designed_shape,

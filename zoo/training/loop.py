@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 from rich.console import Console
 
 from zoo import hub, multihost
+from zoo.data import Dataset
 from zoo.errors import InvalidValueError, NotAFolderError, NotFoundError, NotWritableError
 from zoo.training.config import TrainConfig
 from zoo.training.divergence import TrainingDiverged, divergence, non_finite_losses
@@ -43,22 +45,48 @@ from zoo.training.step import Metrics, train_step, zero_metrics
 REFRESHES_PER_EPOCH = 10
 
 
+# Called with each epoch's record (a copy): "epoch", "val_loss", "val_accuracy", "lr", ...;
+# returning True ends the run after that epoch.
+Callback = Callable[[dict[str, Any]], bool | None]
+
+
 @dataclasses.dataclass(frozen=True)
 class FitResult:
-    """How a run ended: its registry name, last registry step and epoch, last metrics."""
+    """How a run ended: its registry name, last registry step and epoch, last metrics.
+
+    `unsaved` is the trained model of a run that did not save (`fit(..., save=False)`).
+    """
 
     name: str
     step: int
     epoch: int
     metrics: dict[str, float]
     wall_seconds: float
+    registry: str | None = None
+    unsaved: hub.LoadedModel | None = None
+
+    @property
+    def model(self) -> hub.LoadedModel:
+        """The trained model, with `predict` for raw images: the registry's copy if saved."""
+        return self.unsaved or hub.load(self.name, step=self.step, registry=self.registry)
 
 
-def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = None) -> FitResult:
+def fit(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    console: Console | None = None,
+    callbacks: Sequence[Callback] = (),
+    dataset: Dataset | None = None,
+    save: bool = True,
+) -> FitResult:
     """Trains `config.model` on `config.dataset`, saving to the registry as `config.run_name`.
 
     With `resume`, continues the latest checkpoint of that name (which must exist); without, a
     new run starts, and under a name that exists its checkpoints follow the latest one.
+    `callbacks` are called with each epoch's record before it is saved; one that returns True
+    ends the run after that epoch, which is then saved (`EarlyStopping`). `dataset` trains on
+    arrays in memory instead of the named set; without `save` nothing goes to the registry.
     Raises `TrainingDiverged` when an epoch diverges (`zoo.training.divergence`; that epoch is
     not saved), and `ValueError`,
     `TypeError`, `KeyError` or `FileNotFoundError` for bad settings, before any training.
@@ -66,11 +94,12 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
     # With several processes (`zoo.training.distributed`) only the primary prints and logs.
     primary = multihost.is_primary()
     console = (console or Console()) if primary else Console(quiet=True)
-    latest = _check_name_state(config, resume)
-    _check_writable(hub.registry_root(config.registry), "registry")
+    latest = _check_name_state(config, resume) if save or resume else None
+    if save:
+        _check_writable(hub.registry_root(config.registry), "registry")
     if primary:
         _check_log_file(config.log_path)
-    experiment = build_experiment(config)
+    experiment = build_experiment(config, dataset)
     start = _starting_point(experiment, resume, latest)
     state, start_epoch, history = start.state, start.epoch, list(start.history)
 
@@ -143,7 +172,9 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
             if epoch == start_epoch and start.schedule_change is not None:
                 record["schedule_change"] = start.schedule_change  # Saved with the history.
             history.append(record)
-            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
+            stop = any([bool(callback(dict(record))) for callback in callbacks])  # Call all.
+            last = epoch + 1 == config.epochs or stop
+            if save and ((epoch + 1) % config.checkpoint_every == 0 or last):
                 record["checkpoint_step"] = start.step_offset + int(state.step)
                 save_checkpoint(
                     experiment,
@@ -156,12 +187,39 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
                     keep_through=start.step_offset,
                 )
             reporter.end_epoch(record, registry_step=start.step_offset + int(state.step))
+            if stop:
+                break
+    step = start.step_offset + int(state.step)
     return FitResult(
         config.run_name,
-        start.step_offset + int(state.step),
-        config.epochs,
+        step,
+        history[-1]["epoch"] if history else start_epoch,
         metrics,
         time.monotonic() - started,
+        config.registry,
+        _trained_model(experiment, state, step, history) if not save else None,
+    )
+
+
+def _trained_model(
+    experiment: Experiment, state: TrainState, step: int, history: list[dict[str, Any]]
+) -> hub.LoadedModel:
+    """The unsaved result as the registry would load it (`path` is None: it has no folder)."""
+    config = experiment.config
+    return hub.LoadedModel(
+        name=config.run_name,
+        model_name=config.model,
+        module=experiment.model,
+        variables=jax.device_get(state.variables),
+        meta={
+            "dataset": config.dataset,
+            "preprocessing": experiment.preprocessing.to_dict(),
+            "metrics": history[-1] if history else {},
+            "config": config.to_dict(),
+            "history": history,
+        },
+        step=step,
+        path=None,
     )
 
 
