@@ -121,8 +121,9 @@ def test_two_processes_train_like_one_and_save_one_checkpoint(tmp_path):
         assert status == 0, f"process {process_id} failed:\n{stdout}\n{stderr}"
     (_, primary_out, _), (_, other_out, _) = results
     assert "in 2 processes" in primary_out and "saved two step 8" in primary_out
-    # Only the primary prints (gloo itself announces its connection on stdout, in C++).
+    # Only the primary prints, and neither prints Gloo's connection line (C++, on stdout).
     assert not re.search(r"lenet5 on|epoch|saved", other_out), other_out
+    assert "[Gloo]" not in primary_out + other_out, (primary_out, other_out)
 
     # Both processes hold the same parameters (and they equal one process's, below).
     on_0, on_1 = (saved_params(tmp_path, "two", p) for p in (0, 1))

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
+import zoo
 from zoo import cli, hub
 from zoo.data import load_dataset
+from zoo.preprocessing import Preprocessing
 from zoo.training import loop
 
 
@@ -105,6 +110,46 @@ def test_a_registry_path_that_is_a_file_is_refused(tmp_path, capsys):
     assert code == 2 and "is a file, not a folder" in err and err.count("\n") == 1
 
 
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Path:
+    """A folder no file can be created in: permission bits, or for root a read-only /sys."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir(mode=0o555)
+        return folder
+    try:
+        with tempfile.TemporaryFile(dir="/sys"):
+            pytest.skip("running as root with a writable /sys: no read-only folder to test")
+    except OSError:
+        return Path("/sys")
+
+
+@pytest.mark.parametrize("where", ["registry", "log"])
+def test_an_unwritable_registry_or_log_folder_is_refused_before_any_work(
+    tmp_path, capsys, monkeypatch, read_only_folder, where
+):
+    def no_work(config):
+        pytest.fail("data was loaded before the folders were checked")
+
+    monkeypatch.setattr(loop, "build_experiment", no_work)
+    paths = {"registry": tmp_path / "registry", "log": tmp_path / "log.jsonl"}
+    paths[where] = read_only_folder / ("zoo-registry" if where == "registry" else "m.jsonl")
+    code, _, err = run(
+        capsys, "train", "mlp", "--registry", str(paths["registry"]), "--log", str(paths["log"])
+    )
+    assert code == 2 and err.count("\n") == 1, err
+    folder = paths["registry"] if where == "registry" else read_only_folder
+    assert re.match(rf"zoo train: error: .* {re.escape(str(folder))} is not writable", err)
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_an_empty_name_is_refused(tmp_path, capsys, resume):
+    code, _, err = run(capsys, "train", "mlp", "--name", "", "--registry", str(tmp_path), *resume)
+    assert code == 2 and err.count("\n") == 1, err
+    assert re.search(r"name (must|is empty)", err), err
+    assert not any(tmp_path.iterdir())
+
+
 def test_unknown_config_key_names_the_file(tmp_path, capsys):
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"model": "mlp", "batchsize": 32}))
@@ -139,3 +184,28 @@ def test_divergence_and_interruption_are_reported_without_a_traceback(
     code, _, err = run(capsys, "train", "mlp", "--name", "run7", "--registry", str(tmp_path))
     assert code == 130
     assert "interrupted; nothing was saved: continue with `zoo train --resume --name run7`" in err
+
+
+def test_eval_of_an_entry_without_a_data_set_says_to_name_one(tmp_path, capsys):
+    # What `zoo import-torchvision` saves: weights and preprocessing, no training data set.
+    raw = np.stack([np.zeros((28, 28, 1), np.uint8), np.full((28, 28, 1), 255, np.uint8)])
+    preprocessing = Preprocessing.fit(raw, (28, 28, 1))
+    model = zoo.create_model("mlp")
+    variables = model.init(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32))
+    hub.save(
+        "imported",
+        model_name="mlp",
+        model_config={},
+        variables=variables,
+        step=0,
+        registry=tmp_path,
+        meta={"preprocessing": preprocessing.to_dict()},
+    )
+    code, _, err = run(capsys, "eval", "imported", "--registry", str(tmp_path))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "imported step 0 records no data set" in err
+    assert "`zoo eval imported --dataset NAME` with a data set of 28x28x1 images" in err
+    code, out, err = run(
+        capsys, "eval", "imported", "--registry", str(tmp_path), "--dataset", "mnist5k"
+    )
+    assert code == 0 and "imported step 0 on mnist5k held-out split (1,000 images)" in out, err

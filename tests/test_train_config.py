@@ -9,6 +9,7 @@ import pytest
 
 import zoo
 from zoo.cli import training as commands
+from zoo.errors import InvalidValueError
 from zoo.training.config import (
     PRESETS,
     RESUMABLE_FIELDS,
@@ -174,3 +175,51 @@ def test_resume_may_extend_epochs_but_not_change_the_run():
     with pytest.raises(ValueError, match=r"cannot change lr=0.1 -> 0.5"):
         resumed(saved, {"lr": 0.5})
     assert {"epochs", "registry"} <= RESUMABLE_FIELDS and "batch_size" not in RESUMABLE_FIELDS
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_an_empty_name_is_refused(name):
+    with pytest.raises(InvalidValueError, match="name must not be empty"):
+        TrainConfig(model="mlp", name=name)
+
+
+def test_model_args_come_from_flags_and_files_and_each_flag_overrides_its_key(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('model = "mlp"\n[model_args]\nhidden = [64, 32]\nactivation = "relu"\n')
+    args = parse_train(
+        ["--config", str(path), "--model-arg", "hidden=[128]", "--model-arg", "in_channels=1"]
+    )
+    config = resolve(commands.explicit_settings(args))
+    assert config.model_args == {"hidden": [128], "activation": "relu", "in_channels": 1}
+    assert config.to_dict()["model_args"] == config.model_args
+    assert commands.model_arg("activation=gelu") == ("activation", "gelu")  # Not JSON: text.
+    assert commands.model_arg(" width = 2.5") == ("width", 2.5)
+    assert commands.as_flags({"model_args": {"hidden": [8, 4]}}) == "--model-arg hidden=[8,4]"
+
+
+@pytest.mark.parametrize("text", ["hidden", "=3", ""])
+def test_a_model_arg_without_a_key_is_a_one_line_error(capsys, text):
+    with pytest.raises(SystemExit) as info:
+        parse_train(["mlp", "--model-arg", text])
+    assert info.value.code == 2
+    assert f"argument --model-arg: expected KEY=VALUE, got {text!r}" in capsys.readouterr().err
+
+
+def test_model_args_must_be_a_table_and_are_part_of_what_resume_keeps():
+    with pytest.raises(TypeError, match="model_args must be a table of named values, got 3"):
+        TrainConfig(model="mlp", model_args=3)
+    saved = TrainConfig(model="mlp", model_args={"hidden": [16]}).to_dict()
+    with pytest.raises(ValueError, match=r"cannot change model_args=\{'hidden': \[16\]\}"):
+        resumed(saved, {"model_args": {"hidden": [32]}})
+    old = {k: v for k, v in saved.items() if k != "model_args"}  # Saved before model_args.
+    assert resumed(old, {"epochs": 3}).model_args == {}
+
+
+def test_the_help_of_a_flag_a_preset_sets_shows_the_presets_values(capsys):
+    with pytest.raises(SystemExit):
+        parse_train(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    epochs = f"lenet5 {PRESETS['lenet5']['epochs']}"
+    assert f"passes over the training split (default: the model's preset ({epochs}," in text
+    assert "(default: 10)" not in text
+    assert "seed of initialisation, shuffling, augmentation and dropout (default: 0)" in text

@@ -63,15 +63,27 @@ class Preprocessing:
             x = jnp.repeat(x, self.input_shape[-1], axis=-1)
         return (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
 
-    def _to_input_size(self, x: jax.Array) -> jax.Array:
+    @property
+    def resizing(self) -> str | None:
+        """How the images reach the input size: "zero-padded", "resized" (bilinear), or None.
+
+        Zero-padding keeps the digit at its scale, as in LeCun et al. 1998, Sec. II-B; it is
+        used whenever the input is larger by an even margin on both axes.
+        """
         (sh, sw, _), (th, tw, _) = self.source_shape, self.input_shape
         if (sh, sw) == (th, tw):
-            return x
+            return None
         dh, dw = th - sh, tw - sw
-        if dh >= 0 and dw >= 0 and dh % 2 == 0 and dw % 2 == 0:
-            # Zero-pad: the digit stays at its scale, as in LeCun et al. 1998, Sec. II-B.
-            return jnp.pad(x, ((0, 0), (dh // 2, dh // 2), (dw // 2, dw // 2), (0, 0)))
-        return jax.image.resize(x, (x.shape[0], th, tw, x.shape[-1]), method="bilinear")
+        return "zero-padded" if dh >= 0 and dw >= 0 and dh % 2 == 0 == dw % 2 else "resized"
+
+    def _to_input_size(self, x: jax.Array) -> jax.Array:
+        (sh, sw, _), (th, tw, _) = self.source_shape, self.input_shape
+        if self.resizing == "zero-padded":
+            dh, dw = (th - sh) // 2, (tw - sw) // 2
+            return jnp.pad(x, ((0, 0), (dh, dh), (dw, dw), (0, 0)))
+        if self.resizing == "resized":
+            return jax.image.resize(x, (x.shape[0], th, tw, x.shape[-1]), method="bilinear")
+        return x
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) for k, v in dataclasses.asdict(self).items()}

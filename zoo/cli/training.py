@@ -10,14 +10,15 @@ joins a multi-process run (`zoo.training.distributed`); they are launch settings
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import types
 import typing
 from typing import Any, Literal
 
 from zoo import hub, multihost, runtime
-from zoo.training import distributed, loop
-from zoo.training.config import PRESETS, field_names, flags, load_config_file, resolve, resumed
+from zoo.training import api, distributed, loop
+from zoo.training.config import PRESETS, field_names, flags, load_config_file
 from zoo.training.evaluate import evaluate_saved
 from zoo.training.report import format_metrics
 
@@ -76,9 +77,15 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for name, (hint, flag, default) in flags().items():
         if name == "model":
             continue
-        help_ = flag.help if "default:" in flag.help else f"{flag.help} (default: {default})"
+        help_ = (
+            flag.help
+            if "default:" in flag.help
+            else f"{flag.help} ({_default_text(name, default)})"
+        )
         options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_}
-        if hint is bool:
+        if typing.get_origin(hint) is dict:
+            options.update(action="append", type=model_arg, metavar=flag.metavar)
+        elif hint is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(hint) is Literal:
             options["choices"] = typing.get_args(hint)
@@ -87,7 +94,28 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             types_ = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
             options["type"] = next(t for t in types_ if t is not type(None))
             options["metavar"] = flag.metavar or METAVARS[options["type"]]
-        parser.add_argument("--" + name.replace("_", "-"), **options)
+        parser.add_argument("--" + (flag.name or name.replace("_", "-")), **options)
+
+
+def _default_text(name: str, default: Any) -> str:
+    """'default: 10', or for a field a preset sets, each preset's value and the fallback."""
+    by_preset = {model: preset[name] for model, preset in PRESETS.items() if name in preset}
+    if not by_preset:
+        return f"default: {default}"
+    presets = ", ".join(f"{model} {value}" for model, value in by_preset.items())
+    return f"default: the model's preset ({presets}), else {default}"
+
+
+def model_arg(text: str) -> tuple[str, Any]:
+    """`key=value` -> (key, value): the value as JSON where it parses (hidden=[128] is a list,
+    width=2 an int), else the text itself (act=relu)."""
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
 
 
 def _add_launch_flags(parser: argparse.ArgumentParser) -> None:
@@ -139,6 +167,10 @@ def as_flags(settings: dict[str, Any]) -> str:
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             words.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, dict):  # model_args: one --model-arg each.
+            words += [
+                f"--model-arg {k}={json.dumps(v, separators=(',', ':'))}" for k, v in value.items()
+            ]
         else:
             words.append(f"{flag} {value}")
     return " ".join(words)
@@ -147,7 +179,12 @@ def as_flags(settings: dict[str, Any]) -> str:
 def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The config file's values updated by the flags actually given."""
     settings = load_config_file(args.config) if args.config else {}
-    settings.update({name: getattr(args, name) for name in field_names() if hasattr(args, name)})
+    flags = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
+    if "model_args" in flags:  # Each --model-arg overrides that one key of the file's table.
+        from_file = settings.get("model_args", {})
+        from_file = from_file if isinstance(from_file, dict) else {}  # TrainConfig says why.
+        flags["model_args"] = {**from_file, **dict(flags["model_args"])}
+    settings.update(flags)
     return settings
 
 
@@ -161,15 +198,9 @@ def _train(args: argparse.Namespace) -> int:
     # A second run of the same job loads its compiled programs instead of compiling them again.
     runtime.enable_compilation_cache()
     settings = explicit_settings(args)
-    if args.resume:
-        # `--name` alone finds the run; its saved config supplies everything else.
-        name = settings.get("name") or resolve(settings).run_name
-        saved = hub.load(name, registry=settings.get("registry")).meta["config"]
-        config = resumed(saved, settings)
-    else:
-        config = resolve(settings, source=args.config or "command line")
+    config = api.configure(resume=args.resume, source=args.config or "command line", **settings)
     try:
-        result = loop.fit(config, resume=args.resume)
+        result = api.train(config, resume=args.resume)
     except loop.TrainingDiverged as error:
         print(f"zoo train: error: {error}", file=sys.stderr)
         return 1

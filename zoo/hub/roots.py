@@ -87,7 +87,7 @@ def check_writable(registry: PathLike | None = None) -> Path:
             pass
     except OSError as error:
         raise NotWritableError(
-            f"cannot write to checkpoint registry {root} ({error.strerror}); {HOW_TO_SET}"
+            f"checkpoint registry {root} is not writable ({error.strerror}); {HOW_TO_SET}"
         ) from None
     return root
 

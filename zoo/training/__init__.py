@@ -1,16 +1,31 @@
 """Training for jax-zoo: `zoo train MODEL` from the command line, or from Python:
 
-    from zoo.training import TrainConfig, fit
-    result = fit(TrainConfig(model="lenet5", epochs=3))
-    zoo.hub.load(result.name).predict(raw_uint8_images)
+    import zoo.training
+    run = zoo.training.train("lenet5", epochs=3)  # lenet5's preset, as `zoo train lenet5`
+    run.model.predict(raw_uint8_images)
+
+`train` applies the model's preset, as the command line does; `fit(TrainConfig(...))` is the
+loop itself and applies no preset.
 
 Modules, in the order a run flows through them: `config` (every setting) -> `data` (named data
 sets) -> `experiment` (model, optimizer, mesh) -> `loop` (epochs, checkpoints, NaN guard) ->
 `pipeline` and `step` (the jitted work) -> `report` (progress bar, JSONL log).
 """
 
+from zoo.training.api import EarlyStopping, arrays, configure, train
 from zoo.training.config import TrainConfig
 from zoo.training.evaluate import evaluate_saved
-from zoo.training.loop import FitResult, TrainingDiverged, fit
+from zoo.training.loop import Callback, FitResult, TrainingDiverged, fit
 
-__all__ = ["FitResult", "TrainConfig", "TrainingDiverged", "evaluate_saved", "fit"]
+__all__ = [
+    "Callback",
+    "EarlyStopping",
+    "FitResult",
+    "TrainConfig",
+    "TrainingDiverged",
+    "arrays",
+    "configure",
+    "evaluate_saved",
+    "fit",
+    "train",
+]

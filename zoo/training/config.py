@@ -34,6 +34,7 @@ class Flag:
 
     help: str
     metavar: str | None = None
+    name: str | None = None  # The flag's name when it is not the field's (`--model-arg`).
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -85,6 +86,18 @@ class TrainConfig:
         ),
     ] = None
     log: Annotated[str | None, Flag("JSONL metrics file (default: runs/NAME.jsonl)", "FILE")] = None
+    model_args: Annotated[
+        dict[str, Any],
+        Flag(
+            "a model argument, e.g. hidden=[128] (repeatable; the value is read as JSON where "
+            "it parses, else as a string; default: none)",
+            "KEY=VALUE",
+            "model-arg",
+        ),
+    ] = dataclasses.field(default_factory=dict)
+    tensorboard: Annotated[
+        bool, Flag("TensorBoard event files beside the log (runs/NAME/ for runs/NAME.jsonl)")
+    ] = True
 
     def __post_init__(self) -> None:
         for name, hint in typing.get_type_hints(type(self)).items():
@@ -112,7 +125,7 @@ class TrainConfig:
 
 # The fields a resumed run may change: how long it trains and where things go, not what it is.
 RESUMABLE_FIELDS = frozenset(
-    {"epochs", "checkpoint_every", "max_to_keep", "registry", "data_dir", "log"}
+    {"epochs", "checkpoint_every", "max_to_keep", "registry", "data_dir", "log", "tensorboard"}
 )
 
 # Per-model defaults, applied under a config file and flags. Tuned on 2 CPU cores.
@@ -127,6 +140,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "warmup_epochs": 1.0,
         "weight_decay": 5e-4,
         "label_smoothing": 0.1,
+        "augment": True,
+    },
+    # LeCun et al. 1998 train for 20 passes with no weight decay, by stochastic diagonal
+    # Levenberg-Marquardt (per-parameter step sizes), which optax does not offer; Adam is the
+    # nearest adaptive method. The RBF output's logits are large (negated squared distances),
+    # so SGD at lenet5's lr 0.1 never learns; label smoothing did not help. 96.9% held-out on
+    # mnist5k (97.1% at epoch 10), short of lenet5's 98.4%.
+    "lenet5_1998": {
+        "epochs": 15,
+        "batch_size": 32,
+        "optimizer": "adamw",
+        "lr": 3e-3,
+        "warmup_epochs": 1.0,
+        "weight_decay": 0.0,
         "augment": True,
     },
     # The lecture's 2-D latent autoencoder: Adam on the reconstruction error.
@@ -241,6 +268,10 @@ def check_resumable(saved: TrainConfig, config: TrainConfig) -> None:
 
 def _checked(name: str, value: Any, hint: Any) -> Any:
     """`value` if it has type `hint` (an int is accepted, as a float, where a float is wanted)."""
+    if typing.get_origin(hint) is dict:  # `model_args`: the model's own config checks values.
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise InvalidTypeError(f"{name} must be a table of named values, got {value!r}")
+        return dict(value)
     if typing.get_origin(hint) is Literal:
         if value not in typing.get_args(hint):
             options = ", ".join(map(repr, typing.get_args(hint)))
@@ -286,3 +317,8 @@ def _check_ranges(config: TrainConfig) -> None:
     )
     need(config.max_to_keep >= 1, "max_to_keep must be at least 1", config.max_to_keep)
     need(bool(config.model), "model must be a model name", config.model)
+    need(
+        config.name is None or bool(config.name.strip()),
+        "name must not be empty (leave --name out to save as MODEL-DATASET)",
+        config.name,
+    )

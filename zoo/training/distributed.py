@@ -32,10 +32,12 @@ folder left by a dead primary is deleted by the next save (`zoo.hub.disk`).
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import re
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 
@@ -131,11 +133,48 @@ def initialize(launch: Launch) -> None:
     # processes agree on, and otherwise ignore it; the loop does not take such notices, so without
     # the service SIGTERM stops a process as it stops a single one (and the others follow).
     jax.config.update("jax_enable_preemption_service", False)
+    drop_native_stdout_lines(GLOO_ANNOUNCEMENT)
     jax.distributed.initialize(
         **settings,
         initialization_timeout=INITIALIZATION_TIMEOUT_SECONDS,
         heartbeat_timeout_seconds=launch.heartbeat_timeout,
     )
+
+
+# Gloo, XLA's CPU collectives, prints this with std::cout, from C++, for every process at its
+# first collective ("[Gloo] Rank 1 is connected to 1 peer ranks. Expected number of ..."): no
+# log level or environment variable turns it off.
+GLOO_ANNOUNCEMENT = b"[Gloo] "
+
+
+def drop_native_stdout_lines(prefix: bytes) -> None:
+    """From now on, lines that native code writes to stdout starting with `prefix` are dropped.
+
+    File descriptor 1 becomes a pipe that a daemon thread copies to the real stdout, minus those
+    lines; Python's `sys.stdout` keeps writing to the real one directly, so a terminal stays a
+    terminal for the progress bar. Native output still in the pipe at exit is flushed first.
+    """
+    sys.stdout.flush()
+    real_stdout = os.dup(1)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 1)
+    os.close(write_end)
+    sys.stdout = open(real_stdout, "w", buffering=1, closefd=False)  # noqa: SIM115
+
+    def copy() -> None:
+        with open(read_end, "rb") as lines:
+            for line in lines:
+                if not line.startswith(prefix):
+                    os.write(real_stdout, line)
+
+    copier = threading.Thread(target=copy, name="native-stdout-filter", daemon=True)
+    copier.start()
+
+    def drain() -> None:
+        os.dup2(real_stdout, 1)  # Closes the pipe's last write end: the copier sees its end.
+        copier.join(timeout=1)
+
+    atexit.register(drain)
 
 
 def detected_cluster() -> str | None:

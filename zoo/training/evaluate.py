@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 import zoo
 from zoo import hub
 from zoo.data import load_dataset
-from zoo.errors import InvalidValueError
+from zoo.errors import InvalidValueError, NotFoundError
 from zoo.preprocessing import Preprocessing
 from zoo.training.pipeline import DeviceSplit, eval_batch, eval_order
 from zoo.training.report import host_metrics
@@ -93,7 +93,13 @@ def evaluate_saved(
             f"{name} step {loaded.step} was saved without meta['preprocessing']; "
             "it cannot be evaluated on raw data"
         )
-    dataset = dataset or loaded.meta["dataset"]
+    dataset = dataset or loaded.meta.get("dataset")
+    if dataset is None:
+        raise NotFoundError(
+            f"{name} step {loaded.step} records no data set it was trained on (an imported "
+            f"model, say): name one, e.g. `zoo eval {name} --dataset NAME` with a data set of "
+            f"{'x'.join(map(str, loaded.preprocessing.source_shape))} images"
+        )
     source_shape = tuple(loaded.preprocessing.source_shape)
     data = load_dataset(
         dataset,

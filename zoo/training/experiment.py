@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 import zoo
 from zoo import hub
-from zoo.data import load_dataset
+from zoo.data import Dataset, load_dataset
 from zoo.errors import InvalidValueError
 from zoo.preprocessing import Preprocessing
 from zoo.training.augment import AUGMENTATIONS, Augmentation
@@ -61,25 +61,27 @@ class Experiment:
         return 2 * self.config.batch_size
 
 
-def build_experiment(config: TrainConfig) -> Experiment:
-    """Loads the data and builds model, mesh and keys; checks the cheap things first."""
+def build_experiment(config: TrainConfig, dataset: Dataset | None = None) -> Experiment:
+    """Loads the data (or takes `dataset`) and builds model, mesh and keys; cheap checks first."""
     info = zoo.model_info(config.model)
+    designed = info.config(**config.model_args)  # Unknown model arguments fail here.
     mesh = make_mesh()
     check_batch_size(config.batch_size, mesh)
-    model_config: dict[str, Any] = {}
+    model_config: dict[str, Any] = dict(config.model_args)
     if config.precision != "fp32":
-        if "dtype" not in info.config():
+        if "dtype" not in designed:
             raise InvalidValueError(
                 f"{config.model} has no dtype field: --precision {config.precision} "
                 "is not available for it; use --precision fp32"
             )
         model_config["dtype"] = COMPUTE_DTYPES[config.precision]
 
-    dataset = load_dataset(
+    designed_shape = (*designed["input_size"], designed["in_channels"])
+    dataset = dataset or load_dataset(
         config.dataset,
         data_dir=config.data_dir,
-        image_shape=info.input_shape,
-        num_classes=info.num_classes,
+        image_shape=designed_shape,
+        num_classes=designed.get("num_classes"),
     )
     train = dataset.train
     if config.max_train_examples is not None:
@@ -89,14 +91,16 @@ def build_experiment(config: TrainConfig) -> Experiment:
             f"batch size {config.batch_size} is larger than the {len(train)} "
             f"training examples of {config.dataset}"
         )
-    if "num_classes" in info.config():
+    if "num_classes" in designed:
+        _check_model_arg(config, "num_classes", dataset.num_classes)
         model_config["num_classes"] = dataset.num_classes
     elif info.num_classes != dataset.num_classes:
         raise InvalidValueError(
             f"{config.model} has {info.num_classes} outputs but {config.dataset} "
             f"has {dataset.num_classes} classes"
         )
-
+    input_shape = _input_shape(info, config, designed_shape, dataset.image_shape)
+    model_config["input_size"] = input_shape[:2]
     init, shuffle, augment = jax.random.split(jax.random.key(config.seed), 3)
     return Experiment(
         config=config,
@@ -104,8 +108,8 @@ def build_experiment(config: TrainConfig) -> Experiment:
         mesh=mesh,
         model_config=model_config,
         model=zoo.create_model(config.model, **model_config),
-        input_shape=info.input_shape,
-        preprocessing=Preprocessing.fit(train.images, info.input_shape),
+        input_shape=input_shape,
+        preprocessing=Preprocessing.fit(train.images, input_shape),
         train=DeviceSplit.from_host(train, mesh),
         test=DeviceSplit.from_host(dataset.test, mesh),
         num_classes=dataset.num_classes,
@@ -113,6 +117,30 @@ def build_experiment(config: TrainConfig) -> Experiment:
         augmentation=AUGMENTATIONS[dataset.augmentation] if config.augment else None,
         keys=replicate({"init": init, "shuffle": shuffle, "augment": augment}, mesh),
     )
+
+
+def _input_shape(
+    info: zoo.ModelInfo,
+    config: TrainConfig,
+    designed: tuple[int, int, int],
+    images: tuple[int, int, int],
+) -> tuple[int, int, int]:
+    """The (H, W, C) the model trains on: the data set's images for a model of any input size
+    (resnet18 on CIFAR-10 sees 32x32, not 224x224), else, or where `input_size` is a model
+    argument, the size the model was built for. Channels are the model's (grey is repeated)."""
+    fixed = info.module(**info.config(**config.model_args)).fixed_input_size
+    if fixed or "input_size" in config.model_args:
+        return designed
+    return (*images[:2], designed[2])
+
+
+def _check_model_arg(config: TrainConfig, key: str, value: Any) -> None:
+    """A model argument the data set decides may be given only with the data set's value."""
+    if key in config.model_args and config.model_args[key] != value:
+        raise InvalidValueError(
+            f"--model-arg {key}={config.model_args[key]!r} does not fit {config.dataset}, "
+            f"which has {key} {value!r}"
+        )
 
 
 def initial_state(experiment: Experiment) -> TrainState:

@@ -1,9 +1,10 @@
-"""The training loop: epochs of one compiled step, held-out evaluation, checkpoints, NaN guard.
+"""The training loop: epochs of one compiled step, held-out evaluation, checkpoints, a guard.
 
 The step (gather, augment, preprocess, `train_step`, add metrics) is compiled once, ahead of
 time, with the state and the metric sums donated. Metrics stay on the device: the loop fetches
 their sums `REFRESHES_PER_EPOCH` times an epoch for the progress bar, never every step, and
-each fetch checks the loss is finite. After every epoch the held-out split is evaluated and,
+each fetch checks the loss is finite. After every epoch the held-out split is evaluated, the
+epoch is judged for divergence (`zoo.training.divergence`: a diverged epoch is never saved) and,
 every `checkpoint_every` epochs and after the last, the state is saved to the registry with
 the optimizer state, so `--resume` continues exactly where the last save left off.
 """
@@ -11,8 +12,11 @@ the optimizer state, so `--resume` continues exactly where the last save left of
 from __future__ import annotations
 
 import dataclasses
-import math
+import tempfile
 import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -20,8 +24,10 @@ import jax.numpy as jnp
 from rich.console import Console
 
 from zoo import hub, multihost
-from zoo.errors import InvalidValueError, NotFoundError, ZooError
+from zoo.data import Dataset
+from zoo.errors import InvalidValueError, NotAFolderError, NotFoundError, NotWritableError
 from zoo.training.config import TrainConfig
+from zoo.training.divergence import TrainingDiverged, divergence, non_finite_losses
 from zoo.training.evaluate import make_evaluator
 from zoo.training.experiment import (
     Experiment,
@@ -31,7 +37,7 @@ from zoo.training.experiment import (
     save_checkpoint,
 )
 from zoo.training.pipeline import DeviceSplit, epoch_order, training_batch
-from zoo.training.report import Reporter, host_metrics
+from zoo.training.report import Reporter, compiling, host_metrics
 from zoo.training.sharding import replicate, replicated
 from zoo.training.state import TrainState, learning_rate_schedule
 from zoo.training.step import Metrics, train_step, zero_metrics
@@ -40,46 +46,88 @@ from zoo.training.step import Metrics, train_step, zero_metrics
 REFRESHES_PER_EPOCH = 10
 
 
-class TrainingDiverged(ZooError, FloatingPointError):
-    """The loss became NaN or infinite; the registry keeps the last good checkpoint."""
+# Called with each epoch's record (a copy): "epoch", "val_loss", "val_accuracy", "lr", ...;
+# returning True ends the run after that epoch.
+Callback = Callable[[dict[str, Any]], bool | None]
 
 
 @dataclasses.dataclass(frozen=True)
 class FitResult:
-    """How a run ended: its registry name, last registry step and epoch, last metrics."""
+    """How a run ended: its registry name, last registry step and epoch, last metrics.
+
+    `unsaved` is the trained model of a run that did not save (`fit(..., save=False)`).
+    """
 
     name: str
     step: int
     epoch: int
     metrics: dict[str, float]
     wall_seconds: float
+    registry: str | None = None
+    unsaved: hub.LoadedModel | None = None
+
+    @property
+    def model(self) -> hub.LoadedModel:
+        """The trained model, with `predict` for raw images: the registry's copy if saved."""
+        return self.unsaved or hub.load(self.name, step=self.step, registry=self.registry)
 
 
-def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = None) -> FitResult:
+def fit(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    console: Console | None = None,
+    callbacks: Sequence[Callback] = (),
+    dataset: Dataset | None = None,
+    save: bool = True,
+) -> FitResult:
     """Trains `config.model` on `config.dataset`, saving to the registry as `config.run_name`.
 
     With `resume`, continues the latest checkpoint of that name (which must exist); without, a
     new run starts, and under a name that exists its checkpoints follow the latest one.
-    Raises `TrainingDiverged` on a NaN/Inf loss, and `ValueError`,
-    `TypeError`, `KeyError` or `FileNotFoundError` for bad settings, before any training; a
-    second live run under the same name and registry is refused (`zoo.hub.claim_run`).
+    `callbacks` are called with each epoch's record before it is saved; one that returns True
+    ends the run after that epoch, which is then saved (`EarlyStopping`). `dataset` trains on
+    arrays in memory instead of the named set; without `save` nothing goes to the registry.
+    Raises `TrainingDiverged` when an epoch diverges (`zoo.training.divergence`; that epoch is
+    not saved), and `ValueError`, `TypeError`, `KeyError` or `FileNotFoundError` for bad
+    settings, before any training; a second live run under the same name and registry is
+    refused (`zoo.hub.claim_run`).
     """
-    with hub.claim_run(config.run_name, registry=config.registry) as run_id:
-        return _fit(config, resume, console, run_id)
+    if save:  # Before the claim, which writes there: a read-only registry is one clear line.
+        hub.check_writable(config.registry)
+    claim = hub.claim_run(config.run_name, registry=config.registry) if save else nullcontext()
+    with claim as run_id:
+        return _fit(config, resume, console, callbacks, dataset, save, run_id)
 
 
-def _fit(config: TrainConfig, resume: bool, console: Console | None, run_id: str) -> FitResult:
+def _fit(
+    config: TrainConfig,
+    resume: bool,
+    console: Console | None,
+    callbacks: Sequence[Callback],
+    dataset: Dataset | None,
+    save: bool,
+    run_id: str | None,
+) -> FitResult:
     # With several processes (`zoo.training.distributed`) only the primary prints and logs.
     primary = multihost.is_primary()
     console = (console or Console()) if primary else Console(quiet=True)
-    latest = _check_name_state(config, resume)
-    experiment = build_experiment(config)
+    latest = _check_name_state(config, resume) if save or resume else None
+    if primary:
+        _check_log_file(config.log_path)
+    experiment = build_experiment(config, dataset)
     start = _starting_point(experiment, resume, latest)
     state, start_epoch, history = start.state, start.epoch, list(start.history)
 
     console.print(_describe(experiment, start_epoch), highlight=False, soft_wrap=True)
+    if (adapted := _describe_input(experiment)) is not None:
+        console.print(adapted, highlight=False, soft_wrap=True)
+    if start.schedule_change is not None:
+        console.print(
+            _describe_schedule_change(start.schedule_change), highlight=False, soft_wrap=True
+        )
     started = time.monotonic()
-    with console.status("compiling"):
+    with compiling(console):
         train_fn = _compile_train_step(experiment, state)
         evaluate = make_evaluator(
             experiment.model.apply,
@@ -97,8 +145,10 @@ def _fit(config: TrainConfig, resume: bool, console: Console | None, run_id: str
         console,
         config.log_path if primary else None,
         epochs=config.epochs,
+        start_epoch=start_epoch,
         steps_per_epoch=experiment.steps_per_epoch,
         append=resume,
+        tensorboard=config.tensorboard,
     ) as reporter:
         reporter.write(
             "start",
@@ -107,27 +157,40 @@ def _fit(config: TrainConfig, resume: bool, console: Console | None, run_id: str
             devices=experiment.mesh.size,
             device_kind=jax.devices()[0].device_kind,
             compile_seconds=time.monotonic() - started,
+            schedule_change=start.schedule_change,
         )
         for epoch in range(start_epoch, config.epochs):
             epoch_started = time.monotonic()
-            state, train_metrics = _train_epoch(experiment, train_fn, state, epoch, reporter)
+            state, train_metrics = _train_epoch(
+                experiment, train_fn, state, epoch, reporter, start.step_offset
+            )
             train_seconds = time.monotonic() - epoch_started
             metrics = {
                 **train_metrics,
                 **host_metrics(jax.device_get(evaluate(state.variables)), "val"),
             }
-            _check_finite(metrics, experiment, epoch, step=int(state.step))
+            _check_diverged(
+                divergence(metrics, history, _classes(experiment)),
+                experiment,
+                epoch,
+                step=start.step_offset + int(state.step),
+            )
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "step": int(state.step),
                 "lr": float(learning_rate(state.step - 1)),
                 **metrics,
+                "train_loss_label_smoothing": config.label_smoothing,
                 "images_per_second": experiment.steps_per_epoch * config.batch_size / train_seconds,
                 "epoch_seconds": time.monotonic() - epoch_started,
                 "wall_seconds": time.monotonic() - started,
             }
+            if epoch == start_epoch and start.schedule_change is not None:
+                record["schedule_change"] = start.schedule_change  # Saved with the history.
             history.append(record)
-            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
+            stop = any([bool(callback(dict(record))) for callback in callbacks])  # Call all.
+            last = epoch + 1 == config.epochs or stop
+            if save and ((epoch + 1) % config.checkpoint_every == 0 or last):
                 record["checkpoint_step"] = start.step_offset + int(state.step)
                 save_checkpoint(
                     experiment,
@@ -139,13 +202,40 @@ def _fit(config: TrainConfig, resume: bool, console: Console | None, run_id: str
                     wall_seconds=record["wall_seconds"],
                     run_id=start.run_id or run_id,
                 )
-            reporter.end_epoch(record)
+            reporter.end_epoch(record, registry_step=start.step_offset + int(state.step))
+            if stop:
+                break
+    step = start.step_offset + int(state.step)
     return FitResult(
         config.run_name,
-        start.step_offset + int(state.step),
-        config.epochs,
+        step,
+        history[-1]["epoch"] if history else start_epoch,
         metrics,
         time.monotonic() - started,
+        config.registry,
+        _trained_model(experiment, state, step, history) if not save else None,
+    )
+
+
+def _trained_model(
+    experiment: Experiment, state: TrainState, step: int, history: list[dict[str, Any]]
+) -> hub.LoadedModel:
+    """The unsaved result as the registry would load it (`path` is None: it has no folder)."""
+    config = experiment.config
+    return hub.LoadedModel(
+        name=config.run_name,
+        model_name=config.model,
+        module=experiment.model,
+        variables=jax.device_get(state.variables),
+        meta={
+            "dataset": config.dataset,
+            "preprocessing": experiment.preprocessing.to_dict(),
+            "metrics": history[-1] if history else {},
+            "config": config.to_dict(),
+            "history": history,
+        },
+        step=step,
+        path=None,
     )
 
 
@@ -159,6 +249,8 @@ class StartingPoint:
         overwrites one; a resumed run keeps the numbering it was saved with.
       history: the epoch records so far (saved with every checkpoint, for `zoo plot curves`).
       run_id: the resumed run's id, so that it keeps pruning its own steps; None for a new run.
+      schedule_change: how a resume with another `epochs` than the saved run's changes the
+        learning rate (`_schedule_change`), or None.
     """
 
     state: TrainState
@@ -166,6 +258,7 @@ class StartingPoint:
     step_offset: int
     history: tuple[dict[str, Any], ...]
     run_id: str | None = None
+    schedule_change: dict[str, Any] | None = None
 
 
 def _starting_point(experiment: Experiment, resume: bool, latest: int | None) -> StartingPoint:
@@ -181,7 +274,40 @@ def _starting_point(experiment: Experiment, resume: bool, latest: int | None) ->
             "already; pass a larger --epochs"
         )
     history = tuple(record for record in meta.get("history", ()) if record["epoch"] <= done)
-    return StartingPoint(state, done, step - int(state.step), history, meta.get("run_id"))
+    saved = TrainConfig.from_dict(meta["config"], source="saved config")
+    change = _schedule_change(saved, config, experiment.steps_per_epoch, int(state.step), step)
+    return StartingPoint(state, done, step - int(state.step), history, meta.get("run_id"), change)
+
+
+def _schedule_change(
+    saved: TrainConfig, config: TrainConfig, steps_per_epoch: int, step: int, registry_step: int
+) -> dict[str, Any] | None:
+    """What resuming under another `epochs` does to the learning rate, or None if nothing.
+
+    The schedule's horizon is the run's `epochs`, so a resume that changes them rebuilds it:
+    the run continues on the new schedule from its next step, and its earlier epochs followed the
+    old one, so it ends close to, but not exactly where, a straight run of the new length would.
+    """
+    if saved.epochs == config.epochs:
+        return None
+    before = learning_rate_schedule(saved, steps_per_epoch)(step)
+    after = learning_rate_schedule(config, steps_per_epoch)(step)
+    return {
+        "epochs": [saved.epochs, config.epochs],
+        "registry_step": registry_step,
+        "lr": [float(before), float(after)],
+    }
+
+
+def _describe_schedule_change(change: dict[str, Any]) -> str:
+    (old, new), (before, after) = change["epochs"], change["lr"]
+    return (
+        f"--epochs {new} is not the saved run's {old}: the learning-rate schedule is rebuilt for "
+        f"{new} epochs, so after registry step {change['registry_step']} the lr is {after:.3g} "
+        f"(the {old}-epoch schedule's is {before:.3g}); the epochs trained so far followed the "
+        f"{old}-epoch schedule, so the result is close to, not the same as, a straight "
+        f"{new}-epoch run"
+    )
 
 
 def _describe(experiment: Experiment, start_epoch: int) -> str:
@@ -199,6 +325,24 @@ def _describe(experiment: Experiment, start_epoch: int) -> str:
     )
 
 
+def _describe_input(experiment: Experiment) -> str | None:
+    """One line when the data set's images are not the model's input as they are."""
+    config, preprocessing = experiment.config, experiment.preprocessing
+    source, target = preprocessing.source_shape, preprocessing.input_shape
+    changes = {"zero-padded": ["zero-padded"], "resized": ["resized (bilinear)"], None: []}[
+        preprocessing.resizing
+    ]
+    if source[-1] != target[-1]:
+        changes.append(f"given {target[-1]} channels (the grey one repeated)")
+    if not changes:
+        return None
+    source_text, target_text = ("x".join(map(str, shape)) for shape in (source, target))
+    return (
+        f"{config.dataset}'s {source_text} images are {' and '.join(changes)} to fit "
+        f"{config.model}'s {target_text} input"
+    )
+
+
 def _processes() -> str:
     count = jax.process_count()
     return f" in {count} processes" if count > 1 else ""
@@ -213,6 +357,34 @@ def _check_name_state(config: TrainConfig, resume: bool) -> int | None:
             f"in {hub.registry_root(config.registry)}"
         )
     return latest
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """Raises a one-line error unless files can be created in `folder` (or where it would be).
+
+    Checked before data is loaded or anything compiles, so that a run never trains an epoch to
+    find out it cannot save it. Creating a file is the test: permission bits do not show a
+    read-only file system, and root passes them all.
+    """
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotAFolderError(f"{what} {folder}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        where = "" if existing == folder else f" (it would be created in {existing})"
+        raise NotWritableError(
+            f"{what} {folder} is not writable{where}: {error.strerror}"
+        ) from None
+
+
+def _check_log_file(path: Path) -> None:
+    if path.is_dir():
+        raise NotAFolderError(f"metrics log {path} is a folder; --log wants a file name")
+    _check_writable(path.parent, "metrics log folder")
 
 
 TrainFn = Any  # A compiled (state, totals, split, order, key) -> (state, totals).
@@ -265,9 +437,17 @@ def _epoch_order(experiment: Experiment, epoch: int) -> jax.Array:
 
 
 def _train_epoch(
-    experiment: Experiment, train_fn: TrainFn, state: TrainState, epoch: int, reporter: Reporter
+    experiment: Experiment,
+    train_fn: TrainFn,
+    state: TrainState,
+    epoch: int,
+    reporter: Reporter,
+    step_offset: int,
 ) -> tuple[TrainState, dict[str, float]]:
-    """One pass over the training split; returns the state and the epoch's mean metrics."""
+    """One pass over the training split; returns the state and the epoch's mean metrics.
+
+    `step_offset` turns the optimizer's step into the registry's (`StartingPoint`).
+    """
     steps = experiment.steps_per_epoch
     order = _epoch_order(experiment, epoch)
     totals = replicate(zero_metrics(experiment.task), experiment.mesh)
@@ -278,7 +458,12 @@ def _train_epoch(
         state, totals = train_fn(state, totals, experiment.train, order, experiment.keys["augment"])
         if (i + 1) % refresh_every == 0 or i + 1 == steps:
             metrics = host_metrics(jax.device_get(totals), "train")
-            _check_finite(metrics, experiment, epoch, step=epoch * steps + i + 1)
+            _check_diverged(
+                non_finite_losses(metrics),
+                experiment,
+                epoch,
+                step=step_offset + epoch * steps + i + 1,
+            )
             reporter.update(
                 i + 1,
                 metrics,
@@ -287,19 +472,24 @@ def _train_epoch(
     return state, metrics
 
 
-def _check_finite(metrics: dict[str, float], experiment: Experiment, epoch: int, step: int) -> None:
-    bad = {k: v for k, v in metrics.items() if k.endswith("_loss") and not math.isfinite(v)}
-    if not bad:
+def _classes(experiment: Experiment) -> int | None:
+    """The number of classes of a classifier; None for a reconstruction model."""
+    return experiment.num_classes if experiment.task == "classification" else None
+
+
+def _check_diverged(reason: str | None, experiment: Experiment, epoch: int, step: int) -> None:
+    """Raises `TrainingDiverged` for a `reason`, naming steps as the registry numbers them."""
+    if reason is None:
         return
     config = experiment.config
     latest = hub.latest_step(config.run_name, registry=config.registry)
     kept = (
-        f"the last good checkpoint, step {latest} of {config.run_name!r}, is kept"
+        f"{config.run_name!r} still loads its last good checkpoint, step {latest} of the registry"
         if latest is not None
-        else "no checkpoint was saved"
+        else f"no checkpoint of {config.run_name!r} was saved"
     )
-    what = ", ".join(f"{k} = {v}" for k, v in bad.items())
     raise TrainingDiverged(
-        f"training diverged at epoch {epoch + 1}, step {step}: {what} (lr {config.lr:g}); "
-        f"{kept}. Try a lower --lr or a longer --warmup-epochs"
+        f"training diverged at epoch {epoch + 1}, step {step} (the registry's numbering): "
+        f"{reason} (lr {config.lr:g}); this epoch was not saved and {kept}. "
+        "Try a lower --lr or a longer --warmup-epochs"
     )

@@ -1,16 +1,26 @@
-"""What a run shows and records: a rich progress bar, one line per epoch, a JSONL metrics log.
+"""What a run shows and records: progress, one line per epoch, a JSONL log, TensorBoard events.
+
+On a terminal, two rich progress bars (the epoch's and the whole run's, each with its ETA); when
+output is not a terminal (a batch job's log file), a plain line about every tenth of an epoch
+and one while compiling. TensorBoard event files (written by tensorboardX, no TensorFlow) go
+beside the log, in a folder named after it (runs/NAME.jsonl -> runs/NAME/), so
+`tensorboard --logdir runs` shows every run by name; their steps are the registry's.
 
 The log has one JSON object per line, each with an "event": "start" (config, devices, compile
-time), "epoch" (train and held-out metrics, learning rate, images/s, checkpoint step) and
+time), "epoch" (train and held-out metrics, learning rate, images/s, checkpoint step; the
+training loss is the cross-entropy the step minimises, with labels smoothed by
+"train_loss_label_smoothing", the held-out loss the plain one) and
 "stopped" (a run ended by an exception: divergence, Ctrl-C). A resumed run appends to the same
 file, so it reads as one history.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -22,7 +32,9 @@ from rich.progress import (
     Progress,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
+from tensorboardX import SummaryWriter
 
 
 def host_metrics(totals: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -43,12 +55,30 @@ def format_metrics(metrics: dict[str, float], labels: dict[str, str], sep: str =
     )
 
 
+def tensorboard_dir(log_path: Path) -> Path:
+    """Where a run's TensorBoard events go: beside its JSONL log, named after it."""
+    return log_path.with_suffix("")
+
+
+@contextlib.contextmanager
+def compiling(console: Console) -> Iterator[None]:
+    """A spinner on a terminal; elsewhere a line before compiling and one with its time."""
+    if console.is_terminal:
+        with console.status("compiling"):
+            yield
+        return
+    started = time.monotonic()
+    console.print("compiling the training and evaluation steps", highlight=False)
+    yield
+    console.print(f"compiled in {time.monotonic() - started:.1f} s", highlight=False)
+
+
 class Reporter:
-    """Progress bar and epoch lines on `console`; JSONL records in `log_path`.
+    """Progress and epoch lines on `console`; JSONL records in `log_path`; TensorBoard events.
 
     Use as a context manager around the epochs; `append` continues an existing log (resume).
     Without a `log_path` (a process other than the primary of a multi-process run), records go
-    nowhere.
+    nowhere. `tensorboard` writes event files in `tensorboard_dir(log_path)`.
     """
 
     def __init__(
@@ -57,8 +87,10 @@ class Reporter:
         log_path: Path | None,
         *,
         epochs: int,
+        start_epoch: int,
         steps_per_epoch: int,
         append: bool,
+        tensorboard: bool,
     ):
         self.console = console
         self.log_path = log_path
@@ -66,23 +98,35 @@ class Reporter:
         self.steps_per_epoch = steps_per_epoch
         self.append = append
         self._log: IO[str] | None = None
+        self._tensorboard = tensorboard and log_path is not None
+        self._events: SummaryWriter | None = None
         self._progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}{task.fields[accuracy]}"),
-            TextColumn("{task.fields[images_per_second]:,.0f} img/s"),
+            TextColumn("{task.fields[metrics]}"),
             TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
             console=console,
             transient=True,
         )
-        self._task: Any = None
+        self._epoch_task: Any = None
+        self._run_task = self._progress.add_task(
+            "run", total=(epochs - start_epoch) * steps_per_epoch, metrics="", visible=False
+        )
+        self._start_epoch = self._epoch = start_epoch
+        self._started = time.monotonic()
 
     def __enter__(self) -> Reporter:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path or os.devnull, "a" if self.append else "w")
-        self._progress.start()
+        if self._tensorboard:
+            self._events = SummaryWriter(str(tensorboard_dir(self.log_path)))
+        if self.console.is_terminal:
+            self._progress.update(self._run_task, visible=True)
+            self._progress.start()
         return self
 
     def __exit__(
@@ -95,6 +139,8 @@ class Reporter:
         if error is not None:  # Divergence, Ctrl-C, ...: the log says why it ends here.
             self.write("stopped", reason=type(error).__name__, message=str(error))
         self._log.close()
+        if self._events is not None:
+            self._events.close()
 
     def write(self, event: str, **record: Any) -> None:
         """Appends one JSONL record (flushed: a killed run keeps what it logged)."""
@@ -104,35 +150,45 @@ class Reporter:
 
     def start_epoch(self, epoch: int) -> None:
         """Shows a fresh bar for `epoch` (0-based)."""
-        if self._task is not None:
-            self._progress.remove_task(self._task)
-        self._task = self._progress.add_task(
-            "train",
-            total=self.steps_per_epoch,
-            epoch=epoch + 1,
-            epochs=self.epochs,
-            loss=float("nan"),
-            accuracy="",
-            images_per_second=0.0,
+        self._epoch = epoch
+        if self._epoch_task is not None:
+            self._progress.remove_task(self._epoch_task)
+        self._epoch_task = self._progress.add_task(
+            f"epoch {epoch + 1}/{self.epochs}", total=self.steps_per_epoch, metrics=""
         )
 
     def update(self, steps_done: int, metrics: dict[str, float], images_per_second: float) -> None:
-        accuracy = metrics.get("train_accuracy")
-        self._progress.update(
-            self._task,
-            completed=steps_done,
-            loss=metrics["train_loss"],
-            accuracy="" if accuracy is None else f"  acc {accuracy:6.2%}",
-            images_per_second=images_per_second,
-        )
+        """`steps_done` of the epoch are trained; shows the running training metrics."""
+        shown = format_metrics(metrics, {"train_loss": "train_loss", "train_accuracy": "acc"})
+        shown = f"{shown}  {images_per_second:,.0f} img/s"
+        run_steps = (self._epoch - self._start_epoch) * self.steps_per_epoch + steps_done
+        self._progress.update(self._epoch_task, completed=steps_done, metrics=shown)
+        self._progress.update(self._run_task, completed=run_steps)
+        if not self.console.is_terminal:
+            self.console.print(
+                f"epoch {self._epoch + 1}/{self.epochs} {steps_done / self.steps_per_epoch:4.0%} "
+                f"({steps_done}/{self.steps_per_epoch} steps)  {shown}  {self._eta(run_steps)}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
-    def end_epoch(self, record: dict[str, Any]) -> None:
-        """Prints the epoch's line above the bar and logs it."""
+    def _eta(self, run_steps: int) -> str:
+        total = self._progress.tasks[self._run_task].total
+        elapsed = time.monotonic() - self._started
+        left = elapsed / run_steps * (total - run_steps)
+        return f"run {run_steps / total:.0%}, ETA {left // 60:.0f}:{left % 60:02.0f}"
+
+    def end_epoch(self, record: dict[str, Any], *, registry_step: int) -> None:
+        """Prints the epoch's line above the bar, logs it, and adds its TensorBoard scalars."""
+        smoothing = record.get("train_loss_label_smoothing")
         metrics = format_metrics(
             record,
             {
-                "train_loss": "loss",
-                "train_accuracy": "acc",
+                # The training loss is what the step minimises, the held-out one plain.
+                "train_loss": f"train_loss (labels smoothed {smoothing:g})"
+                if smoothing
+                else "train_loss",
+                "train_accuracy": "train_acc",
                 "val_loss": "val_loss",
                 "val_accuracy": "val_acc",
             },
@@ -144,3 +200,19 @@ class Reporter:
             soft_wrap=True,
         )
         self.write("epoch", **record)
+        if self._events is not None:
+            for key in TENSORBOARD_SCALARS:
+                if key in record:
+                    self._events.add_scalar(TENSORBOARD_SCALARS[key], record[key], registry_step)
+            self._events.flush()
+
+
+# JSONL key -> TensorBoard tag; the "train/" and "val/" prefixes group the panels.
+TENSORBOARD_SCALARS = {
+    "train_loss": "train/loss",
+    "train_accuracy": "train/accuracy",
+    "val_loss": "val/loss",
+    "val_accuracy": "val/accuracy",
+    "lr": "lr",
+    "images_per_second": "images_per_second",
+}

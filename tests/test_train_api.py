@@ -1,0 +1,117 @@
+"""`zoo.training.train`: the presets `zoo train` applies, arrays, callbacks, the returned model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+import zoo.training
+from zoo import hub
+from zoo.data import load_dataset
+from zoo.training import EarlyStopping, configure
+from zoo.training.config import PRESETS
+
+# The README's "Training from Python" example, run as it is written there.
+README_EXAMPLE = """
+import zoo.training
+from zoo.data import load_dataset
+
+digits = load_dataset("mnist5k")  # Or any uint8 (N, H, W[, C]) images and integer labels.
+data = zoo.training.arrays(
+    digits.train.images[:512], digits.train.labels[:512],
+    digits.test.images, digits.test.labels, name="my-digits",
+)
+run = zoo.training.train(
+    "lenet5",  # lenet5's preset, as `zoo train lenet5`, then these settings:
+    data=data,
+    epochs=3,
+    save=False,  # Or a registry name: name="my-lenet", registry="my-models".
+    callbacks=[
+        zoo.training.EarlyStopping("val_accuracy", patience=2),
+        lambda record: print(f"epoch {record['epoch']}: {record['val_accuracy']:.1%}"),
+    ],
+)
+predicted = run.model.predict(digits.test.images[:10])  # Raw uint8 images in, classes out.
+print(run.epoch, f"{run.metrics['val_accuracy']:.1%}", predicted)
+"""
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch, mnist5k_env):
+    monkeypatch.chdir(tmp_path)  # The metrics log goes to runs/.
+
+
+def test_the_readme_example_runs(capsys):
+    exec(compile(README_EXAMPLE, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "epoch 1: " in out and "epoch 3: " in out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("3 ") and "%" in last
+
+
+def test_train_applies_the_preset_that_zoo_train_applies():
+    config = configure("lenet5", epochs=2)
+    assert config.epochs == 2
+    for key, value in PRESETS["lenet5"].items():
+        if key != "epochs":
+            assert getattr(config, key) == value, key
+
+
+def test_arrays_train_a_model_that_is_returned_and_saved_on_request(tmp_path):
+    digits = load_dataset("mnist5k")
+    data = zoo.training.arrays(
+        digits.train.images[:256, ..., 0],  # (N, H, W) grey images are fine.
+        digits.train.labels[:256],
+        digits.test.images[:200],
+        digits.test.labels[:200],
+        name="mine",
+    )
+    epochs_seen = []
+    run = zoo.training.train(
+        "mlp",
+        data=data,
+        epochs=2,
+        batch_size=32,
+        registry=str(tmp_path / "registry"),
+        callbacks=[lambda record: epochs_seen.append(record["epoch"])],
+        console=Console(quiet=True),
+    )
+    assert epochs_seen == [1, 2] and run.name == "mlp-mine"
+    saved = hub.load("mlp-mine", registry=tmp_path / "registry")
+    assert saved.meta["dataset"] == "mine" and run.model.step == saved.step == 16
+    predicted = run.model.predict(digits.test.images[:200])
+    accuracy = np.mean(predicted == digits.test.labels[:200])
+    assert (
+        accuracy == pytest.approx(run.metrics["val_accuracy"], abs=1e-6) and accuracy > 0.2
+    )  # Chance: 10%.
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement():
+    stop = EarlyStopping("val_loss", patience=2)
+    assert [stop({"val_loss": v}) for v in (1.0, 0.5, 0.6, 0.5, 0.4)] == [
+        False,
+        False,
+        False,
+        True,
+        False,
+    ]
+    with pytest.raises(ValueError, match="patience must be at least 1"):
+        EarlyStopping(patience=0)
+    with pytest.raises(ValueError, match="no 'val_acc'"):
+        EarlyStopping("val_acc")({"val_loss": 1.0})
+
+
+def test_a_stopping_callback_ends_the_run_and_its_last_epoch_is_saved(tmp_path):
+    run = zoo.training.train(
+        "mlp",
+        dataset="synthetic",
+        epochs=5,
+        batch_size=32,
+        max_train_examples=64,
+        checkpoint_every=10,
+        registry=str(tmp_path),
+        callbacks=[lambda record: record["epoch"] == 2],
+        console=Console(quiet=True),
+    )
+    assert run.epoch == 2 and hub.load("mlp-synthetic", registry=tmp_path).meta["epoch"] == 2
