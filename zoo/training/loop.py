@@ -30,10 +30,12 @@ from zoo.training.experiment import (
     restore_state,
     save_checkpoint,
 )
+from zoo.training.finetune import start_from
 from zoo.training.pipeline import DeviceSplit, epoch_order, training_batch
+from zoo.training.recipe import mixing
 from zoo.training.report import Reporter, host_metrics
 from zoo.training.sharding import replicate, replicated
-from zoo.training.state import TrainState, learning_rate_schedule
+from zoo.training.state import TrainState, learning_rate_at_step
 from zoo.training.step import Metrics, train_step, zero_metrics
 
 # Progress-bar updates per epoch; each is one device -> host fetch of the metric sums.
@@ -72,6 +74,8 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
     state, start_epoch, history = start.state, start.epoch, list(start.history)
 
     console.print(_describe(experiment, start_epoch), highlight=False, soft_wrap=True)
+    if start.summary:
+        console.print(start.summary, highlight=False, soft_wrap=True)
     started = time.monotonic()
     with console.status("compiling"):
         train_fn = _compile_train_step(experiment, state)
@@ -85,7 +89,7 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
             experiment.task,
         )
     # Jitted: evaluated eagerly, the schedule's few ops would each be compiled on their own.
-    learning_rate = jax.jit(learning_rate_schedule(config, experiment.steps_per_epoch))
+    learning_rate = jax.jit(learning_rate_at_step(config, experiment.steps_per_epoch))
     metrics: dict[str, float] = {}
     with Reporter(
         console,
@@ -110,6 +114,8 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
                 **train_metrics,
                 **host_metrics(jax.device_get(evaluate(state.variables)), "val"),
             }
+            if state.ema:  # The weight average, on the same compiled evaluation.
+                metrics.update(host_metrics(jax.device_get(evaluate(state.ema)), "ema_val"))
             _check_finite(metrics, experiment, epoch, step=int(state.step))
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
@@ -132,6 +138,7 @@ def fit(config: TrainConfig, *, resume: bool = False, console: Console | None = 
                     history=history,
                     wall_seconds=record["wall_seconds"],
                     keep_through=start.step_offset,
+                    init_from=start.init_from,
                 )
             reporter.end_epoch(record)
     return FitResult(
@@ -152,17 +159,26 @@ class StartingPoint:
         exists counts on from the latest saved step, so it adds checkpoints to the name and never
         overwrites one; a resumed run keeps the numbering it was saved with.
       history: the epoch records so far (saved with every checkpoint, for `zoo plot curves`).
+      init_from: where `--init-from` took the first weights from (`zoo.training.finetune`).
+      summary: a line saying so, printed before training.
     """
 
     state: TrainState
     epoch: int
     step_offset: int
     history: tuple[dict[str, Any], ...]
+    init_from: dict[str, Any] | None = None
+    summary: str = ""
 
 
 def _starting_point(experiment: Experiment, resume: bool, latest: int | None) -> StartingPoint:
     """A fresh state at epoch 0, or the latest checkpoint and the epochs it completed."""
-    state = initial_state(experiment)
+    state, config = initial_state(experiment), experiment.config
+    if not resume and config.init_from:
+        init = start_from(
+            state, config.init_from, num_classes=_num_classes(experiment), registry=config.registry
+        )
+        return StartingPoint(init.state, 0, latest or 0, (), init.source, init.summary)
     if not resume:
         return StartingPoint(state, 0, latest or 0, ())
     state, step, meta = restore_state(experiment, state)
@@ -173,7 +189,11 @@ def _starting_point(experiment: Experiment, resume: bool, latest: int | None) ->
             "already; pass a larger --epochs"
         )
     history = tuple(record for record in meta.get("history", ()) if record["epoch"] <= done)
-    return StartingPoint(state, done, step - int(state.step), history)
+    return StartingPoint(state, done, step - int(state.step), history, meta.get("init_from"))
+
+
+def _num_classes(experiment: Experiment) -> int | None:
+    return experiment.num_classes if experiment.task == "classification" else None
 
 
 def _describe(experiment: Experiment, start_epoch: int) -> str:
@@ -213,6 +233,7 @@ TrainFn = Any  # A compiled (state, totals, split, order, key) -> (state, totals
 def _compile_train_step(experiment: Experiment, state: TrainState) -> TrainFn:
     """Compiles the whole training step for these shapes and shardings, once."""
     config = experiment.config
+    batch_mixing = mixing(config, experiment.task, experiment.num_classes)
 
     def step(
         state: TrainState,
@@ -232,6 +253,7 @@ def _compile_train_step(experiment: Experiment, state: TrainState) -> TrainFn:
             experiment.mesh,
             preprocessing=experiment.preprocessing,
             augmentation=experiment.augmentation,
+            mixing=batch_mixing,
         )
         state, metrics = train_step(
             state, batch, task=experiment.task, label_smoothing=config.label_smoothing
