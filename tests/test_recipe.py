@@ -272,3 +272,8 @@ def test_recipe_settings_are_typed():
         TrainConfig(model="lenet5", grad_accum_steps=2.0)
     with pytest.raises(InvalidTypeError, match="mixup must be float, got str"):
         TrainConfig(model="lenet5", mixup="0.2")
+
+
+def test_more_accumulation_than_batches_is_refused():
+    with pytest.raises(InvalidValueError, match="more than the run's 4 batches: no update"):
+        make_optimizer(TrainConfig(model="mlp", epochs=1, grad_accum_steps=8), steps_per_epoch=4)

@@ -177,6 +177,7 @@ def save_checkpoint(
     """
     config = experiment.config
     best = ("val_accuracy", "max") if experiment.task == "classification" else ("val_loss", "min")
+    best = (f"ema_{best[0]}", best[1]) if state.ema else best  # The saved variables' metric.
     hub.save(
         config.run_name,
         model_name=config.model,

@@ -22,6 +22,7 @@ import optax
 from flax import struct
 from flax.training import train_state
 
+from zoo.errors import InvalidValueError
 from zoo.training.config import TrainConfig
 
 PyTree = Any
@@ -235,6 +236,11 @@ def decay_mask(params: PyTree) -> PyTree:
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
     """SGD (momentum, optionally Nesterov) or AdamW on `config.schedule`, with gradients
     averaged over `grad_accum_steps` batches (`optax.MultiSteps`) when that is above 1."""
+    if config.epochs * steps_per_epoch < config.grad_accum_steps:
+        raise InvalidValueError(
+            f"grad_accum_steps={config.grad_accum_steps} is more than the run's "
+            f"{config.epochs * steps_per_epoch} batches: no update would ever be applied"
+        )
     schedule = learning_rate_schedule(config, steps_per_epoch)
     if config.optimizer == "adamw":
         tx = optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask)
