@@ -14,10 +14,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from zoo.cli import convert, hub, models, plot, training
+from zoo.cli import convert, export, hub, models, plot, training
 from zoo.errors import ZooError
 
-COMMANDS = (models, training, hub, convert, plot)
+COMMANDS = (models, training, hub, convert, plot, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

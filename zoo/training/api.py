@@ -95,7 +95,7 @@ def configure(
     name = explicit.get("name")
     if name is None:
         name = resolve(explicit, source=source).run_name
-    saved = hub.load(name, registry=explicit.get("registry")).meta["config"]
+    saved = hub.read_metadata(name, registry=explicit.get("registry"))["config"]
     return resumed(saved, explicit)
 
 

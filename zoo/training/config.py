@@ -26,6 +26,7 @@ from zoo.errors import InvalidTypeError, InvalidValueError, NotFoundError, Unkno
 
 Optimizer = Literal["sgd", "adamw"]
 Precision = Literal["fp32", "bf16"]
+Schedule = Literal["cosine", "linear", "step", "onecycle"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,53 @@ class TrainConfig:
     warmup_epochs: Annotated[float, Flag("linear warm-up from 0 to --lr, in epochs")] = 0.0
     weight_decay: Annotated[float, Flag("L2 decay of weights (not biases or norm scales)")] = 5e-4
     label_smoothing: Annotated[float, Flag("cross-entropy label smoothing in [0, 1)")] = 0.0
+    # The modern recipe and fine-tuning (`zoo.training.state`, `augment`, `finetune`); all off.
+    schedule: Annotated[
+        Schedule,
+        Flag(
+            "learning rate after warm-up: cosine or linear decay to 0, step (x0.1 at 1/2 and "
+            "3/4 of the updates), onecycle (Smith's; its ramp is --warmup-epochs)"
+        ),
+    ] = "cosine"
+    grad_accum_steps: Annotated[
+        int, Flag("average the gradients of N batches per update: an N-times larger batch")
+    ] = 1
+    ema_decay: Annotated[
+        float,
+        Flag(
+            "per-step decay of an average of the weights, evaluated every epoch (ema_ "
+            "metrics) and saved as the checkpoint's variables (0: off)",
+            "D",
+        ),
+    ] = 0.0
+    mixup: Annotated[
+        float, Flag("mixup: blend image pairs, Beta(ALPHA, ALPHA) (0: off)", "ALPHA")
+    ] = 0.0
+    cutmix: Annotated[
+        float, Flag("cutmix: paste a box of another image, Beta(ALPHA, ALPHA) (0: off)", "ALPHA")
+    ] = 0.0
+    drop_path_rate: Annotated[
+        float | None,
+        Flag("stochastic depth, for models with the field (default: the model's)", "R"),
+    ] = None
+    dropout_rate: Annotated[
+        float | None, Flag("dropout, for models with the field (default: the model's)", "R")
+    ] = None
+    init_from: Annotated[
+        str | None,
+        Flag(
+            "start from this registry entry: matching leaves load, a new head is re-initialised",
+            "NAME",
+        ),
+    ] = None
+    train_only: Annotated[
+        str | None,
+        Flag(
+            "train only the parameters matching these comma-separated globs (e.g. 'head/*'); "
+            "the others and their batch statistics stay frozen (default: all train)",
+            "GLOBS",
+        ),
+    ] = None
     augment: Annotated[bool, Flag("random shifts (digits) or crop+flip (natural images)")] = False
     seed: Annotated[int, Flag("seed of initialisation, shuffling, augmentation and dropout")] = 0
     precision: Annotated[Precision, Flag("bf16: bfloat16 compute, float32 params and loss")] = (
@@ -130,8 +178,9 @@ RESUMABLE_FIELDS = frozenset(
 
 # Per-model defaults, applied under a config file and flags. Tuned on 2 CPU cores.
 PRESETS: dict[str, dict[str, Any]] = {
-    # 98.4-98.5% held-out on mnist5k over seeds 0-2, ~25 s on 2 busy CPU cores with compile.
-    # Label smoothing and 2-pixel shifts are what lift 4,000 training digits past 98%.
+    # Label smoothing and 2-pixel shifts are what lift 4,000 training digits past 98%; mixup
+    # adds 0.3 points held-out on mnist5k (98.4 -> 98.7%, seeds 0-2, the same 25 epochs). A
+    # weight average (`ema_decay`) adds under 0.05: the cosine decay to 0 already averages.
     "lenet5": {
         "epochs": 25,
         "batch_size": 64,
@@ -141,6 +190,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "weight_decay": 5e-4,
         "label_smoothing": 0.1,
         "augment": True,
+        "mixup": 0.2,
     },
     # LeCun et al. 1998 train for 20 passes with no weight decay, by stochastic diagonal
     # Levenberg-Marquardt (per-parameter step sizes), which optax does not offer; Adam is the
@@ -321,4 +371,26 @@ def _check_ranges(config: TrainConfig) -> None:
         config.name is None or bool(config.name.strip()),
         "name must not be empty (leave --name out to save as MODEL-DATASET)",
         config.name,
+    )
+    # The recipe's and fine-tuning's fields.
+    need(
+        config.grad_accum_steps >= 1, "grad_accum_steps must be at least 1", config.grad_accum_steps
+    )
+    need(
+        config.schedule != "onecycle" or config.warmup_epochs > 0,
+        "schedule 'onecycle' ramps up over warmup_epochs, which must be > 0 (PyTorch's default "
+        "is 30% of the run)",
+        config.warmup_epochs,
+    )
+    need(0 <= config.ema_decay < 1, "ema_decay must be in [0, 1)", config.ema_decay)
+    need(config.mixup >= 0, "mixup must be >= 0 (0: off)", config.mixup)
+    need(config.cutmix >= 0, "cutmix must be >= 0 (0: off)", config.cutmix)
+    for name in ("drop_path_rate", "dropout_rate"):
+        rate = getattr(config, name)
+        need(rate is None or 0 <= rate < 1, f"{name} must be in [0, 1)", rate)
+    need(config.init_from is None or bool(config.init_from), "init_from must be a name", "")
+    need(
+        config.train_only is None or all(p.strip() for p in config.train_only.split(",")),
+        "train_only must be comma-separated globs, none empty",
+        config.train_only,
     )

@@ -23,6 +23,7 @@ from zoo.preprocessing import Preprocessing
 from zoo.training.augment import AUGMENTATIONS, Augmentation
 from zoo.training.config import TrainConfig, check_resumable
 from zoo.training.pipeline import DeviceSplit
+from zoo.training.recipe import model_overrides
 from zoo.training.sharding import check_batch_size, make_mesh, replicate, replicated
 from zoo.training.state import TrainState, create_train_state, make_optimizer
 
@@ -75,6 +76,7 @@ def build_experiment(config: TrainConfig, dataset: Dataset | None = None) -> Exp
                 "is not available for it; use --precision fp32"
             )
         model_config["dtype"] = COMPUTE_DTYPES[config.precision]
+    model_config.update(model_overrides(config, info))
 
     designed_shape = (*designed["input_size"], designed["in_channels"])
     dataset = dataset or load_dataset(
@@ -147,7 +149,12 @@ def initial_state(experiment: Experiment) -> TrainState:
     """A freshly initialised state, replicated over the mesh."""
     tx = make_optimizer(experiment.config, experiment.steps_per_epoch)
     create = lambda key: create_train_state(  # noqa: E731
-        experiment.model, tx, experiment.input_shape, key
+        experiment.model,
+        tx,
+        experiment.input_shape,
+        key,
+        ema_decay=experiment.config.ema_decay,
+        train_only=experiment.config.train_only,
     )
     key = experiment.keys["init"]
     # Initialisation runs once, so it is compiled for compile time, not run time: without
@@ -170,16 +177,15 @@ def restore_state(
     the checkpoint was saved by a run that `experiment.config` does not continue.
     """
     config = experiment.config
-    loaded = hub.load(config.run_name, registry=config.registry)
-    check_resumable(TrainConfig.from_dict(loaded.meta["config"], source="saved config"), config)
-    resumable = hub.restore_train_state(
-        config.run_name, fresh.resumable(), step=loaded.step, registry=config.registry
+    # The metadata first (no weights read): a run this config does not continue is refused
+    # before anything is restored; then one verification of the step's files for both trees.
+    meta = hub.read_metadata(config.run_name, registry=config.registry)
+    check_resumable(TrainConfig.from_dict(meta["config"], source="saved config"), config)
+    loaded = hub.load(
+        config.run_name, step=meta["step"], registry=config.registry, train_state=fresh.resumable()
     )
-    state = fresh.replace(
-        params=loaded.variables["params"],
-        batch_stats=loaded.variables.get("batch_stats", {}),
-        **resumable,
-    )
+    resumable = loaded.train_state
+    state = fresh.restored(loaded.variables, resumable)
     return replicate(state, experiment.mesh), loaded.step, loaded.meta
 
 
@@ -193,6 +199,7 @@ def save_checkpoint(
     history: list[dict[str, Any]],
     wall_seconds: float,
     run_id: str,
+    init_from: dict[str, Any] | None = None,
 ) -> None:
     """Saves variables, the resumable state and the run's metadata as registry step `step`.
 
@@ -201,11 +208,12 @@ def save_checkpoint(
     """
     config = experiment.config
     best = ("val_accuracy", "max") if experiment.task == "classification" else ("val_loss", "min")
+    best = (f"ema_{best[0]}", best[1]) if state.ema else best  # The saved variables' metric.
     hub.save(
         config.run_name,
         model_name=config.model,
         model_config=experiment.model_config,
-        variables=state.variables,
+        variables=state.saved_variables,
         step=step,
         train_state=state.resumable(),
         meta={
@@ -219,6 +227,9 @@ def save_checkpoint(
             "wall_seconds": wall_seconds,
             "devices": experiment.mesh.size,
             "processes": jax.process_count(),
+            # Which weights `variables` are, and where a fine-tuned run's first ones came from.
+            "variables": "ema" if state.ema else "raw",
+            **({"init_from": init_from} if init_from else {}),
         },
         registry=config.registry,
         max_to_keep=config.max_to_keep,

@@ -36,10 +36,12 @@ from zoo.training.experiment import (
     restore_state,
     save_checkpoint,
 )
+from zoo.training.finetune import start_from
 from zoo.training.pipeline import DeviceSplit, epoch_order, training_batch
+from zoo.training.recipe import mixing
 from zoo.training.report import Reporter, compiling, host_metrics
 from zoo.training.sharding import replicate, replicated
-from zoo.training.state import TrainState, learning_rate_schedule
+from zoo.training.state import TrainState, learning_rate_at_step
 from zoo.training.step import Metrics, train_step, zero_metrics
 
 # Progress-bar updates per epoch; each is one device -> host fetch of the metric sums.
@@ -120,6 +122,8 @@ def _fit(
     state, start_epoch, history = start.state, start.epoch, list(start.history)
 
     console.print(_describe(experiment, start_epoch), highlight=False, soft_wrap=True)
+    if start.summary:
+        console.print(start.summary, highlight=False, soft_wrap=True)
     if (adapted := _describe_input(experiment)) is not None:
         console.print(adapted, highlight=False, soft_wrap=True)
     if start.schedule_change is not None:
@@ -139,7 +143,7 @@ def _fit(
             experiment.task,
         )
     # Jitted: evaluated eagerly, the schedule's few ops would each be compiled on their own.
-    learning_rate = jax.jit(learning_rate_schedule(config, experiment.steps_per_epoch))
+    learning_rate = jax.jit(learning_rate_at_step(config, experiment.steps_per_epoch))
     metrics: dict[str, float] = {}
     with Reporter(
         console,
@@ -169,6 +173,8 @@ def _fit(
                 **train_metrics,
                 **host_metrics(jax.device_get(evaluate(state.variables)), "val"),
             }
+            if state.ema:  # The weight average, on the same compiled evaluation.
+                metrics.update(host_metrics(jax.device_get(evaluate(state.ema)), "ema_val"))
             _check_diverged(
                 divergence(metrics, history, _classes(experiment)),
                 experiment,
@@ -201,6 +207,7 @@ def _fit(
                     history=history,
                     wall_seconds=record["wall_seconds"],
                     run_id=start.run_id or run_id,
+                    init_from=start.init_from,
                 )
             reporter.end_epoch(record, registry_step=start.step_offset + int(state.step))
             if stop:
@@ -251,6 +258,8 @@ class StartingPoint:
       run_id: the resumed run's id, so that it keeps pruning its own steps; None for a new run.
       schedule_change: how a resume with another `epochs` than the saved run's changes the
         learning rate (`_schedule_change`), or None.
+      init_from: where `--init-from` took the first weights from (`zoo.training.finetune`).
+      summary: a line saying so, printed before training.
     """
 
     state: TrainState
@@ -259,11 +268,20 @@ class StartingPoint:
     history: tuple[dict[str, Any], ...]
     run_id: str | None = None
     schedule_change: dict[str, Any] | None = None
+    init_from: dict[str, Any] | None = None
+    summary: str = ""
 
 
 def _starting_point(experiment: Experiment, resume: bool, latest: int | None) -> StartingPoint:
     """A fresh state at epoch 0, or the latest checkpoint and the epochs it completed."""
-    state = initial_state(experiment)
+    state, config = initial_state(experiment), experiment.config
+    if not resume and config.init_from:
+        init = start_from(
+            state, config.init_from, num_classes=_classes(experiment), registry=config.registry
+        )
+        return StartingPoint(
+            init.state, 0, latest or 0, (), init_from=init.source, summary=init.summary
+        )
     if not resume:
         return StartingPoint(state, 0, latest or 0, ())
     state, step, meta = restore_state(experiment, state)
@@ -276,7 +294,15 @@ def _starting_point(experiment: Experiment, resume: bool, latest: int | None) ->
     history = tuple(record for record in meta.get("history", ()) if record["epoch"] <= done)
     saved = TrainConfig.from_dict(meta["config"], source="saved config")
     change = _schedule_change(saved, config, experiment.steps_per_epoch, int(state.step), step)
-    return StartingPoint(state, done, step - int(state.step), history, meta.get("run_id"), change)
+    return StartingPoint(
+        state,
+        done,
+        step - int(state.step),
+        history,
+        meta.get("run_id"),
+        change,
+        init_from=meta.get("init_from"),
+    )
 
 
 def _schedule_change(
@@ -290,8 +316,8 @@ def _schedule_change(
     """
     if saved.epochs == config.epochs:
         return None
-    before = learning_rate_schedule(saved, steps_per_epoch)(step)
-    after = learning_rate_schedule(config, steps_per_epoch)(step)
+    before = learning_rate_at_step(saved, steps_per_epoch)(step)
+    after = learning_rate_at_step(config, steps_per_epoch)(step)
     return {
         "epochs": [saved.epochs, config.epochs],
         "registry_step": registry_step,
@@ -393,6 +419,7 @@ TrainFn = Any  # A compiled (state, totals, split, order, key) -> (state, totals
 def _compile_train_step(experiment: Experiment, state: TrainState) -> TrainFn:
     """Compiles the whole training step for these shapes and shardings, once."""
     config = experiment.config
+    batch_mixing = mixing(config, experiment.task, experiment.num_classes)
 
     def step(
         state: TrainState,
@@ -412,6 +439,7 @@ def _compile_train_step(experiment: Experiment, state: TrainState) -> TrainFn:
             experiment.mesh,
             preprocessing=experiment.preprocessing,
             augmentation=experiment.augmentation,
+            mixing=batch_mixing,
         )
         state, metrics = train_step(
             state, batch, task=experiment.task, label_smoothing=config.label_smoothing

@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 
 from zoo.data import Split
 from zoo.preprocessing import Preprocessing
-from zoo.training.augment import Augmentation
+from zoo.training.augment import Augmentation, BatchMixing
 from zoo.training.sharding import constrain_batch, replicate
 from zoo.training.step import Batch
 
@@ -68,13 +68,19 @@ def training_batch(
     *,
     preprocessing: Preprocessing,
     augmentation: Augmentation | None,
+    mixing: BatchMixing | None = None,
 ) -> Batch:
-    """Inside jit: the rows `indices` of `split`, augmented with `key`, standardised."""
+    """Inside jit: the rows `indices` of `split`, augmented with `key`, standardised, and mixed
+    (mixup/CutMix, with a key folded from `key`) into soft "target"s when `mixing` is given."""
     indices = constrain_batch(indices, mesh)  # Each device gathers only its own rows.
-    images = split.images[indices]
+    images, labels = split.images[indices], split.labels[indices]
     if augmentation is not None:
         images = augmentation(images, key)
-    return {"image": preprocessing(images), "label": split.labels[indices]}
+    batch = {"image": preprocessing(images), "label": labels}
+    if mixing is not None:
+        image, target, label = mixing(batch["image"], labels, jax.random.fold_in(key, 1))
+        batch = {"image": image, "label": label, "target": target}
+    return batch
 
 
 def eval_order(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

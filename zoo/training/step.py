@@ -17,7 +17,8 @@ import optax
 
 from zoo.training.state import TrainState
 
-Batch = dict[str, jax.Array]  # "image": (B, H, W, C) float; "label": (B,) int; eval: "weight"
+# "image": (B, H, W, C) float; "label": (B,) int; eval: "weight" (B,); mixed: "target" (B, K)
+Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]  # "loss_sum", "count" and, for classifiers, "correct"
 
 TASKS = ("classification", "reconstruction")
@@ -31,7 +32,13 @@ def zero_metrics(task: str = "classification") -> Metrics:
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
     """Per-example softmax cross-entropy, computed in float32 whatever the compute dtype."""
-    targets = jax.nn.one_hot(labels, logits.shape[-1])
+    return soft_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+
+
+def soft_cross_entropy(
+    logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0
+) -> jax.Array:
+    """Cross-entropy against target distributions (B, K): one-hot, or mixed by mixup/cutmix."""
     if label_smoothing:
         targets = optax.smooth_labels(targets, label_smoothing)
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
@@ -40,18 +47,25 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 def per_example_loss(
     outputs: jax.Array, batch: Batch, task: str, label_smoothing: float = 0.0
 ) -> jax.Array:
-    """Cross-entropy for a classifier; for an autoencoder the mean squared error between its
-    reconstruction and its own (standardised) input, the lecture's self-supervised signal."""
+    """Cross-entropy for a classifier (against the batch's mixed "target" when it has one); for
+    an autoencoder the mean squared error between its reconstruction and its own (standardised)
+    input, the lecture's self-supervised signal."""
     if task == "reconstruction":
         error = outputs.astype(jnp.float32) - batch["image"].astype(jnp.float32)
         return jnp.mean(jnp.square(error), axis=tuple(range(1, error.ndim)))
+    if "target" in batch:
+        return soft_cross_entropy(outputs, batch["target"], label_smoothing)
     return cross_entropy(outputs, batch["label"], label_smoothing)
 
 
 def metric_sums(
     outputs: jax.Array, batch: Batch, losses: jax.Array, weight: jax.Array, task: str
 ) -> Metrics:
-    """Weighted sums of the loss (and, for a classifier, of correct predictions)."""
+    """Weighted sums of the loss (and, for a classifier, of correct predictions).
+
+    Under mixup/cutmix a batch's "label" is each example's dominant label (the larger share of
+    its target), so train accuracy counts predictions of that label.
+    """
     sums = {"loss_sum": jnp.sum(losses * weight), "count": jnp.sum(weight)}
     if task == "classification":
         sums["correct"] = jnp.sum((outputs.argmax(-1) == batch["label"]) * weight)
@@ -61,7 +75,11 @@ def metric_sums(
 def train_step(
     state: TrainState, batch: Batch, *, task: str = "classification", label_smoothing: float = 0.0
 ) -> tuple[TrainState, Metrics]:
-    """A gradient step on `batch`; BatchNorm uses and updates batch statistics."""
+    """A gradient step on `batch`; BatchNorm uses and updates batch statistics.
+
+    With gradient accumulation the optimizer (`optax.MultiSteps`) only applies an update every
+    `grad_accum_steps` calls; the statistics and the weight average move every call.
+    """
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any]]:
@@ -76,9 +94,8 @@ def train_step(
         return losses.mean(), (outputs, losses, updates)
 
     (_, (outputs, losses, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(
-        grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats)
-    )
+    state = state.apply_gradients(grads=grads)
+    state = state.with_batch_stats(updates.get("batch_stats", state.batch_stats))
     return state, metric_sums(outputs, batch, losses, jnp.ones_like(losses), task)
 
 

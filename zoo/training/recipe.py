@@ -1,0 +1,46 @@
+"""The recipe settings that reach beyond the optimizer: model overrides and batch mixing.
+
+`--drop-path-rate` and `--dropout-rate` become `create_model` overrides for a model with that
+field; `--mixup` and `--cutmix` become a `BatchMixing` for classifiers. Each is an error where
+it cannot apply, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zoo
+from zoo.errors import InvalidValueError
+from zoo.registry import ModelInfo
+from zoo.training.augment import BatchMixing, batch_mixing
+from zoo.training.config import TrainConfig
+
+MODEL_RATES = ("drop_path_rate", "dropout_rate")
+
+
+def model_overrides(config: TrainConfig, info: ModelInfo) -> dict[str, Any]:
+    """{"drop_path_rate": R, "dropout_rate": R} for the rates set, each a field of the model."""
+    overrides = {name: getattr(config, name) for name in MODEL_RATES}
+    overrides = {name: rate for name, rate in overrides.items() if rate is not None}
+    fields = info.config()
+    for name in overrides:
+        if name not in fields:
+            having = ", ".join(_models_with(name)) or "none yet"
+            raise InvalidValueError(
+                f"{config.model} has no {name} field: --{name.replace('_', '-')} is not "
+                f"available for it (models with it: {having})"
+            )
+    return overrides
+
+
+def mixing(config: TrainConfig, task: str, num_classes: int) -> BatchMixing | None:
+    """The run's mixup/CutMix, or None; only a classifier has labels to mix."""
+    if (config.mixup or config.cutmix) and task != "classification":
+        raise InvalidValueError(
+            f"--mixup and --cutmix mix class labels; {config.model} is a {task} model"
+        )
+    return batch_mixing(config.mixup, config.cutmix, num_classes)
+
+
+def _models_with(field: str) -> list[str]:
+    return [name for name in zoo.list_models() if field in zoo.model_info(name).config()]
