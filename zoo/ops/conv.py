@@ -22,11 +22,10 @@ batch's convolution).
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -37,25 +36,19 @@ from jax import lax
 
 from zoo.ops import native
 
-_PORTABLE = contextvars.ContextVar("zoo_ops_portable", default=False)
+# A jax.jit cache key, so switching it re-traces instead of reusing the other kind of trace.
+_PORTABLE = jax.make_user_context(default_value=False)
 NHWC_HWIO = lax.ConvDimensionNumbers(
     lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
 )
 PRECISIONS = {jnp.dtype(jnp.float32): 0, jnp.dtype(jnp.bfloat16): 1}
 
 
-@contextlib.contextmanager
-def portable() -> Iterator[None]:
-    """Functions traced inside use XLA's convolution only (no custom calls: `jax.export`-able).
-
-    It acts when a function is traced: enter it before the first call of a `jax.jit` function,
-    or use a fresh `jax.jit` object inside it, since jit reuses a trace it already has.
-    """
-    token = _PORTABLE.set(True)
-    try:
-        yield
-    finally:
-        _PORTABLE.reset(token)
+def portable() -> contextlib.AbstractContextManager:
+    """A context in which the zoo's convolutions trace to XLA's only: no custom calls, so
+    `jax.export` takes them. Part of jit's cache key, like a JAX config option: a function
+    jitted outside and called again inside is traced again."""
+    return _PORTABLE(True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +111,7 @@ def _plan(
     preferred_element_type,
 ) -> _Plan | None:
     """The oneDNN plan of a call, or None where it must run on XLA in every direction."""
-    if _PORTABLE.get() or not native.enabled():
+    if _PORTABLE.value or not native.enabled():
         return None
     if jnp.ndim(lhs) != 4 or jnp.ndim(rhs) != 4:
         return None

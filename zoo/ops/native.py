@@ -67,17 +67,17 @@ def _extension_path() -> Path | None:
 
 
 def _load() -> ctypes.CDLL:
-    """The extension, with oneDNN loaded first (RTLD_GLOBAL) so its soname resolves; raises
-    OSError with the reason when either is missing."""
+    """oneDNN (RTLD_GLOBAL, so the extension's reference to its soname resolves to it), then
+    the extension, its targets registered; OSError with the reason when either is missing."""
+    candidates = _dnnl_candidates()
+    dnnl = next((path for path in candidates if path.is_file()), None)
+    if dnnl is None:
+        raise OSError(f"{DNNL_SONAME} not found (looked at {', '.join(map(str, candidates))})")
     extension = _extension_path()
     if extension is None:
         raise OSError(
             f"the extension {EXTENSION_STEM}*.so was not built into {Path(__file__).parent}"
         )
-    candidates = _dnnl_candidates()
-    dnnl = next((path for path in candidates if path.is_file()), None)
-    if dnnl is None:
-        raise OSError(f"{DNNL_SONAME} not found (looked at {', '.join(map(str, candidates))})")
     ctypes.CDLL(str(dnnl), mode=ctypes.RTLD_GLOBAL)
     lib = ctypes.CDLL(str(extension))
     lib.zoo_onednn_conv_implementation.restype = ctypes.c_int
