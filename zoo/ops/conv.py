@@ -14,9 +14,10 @@ ignored (oneDNN computes in the operands' dtype, bf16 with fp32 accumulation).
 checkpoints move between the two unchanged. `portable()` makes everything traced inside it use
 XLA's convolution only, for `jax.export` (an exported function carries no custom calls).
 
-Sharding: XLA cannot partition a custom call, so under a batch-sharded `jax.jit` the operands
-of each oneDNN call are gathered onto every device (correct, but each device does the whole
-batch's convolution).
+More than one CPU device (`--xla_force_host_platform_device_count`, `jax_num_cpu_devices`)
+also stays on XLA: XLA cannot partition a custom call, so under a batch-sharded `jax.jit` it
+would gather each oneDNN call's operands onto every device, and every device would convolve the
+whole batch.
 """
 
 from __future__ import annotations
@@ -89,12 +90,11 @@ class _Plan:
 
 
 def _team_size() -> int:
-    """OpenMP threads per oneDNN call: the cores shared among the CPU devices, so 8 forced
-    devices on 2 cores run single-threaded calls instead of 8 teams of 2."""
+    """OpenMP threads per oneDNN call: the cores this process may use, at most OMP_NUM_THREADS."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         cores = min(cores or 1, int(os.environ["OMP_NUM_THREADS"]))
-    return max(1, (cores or 1) // max(1, jax.local_device_count("cpu")))
+    return max(1, cores or 1)
 
 
 def _plan(
@@ -111,7 +111,7 @@ def _plan(
     preferred_element_type,
 ) -> _Plan | None:
     """The oneDNN plan of a call, or None where it must run on XLA in every direction."""
-    if _PORTABLE.value or not native.enabled():
+    if _PORTABLE.value or not native.enabled() or jax.local_device_count("cpu") > 1:
         return None
     if jnp.ndim(lhs) != 4 or jnp.ndim(rhs) != 4:
         return None
