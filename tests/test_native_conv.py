@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+import zoo
 from zoo import ops
 from zoo.ops import native
 
@@ -258,3 +259,31 @@ def test_eight_cpu_devices_with_a_batch_sharded_input_run_on_xla():
     done = run_python(EIGHT_DEVICES, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     assert done.returncode == 0, done.stderr
     assert "eight devices ok" in done.stdout
+
+
+# The registered models with small inputs whose convolutions are nn.Conv layers.
+MODELS = ["lenet5_1998", "conv_autoencoder", "resnet20"]
+
+
+@needs_native
+@pytest.mark.parametrize("name", MODELS)
+def test_models_give_the_same_outputs_and_gradients_on_both_paths(name):
+    model = zoo.create_model(name)
+    x = jnp.asarray(
+        np.random.default_rng(0).standard_normal((2, *zoo.model_info(name).input_shape)),
+        jnp.float32,
+    )
+    variables = model.init(jax.random.key(0), x)
+
+    def loss(params):
+        out = model.apply({**variables, "params": params}, x)
+        return jnp.sum(jnp.sin(out)), out
+
+    def run():
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+
+    ours = run()
+    with ops.portable():
+        theirs = run()
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        assert relative_error(a, b) < 1e-4
