@@ -41,6 +41,7 @@ from zoo.models.layers import (
     check_positive,
     explicit_padding,
 )
+from zoo.ops import Conv
 from zoo.registry import register
 
 PAPER = (
@@ -149,7 +150,7 @@ class AlexNet(ImageModel):
         self.check_input(x)
         for i in range(5):
             n = i + 1
-            x = nn.Conv(
+            x = Conv(
                 self.widths[i],
                 (KERNELS[i],) * 2,
                 STRIDES[i],

@@ -22,6 +22,7 @@ from zoo.analytic import Layer, ShapeTrace
 from zoo.errors import InvalidValueError
 from zoo.models.base import ImageModel
 from zoo.models.layers import Flatten, Reshape, check_positive
+from zoo.ops import Conv
 from zoo.registry import register
 
 
@@ -58,8 +59,8 @@ class ConvAutoencoder(ImageModel):
 
     def setup(self) -> None:
         conv = {"kernel_size": (3, 3), "strides": 2, "dtype": self.dtype}
-        self.encoder_conv1 = nn.Conv(self.widths[0], padding=((1, 1), (1, 1)), **conv)
-        self.encoder_conv2 = nn.Conv(self.widths[1], padding=((1, 1), (1, 1)), **conv)
+        self.encoder_conv1 = Conv(self.widths[0], padding=((1, 1), (1, 1)), **conv)
+        self.encoder_conv2 = Conv(self.widths[1], padding=((1, 1), (1, 1)), **conv)
         self.encoder_flatten = Flatten()
         self.latent = nn.Dense(self.latent_dim, dtype=self.dtype)
         self.decoder_dense = nn.Dense(math.prod(self.code_shape), dtype=self.dtype)

@@ -29,6 +29,7 @@ from zoo import formulas
 from zoo.analytic import Layer, ShapeTrace
 from zoo.models.base import ImageModel
 from zoo.models.layers import AvgPool, Flatten, RowGemmConv
+from zoo.ops import Conv
 from zoo.registry import register
 
 PAPER_1998 = (
@@ -158,11 +159,11 @@ class LeNet5_1998(ImageModel):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(x)
-        x = squash(nn.Conv(6, (5, 5), padding="VALID", dtype=self.dtype, name="c1")(x))
+        x = squash(Conv(6, (5, 5), padding="VALID", dtype=self.dtype, name="c1")(x))
         x = squash(Subsampling(self.dtype, name="s2")(x))
         x = squash(PartialConv(C3_CONNECTIONS, dtype=self.dtype, name="c3")(x))
         x = squash(Subsampling(self.dtype, name="s4")(x))
-        x = squash(nn.Conv(120, (5, 5), padding="VALID", dtype=self.dtype, name="c5")(x))
+        x = squash(Conv(120, (5, 5), padding="VALID", dtype=self.dtype, name="c5")(x))
         x = Flatten(name="flatten")(x)
         x = squash(nn.Dense(84, dtype=self.dtype, name="f6")(x))
         return RBFOutput(self.num_classes, name="output")(x)
