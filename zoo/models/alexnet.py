@@ -44,6 +44,7 @@ from zoo.models.layers import (
     check_rate,
     explicit_padding,
 )
+from zoo.ops import Conv
 from zoo.registry import register
 
 PAPER = (
@@ -171,7 +172,7 @@ class AlexNet(ImageModel):
         self.check_input(x)
         for i in range(5):
             n = i + 1
-            x = nn.Conv(
+            x = Conv(
                 self.widths[i],
                 (KERNELS[i],) * 2,
                 STRIDES[i],

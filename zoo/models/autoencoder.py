@@ -21,6 +21,7 @@ import jax
 from zoo.errors import InvalidValueError
 from zoo.models.base import ImageModel, Stage
 from zoo.models.layers import Flatten, Reshape, check_positive
+from zoo.ops import Conv
 from zoo.registry import register
 
 
@@ -66,8 +67,8 @@ class ConvAutoencoder(ImageModel):
     def setup(self) -> None:
         dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         conv = {"kernel_size": (3, 3), "strides": 2, **dtypes}
-        self.encoder_conv1 = nn.Conv(self.widths[0], padding=((1, 1), (1, 1)), **conv)
-        self.encoder_conv2 = nn.Conv(self.widths[1], padding=((1, 1), (1, 1)), **conv)
+        self.encoder_conv1 = Conv(self.widths[0], padding=((1, 1), (1, 1)), **conv)
+        self.encoder_conv2 = Conv(self.widths[1], padding=((1, 1), (1, 1)), **conv)
         self.encoder_flatten = Flatten()
         self.latent = nn.Dense(self.latent_dim, **dtypes)
         self.decoder_dense = nn.Dense(math.prod(self.code_shape), **dtypes)

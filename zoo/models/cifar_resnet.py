@@ -32,6 +32,7 @@ from zoo.models.resnet import (
     residual_stages,
     stages_and_classifier,
 )
+from zoo.ops import Conv
 from zoo.registry import register
 
 
@@ -77,7 +78,7 @@ class CifarResNet(ImageModel):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(x)
-        x = nn.Conv(
+        x = Conv(
             self.widths[0],
             (3, 3),
             1,

@@ -20,6 +20,7 @@ import numpy as np
 from zoo import analytic
 from zoo.analytic import Counts, Shape
 from zoo.errors import InvalidValueError
+from zoo.ops import conv_general_dilated
 
 Dtype = Any
 
@@ -108,12 +109,21 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
     first input, in row-major window order, that equals the window's maximum, and an input
     chosen by several windows receives their sum, added in row-major window order. It is built
     from elementwise first-match masks, summed per stride phase and interleaved once, which
-    XLA:CPU runs about 2x faster (ResNet-18's stem pool: 420 -> 200 ms per step on 2 cores).
-    Inputs that are not floating-point NHWC arrays go to `nn.max_pool` unchanged.
+    XLA:CPU runs about 2x faster than its select-and-scatter (bench/README.md). Only on CPU:
+    GPU and TPU compilers have their own fast select-and-scatter, so there (and for inputs that
+    are not floating-point NHWC arrays) it is `nn.max_pool` unchanged, chosen inside the same
+    jitted function by `jax.lax.platform_dependent`.
     """
-    if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
+
+    def reference(x: jax.Array) -> jax.Array:
         return _reference_max_pool(x, window, stride, padding)
-    return _max_pool(x, window, stride, padding)
+
+    def fast(x: jax.Array) -> jax.Array:
+        return _max_pool(x, window, stride, padding)
+
+    if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
+        return reference(x)
+    return jax.lax.platform_dependent(x, cpu=fast, default=reference)
 
 
 def _reference_max_pool(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array:
@@ -213,6 +223,13 @@ def row_gemm_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return y.reshape(n, out_h, out_w, cout)
 
 
+def _valid_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_NHWC)
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
 class RowGemmConv(nn.Module):
     """`nn.Conv(features, (k, k), padding="VALID")` computed by `row_gemm_conv`.
 
@@ -234,7 +251,10 @@ class RowGemmConv(nn.Module):
         shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
         kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-        y = row_gemm_conv(x.astype(self.dtype), kernel.astype(self.dtype))
+        # The banded matmul wins on XLA:CPU only; elsewhere the plain (zoo) convolution.
+        y = jax.lax.platform_dependent(
+            x.astype(self.dtype), kernel.astype(self.dtype), cpu=row_gemm_conv, default=_valid_conv
+        )
         return y + bias.astype(self.dtype)
 
 

@@ -30,6 +30,7 @@ from zoo import analytic, formulas
 from zoo.analytic import Counts, Shape
 from zoo.models.base import ImageModel, Stage
 from zoo.models.layers import AvgPool, Flatten, RowGemmConv
+from zoo.ops import Conv, conv_general_dilated
 from zoo.registry import register
 
 PAPER_1998 = (
@@ -158,7 +159,7 @@ class PartialConv(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
         dense = jnp.zeros((k, k, x.shape[-1], features), kernel.dtype)
         dense = dense.at[:, :, inputs, outputs].set(kernel)
-        y = jax.lax.conv_general_dilated(
+        y = conv_general_dilated(
             x.astype(self.dtype),
             dense.astype(self.dtype),
             (1, 1),
@@ -190,7 +191,7 @@ class LeNet5_1998(ImageModel):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(x)
         x = squash(
-            nn.Conv(
+            Conv(
                 6,
                 (5, 5),
                 padding="VALID",
@@ -207,7 +208,7 @@ class LeNet5_1998(ImageModel):
         )
         x = squash(Subsampling(self.dtype, self.param_dtype, name="s4")(x))
         x = squash(
-            nn.Conv(
+            Conv(
                 120,
                 (5, 5),
                 padding="VALID",

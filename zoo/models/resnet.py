@@ -38,6 +38,7 @@ from zoo.models.layers import (
     check_rate,
     explicit_padding,
 )
+from zoo.ops import Conv
 from zoo.registry import register
 
 PAPER = "He et al. 2015, Deep Residual Learning for Image Recognition"
@@ -88,7 +89,7 @@ class _ResidualBlock(nn.Module):
         return Counts("residual_add", (*size, self.features * self.expansion))
 
     def conv(self, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
-        return nn.Conv(
+        return Conv(
             features,
             (kernel, kernel),
             stride,
@@ -245,7 +246,7 @@ class ResNet(ImageModel):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(x)
-        x = nn.Conv(
+        x = Conv(
             self.width,
             (7, 7),
             2,

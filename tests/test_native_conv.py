@@ -1,0 +1,289 @@
+"""zoo.ops.conv_general_dilated: oneDNN's convolutions equal XLA's, and every fallback works.
+
+Tolerances, relative to the largest magnitude of XLA's result: float32 1e-5 (the two libraries
+sum in different orders); bfloat16 2e-2 (one bf16 rounding of the output, 8 bits of mantissa).
+The comparisons need the extension (skipped, with the reason, where it is not built); the
+fallback tests run everywhere. Device counts and environment variables are fixed when JAX or
+the zoo start, so those tests run in subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import zoo
+from zoo import ops
+from zoo.ops import native
+
+NATIVE = ops.native_available()
+needs_native = pytest.mark.skipif(
+    not NATIVE, reason="the oneDNN extension is not built or not loadable here (XLA path only)"
+)
+NHWC = ("NHWC", "HWIO", "NHWC")
+TOLERANCE = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
+
+# (batch, height, width, channels, kernel, features, stride, padding, dilation, groups)
+CASES = [
+    (2, 9, 9, 4, 3, 8, 1, ((1, 1), (1, 1)), 1, 1),
+    (1, 11, 7, 6, 3, 6, 2, ((0, 2), (1, 0)), 1, 2),
+    (3, 16, 16, 8, 3, 8, 4, "SAME", 2, 1),
+    (2, 10, 13, 6, 5, 9, 2, "VALID", 1, 3),
+    (1, 17, 17, 3, 7, 16, 2, ((3, 3), (3, 3)), 1, 1),
+    (4, 8, 8, 16, 1, 32, 2, ((0, 0), (0, 0)), 1, 1),
+    (2, 15, 12, 8, 3, 8, 1, ((2, 1), (0, 3)), 3, 4),
+    (1, 5, 5, 2, 3, 4, 1, "SAME", 1, 2),
+]
+
+
+def relative_error(actual: jax.Array, expected: jax.Array) -> float:
+    actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
+    return float(np.max(np.abs(actual - expected)) / (np.max(np.abs(expected)) + 1e-12))
+
+
+def operands(case, dtype, seed=0):
+    n, h, w, c, k, o, *_, groups = case
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((n, h, w, c)), dtype)
+    kernel = jnp.asarray(rng.standard_normal((k, k, c // groups, o)), dtype)
+    return x, kernel
+
+
+def conv_arguments(case) -> dict:
+    *_, stride, padding, dilation, groups = case
+    return dict(
+        window_strides=(stride, stride),
+        padding=padding,
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=NHWC,
+        feature_group_count=groups,
+    )
+
+
+def value_and_gradients(conv, case, x, kernel):
+    """The convolution and both gradients of a nonlinear loss of it, jitted."""
+
+    def loss(x, kernel):
+        y = conv(x, kernel, **conv_arguments(case))
+        return jnp.sum(jnp.sin(y.astype(jnp.float32))), y
+
+    (_, y), grads = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(x, kernel)
+    return y, *grads
+
+
+@needs_native
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_float32_forward_and_gradients_equal_xla(case):
+    x, kernel = operands(case, jnp.float32)
+    ours = value_and_gradients(ops.conv_general_dilated, case, x, kernel)
+    theirs = value_and_gradients(lax.conv_general_dilated, case, x, kernel)
+    for name, a, b in zip(("output", "d_lhs", "d_rhs"), ours, theirs, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        assert relative_error(a, b) < TOLERANCE[jnp.float32], name
+
+
+@needs_native
+def test_a_resnet_convolution_runs_all_three_directions_on_onednn():
+    case = (2, 8, 8, 16, 3, 16, 1, ((1, 1), (1, 1)), 1, 1)
+    x, kernel = operands(case, jnp.float32)
+
+    def loss(x, kernel):
+        return jnp.sum(ops.conv_general_dilated(x, kernel, **conv_arguments(case)) ** 2)
+
+    hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, kernel).as_text()
+    for target in native.TARGETS:
+        assert target in hlo
+
+
+@needs_native
+@pytest.mark.parametrize("case", CASES[:3], ids=str)
+def test_bfloat16_equals_xla_or_falls_back(case):
+    x, kernel = operands(case, jnp.bfloat16)
+    ours = value_and_gradients(ops.conv_general_dilated, case, x, kernel)
+    theirs = value_and_gradients(lax.conv_general_dilated, case, x, kernel)
+    for name, a, b in zip(("output", "d_lhs", "d_rhs"), ours, theirs, strict=True):
+        assert a.dtype == jnp.bfloat16, name
+        assert relative_error(a, b) < TOLERANCE[jnp.bfloat16], name
+
+
+@needs_native
+def test_vmap_over_an_extra_batch_axis():
+    case = CASES[1]
+    xs = jnp.stack([operands(case, jnp.float32, seed)[0] for seed in range(3)])
+    _, kernel = operands(case, jnp.float32)
+
+    def batched(conv):
+        def loss(x, kernel):
+            return jnp.sum(jnp.sin(conv(x, kernel, **conv_arguments(case))))
+
+        return jax.jit(jax.vmap(jax.value_and_grad(loss, (0, 1)), in_axes=(0, None)))(xs, kernel)
+
+    (ours, (ours_dx, ours_dw)), (theirs, (theirs_dx, theirs_dw)) = (
+        batched(ops.conv_general_dilated),
+        batched(lax.conv_general_dilated),
+    )
+    assert relative_error(ours, theirs) < 1e-5
+    assert relative_error(ours_dx, theirs_dx) < 1e-5
+    assert relative_error(ours_dw, theirs_dw) < 1e-5
+
+
+def test_layouts_and_options_onednn_does_not_take_run_on_xla():
+    x, kernel = jnp.ones((2, 4, 9, 9)), jnp.ones((8, 4, 3, 3))  # NCHW / OIHW
+    nchw = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    transposed = dict(
+        window_strides=(1, 1), padding=((1, 1), (1, 1)), lhs_dilation=(2, 2), dimension_numbers=NHWC
+    )
+    nhwc_x, hwio_kernel = jnp.ones((2, 9, 9, 4)), jnp.ones((3, 3, 4, 8))
+    for args, arguments in (((x, kernel), nchw), ((nhwc_x, hwio_kernel), transposed)):
+        hlo = jax.jit(lambda a, b, kw=arguments: ops.conv_general_dilated(a, b, **kw))
+        assert "zoo_onednn" not in hlo.lower(*args).as_text()
+        np.testing.assert_array_equal(
+            ops.conv_general_dilated(*args, **arguments),
+            lax.conv_general_dilated(*args, **arguments),
+        )
+
+
+def test_conv_module_has_nn_conv_parameters_and_values():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 9, 9, 3)), jnp.float32)
+    settings = dict(features=8, kernel_size=(3, 3), strides=2, padding=((1, 1), (1, 1)))
+    params = nn.Conv(**settings).init(jax.random.key(0), x)
+    assert jax.tree.structure(ops.Conv(**settings).init(jax.random.key(0), x)) == (
+        jax.tree.structure(params)
+    )
+    ours = jax.jit(ops.Conv(**settings).apply)(params, x)
+    theirs = jax.jit(nn.Conv(**settings).apply)(params, x)
+    assert relative_error(ours, theirs) < 1e-5
+
+
+def test_portable_traces_no_custom_calls_for_export():
+    x, kernel = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 16, 16))
+    jitted = jax.jit(
+        lambda x, kernel: ops.conv_general_dilated(
+            x, kernel, (1, 1), "SAME", dimension_numbers=NHWC
+        )
+    )
+    expected = jitted(x, kernel)  # traced outside first: portable() must trace again
+    with ops.portable():
+        exported = jax.export.export(jitted)(x, kernel)
+    assert "stablehlo.custom_call" not in exported.mlir_module()
+    np.testing.assert_allclose(exported.call(x, kernel), expected, rtol=1e-5)
+    if NATIVE:  # outside portable(), the same function calls oneDNN, which export refuses
+        assert "zoo_onednn_conv_forward" in jitted.lower(x, kernel).as_text()
+        with pytest.raises(ValueError, match="custom call"):
+            jax.export.export(jitted)(x, kernel)
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+XLA_ONLY = """
+    import warnings
+    warnings.simplefilter("always")
+    import jax, jax.numpy as jnp, numpy as np
+    from jax import lax
+    import zoo
+    from zoo import ops
+    x, kernel = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 16, 16))
+    f = lambda x, k: ops.conv_general_dilated(x, k, (1, 1), "SAME",
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    hlo = jax.jit(jax.grad(lambda x, k: f(x, k).sum(), (0, 1))).lower(x, kernel).as_text()
+    assert "zoo_onednn" not in hlo, hlo
+    np.testing.assert_array_equal(f(x, kernel), lax.conv_general_dilated(
+        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    assert not ops.native_available()
+    print("xla path ok")
+"""
+
+
+def test_zoo_native_0_forces_xla_with_no_warning():
+    done = run_python(XLA_ONLY, ZOO_NATIVE="0")
+    assert done.returncode == 0, done.stderr
+    assert "xla path ok" in done.stdout
+    assert "Warning" not in done.stderr, done.stderr
+
+
+def test_a_library_that_does_not_load_warns_once_and_runs_xla(tmp_path):
+    done = run_python(XLA_ONLY, ZOO_DNNL_LIBRARY=str(tmp_path / "missing" / "libdnnl.so.3"))
+    assert done.returncode == 0, done.stderr
+    assert "xla path ok" in done.stdout
+    warnings = [line for line in done.stderr.splitlines() if "NativeUnavailableWarning" in line]
+    assert len(warnings) == 1, done.stderr
+    assert "libdnnl.so.3 not found" in warnings[0] and "ZOO_NATIVE=0" in warnings[0]
+
+
+EIGHT_DEVICES = """
+    import jax, jax.numpy as jnp, numpy as np
+    from jax import lax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from zoo import ops
+    assert jax.local_device_count() == 8
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    rng = np.random.default_rng(0)
+    x = jax.device_put(jnp.asarray(rng.standard_normal((16, 10, 10, 8)), jnp.float32),
+                       NamedSharding(mesh, P("data")))
+    kernel = jax.device_put(jnp.asarray(rng.standard_normal((3, 3, 4, 16)), jnp.float32),
+                            NamedSharding(mesh, P()))
+    def gradients(conv):
+        def loss(x, k):
+            y = conv(x, k, (2, 2), ((1, 0), (0, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                     feature_group_count=2)
+            return jnp.sum(jnp.sin(y)), y
+        return jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))
+    ours = gradients(ops.conv_general_dilated)
+    # XLA cannot partition a custom call: with several devices the zoo keeps XLA's convolution.
+    assert "zoo_onednn" not in ours.lower(x, kernel).as_text()
+    ours, theirs = ours(x, kernel), gradients(lax.conv_general_dilated)(x, kernel)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(b)), (a, b)
+    print("eight devices ok")
+"""
+
+
+def test_eight_cpu_devices_with_a_batch_sharded_input_run_on_xla():
+    done = run_python(EIGHT_DEVICES, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    assert done.returncode == 0, done.stderr
+    assert "eight devices ok" in done.stdout
+
+
+# The registered models with small inputs whose convolutions are nn.Conv layers.
+MODELS = ["lenet5_1998", "conv_autoencoder", "resnet20"]
+
+
+@needs_native
+@pytest.mark.parametrize("name", MODELS)
+def test_models_give_the_same_outputs_and_gradients_on_both_paths(name):
+    model = zoo.create_model(name)
+    x = jnp.asarray(
+        np.random.default_rng(0).standard_normal((2, *zoo.model_info(name).input_shape)),
+        jnp.float32,
+    )
+    variables = model.init(jax.random.key(0), x)
+
+    def loss(params):
+        out = model.apply({**variables, "params": params}, x)
+        return jnp.sum(jnp.sin(out)), out
+
+    def run():
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+
+    ours = run()
+    with ops.portable():
+        theirs = run()
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        assert relative_error(a, b) < 1e-4

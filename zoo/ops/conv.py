@@ -1,0 +1,280 @@
+"""The zoo's convolution: oneDNN kernels on CPU, XLA's convolution everywhere else.
+
+`conv_general_dilated` takes `jax.lax.conv_general_dilated`'s arguments and computes the same
+thing. Inside one jitted function, `jax.lax.platform_dependent` picks per backend: on CPU the
+oneDNN kernels of `csrc/onednn_conv.cc` (a `jax.custom_vjp` over forward, backward-data and
+backward-weights FFI calls), on GPU and TPU `lax.conv_general_dilated`. Each of the three
+directions runs on oneDNN only where oneDNN has a real (JIT) kernel for it on this CPU, asked at
+trace time; anything else stays on XLA: bf16 on a CPU without AVX-512, layouts other than
+NHWC/HWIO, `lhs_dilation` (transposed convolutions), negative padding, mixed dtypes,
+`preferred_element_type`, `batch_group_count`. `precision` is passed on to XLA and otherwise
+ignored (oneDNN computes in the operands' dtype, bf16 with fp32 accumulation).
+
+`Conv` is `flax.linen.Conv` with this op: the same parameters under the same names, so
+checkpoints move between the two unchanged. `portable()` makes everything traced inside it use
+XLA's convolution only, for `jax.export` (an exported function carries no custom calls).
+
+More than one CPU device (`--xla_force_host_platform_device_count`, `jax_num_cpu_devices`)
+also stays on XLA: XLA cannot partition a custom call, so under a batch-sharded `jax.jit` it
+would gather each oneDNN call's operands onto every device, and every device would convolve the
+whole batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from zoo.ops import native
+
+# A jax.jit cache key, so switching it re-traces instead of reusing the other kind of trace.
+_PORTABLE = jax.make_user_context(default_value=False)
+NHWC_HWIO = lax.ConvDimensionNumbers(
+    lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
+)
+PRECISIONS = {jnp.dtype(jnp.float32): 0, jnp.dtype(jnp.bfloat16): 1}
+
+
+def portable() -> contextlib.AbstractContextManager:
+    """A context in which the zoo's convolutions trace to XLA's only: no custom calls, so
+    `jax.export` takes them. Part of jit's cache key, like a JAX config option: a function
+    jitted outside and called again inside is traced again."""
+    return _PORTABLE(True)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """A convolution oneDNN can run, with which of its three directions it runs natively."""
+
+    window_strides: tuple[int, int]
+    padding: tuple[tuple[int, int], tuple[int, int]]
+    rhs_dilation: tuple[int, int]
+    feature_group_count: int
+    precision: Any  # for XLA's path
+    num_threads: int
+    native: tuple[bool, bool, bool]  # forward, backward data, backward weights
+
+    def xla(self, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            self.window_strides,
+            self.padding,
+            rhs_dilation=self.rhs_dilation,
+            dimension_numbers=NHWC_HWIO,
+            feature_group_count=self.feature_group_count,
+            precision=self.precision,
+        )
+
+    def ffi(self, target: str, result: jax.ShapeDtypeStruct, *operands: jax.Array) -> jax.Array:
+        (top, bottom), (left, right) = self.padding
+        call = jax.ffi.ffi_call(target, result, vmap_method="sequential")
+        return call(
+            *operands,
+            window_strides=np.array(self.window_strides, np.int64),
+            padding=np.array([top, bottom, left, right], np.int64),
+            rhs_dilation=np.array(self.rhs_dilation, np.int64),
+            feature_group_count=np.int64(self.feature_group_count),
+            num_threads=np.int64(self.num_threads),
+        )
+
+
+def _team_size() -> int:
+    """OpenMP threads per oneDNN call: the cores this process may use, at most OMP_NUM_THREADS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        cores = min(cores or 1, int(os.environ["OMP_NUM_THREADS"]))
+    return max(1, cores or 1)
+
+
+def _plan(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    precision,
+    preferred_element_type,
+) -> _Plan | None:
+    """The oneDNN plan of a call, or None where it must run on XLA in every direction."""
+    if _PORTABLE.value or not native.enabled() or jax.local_device_count("cpu") > 1:
+        return None
+    if jnp.ndim(lhs) != 4 or jnp.ndim(rhs) != 4:
+        return None
+    dtype = jnp.result_type(lhs)
+    if dtype != jnp.result_type(rhs) or dtype not in PRECISIONS or batch_group_count != 1:
+        return None
+    if preferred_element_type is not None and jnp.dtype(preferred_element_type) != dtype:
+        return None
+    if lhs_dilation is not None and tuple(lhs_dilation) != (1, 1):
+        return None
+    if lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != NHWC_HWIO:
+        return None
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(
+            lhs.shape[1:3], _dilated(rhs.shape[:2], rhs_dilation), window_strides, padding
+        )
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if any(p < 0 for pair in padding for p in pair):
+        return None
+    rhs_dilation = tuple(rhs_dilation or (1, 1))
+    out = jax.eval_shape(
+        functools.partial(
+            lax.conv_general_dilated,
+            window_strides=window_strides,
+            padding=padding,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=NHWC_HWIO,
+            feature_group_count=feature_group_count,
+        ),
+        jax.ShapeDtypeStruct(lhs.shape, dtype),
+        jax.ShapeDtypeStruct(rhs.shape, dtype),
+    ).shape
+    if 0 in lhs.shape or 0 in rhs.shape or 0 in out:
+        return None
+    threads = _team_size()
+    config = (
+        *lhs.shape,
+        *rhs.shape[:2],
+        rhs.shape[3],
+        *out[1:3],
+        *window_strides,
+        *padding[0],
+        *padding[1],
+        *rhs_dilation,
+        feature_group_count,
+        PRECISIONS[dtype],
+        threads,
+    )
+    native_directions = tuple(
+        native.implementation(direction, config)[0]
+        for direction in (native.FORWARD, native.BACKWARD_DATA, native.BACKWARD_WEIGHTS)
+    )
+    if not any(native_directions):
+        return None
+    return _Plan(
+        tuple(window_strides),
+        padding,
+        rhs_dilation,
+        feature_group_count,
+        precision,
+        threads,
+        native_directions,
+    )
+
+
+def _dilated(kernel: Sequence[int], dilation: Sequence[int] | None) -> tuple[int, ...]:
+    return tuple(
+        (k - 1) * d + 1 for k, d in zip(kernel, dilation or (1,) * len(kernel), strict=True)
+    )
+
+
+def _on_cpu(native_fn, xla_fn, *operands: jax.Array) -> jax.Array:
+    """`native_fn` when the computation runs on CPU, `xla_fn` on any other backend."""
+    return lax.platform_dependent(*operands, cpu=native_fn, default=xla_fn)
+
+
+def _forward(lhs: jax.Array, rhs: jax.Array, plan: _Plan) -> jax.Array:
+    if not plan.native[native.FORWARD]:
+        return plan.xla(lhs, rhs)
+    out = jax.eval_shape(plan.xla, lhs, rhs)
+    return _on_cpu(lambda x, w: plan.ffi("zoo_onednn_conv_forward", out, x, w), plan.xla, lhs, rhs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _native_conv(lhs: jax.Array, rhs: jax.Array, plan: _Plan) -> jax.Array:
+    return _forward(lhs, rhs, plan)
+
+
+def _native_conv_fwd(lhs, rhs, plan):
+    return _forward(lhs, rhs, plan), (lhs, rhs)
+
+
+def _native_conv_bwd(plan, residuals, d_out):
+    lhs, rhs = residuals
+    as_lhs = jax.ShapeDtypeStruct(lhs.shape, lhs.dtype)
+    as_rhs = jax.ShapeDtypeStruct(rhs.shape, rhs.dtype)
+
+    def xla_d_lhs(d_out, rhs):
+        return jax.vjp(lambda x: plan.xla(x, rhs), lhs)[1](d_out)[0]
+
+    def xla_d_rhs(lhs, d_out):
+        return jax.vjp(lambda w: plan.xla(lhs, w), rhs)[1](d_out)[0]
+
+    if plan.native[native.BACKWARD_DATA]:
+        d_lhs = _on_cpu(
+            lambda g, w: plan.ffi("zoo_onednn_conv_backward_data", as_lhs, g, w),
+            xla_d_lhs,
+            d_out,
+            rhs,
+        )
+    else:
+        d_lhs = xla_d_lhs(d_out, rhs)
+    if plan.native[native.BACKWARD_WEIGHTS]:
+        d_rhs = _on_cpu(
+            lambda x, g: plan.ffi("zoo_onednn_conv_backward_weights", as_rhs, x, g),
+            xla_d_rhs,
+            lhs,
+            d_out,
+        )
+    else:
+        d_rhs = xla_d_rhs(lhs, d_out)
+    return d_lhs, d_rhs
+
+
+_native_conv.defvjp(_native_conv_fwd, _native_conv_bwd)
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """`jax.lax.conv_general_dilated`, on oneDNN's kernels where the computation runs on a CPU
+    that has them for this configuration (see the module docstring), on XLA otherwise."""
+    arguments = dict(
+        window_strides=window_strides,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    plan = _plan(lhs, rhs, **arguments)
+    if plan is None:
+        return lax.conv_general_dilated(lhs, rhs, **arguments)
+    return _native_conv(lhs, rhs, plan)
+
+
+class Conv(nn.Conv):
+    """`flax.linen.Conv` through the zoo's convolution (`conv_general_dilated` above).
+
+    Same fields, parameters and parameter names as `nn.Conv`: checkpoints are interchangeable.
+    """
+
+    conv_general_dilated: Any = conv_general_dilated

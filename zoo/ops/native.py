@@ -1,0 +1,126 @@
+"""Loads the oneDNN extension (`csrc/onednn_conv.cc`) and registers its XLA FFI targets.
+
+The extension is a shared library built beside this file by the package's build (`setup.py`),
+linked against `libdnnl.so.3` from the `onednn-cpu-gomp` wheel. It is loaded with ctypes the
+first time a convolution is traced, not at `import zoo`. Where it cannot be loaded (not built
+here, another OS or architecture, oneDNN missing), `library()` returns None, the zoo's
+convolutions run on XLA, and one warning says why and how to get the fast path.
+
+- `ZOO_NATIVE=0` switches the native kernels off (nothing is loaded, no warning).
+- `ZOO_DNNL_LIBRARY=/path/to/libdnnl.so.3` loads that oneDNN instead of the wheel's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.metadata
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import jax
+
+NATIVE_ENV = "ZOO_NATIVE"
+DNNL_LIBRARY_ENV = "ZOO_DNNL_LIBRARY"
+DNNL_SONAME = "libdnnl.so.3"
+DNNL_DISTRIBUTION = "onednn-cpu-gomp"
+EXTENSION_STEM = "_onednn_conv"
+
+FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = 0, 1, 2
+TARGETS = {
+    "zoo_onednn_conv_forward": FORWARD,
+    "zoo_onednn_conv_backward_data": BACKWARD_DATA,
+    "zoo_onednn_conv_backward_weights": BACKWARD_WEIGHTS,
+}
+HOW_TO_GET_IT = (
+    "on Linux x86_64, reinstall jax-zoo with a C++17 compiler available "
+    "(pip install --force-reinstall --no-deps jax-zoo), which builds it against onednn-cpu-gomp"
+)
+
+
+class NativeUnavailableWarning(RuntimeWarning):
+    """The oneDNN kernels could not be loaded: the zoo's convolutions run on XLA."""
+
+
+def enabled() -> bool:
+    """False when `ZOO_NATIVE` is 0/false/no/off: the zoo then never loads the extension."""
+    return os.environ.get(NATIVE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _dnnl_candidates() -> list[Path]:
+    if os.environ.get(DNNL_LIBRARY_ENV):
+        return [Path(os.environ[DNNL_LIBRARY_ENV])]
+    found = []
+    try:
+        files = importlib.metadata.distribution(DNNL_DISTRIBUTION).files or []
+        found = [Path(f.locate()) for f in files if f.name == DNNL_SONAME]
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return [*found, Path(sys.prefix) / "lib" / DNNL_SONAME]
+
+
+def _extension_path() -> Path | None:
+    built = sorted(Path(__file__).parent.glob(f"{EXTENSION_STEM}*.so"))
+    return built[0] if built else None
+
+
+def _load() -> ctypes.CDLL:
+    """oneDNN (RTLD_GLOBAL, so the extension's reference to its soname resolves to it), then
+    the extension, its targets registered; OSError with the reason when either is missing."""
+    candidates = _dnnl_candidates()
+    dnnl = next((path for path in candidates if path.is_file()), None)
+    if dnnl is None:
+        raise OSError(f"{DNNL_SONAME} not found (looked at {', '.join(map(str, candidates))})")
+    extension = _extension_path()
+    if extension is None:
+        raise OSError(
+            f"the extension {EXTENSION_STEM}*.so was not built into {Path(__file__).parent}"
+        )
+    ctypes.CDLL(str(dnnl), mode=ctypes.RTLD_GLOBAL)
+    lib = ctypes.CDLL(str(extension))
+    lib.zoo_onednn_conv_implementation.restype = ctypes.c_int
+    lib.zoo_onednn_conv_implementation.argtypes = [
+        ctypes.c_int64,
+        ctypes.POINTER(ctypes.c_int64),
+        ctypes.c_int64,
+        ctypes.c_char_p,
+        ctypes.c_int64,
+    ]
+    lib.zoo_onednn_conv_config_fields.restype = ctypes.c_int64
+    for name in TARGETS:
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+    return lib
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded extension, or None (switched off, or not loadable: warned once)."""
+    if not enabled():
+        return None
+    try:
+        return _load()
+    except OSError as error:
+        warnings.warn(
+            f"jax-zoo: oneDNN convolutions unavailable ({error}); convolutions run on XLA. "
+            f"To get the fast CPU path, {HOW_TO_GET_IT}; set {NATIVE_ENV}=0 to silence this.",
+            NativeUnavailableWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+@functools.cache
+def implementation(direction: int, config: tuple[int, ...]) -> tuple[bool, str]:
+    """(whether oneDNN runs `direction` of `config` with a real, non-reference kernel, the
+    kernel's name). `config` lists the fields of `ConvConfig` in `csrc/onednn_conv.cc`."""
+    lib = library()
+    if lib is None:
+        return False, "not loaded"
+    if lib.zoo_onednn_conv_config_fields() != len(config):
+        return False, "extension built from another version of csrc/onednn_conv.cc"
+    values = (ctypes.c_int64 * len(config))(*config)
+    name = ctypes.create_string_buffer(256)
+    status = lib.zoo_onednn_conv_implementation(direction, values, len(config), name, len(name))
+    return status == 1, name.value.decode()
