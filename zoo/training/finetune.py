@@ -22,7 +22,7 @@ from typing import Any
 import jax
 
 from zoo import hub
-from zoo.hub.matching import check_match, flat_specs
+from zoo.hub.store import check_match, flat_specs
 from zoo.training.state import PyTree, TrainState, leaf_path
 
 
