@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from rich.console import Console
@@ -13,28 +15,15 @@ from zoo.training import EarlyStopping, configure
 from zoo.training.config import PRESETS
 
 # The README's "Training from Python" example, run as it is written there.
-README_EXAMPLE = """
-import zoo.training
-from zoo.data import load_dataset
+README = Path(__file__).resolve().parents[1] / "README.md"
 
-digits = load_dataset("mnist5k")  # Or any uint8 (N, H, W[, C]) images and integer labels.
-data = zoo.training.arrays(
-    digits.train.images[:512], digits.train.labels[:512],
-    digits.test.images, digits.test.labels, name="my-digits",
-)
-run = zoo.training.train(
-    "lenet5",  # lenet5's preset, as `zoo train lenet5`, then these settings:
-    data=data,
-    epochs=3,
-    save=False,  # Or a registry name: name="my-lenet", registry="my-models".
-    callbacks=[
-        zoo.training.EarlyStopping("val_accuracy", patience=2),
-        lambda record: print(f"epoch {record['epoch']}: {record['val_accuracy']:.1%}"),
-    ],
-)
-predicted = run.model.predict(digits.test.images[:10])  # Raw uint8 images in, classes out.
-print(run.epoch, f"{run.metrics['val_accuracy']:.1%}", predicted)
-"""
+
+def readme_example() -> str:
+    """The README's "Training from Python" example, as it is written there."""
+    text = README.read_text()
+    section = text[text.index("### Training from Python") :]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start : section.index("```\n", start)]
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +32,7 @@ def in_tmp(tmp_path, monkeypatch, mnist5k_env):
 
 
 def test_the_readme_example_runs(capsys):
-    exec(compile(README_EXAMPLE, "README.md", "exec"), {})
+    exec(compile(readme_example(), "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "epoch 1: " in out and "epoch 3: " in out
     last = out.strip().splitlines()[-1]

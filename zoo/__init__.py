@@ -7,6 +7,7 @@ print(zoo.summary("lenet5"))
 """
 
 from zoo import runtime  # noqa: F401  (first: XLA:CPU defaults before any JAX backend)
+from zoo.errors import ZooError
 from zoo.features import FeatureInfo, extract_features, feature_info, feature_stages
 from zoo.hub import (
     ArchitectureMismatchError,
@@ -14,9 +15,18 @@ from zoo.hub import (
     CorruptCheckpointError,
     list_checkpoints,
     load,
+    read_metadata,
     save,
 )
-from zoo.registry import ModelInfo, UnknownModelError, create_model, list_models, model_info
+from zoo.models.heads import replace_head
+from zoo.registry import (
+    ModelInfo,
+    UnknownModelError,
+    create_model,
+    list_models,
+    model_info,
+    register,
+)
 from zoo.summary import Summary, summary
 
 __all__ = [
@@ -27,6 +37,7 @@ __all__ = [
     "ModelInfo",
     "Summary",
     "UnknownModelError",
+    "ZooError",
     "create_model",
     "extract_features",
     "feature_info",
@@ -35,6 +46,9 @@ __all__ = [
     "list_models",
     "load",
     "model_info",
+    "read_metadata",
+    "register",
+    "replace_head",
     "save",
     "summary",
 ]

@@ -16,8 +16,7 @@ which `LoadedModel.predict` also takes, is `images[..., None]` here.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 
 from zoo.errors import InvalidValueError, MissingDependencyError
 from zoo.hub import LoadedModel
+from zoo.ops import portable
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 
@@ -50,19 +50,8 @@ def export_model(
 
     h, w, c = preprocessing.source_shape
     images = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"batch, {h}, {w}, {c}"), jnp.uint8)
-    with portable_ops():
+    with portable():  # No custom call (the oneDNN convolutions): it runs on every platform.
         return jax.export.export(jax.jit(logits), platforms=tuple(platforms))(images)
-
-
-@contextlib.contextmanager
-def portable_ops() -> Iterator[None]:
-    """Where zoo's native kernels switch to their pure-JAX reference path while exporting.
-
-    An artifact must not carry a custom call: it would run only where that kernel is
-    registered. Every zoo op with a native (FFI) path must be forced onto its portable one
-    here; today none has one, so there is nothing to switch.
-    """
-    yield
 
 
 def custom_calls(exported: jax.export.Exported) -> list[str]:

@@ -26,9 +26,10 @@ class LoadedModel:
       variables: the restored {'params': ..., maybe 'batch_stats': ...}.
       meta: the step's full metadata record.
       step: the training step.
-      path: the step folder it was loaded from.
-      source: "shipped" (the read-only models inside the package) or "user" (a registry of
-        one's own); see `zoo.hub.api` for the lookup order.
+      path: the step folder it was loaded from; None for a model trained with `save=False`.
+      source: "user" (a registry of one's own), "shipped" (the read-only models inside the
+        package; see `zoo.hub.api` for the lookup order) or "unsaved" (trained with
+        `save=False`, never saved).
       train_state: the training state restored with it (`load(..., train_state=...)`), or None.
       preprocessing: raw images -> model inputs, from `meta["preprocessing"]`; None if the
         saver recorded none (then only `apply` works).
@@ -40,7 +41,7 @@ class LoadedModel:
     variables: dict[str, Any] = dataclasses.field(repr=False)
     meta: dict[str, Any] = dataclasses.field(repr=False)
     step: int
-    path: Path
+    path: Path | None
     source: str
     train_state: Any = dataclasses.field(default=None, repr=False)
     preprocessing: Preprocessing | None = dataclasses.field(init=False)

@@ -243,6 +243,7 @@ def _trained_model(
         },
         step=step,
         path=None,
+        source="unsaved",
     )
 
 
