@@ -28,8 +28,8 @@ def _onednn_dirs() -> tuple[list[str], list[str]]:
             continue
         for f in files:
             path = Path(f.locate())
-            if f.name == "dnnl.hpp":
-                includes.add(str(path.parent.parent))  # .../include/oneapi/dnnl/dnnl.hpp
+            if path.parts[-3:] == ("oneapi", "dnnl", "dnnl.hpp"):
+                includes.add(str(path.parents[2]))  # <prefix>/include, holding oneapi/dnnl/
             elif f.name.startswith("libdnnl.so"):
                 libs.add(str(path.parent))
     includes.add(str(Path(sys.prefix) / "include"))
