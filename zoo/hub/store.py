@@ -93,7 +93,9 @@ def expected_variables(model_name: str, config: dict[str, Any]) -> tuple[nn.Modu
 def flat_specs(tree: Any) -> dict[str, Spec]:
     """'/'-joined key path -> (shape, dtype) of every leaf (arrays, abstract arrays, scalars)."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {"/".join(_key_name(k) for k in path): _spec(leaf) for path, leaf in leaves}
+    return {
+        jax.tree_util.keystr(path, simple=True, separator="/"): _spec(leaf) for path, leaf in leaves
+    }
 
 
 def mismatches(expected: Any, actual: Any) -> list[str]:
@@ -119,13 +121,6 @@ def check_match(expected: Any, actual: Any, what: str) -> None:
         raise ArchitectureMismatchError(
             f"{what}: {len(lines)} array(s) differ in key, shape or dtype:\n  {shown}{more}"
         )
-
-
-def _key_name(key: Any) -> str:
-    for attribute in ("key", "name", "idx"):  # DictKey/FlattenedIndexKey, GetAttrKey, SequenceKey
-        if hasattr(key, attribute):
-            return str(getattr(key, attribute))
-    return str(key)
 
 
 def _spec(leaf: Any) -> Spec:

@@ -115,7 +115,7 @@ def keep_frozen(old: PyTree, new: PyTree, frozen: frozenset[str]) -> PyTree:
 
 def leaf_path(path: tuple[Any, ...]) -> str:
     """A pytree key path as "params/conv1/kernel"."""
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+    return jax.tree_util.keystr(path, simple=True, separator="/")  # The store's naming too.
 
 
 def frozen_paths(variables: PyTree, train_only: str | None) -> frozenset[str]:
