@@ -72,7 +72,7 @@ def torch_step(name, images, labels):
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     x = torch.from_numpy(np.asarray(images).transpose(0, 3, 1, 2).copy())
     x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.from_numpy(np.asarray(labels))
+    y = torch.from_numpy(np.asarray(labels)).long()
 
     def run():
         opt.zero_grad(set_to_none=True)

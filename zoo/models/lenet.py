@@ -9,8 +9,9 @@
   bias; every unit squashes with f(a) = 1.7159 tanh(2a/3) (Appendix A); C5 is a 5x5 convolution;
   the output layer is Euclidean RBF units with fixed +-1 centres. 60,000 trainable parameters.
   Deliberate deviations: the RBF centres are fixed pseudo-random +-1 codes (the paper's are
-  stylised 7x12 character bitmaps, not published as data); logits are the negated RBF distances,
-  trained with softmax cross-entropy (close to the paper's MAP criterion, Eq. 9); inputs are
+  stylised 7x12 character bitmaps, not published as data); logits are the negated RBF distances
+  over sqrt(84), trained with softmax cross-entropy (close to the paper's MAP criterion, Eq. 9);
+  C3's initial scale counts all of a unit's input maps; inputs are
   standardised rather than mapped to [-0.1, 1.175]; initialisation is Flax's LeCun normal rather
   than uniform +-2.4 / fan-in.
 Layer names follow the paper (c1, s2, c3, s4, c5, f6, output) so checkpoint keys read like Fig. 2.
@@ -112,7 +113,10 @@ class Subsampling(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         channels = x.shape[-1]
-        coefficient = self.param("coefficient", nn.initializers.ones, (channels,), self.param_dtype)
+        # 1/4 starts each map as the 2x2 average: the sum's scale would saturate the squash.
+        coefficient = self.param(
+            "coefficient", nn.initializers.constant(0.25), (channels,), self.param_dtype
+        )
         bias = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
         window_sum = nn.avg_pool(x, (2, 2), (2, 2)) * 4
         return window_sum * coefficient.astype(self.dtype) + bias.astype(self.dtype)
@@ -150,12 +154,14 @@ class PartialConv(nn.Module):
         inputs = np.array([i for c in self.connections for i in c])
         outputs = np.array([j for j, c in enumerate(self.connections) for _ in c])
         k, features = self.kernel_size, len(self.connections)
-        kernel = self.param(
-            "kernel",
-            nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=()),
-            (k, k, len(inputs)),
-            self.param_dtype,
-        )
+        # A C3 unit's fan-in is K * K times its number of input maps (3, 4 or 6), not K * K.
+        maps_in = np.array([len(self.connections[j]) for j in outputs])
+
+        def init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
+            per_map = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=())(key, shape, dtype)
+            return per_map / np.sqrt(maps_in).astype(dtype)
+
+        kernel = self.param("kernel", init, (k, k, len(inputs)), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
         dense = jnp.zeros((k, k, x.shape[-1], features), kernel.dtype)
         dense = dense.at[:, :, inputs, outputs].set(kernel)
@@ -223,7 +229,12 @@ class LeNet5_1998(ImageModel):
 
 
 class RBFOutput(nn.Module):
-    """Euclidean RBF units, y_i = sum_j (x_j - w_ij)^2, with fixed centres; returns -y (Eq. 7).
+    """Euclidean RBF units, y_i = sum_j (x_j - w_ij)^2, with fixed centres; returns -y / sqrt(n)
+    (Eq. 7), n the input width (84).
+
+    Dividing by sqrt(n) is a fixed softmax temperature, a deliberate deviation: each of the 84
+    units adds up to (1.7159 + 1)^2 to a distance, so the logits soon span hundreds, the softmax
+    saturates and the preset stops at 97.3% held out on mnist5k (98.3-98.8% with it, seeds 0-2).
 
     The centres are constants, not parameters (the paper keeps them fixed): a +-1 code per
     class drawn once from a fixed seed, so every instance of the model has the same ones.
@@ -240,7 +251,7 @@ class RBFOutput(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         centres = rbf_centres(self.num_classes, x.shape[-1])
         distance = jnp.sum((x[:, None, :] - jnp.asarray(centres, x.dtype)) ** 2, axis=-1)
-        return -distance
+        return -distance / np.sqrt(x.shape[-1])
 
 
 def rbf_centres(num_classes: int, width: int) -> np.ndarray:

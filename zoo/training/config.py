@@ -194,17 +194,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # LeCun et al. 1998 train for 20 passes with no weight decay, by stochastic diagonal
     # Levenberg-Marquardt (per-parameter step sizes), which optax does not offer; Adam is the
-    # nearest adaptive method. The RBF output's logits are large (negated squared distances),
-    # so SGD at lenet5's lr 0.1 never learns; label smoothing did not help. 96.9% held-out on
-    # mnist5k (97.1% at epoch 10), short of lenet5's 98.4%.
+    # nearest adaptive method. 4,000 digits need more passes, shifts and mixup: 98.4 / 98.8 /
+    # 98.3% held out on mnist5k (seeds 0-2), against 97.3% without mixup in 15 passes.
     "lenet5_1998": {
-        "epochs": 15,
+        "epochs": 30,
         "batch_size": 32,
         "optimizer": "adamw",
         "lr": 3e-3,
         "warmup_epochs": 1.0,
         "weight_decay": 0.0,
         "augment": True,
+        "mixup": 0.2,
     },
     # The lecture's 2-D latent autoencoder: Adam on the reconstruction error.
     "conv_autoencoder": {
