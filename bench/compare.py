@@ -1,16 +1,19 @@
 """jax-zoo against PyTorch on this machine, side by side, in one process.
 
-    python bench/compare.py --json OUT.json [--models lenet5,resnet20,resnet18] [--quick]
+    python bench/compare.py --json OUT.json [--models lenet5,resnet20,resnet18]
+                            [--precisions fp32,bf16] [--quick]
 
 For each model it times the project's own jitted train step (`zoo.training.step.train_step`,
-the state donated, SGD momentum 0.9 + weight decay from `zoo.training.state.make_optimizer`) and
-the same network
-in PyTorch (`bench/torch_models.py`: same architecture, same parameter count, asserted), on the
-same batch, with the same optimizer, fp32, and the same number of threads; then the forward pass
-in eval mode (inference). Short timed blocks of steps of the two alternate (JAX first in even
-rounds, PyTorch first in odd ones), so a machine shared with other jobs slows both in the same
-periods. PyTorch runs in its best CPU configuration: eager, in whichever memory format
-(channels_last or contiguous) was faster in warm-up (`--torch-format` to force one).
+the state donated, SGD momentum 0.9 + weight decay from `zoo.training.state.make_optimizer`)
+and the same network in PyTorch (`bench/torch_models.py`: same architecture, same parameter
+count, asserted), on the same batch, with the same optimizer and the same number of threads;
+then the forward pass in eval mode (inference). fp32 rows first, then bf16 rows
+("<model>/bf16"): the zoo's model with `dtype=bfloat16` (float32 parameters, optimizer state
+and loss, as `--precision bf16`) against PyTorch under `torch.autocast("cpu", torch.bfloat16)`.
+Short timed blocks of steps of the two alternate (JAX first in even rounds, PyTorch first in
+odd ones), so a machine shared with other jobs slows both in the same periods. PyTorch runs in
+its best CPU configuration: eager, in whichever memory format (channels_last or contiguous) was
+faster in warm-up (`--torch-format` to force one).
 
 JSON `rows`, exactly these keys: model, batch, jax_img_s, torch_img_s, ratio (jax / torch),
 compile_s (tracing + XLA compilation of our step or forward), gflops (achieved by our step: 6 x
@@ -53,6 +56,7 @@ import torch_models  # noqa: E402
 
 import zoo  # noqa: E402  (applies the XLA:CPU defaults: no JAX backend exists yet)
 from zoo.training.config import TrainConfig  # noqa: E402
+from zoo.training.experiment import COMPUTE_DTYPES  # noqa: E402
 from zoo.training.state import create_train_state, make_optimizer  # noqa: E402
 from zoo.training.step import train_step  # noqa: E402
 
@@ -133,10 +137,13 @@ def count_params(tree: Any) -> int:
 class JaxRunner:
     """Our train step and eval forward, jitted once; the state lives on the device."""
 
-    def __init__(self, spec: Spec, images: np.ndarray, labels: np.ndarray):
-        self.model = zoo.create_model(spec.name, num_classes=spec.num_classes)
+    def __init__(self, spec: Spec, images: np.ndarray, labels: np.ndarray, precision: str):
+        self.model = zoo.create_model(
+            spec.name, num_classes=spec.num_classes, dtype=COMPUTE_DTYPES[precision]
+        )
         config = TrainConfig(
             model=spec.name,
+            precision=precision,
             batch_size=spec.batch,
             optimizer="sgd",
             lr=LR,
@@ -179,8 +186,16 @@ class JaxRunner:
 class TorchRunner:
     """The same network, optimizer and batch in eager PyTorch."""
 
-    def __init__(self, spec: Spec, images: np.ndarray, labels: np.ndarray, memory_format: str):
+    def __init__(
+        self,
+        spec: Spec,
+        images: np.ndarray,
+        labels: np.ndarray,
+        memory_format: str,
+        precision: str,
+    ):
         torch.manual_seed(0)
+        self.bf16 = precision == "bf16"
         self.model = torch_models.create(spec.name, spec.num_classes)
         self.params = torch_models.trainable_params(self.model)
         # Decay on weights only, like zoo.training.state.decay_mask (no decay on biases, BN scales).
@@ -205,8 +220,9 @@ class TorchRunner:
         self.model.train()
         for _ in range(steps):
             self.optimizer.zero_grad(set_to_none=True)
-            logits = self.model(self.images)
-            loss = torch.nn.functional.cross_entropy(logits, self.labels)
+            with self.autocast():
+                logits = self.model(self.images)
+                loss = torch.nn.functional.cross_entropy(logits, self.labels)
             loss.backward()
             self.optimizer.step()
             # What our step also returns: the loss sum and the correct count.
@@ -214,9 +230,12 @@ class TorchRunner:
 
     def infer(self, steps: int) -> None:
         self.model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             for _ in range(steps):
                 self.model(self.images)
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
 
 
 # --- Measuring -----------------------------------------------------------------------------------
@@ -317,17 +336,18 @@ def details(spec: Spec, timing: dict[str, Any]) -> dict[str, Any]:
 
 
 def bench_model(
-    spec: Spec, settings: Settings, roof: Roof, log: Callable[[str], None]
+    spec: Spec, precision: str, settings: Settings, roof: Roof, log: Callable[[str], None]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """(rows of medians, rows of each framework's best round, details) of one model."""
     images, labels = make_batch(spec)
-    ours = JaxRunner(spec, images, labels)
-    theirs = TorchRunner(spec, images, labels, "channels_last")
+    ours = JaxRunner(spec, images, labels, precision)
+    theirs = TorchRunner(spec, images, labels, "channels_last", precision)
+    label = spec.name if precision == "fp32" else f"{spec.name}/{precision}"
     if ours.params != theirs.params:
         raise AssertionError(
             f"{spec.name}: {ours.params:,} parameters in JAX but {theirs.params:,} in PyTorch"
         )
-    log(f"{spec.name}: {ours.params:,} parameters in both; compiled in {ours.compile_s:.1f} s")
+    log(f"{label}: {ours.params:,} parameters in both; compiled in {ours.compile_s:.1f} s")
     macs = zoo.summary(spec.name, spec.shape, num_classes=spec.num_classes).total_macs
     formats, warmup_speeds = {}, {}
     timings = {}
@@ -338,22 +358,22 @@ def bench_model(
         timings[task] = interleave(getattr(ours, task), getattr(theirs, task), settings, roof)
     train, infer = timings["train"], timings["infer"]
     rows = [
-        row(spec.name, spec, train, ours.compile_s, 6 * macs, roof, statistic)
+        row(label, spec, train, ours.compile_s, 6 * macs, roof, statistic)
         for statistic in (median, min)
     ] + [
-        row(f"{spec.name}/infer", spec, infer, ours.forward_compile_s, 2 * macs, roof, statistic)
+        row(f"{label}/infer", spec, infer, ours.forward_compile_s, 2 * macs, roof, statistic)
         for statistic in (median, min)
     ]
     rows = [rows[0], rows[2], rows[1], rows[3]]  # medians (train, infer), then bests
     extra = {
-        spec.name: {
+        label: {
             **details(spec, train),
             "torch_memory_format": formats["train"],
             "torch_format_warmup_img_s": warmup_speeds["train"],
             "params": ours.params,
             "forward_macs_per_image": macs,
         },
-        f"{spec.name}/infer": {
+        f"{label}/infer": {
             **details(spec, infer),
             "torch_memory_format": formats["infer"],
             "torch_format_warmup_img_s": warmup_speeds["infer"],
@@ -523,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated, from {', '.join(SPECS)}",
     )
     parser.add_argument(
+        "--precisions", default="fp32,bf16", help="comma-separated, from fp32, bf16"
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="smoke test: few short rounds, 1-epoch CLI job (a few minutes)",
@@ -542,6 +565,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in models if m not in SPECS]
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(SPECS)}")
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if not precisions or set(precisions) - set(COMPUTE_DTYPES):
+        parser.error(f"--precisions: choose from {', '.join(COMPUTE_DTYPES)}")
     settings = Settings(
         rounds=args.rounds or (3 if args.quick else 15),
         block_s=args.block_s or (0.2 if args.quick else 0.25),
@@ -570,11 +596,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     roof = Roof()
     roof.sample(5)
-    for name in models:
-        rows, best, extra = bench_model(SPECS[name], settings, roof, log)
-        report["rows"].extend(rows)
-        report["rows_best"].extend(best)
-        report["details"].update(extra)
+    for precision in precisions:
+        for name in models:
+            rows, best, extra = bench_model(SPECS[name], precision, settings, roof, log)
+            report["rows"].extend(rows)
+            report["rows_best"].extend(best)
+            report["details"].update(extra)
     report["roof"] = {
         "what": "fp32 2048x2048 matmul, jax.jit(jnp.matmul)",
         "gflops_median": round(roof.gflops, 1),

@@ -116,6 +116,22 @@ def test_bfloat16_equals_xla_or_falls_back(case):
 
 
 @needs_native
+def test_bfloat16_runs_on_onednn_whatever_the_cpu():
+    # Without bf16 kernels (AVX2 only), bf16 fell back to XLA's convolution; oneDNN's float32
+    # kernels now compute it from the exactly widened operands.
+    case = (2, 8, 8, 16, 3, 16, 1, ((1, 1), (1, 1)), 1, 1)
+    x, kernel = operands(case, jnp.bfloat16)
+
+    def loss(x, kernel):
+        y = ops.conv_general_dilated(x, kernel, **conv_arguments(case))
+        return jnp.sum(y.astype(jnp.float32) ** 2)
+
+    hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, kernel).as_text()
+    for target in native.TARGETS:
+        assert target in hlo
+
+
+@needs_native
 def test_vmap_over_an_extra_batch_axis():
     case = CASES[1]
     xs = jnp.stack([operands(case, jnp.float32, seed)[0] for seed in range(3)])

@@ -5,10 +5,12 @@ thing. Inside one jitted function, `jax.lax.platform_dependent` picks per backen
 oneDNN kernels of `csrc/onednn_conv.cc` (a `jax.custom_vjp` over forward, backward-data and
 backward-weights FFI calls), on GPU and TPU `lax.conv_general_dilated`. Each of the three
 directions runs on oneDNN only where oneDNN has a real (JIT) kernel for it on this CPU, asked at
-trace time; anything else stays on XLA: bf16 on a CPU without AVX-512, layouts other than
-NHWC/HWIO, `lhs_dilation` (transposed convolutions), negative padding, mixed dtypes,
-`preferred_element_type`, `batch_group_count`. `precision` is passed on to XLA and otherwise
-ignored (oneDNN computes in the operands' dtype, bf16 with fp32 accumulation).
+trace time; anything else stays on XLA: layouts other than NHWC/HWIO, `lhs_dilation`
+(transposed convolutions), negative padding, mixed dtypes, `preferred_element_type`,
+`batch_group_count`. `precision` is passed on to XLA and otherwise ignored: oneDNN computes
+float32 in float32 and bf16 with float32 accumulation, on its bf16 kernels where the CPU has
+them (AVX512-BF16, AMX), else on its float32 kernels with the bf16 operands widened exactly
+and the result rounded once to bf16.
 
 `Conv` is `flax.linen.Conv` with this op: the same parameters under the same names, so
 checkpoints move between the two unchanged. `portable()` makes everything traced inside it use
@@ -43,6 +45,8 @@ NHWC_HWIO = lax.ConvDimensionNumbers(
     lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
 )
 PRECISIONS = {jnp.dtype(jnp.float32): 0, jnp.dtype(jnp.bfloat16): 1}
+TARGETS = {direction: target for target, direction in native.TARGETS.items()}
+DIRECTIONS = (native.FORWARD, native.BACKWARD_DATA, native.BACKWARD_WEIGHTS)
 
 
 def portable() -> contextlib.AbstractContextManager:
@@ -62,7 +66,9 @@ class _Plan:
     feature_group_count: int
     precision: Any  # for XLA's path
     num_threads: int
-    native: tuple[bool, bool, bool]  # forward, backward data, backward weights
+    # Per direction (forward, backward data, backward weights): the dtype oneDNN computes it
+    # in, None where XLA does.
+    kernels: tuple[Any, Any, Any]
 
     def xla(self, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
         return lax.conv_general_dilated(
@@ -76,17 +82,21 @@ class _Plan:
             precision=self.precision,
         )
 
-    def ffi(self, target: str, result: jax.ShapeDtypeStruct, *operands: jax.Array) -> jax.Array:
+    def ffi(self, direction: int, result: jax.ShapeDtypeStruct, *operands: jax.Array) -> jax.Array:
+        """`direction` on oneDNN, in its kernel's dtype; the result in `result`'s."""
         (top, bottom), (left, right) = self.padding
-        call = jax.ffi.ffi_call(target, result, vmap_method="sequential")
+        dtype = self.kernels[direction]
+        call = jax.ffi.ffi_call(
+            TARGETS[direction], jax.ShapeDtypeStruct(result.shape, dtype), vmap_method="sequential"
+        )
         return call(
-            *operands,
+            *(operand.astype(dtype) for operand in operands),
             window_strides=np.array(self.window_strides, np.int64),
             padding=np.array([top, bottom, left, right], np.int64),
             rhs_dilation=np.array(self.rhs_dilation, np.int64),
             feature_group_count=np.int64(self.feature_group_count),
             num_threads=np.int64(self.num_threads),
-        )
+        ).astype(result.dtype)
 
 
 def _team_size() -> int:
@@ -147,24 +157,31 @@ def _plan(
     if 0 in lhs.shape or 0 in rhs.shape or 0 in out:
         return None
     threads = _team_size()
-    config = (
-        *lhs.shape,
-        *rhs.shape[:2],
-        rhs.shape[3],
-        *out[1:3],
-        *window_strides,
-        *padding[0],
-        *padding[1],
-        *rhs_dilation,
-        feature_group_count,
-        PRECISIONS[dtype],
-        threads,
+
+    def has_kernel(direction: int, dtype: Any) -> bool:
+        config = (
+            *lhs.shape,
+            *rhs.shape[:2],
+            rhs.shape[3],
+            *out[1:3],
+            *window_strides,
+            *padding[0],
+            *padding[1],
+            *rhs_dilation,
+            feature_group_count,
+            PRECISIONS[jnp.dtype(dtype)],
+            threads,
+        )
+        return native.implementation(direction, config)[0]
+
+    # bf16 without a bf16 kernel (no AVX512-BF16 or AMX) runs oneDNN's float32 one on the
+    # exactly widened operands and rounds the result once: a bf16 convolution with float32
+    # accumulation, as a bf16 kernel computes it.
+    candidates = tuple(dict.fromkeys((jnp.dtype(dtype), jnp.dtype(jnp.float32))))
+    kernels = tuple(
+        next((d for d in candidates if has_kernel(direction, d)), None) for direction in DIRECTIONS
     )
-    native_directions = tuple(
-        native.implementation(direction, config)[0]
-        for direction in (native.FORWARD, native.BACKWARD_DATA, native.BACKWARD_WEIGHTS)
-    )
-    if not any(native_directions):
+    if all(kernel is None for kernel in kernels):
         return None
     return _Plan(
         tuple(window_strides),
@@ -173,7 +190,7 @@ def _plan(
         feature_group_count,
         precision,
         threads,
-        native_directions,
+        kernels,
     )
 
 
@@ -189,10 +206,10 @@ def _on_cpu(native_fn, xla_fn, *operands: jax.Array) -> jax.Array:
 
 
 def _forward(lhs: jax.Array, rhs: jax.Array, plan: _Plan) -> jax.Array:
-    if not plan.native[native.FORWARD]:
+    if plan.kernels[native.FORWARD] is None:
         return plan.xla(lhs, rhs)
     out = jax.eval_shape(plan.xla, lhs, rhs)
-    return _on_cpu(lambda x, w: plan.ffi("zoo_onednn_conv_forward", out, x, w), plan.xla, lhs, rhs)
+    return _on_cpu(lambda x, w: plan.ffi(native.FORWARD, out, x, w), plan.xla, lhs, rhs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -215,18 +232,18 @@ def _native_conv_bwd(plan, residuals, d_out):
     def xla_d_rhs(lhs, d_out):
         return jax.vjp(lambda w: plan.xla(lhs, w), rhs)[1](d_out)[0]
 
-    if plan.native[native.BACKWARD_DATA]:
+    if plan.kernels[native.BACKWARD_DATA] is not None:
         d_lhs = _on_cpu(
-            lambda g, w: plan.ffi("zoo_onednn_conv_backward_data", as_lhs, g, w),
+            lambda g, w: plan.ffi(native.BACKWARD_DATA, as_lhs, g, w),
             xla_d_lhs,
             d_out,
             rhs,
         )
     else:
         d_lhs = xla_d_lhs(d_out, rhs)
-    if plan.native[native.BACKWARD_WEIGHTS]:
+    if plan.kernels[native.BACKWARD_WEIGHTS] is not None:
         d_rhs = _on_cpu(
-            lambda x, g: plan.ffi("zoo_onednn_conv_backward_weights", as_rhs, x, g),
+            lambda x, g: plan.ffi(native.BACKWARD_WEIGHTS, as_rhs, x, g),
             xla_d_rhs,
             lhs,
             d_out,
