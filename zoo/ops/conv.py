@@ -200,6 +200,17 @@ def _dilated(kernel: Sequence[int], dilation: Sequence[int] | None) -> tuple[int
     )
 
 
+@functools.cache
+def _cpu_is_the_only_backend() -> bool:
+    for platform in ("gpu", "tpu"):
+        try:
+            jax.devices(platform)
+        except RuntimeError:  # no such backend in this process
+            continue
+        return False
+    return True
+
+
 def _on_cpu(native_fn, xla_fn, *operands: jax.Array) -> jax.Array:
     """`native_fn` when the computation runs on CPU, `xla_fn` on any other backend.
 
@@ -207,7 +218,7 @@ def _on_cpu(native_fn, xla_fn, *operands: jax.Array) -> jax.Array:
     refuses custom calls: trace it under `portable()`), so there `xla_fn` is not traced at
     all; tracing both branches of every convolution took ResNet-152's train step 2-3 s.
     """
-    if jax.default_backend() == "cpu":
+    if _cpu_is_the_only_backend():
         return native_fn(*operands)
     return lax.platform_dependent(*operands, cpu=native_fn, default=xla_fn)
 
