@@ -66,6 +66,7 @@ class _Plan:
     feature_group_count: int
     precision: Any  # for XLA's path
     num_threads: int
+    out_shape: tuple[int, ...]  # the forward result's, NHWC
     # Per direction (forward, backward data, backward weights): the dtype oneDNN computes it
     # in, None where XLA does.
     kernels: tuple[Any, Any, Any]
@@ -190,6 +191,7 @@ def _plan(
         feature_group_count,
         precision,
         threads,
+        tuple(out),
         kernels,
     )
 
@@ -223,11 +225,16 @@ def _on_cpu(native_fn, xla_fn, *operands: jax.Array) -> jax.Array:
     return lax.platform_dependent(*operands, cpu=native_fn, default=xla_fn)
 
 
+def _direction(plan: _Plan, direction: int, result: jax.ShapeDtypeStruct, xla_fn, *operands):
+    """One direction of the convolution: oneDNN's kernel where `plan` has one, else `xla_fn`."""
+    if plan.kernels[direction] is None:
+        return xla_fn(*operands)
+    return _on_cpu(lambda *args: plan.ffi(direction, result, *args), xla_fn, *operands)
+
+
 def _forward(lhs: jax.Array, rhs: jax.Array, plan: _Plan) -> jax.Array:
-    if plan.kernels[native.FORWARD] is None:
-        return plan.xla(lhs, rhs)
-    out = jax.eval_shape(plan.xla, lhs, rhs)
-    return _on_cpu(lambda x, w: plan.ffi(native.FORWARD, out, x, w), plan.xla, lhs, rhs)
+    out = jax.ShapeDtypeStruct(plan.out_shape, lhs.dtype)
+    return _direction(plan, native.FORWARD, out, plan.xla, lhs, rhs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -241,8 +248,6 @@ def _native_conv_fwd(lhs, rhs, plan):
 
 def _native_conv_bwd(plan, residuals, d_out):
     lhs, rhs = residuals
-    as_lhs = jax.ShapeDtypeStruct(lhs.shape, lhs.dtype)
-    as_rhs = jax.ShapeDtypeStruct(rhs.shape, rhs.dtype)
 
     def xla_d_lhs(d_out, rhs):
         return jax.vjp(lambda x: plan.xla(x, rhs), lhs)[1](d_out)[0]
@@ -250,24 +255,10 @@ def _native_conv_bwd(plan, residuals, d_out):
     def xla_d_rhs(lhs, d_out):
         return jax.vjp(lambda w: plan.xla(lhs, w), rhs)[1](d_out)[0]
 
-    if plan.kernels[native.BACKWARD_DATA] is not None:
-        d_lhs = _on_cpu(
-            lambda g, w: plan.ffi(native.BACKWARD_DATA, as_lhs, g, w),
-            xla_d_lhs,
-            d_out,
-            rhs,
-        )
-    else:
-        d_lhs = xla_d_lhs(d_out, rhs)
-    if plan.kernels[native.BACKWARD_WEIGHTS] is not None:
-        d_rhs = _on_cpu(
-            lambda x, g: plan.ffi(native.BACKWARD_WEIGHTS, as_rhs, x, g),
-            xla_d_rhs,
-            lhs,
-            d_out,
-        )
-    else:
-        d_rhs = xla_d_rhs(lhs, d_out)
+    as_lhs = jax.ShapeDtypeStruct(lhs.shape, lhs.dtype)
+    as_rhs = jax.ShapeDtypeStruct(rhs.shape, rhs.dtype)
+    d_lhs = _direction(plan, native.BACKWARD_DATA, as_lhs, xla_d_lhs, d_out, rhs)
+    d_rhs = _direction(plan, native.BACKWARD_WEIGHTS, as_rhs, xla_d_rhs, lhs, d_out)
     return d_lhs, d_rhs
 
 
