@@ -20,7 +20,7 @@ import numpy as np
 from zoo import analytic
 from zoo.analytic import Counts, Shape
 from zoo.errors import InvalidValueError
-from zoo.ops import conv_general_dilated
+from zoo.ops import conv_general_dilated, on_cpu
 
 Dtype = Any
 
@@ -112,7 +112,7 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
     XLA:CPU runs about 2x faster than its select-and-scatter (bench/README.md). Only on CPU:
     GPU and TPU compilers have their own fast select-and-scatter, so there (and for inputs that
     are not floating-point NHWC arrays) it is `nn.max_pool` unchanged, chosen inside the same
-    jitted function by `jax.lax.platform_dependent`.
+    jitted function (`zoo.ops.on_cpu`).
     """
 
     def reference(x: jax.Array) -> jax.Array:
@@ -123,7 +123,7 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
 
     if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
         return reference(x)
-    return jax.lax.platform_dependent(x, cpu=fast, default=reference)
+    return on_cpu(fast, reference, x)
 
 
 def _reference_max_pool(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array:
@@ -252,9 +252,7 @@ class RowGemmConv(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         # The banded matmul wins on XLA:CPU only; elsewhere the plain (zoo) convolution.
-        y = jax.lax.platform_dependent(
-            x.astype(self.dtype), kernel.astype(self.dtype), cpu=row_gemm_conv, default=_valid_conv
-        )
+        y = on_cpu(row_gemm_conv, _valid_conv, x.astype(self.dtype), kernel.astype(self.dtype))
         return y + bias.astype(self.dtype)
 
 

@@ -3,10 +3,11 @@
 `conv_general_dilated` is a drop-in for `jax.lax.conv_general_dilated`, `Conv` for
 `flax.linen.Conv`; `portable()` traces XLA's convolution only (for `jax.export`);
 `native_available()` says whether the oneDNN extension is loaded. `ZOO_NATIVE=0` forces XLA.
+`on_cpu(cpu_fn, default_fn, *operands)` is the per-backend choice the zoo's CPU-only kernels use.
 """
 
 from zoo.ops import native
-from zoo.ops.conv import Conv, conv_general_dilated, portable
+from zoo.ops.conv import Conv, conv_general_dilated, on_cpu, portable
 from zoo.ops.native import NativeUnavailableWarning
 
 
@@ -20,5 +21,6 @@ __all__ = [
     "NativeUnavailableWarning",
     "conv_general_dilated",
     "native_available",
+    "on_cpu",
     "portable",
 ]

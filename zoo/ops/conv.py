@@ -213,23 +213,24 @@ def _cpu_is_the_only_backend() -> bool:
     return True
 
 
-def _on_cpu(native_fn, xla_fn, *operands: jax.Array) -> jax.Array:
-    """`native_fn` when the computation runs on CPU, `xla_fn` on any other backend.
+def on_cpu(cpu_fn, default_fn, *operands: jax.Array) -> jax.Array:
+    """`cpu_fn(*operands)` where the computation runs on CPU, `default_fn` on any other backend,
+    chosen inside the jitted function (`jax.lax.platform_dependent`).
 
-    A process whose only backend is the CPU lowers for nothing else (`jax.export` aside, which
-    refuses custom calls: trace it under `portable()`), so there `xla_fn` is not traced at
-    all; tracing both branches of every convolution took ResNet-152's train step 2-3 s.
+    A process whose only backend is the CPU lowers for nothing else except under `portable()`
+    (`jax.export`), so there `default_fn` is not traced at all: tracing both branches of every
+    convolution took ResNet-152's train step 2-3 s.
     """
-    if _cpu_is_the_only_backend():
-        return native_fn(*operands)
-    return lax.platform_dependent(*operands, cpu=native_fn, default=xla_fn)
+    if _cpu_is_the_only_backend() and not _PORTABLE.value:
+        return cpu_fn(*operands)
+    return lax.platform_dependent(*operands, cpu=cpu_fn, default=default_fn)
 
 
 def _direction(plan: _Plan, direction: int, result: jax.ShapeDtypeStruct, xla_fn, *operands):
     """One direction of the convolution: oneDNN's kernel where `plan` has one, else `xla_fn`."""
     if plan.kernels[direction] is None:
         return xla_fn(*operands)
-    return _on_cpu(lambda *args: plan.ffi(direction, result, *args), xla_fn, *operands)
+    return on_cpu(lambda *args: plan.ffi(direction, result, *args), xla_fn, *operands)
 
 
 def _forward(lhs: jax.Array, rhs: jax.Array, plan: _Plan) -> jax.Array:
