@@ -1,6 +1,6 @@
 """Builds the optional oneDNN extension; every piece of metadata lives in pyproject.toml.
 
-`zoo/ops/_onednn_conv*.so` is a plain shared library (XLA FFI handlers, loaded with ctypes by
+`zoo/ops/_onednn*.so` is a plain shared library (XLA FFI handlers, loaded with ctypes by
 `zoo.ops.native`), compiled against the XLA FFI headers of jaxlib and oneDNN 3.2 from the
 `onednn-devel-cpu-gomp` wheel, both build requirements. The extension is optional: where it
 does not compile (no compiler, another platform) the package installs without it and the zoo's
@@ -61,8 +61,9 @@ class BuildFfiLibrary(build_ext):
 setup(
     ext_modules=[
         Extension(
-            "zoo.ops._onednn_conv",
-            sources=["csrc/onednn_conv.cc"],
+            "zoo.ops._onednn",
+            sources=["csrc/onednn_conv.cc", "csrc/onednn_batch_norm.cc"],
+            depends=["csrc/onednn_common.h"],
             language="c++",
             libraries=["dnnl"],
             extra_compile_args=["-std=c++17", "-fopenmp", "-fvisibility=hidden"],

@@ -11,15 +11,12 @@
 // num_threads (the OpenMP team each call runs on). fp32 and bf16; oneDNN accumulates bf16 in fp32.
 //
 // Primitives are built once per (direction, shape, parameters) and cached under a mutex; a
-// primitive executes concurrently from XLA's threads because each call brings its own scratchpad
-// (scratchpad_mode::user). Kernels take the weight layout oneDNN prefers (format_tag::any), and
+// primitive executes concurrently from XLA's threads because each call brings its own scratchpad. Kernels take the weight layout oneDNN prefers (format_tag::any), and
 // the HWIO weights are reordered to and from it on every call.
 //
 // `zoo_onednn_conv_implementation` (plain C, called through ctypes at trace time) says which
 // implementation oneDNN picks for a configuration, so Python can keep XLA's convolution where
 // oneDNN has only its slow reference kernels or nothing at all (bf16 on a CPU without AVX-512).
-
-#include <omp.h>
 
 #include <array>
 #include <cstdint>
@@ -31,16 +28,16 @@
 #include <string>
 #include <utility>
 
-#include "oneapi/dnnl/dnnl.hpp"
+#include "onednn_common.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace {
 
 namespace ffi = xla::ffi;
 using dnnl::memory;
+using namespace zoo_onednn;
 
 enum Direction : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
-enum Precision : int64_t { kFloat32 = 0, kBFloat16 = 1 };
 
 // Everything a primitive depends on; the layout of the ctypes query's `config` argument.
 struct ConvConfig {
@@ -57,19 +54,7 @@ struct ConvConfig {
 constexpr size_t kConfigFields = sizeof(ConvConfig) / sizeof(int64_t);
 using PlanKey = std::array<int64_t, kConfigFields + 1>;
 
-dnnl::engine& Engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
-
-dnnl::stream& Stream() {
-  thread_local dnnl::stream stream(Engine());
-  return stream;
-}
-
-memory::data_type DataType(const ConvConfig& c) {
-  return c.precision == kBFloat16 ? memory::data_type::bf16 : memory::data_type::f32;
-}
+memory::data_type DataType(const ConvConfig& c) { return zoo_onednn::DataType(c.precision); }
 
 memory::desc InputDesc(const ConvConfig& c) {
   return memory::desc({c.batch, c.in_c, c.in_h, c.in_w}, DataType(c), memory::format_tag::nhwc);
@@ -110,12 +95,6 @@ Geometry GeometryOf(const ConvConfig& c) {
           {c.dilation_h - 1, c.dilation_w - 1},
           {c.pad_top, c.pad_left},
           {c.pad_bottom, c.pad_right}};
-}
-
-dnnl::primitive_attr UserScratchpad() {
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  return attr;
 }
 
 // A reorder between the user's HWIO weights and the primitive's layout (absent when equal).
@@ -204,14 +183,10 @@ const Plan* FindPlan(Direction direction, const ConvConfig& c) {
   std::lock_guard<std::mutex> lock(mutex);
   auto found = plans.find(key);
   if (found == plans.end()) {
-    omp_set_num_threads(static_cast<int>(c.num_threads));  // kernels block for the team size
+    UseThreads(c.num_threads);  // kernels block for the team size
     found = plans.emplace(key, MakePlan(direction, c)).first;
   }
   return found->second.get();
-}
-
-bool IsReference(const std::string& implementation) {
-  return implementation.find("ref") != std::string::npos;
 }
 
 // Runs `plan` on buffers that hold the activations (`input`, `output`: lhs and out of the
@@ -220,7 +195,7 @@ void Execute(const Plan& plan, const ConvConfig& c, Direction direction, void* i
              void* output, void* weights) {
   dnnl::engine& engine = Engine();
   dnnl::stream& stream = Stream();
-  omp_set_num_threads(static_cast<int>(c.num_threads));
+  UseThreads(c.num_threads);
   memory input_mem(InputDesc(c), engine, input);
   memory output_mem(OutputDesc(c), engine, output);
   memory user_weights(plan.user_weights, engine, weights);
@@ -339,8 +314,6 @@ auto WithConvAttrs(Binding binding) {
 
 }  // namespace
 
-// The library is built with hidden visibility: only these five symbols are exported.
-#define ZOO_EXPORT extern "C" __attribute__((visibility("default")))
 ZOO_EXPORT XLA_FFI_Error* zoo_onednn_conv_forward(XLA_FFI_CallFrame* call_frame);
 ZOO_EXPORT XLA_FFI_Error* zoo_onednn_conv_backward_data(XLA_FFI_CallFrame* call_frame);
 ZOO_EXPORT XLA_FFI_Error* zoo_onednn_conv_backward_weights(XLA_FFI_CallFrame* call_frame);
@@ -382,10 +355,7 @@ ZOO_EXPORT int zoo_onednn_conv_implementation(int64_t direction, const int64_t* 
   } catch (const dnnl::error& e) {
     name = std::string("error: ") + e.what();
   }
-  std::strncpy(implementation, name.c_str(), implementation_size - 1);
-  implementation[implementation_size - 1] = '\0';
-  if (name == "unsupported" || name.rfind("error:", 0) == 0) return -1;
-  return IsReference(name) ? 0 : 1;
+  return ReportImplementation(name, implementation, implementation_size);
 }
 
 // The number of fields of the query's `config`, so Python can check it agrees.

@@ -20,7 +20,7 @@ import numpy as np
 from zoo import analytic
 from zoo.analytic import Counts, Shape
 from zoo.errors import InvalidValueError
-from zoo.ops import conv_general_dilated, on_cpu
+from zoo.ops import batch_norm_inference, batch_norm_training, conv_general_dilated, on_cpu
 
 Dtype = Any
 
@@ -346,21 +346,22 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", self.bias_init, channels, self.param_dtype)
         running_mean = self.variable("batch_stats", "mean", jnp.zeros, channels, jnp.float32)
         running_var = self.variable("batch_stats", "var", jnp.ones, channels, jnp.float32)
+        scale, bias = scale.astype(jnp.float32), bias.astype(jnp.float32)
+        # The arithmetic is float32; a float32 result of a bf16 input must not pass through bf16.
+        x = x.astype(jnp.promote_types(x.dtype, self.dtype))
         if self.use_running_average:
-            mean, var = running_mean.value, running_var.value
+            y = batch_norm_inference(
+                x, running_mean.value, running_var.value, scale, bias, self.epsilon
+            )
         else:
-            axes = tuple(range(x.ndim - 1))
-            batch = x.astype(jnp.float32)
-            mean = jnp.mean(batch, axes)
-            var = jnp.mean(jnp.square(batch - mean), axes)
+            y, mean, var = batch_norm_training(x, scale, bias, self.epsilon)
             if not self.is_initializing():
                 n = math.prod(x.shape[:-1])
                 unbiased = var * (n / max(n - 1, 1))
                 keep = self.momentum
                 running_mean.value = keep * running_mean.value + (1 - keep) * mean
                 running_var.value = keep * running_var.value + (1 - keep) * unbiased
-        y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.epsilon)
-        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+        return y.astype(self.dtype)
 
 
 def batch_norm(

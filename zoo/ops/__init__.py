@@ -1,13 +1,17 @@
-"""The zoo's own kernels: oneDNN convolutions on CPU through the XLA FFI, XLA elsewhere.
+"""The zoo's own kernels: oneDNN convolutions and batch norms on CPU through the XLA FFI, XLA
+elsewhere.
 
 `conv_general_dilated` is a drop-in for `jax.lax.conv_general_dilated`, `Conv` for
-`flax.linen.Conv`; `portable()` traces XLA's convolution only (for `jax.export`);
+`flax.linen.Conv`; `batch_norm_training` and `batch_norm_inference` are the arithmetic of
+`zoo.models.layers.BatchNorm`; `portable()` traces XLA's ops only (for `jax.export`);
 `native_available()` says whether the oneDNN extension is loaded. `ZOO_NATIVE=0` forces XLA.
 `on_cpu(cpu_fn, default_fn, *operands)` is the per-backend choice the zoo's CPU-only kernels use.
 """
 
 from zoo.ops import native
-from zoo.ops.conv import Conv, conv_general_dilated, on_cpu, portable
+from zoo.ops.backend import on_cpu, portable
+from zoo.ops.batch_norm import batch_norm_inference, batch_norm_training
+from zoo.ops.conv import Conv, conv_general_dilated
 from zoo.ops.native import NativeUnavailableWarning
 
 
@@ -19,6 +23,8 @@ def native_available() -> bool:
 __all__ = [
     "Conv",
     "NativeUnavailableWarning",
+    "batch_norm_inference",
+    "batch_norm_training",
     "conv_general_dilated",
     "native_available",
     "on_cpu",

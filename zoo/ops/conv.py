@@ -13,21 +13,15 @@ them (AVX512-BF16, AMX), else on its float32 kernels with the bf16 operands wide
 and the result rounded once to bf16.
 
 `Conv` is `flax.linen.Conv` with this op: the same parameters under the same names, so
-checkpoints move between the two unchanged. `portable()` makes everything traced inside it use
-XLA's convolution only, for `jax.export` (an exported function carries no custom calls).
+checkpoints move between the two unchanged.
 
-More than one CPU device (`--xla_force_host_platform_device_count`, `jax_num_cpu_devices`)
-also stays on XLA: XLA cannot partition a custom call, so under a batch-sharded `jax.jit` it
-would gather each oneDNN call's operands onto every device, and every device would convolve the
-whole batch.
+Where oneDNN is kept out altogether (`portable()`, several CPU devices): `zoo.ops.backend`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,23 +31,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zoo.ops import native
+from zoo.ops import backend, native
 
-# A jax.jit cache key, so switching it re-traces instead of reusing the other kind of trace.
-_PORTABLE = jax.make_user_context(default_value=False)
 NHWC_HWIO = lax.ConvDimensionNumbers(
     lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
 )
-PRECISIONS = {jnp.dtype(jnp.float32): 0, jnp.dtype(jnp.bfloat16): 1}
-TARGETS = {direction: target for target, direction in native.TARGETS.items()}
+TARGETS = {
+    native.FORWARD: "zoo_onednn_conv_forward",
+    native.BACKWARD_DATA: "zoo_onednn_conv_backward_data",
+    native.BACKWARD_WEIGHTS: "zoo_onednn_conv_backward_weights",
+}
 DIRECTIONS = (native.FORWARD, native.BACKWARD_DATA, native.BACKWARD_WEIGHTS)
-
-
-def portable() -> contextlib.AbstractContextManager:
-    """A context in which the zoo's convolutions trace to XLA's only: no custom calls, so
-    `jax.export` takes them. Part of jit's cache key, like a JAX config option: a function
-    jitted outside and called again inside is traced again."""
-    return _PORTABLE(True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,14 +88,6 @@ class _Plan:
         ).astype(result.dtype)
 
 
-def _team_size() -> int:
-    """OpenMP threads per oneDNN call: the cores this process may use, at most OMP_NUM_THREADS."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        cores = min(cores or 1, int(os.environ["OMP_NUM_THREADS"]))
-    return max(1, cores or 1)
-
-
 def _plan(
     lhs,
     rhs,
@@ -122,12 +102,12 @@ def _plan(
     preferred_element_type,
 ) -> _Plan | None:
     """The oneDNN plan of a call, or None where it must run on XLA in every direction."""
-    if _PORTABLE.value or not native.enabled() or jax.local_device_count("cpu") > 1:
+    if not backend.native_applies():
         return None
     if jnp.ndim(lhs) != 4 or jnp.ndim(rhs) != 4:
         return None
     dtype = jnp.result_type(lhs)
-    if dtype != jnp.result_type(rhs) or dtype not in PRECISIONS or batch_group_count != 1:
+    if dtype != jnp.result_type(rhs) or dtype not in native.PRECISIONS or batch_group_count != 1:
         return None
     if preferred_element_type is not None and jnp.dtype(preferred_element_type) != dtype:
         return None
@@ -157,7 +137,7 @@ def _plan(
     ).shape
     if 0 in lhs.shape or 0 in rhs.shape or 0 in out:
         return None
-    threads = _team_size()
+    threads = backend.team_size()
 
     def has_kernel(direction: int, dtype: Any) -> bool:
         config = (
@@ -170,10 +150,10 @@ def _plan(
             *padding[1],
             *rhs_dilation,
             feature_group_count,
-            PRECISIONS[jnp.dtype(dtype)],
+            native.PRECISIONS[jnp.dtype(dtype)],
             threads,
         )
-        return native.implementation(direction, config)[0]
+        return native.implementation(native.CONV, direction, config)[0]
 
     # bf16 without a bf16 kernel (no AVX512-BF16 or AMX) runs oneDNN's float32 one on the
     # exactly widened operands and rounds the result once: a bf16 convolution with float32
@@ -202,35 +182,11 @@ def _dilated(kernel: Sequence[int], dilation: Sequence[int] | None) -> tuple[int
     )
 
 
-@functools.cache
-def _cpu_is_the_only_backend() -> bool:
-    for platform in ("gpu", "tpu"):
-        try:
-            jax.devices(platform)
-        except RuntimeError:  # no such backend in this process
-            continue
-        return False
-    return True
-
-
-def on_cpu(cpu_fn, default_fn, *operands: jax.Array) -> jax.Array:
-    """`cpu_fn(*operands)` where the computation runs on CPU, `default_fn` on any other backend,
-    chosen inside the jitted function (`jax.lax.platform_dependent`).
-
-    A process whose only backend is the CPU lowers for nothing else except under `portable()`
-    (`jax.export`), so there `default_fn` is not traced at all: tracing both branches of every
-    convolution took ResNet-152's train step 2-3 s.
-    """
-    if _cpu_is_the_only_backend() and not _PORTABLE.value:
-        return cpu_fn(*operands)
-    return lax.platform_dependent(*operands, cpu=cpu_fn, default=default_fn)
-
-
 def _direction(plan: _Plan, direction: int, result: jax.ShapeDtypeStruct, xla_fn, *operands):
     """One direction of the convolution: oneDNN's kernel where `plan` has one, else `xla_fn`."""
     if plan.kernels[direction] is None:
         return xla_fn(*operands)
-    return on_cpu(lambda *args: plan.ffi(direction, result, *args), xla_fn, *operands)
+    return backend.on_cpu(lambda *args: plan.ffi(direction, result, *args), xla_fn, *operands)
 
 
 def _forward(lhs: jax.Array, rhs: jax.Array, plan: _Plan) -> jax.Array:

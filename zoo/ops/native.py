@@ -1,10 +1,10 @@
-"""Loads the oneDNN extension (`csrc/onednn_conv.cc`) and registers its XLA FFI targets.
+"""Loads the oneDNN extension (`csrc/onednn_*.cc`) and registers its XLA FFI targets.
 
 The extension is a shared library built beside this file by the package's build (`setup.py`),
 linked against `libdnnl.so.3` from the `onednn-cpu-gomp` wheel. It is loaded with ctypes the
-first time a convolution is traced, not at `import zoo`. Where it cannot be loaded (not built
-here, another OS or architecture, oneDNN missing), `library()` returns None, the zoo's
-convolutions run on XLA, and one warning says why and how to get the fast path.
+first time a convolution or batch norm is traced, not at `import zoo`. Where it cannot be
+loaded (not built here, another OS or architecture, oneDNN missing), `library()` returns None,
+the zoo's kernels run on XLA, and one warning says why and how to get the fast path.
 
 - `ZOO_NATIVE=0` switches the native kernels off (nothing is loaded, no warning).
 - `ZOO_DNNL_LIBRARY=/path/to/libdnnl.so.3` loads that oneDNN instead of the wheel's.
@@ -21,19 +21,29 @@ import warnings
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 NATIVE_ENV = "ZOO_NATIVE"
 DNNL_LIBRARY_ENV = "ZOO_DNNL_LIBRARY"
 DNNL_SONAME = "libdnnl.so.3"
 DNNL_DISTRIBUTION = "onednn-cpu-gomp"
-EXTENSION_STEM = "_onednn_conv"
+EXTENSION_STEM = "_onednn"
 
+# The ops of the extension: each has `zoo_onednn_<op>_implementation` and `_config_fields`.
+CONV, BATCH_NORM = "conv", "batch_norm"
+# Convolution directions, and batch-norm kinds: the first argument of an op's query.
 FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = 0, 1, 2
-TARGETS = {
-    "zoo_onednn_conv_forward": FORWARD,
-    "zoo_onednn_conv_backward_data": BACKWARD_DATA,
-    "zoo_onednn_conv_backward_weights": BACKWARD_WEIGHTS,
-}
+TRAINING, INFERENCE, TRAINING_BACKWARD, INFERENCE_BACKWARD = 0, 1, 2, 3
+# The dtypes the kernels take, as the C side's `Precision`.
+PRECISIONS = {jnp.dtype(jnp.float32): 0, jnp.dtype(jnp.bfloat16): 1}
+TARGETS = (
+    "zoo_onednn_conv_forward",
+    "zoo_onednn_conv_backward_data",
+    "zoo_onednn_conv_backward_weights",
+    "zoo_onednn_batch_norm_training",
+    "zoo_onednn_batch_norm_inference",
+    "zoo_onednn_batch_norm_backward",
+)
 HOW_TO_GET_IT = (
     "on Linux x86_64, reinstall jax-zoo with a C++17 compiler available "
     "(pip install --force-reinstall --no-deps jax-zoo), which builds it against onednn-cpu-gomp"
@@ -80,15 +90,17 @@ def _load() -> ctypes.CDLL:
         )
     ctypes.CDLL(str(dnnl), mode=ctypes.RTLD_GLOBAL)
     lib = ctypes.CDLL(str(extension))
-    lib.zoo_onednn_conv_implementation.restype = ctypes.c_int
-    lib.zoo_onednn_conv_implementation.argtypes = [
-        ctypes.c_int64,
-        ctypes.POINTER(ctypes.c_int64),
-        ctypes.c_int64,
-        ctypes.c_char_p,
-        ctypes.c_int64,
-    ]
-    lib.zoo_onednn_conv_config_fields.restype = ctypes.c_int64
+    for op in (CONV, BATCH_NORM):
+        query = getattr(lib, f"zoo_onednn_{op}_implementation")
+        query.restype = ctypes.c_int
+        query.argtypes = [
+            ctypes.c_int64,
+            ctypes.POINTER(ctypes.c_int64),
+            ctypes.c_int64,
+            ctypes.c_char_p,
+            ctypes.c_int64,
+        ]
+        getattr(lib, f"zoo_onednn_{op}_config_fields").restype = ctypes.c_int64
     for name in TARGETS:
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
     return lib
@@ -103,7 +115,8 @@ def library() -> ctypes.CDLL | None:
         return _load()
     except OSError as error:
         warnings.warn(
-            f"jax-zoo: oneDNN convolutions unavailable ({error}); convolutions run on XLA. "
+            f"jax-zoo: oneDNN kernels unavailable ({error}); convolutions and batch norms "
+            "run on XLA. "
             f"To get the fast CPU path, {HOW_TO_GET_IT}; set {NATIVE_ENV}=0 to silence this.",
             NativeUnavailableWarning,
             stacklevel=2,
@@ -112,15 +125,17 @@ def library() -> ctypes.CDLL | None:
 
 
 @functools.cache
-def implementation(direction: int, config: tuple[int, ...]) -> tuple[bool, str]:
-    """(whether oneDNN runs `direction` of `config` with a real, non-reference kernel, the
-    kernel's name). `config` lists the fields of `ConvConfig` in `csrc/onednn_conv.cc`."""
+def implementation(op: str, kind: int, config: tuple[int, ...]) -> tuple[bool, str]:
+    """(whether oneDNN runs `kind` of `op` (`CONV` or `BATCH_NORM`) on `config` with a real,
+    non-reference kernel, the kernel's name). `config` lists the fields of `ConvConfig` in
+    `csrc/onednn_conv.cc` or of `NormConfig` in `csrc/onednn_batch_norm.cc`."""
     lib = library()
     if lib is None:
         return False, "not loaded"
-    if lib.zoo_onednn_conv_config_fields() != len(config):
-        return False, "extension built from another version of csrc/onednn_conv.cc"
+    if getattr(lib, f"zoo_onednn_{op}_config_fields")() != len(config):
+        return False, f"extension built from another version of csrc/onednn_{op}.cc"
     values = (ctypes.c_int64 * len(config))(*config)
     name = ctypes.create_string_buffer(256)
-    status = lib.zoo_onednn_conv_implementation(direction, values, len(config), name, len(name))
+    query = getattr(lib, f"zoo_onednn_{op}_implementation")
+    status = query(kind, values, len(config), name, len(name))
     return status == 1, name.value.decode()

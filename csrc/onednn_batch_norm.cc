@@ -1,0 +1,291 @@
+// oneDNN batch normalisation for jax-zoo, called from XLA:CPU through the XLA FFI.
+//
+// Channels-last activations (N, H, W, C; any other rank is flattened to (rows, 1, 1, C) by the
+// caller) in fp32 or bf16; scale, shift and the statistics are float32 vectors of C:
+//   zoo_onednn_batch_norm_training  (x, scale, shift) -> (y, mean, variance)
+//       normalises with the batch's mean and biased variance, which it returns;
+//   zoo_onednn_batch_norm_inference (x, mean, variance, scale, shift) -> y
+//       normalises with the given statistics;
+//   zoo_onednn_batch_norm_backward  (x, d_y, mean, variance, scale) -> (d_x, d_scale, d_shift)
+//       the gradient of either, `use_global_stats` saying which (1: the inference one, where
+//       mean and variance are constants).
+// Each takes the attributes `epsilon` (float32, added to the variance) and `num_threads`.
+//
+// Primitives are built once per (kind, shape, epsilon, threads) and cached under a mutex; each
+// call brings its own scratchpad. `zoo_onednn_batch_norm_implementation` (plain C, through ctypes
+// at trace time) names the implementation oneDNN picks, so Python keeps XLA's batch norm where
+// oneDNN has only a reference kernel.
+
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "onednn_common.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace {
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using dnnl::normalization_flags;
+using namespace zoo_onednn;
+
+enum Kind : int64_t {
+  kTraining = 0,          // forward with batch statistics
+  kInference = 1,         // forward with given statistics
+  kTrainingBackward = 2,  // gradient of kTraining
+  kInferenceBackward = 3  // gradient of kInference
+};
+
+// Everything a primitive depends on; the layout of the ctypes query's `config` argument.
+struct NormConfig {
+  int64_t batch, height, width, channels;
+  int64_t precision;
+  int64_t epsilon_bits;  // the float32 epsilon's bits
+  int64_t num_threads;
+};
+constexpr size_t kConfigFields = sizeof(NormConfig) / sizeof(int64_t);
+using PlanKey = std::array<int64_t, kConfigFields + 1>;
+
+float Epsilon(const NormConfig& c) {
+  const auto bits = static_cast<uint32_t>(c.epsilon_bits);
+  float epsilon;
+  std::memcpy(&epsilon, &bits, sizeof(float));
+  return epsilon;
+}
+
+memory::desc ActivationDesc(const NormConfig& c) {
+  return memory::desc({c.batch, c.channels, c.height, c.width}, DataType(c.precision),
+                      memory::format_tag::nhwc);
+}
+
+memory::desc VectorDesc(const NormConfig& c) {
+  return memory::desc({c.channels}, memory::data_type::f32, memory::format_tag::x);
+}
+
+bool UsesGlobalStats(Kind kind) { return kind == kInference || kind == kInferenceBackward; }
+
+normalization_flags Flags(Kind kind) {
+  normalization_flags flags = normalization_flags::use_scale | normalization_flags::use_shift;
+  if (UsesGlobalStats(kind)) flags = flags | normalization_flags::use_global_stats;
+  return flags;
+}
+
+struct Plan {
+  dnnl::primitive primitive;
+  memory::desc scratchpad;
+  std::string implementation;
+};
+
+// Builds the primitive of `kind`; nullptr where oneDNN has no implementation.
+std::unique_ptr<Plan> MakePlan(Kind kind, const NormConfig& c) {
+  const memory::desc x = ActivationDesc(c);
+  const float epsilon = Epsilon(c);
+  // The backward primitive's hint: the training-mode forward with the same flags.
+  auto forward = dnnl::batch_normalization_forward::primitive_desc(
+      Engine(),
+      kind == kInference ? dnnl::prop_kind::forward_inference : dnnl::prop_kind::forward_training,
+      x, x, epsilon, Flags(kind), UserScratchpad(), /*allow_empty=*/true);
+  if (!forward) return nullptr;
+  auto plan = std::make_unique<Plan>();
+  if (kind == kTraining || kind == kInference) {
+    plan->primitive = dnnl::batch_normalization_forward(forward);
+    plan->scratchpad = forward.scratchpad_desc();
+    plan->implementation = forward.impl_info_str();
+    return plan;
+  }
+  auto backward = dnnl::batch_normalization_backward::primitive_desc(
+      Engine(), dnnl::prop_kind::backward, x, x, x, epsilon, Flags(kind), forward,
+      UserScratchpad(), /*allow_empty=*/true);
+  if (!backward) return nullptr;
+  plan->primitive = dnnl::batch_normalization_backward(backward);
+  plan->scratchpad = backward.scratchpad_desc();
+  plan->implementation = backward.impl_info_str();
+  return plan;
+}
+
+// The cached plan of a configuration (nullptr, also cached, where oneDNN has none).
+const Plan* FindPlan(Kind kind, const NormConfig& c) {
+  static std::mutex mutex;
+  static std::map<PlanKey, std::unique_ptr<Plan>> plans;
+  PlanKey key;
+  key[0] = kind;
+  std::memcpy(key.data() + 1, &c, sizeof(NormConfig));
+  std::lock_guard<std::mutex> lock(mutex);
+  auto found = plans.find(key);
+  if (found == plans.end()) {
+    UseThreads(c.num_threads);
+    found = plans.emplace(key, MakePlan(kind, c)).first;
+  }
+  return found->second.get();
+}
+
+// The primitive's arguments: DNNL_ARG_* to a buffer of XLA's (activation-shaped or a vector).
+struct Argument {
+  int name;
+  void* data;
+  bool activation;
+};
+
+ffi::Error Run(Kind kind, const NormConfig& c, std::initializer_list<Argument> arguments) {
+  try {
+    const Plan* plan = FindPlan(kind, c);
+    if (plan == nullptr) {
+      return ffi::Error::InvalidArgument(
+          "zoo_onednn_batch_norm: oneDNN has no kernel for this config");
+    }
+    dnnl::engine& engine = Engine();
+    dnnl::stream& stream = Stream();
+    UseThreads(c.num_threads);
+    const memory::desc activation = ActivationDesc(c), vector = VectorDesc(c);
+    std::unordered_map<int, memory> args;
+    for (const Argument& a : arguments) {
+      args.emplace(a.name, memory(a.activation ? activation : vector, engine, a.data));
+    }
+    args.emplace(DNNL_ARG_SCRATCHPAD, memory(plan->scratchpad, engine));
+    plan->primitive.execute(stream, args);
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("zoo_onednn_batch_norm: oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ConfigFrom(const ffi::AnyBuffer& x, float epsilon, int64_t num_threads,
+                      NormConfig* c) {
+  const auto dims = x.dimensions();
+  if (dims.size() != 4 || num_threads < 1) {
+    return ffi::Error::InvalidArgument("zoo_onednn_batch_norm: expects an NHWC operand");
+  }
+  const ffi::DataType dtype = x.element_type();
+  if (dtype != ffi::DataType::F32 && dtype != ffi::DataType::BF16) {
+    return ffi::Error::InvalidArgument("zoo_onednn_batch_norm: expects float32 or bfloat16");
+  }
+  uint32_t bits;
+  std::memcpy(&bits, &epsilon, sizeof(float));
+  *c = NormConfig{dims[0], dims[1], dims[2], dims[3],
+                  dtype == ffi::DataType::BF16 ? kBFloat16 : kFloat32,
+                  static_cast<int64_t>(bits), num_threads};
+  return ffi::Error::Success();
+}
+
+ffi::Error Training(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer shift,
+                    ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mean,
+                    ffi::Result<ffi::AnyBuffer> variance, float epsilon, int64_t num_threads) {
+  NormConfig c;
+  ffi::Error error = ConfigFrom(x, epsilon, num_threads, &c);
+  if (error.failure()) return error;
+  return Run(kTraining, c,
+             {{DNNL_ARG_SRC, x.untyped_data(), true},
+              {DNNL_ARG_DST, y->untyped_data(), true},
+              {DNNL_ARG_SCALE, scale.untyped_data(), false},
+              {DNNL_ARG_SHIFT, shift.untyped_data(), false},
+              {DNNL_ARG_MEAN, mean->untyped_data(), false},
+              {DNNL_ARG_VARIANCE, variance->untyped_data(), false}});
+}
+
+ffi::Error Inference(ffi::AnyBuffer x, ffi::AnyBuffer mean, ffi::AnyBuffer variance,
+                     ffi::AnyBuffer scale, ffi::AnyBuffer shift, ffi::Result<ffi::AnyBuffer> y,
+                     float epsilon, int64_t num_threads) {
+  NormConfig c;
+  ffi::Error error = ConfigFrom(x, epsilon, num_threads, &c);
+  if (error.failure()) return error;
+  return Run(kInference, c,
+             {{DNNL_ARG_SRC, x.untyped_data(), true},
+              {DNNL_ARG_DST, y->untyped_data(), true},
+              {DNNL_ARG_MEAN, mean.untyped_data(), false},
+              {DNNL_ARG_VARIANCE, variance.untyped_data(), false},
+              {DNNL_ARG_SCALE, scale.untyped_data(), false},
+              {DNNL_ARG_SHIFT, shift.untyped_data(), false}});
+}
+
+ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer d_y, ffi::AnyBuffer mean,
+                    ffi::AnyBuffer variance, ffi::AnyBuffer scale,
+                    ffi::Result<ffi::AnyBuffer> d_x, ffi::Result<ffi::AnyBuffer> d_scale,
+                    ffi::Result<ffi::AnyBuffer> d_shift, float epsilon, int64_t num_threads,
+                    int64_t use_global_stats) {
+  NormConfig c;
+  ffi::Error error = ConfigFrom(x, epsilon, num_threads, &c);
+  if (error.failure()) return error;
+  return Run(use_global_stats ? kInferenceBackward : kTrainingBackward, c,
+             {{DNNL_ARG_SRC, x.untyped_data(), true},
+              {DNNL_ARG_DIFF_DST, d_y.untyped_data(), true},
+              {DNNL_ARG_DIFF_SRC, d_x->untyped_data(), true},
+              {DNNL_ARG_MEAN, mean.untyped_data(), false},
+              {DNNL_ARG_VARIANCE, variance.untyped_data(), false},
+              {DNNL_ARG_SCALE, scale.untyped_data(), false},
+              {DNNL_ARG_DIFF_SCALE, d_scale->untyped_data(), false},
+              {DNNL_ARG_DIFF_SHIFT, d_shift->untyped_data(), false}});
+}
+
+}  // namespace
+
+ZOO_EXPORT XLA_FFI_Error* zoo_onednn_batch_norm_training(XLA_FFI_CallFrame* call_frame);
+ZOO_EXPORT XLA_FFI_Error* zoo_onednn_batch_norm_inference(XLA_FFI_CallFrame* call_frame);
+ZOO_EXPORT XLA_FFI_Error* zoo_onednn_batch_norm_backward(XLA_FFI_CallFrame* call_frame);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(zoo_onednn_batch_norm_training, Training,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<float>("epsilon")
+                                  .Attr<int64_t>("num_threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(zoo_onednn_batch_norm_inference, Inference,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<float>("epsilon")
+                                  .Attr<int64_t>("num_threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(zoo_onednn_batch_norm_backward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<float>("epsilon")
+                                  .Attr<int64_t>("num_threads")
+                                  .Attr<int64_t>("use_global_stats"));
+
+// Which implementation oneDNN picks for `kind` (0 training, 1 inference, 2 and 3 their
+// gradients) of `config` (the NormConfig fields in order, `config_size` of them): 1 a real
+// kernel, 0 a reference kernel, -1 none. Its name goes to `implementation` (NUL-terminated).
+ZOO_EXPORT int zoo_onednn_batch_norm_implementation(int64_t kind, const int64_t* config,
+                                                    int64_t config_size, char* implementation,
+                                                    int64_t implementation_size) {
+  if (config_size != static_cast<int64_t>(kConfigFields) || kind < kTraining ||
+      kind > kInferenceBackward || implementation_size < 1) {
+    return -1;
+  }
+  NormConfig c;
+  std::memcpy(&c, config, sizeof(NormConfig));
+  std::string name;
+  try {
+    const Plan* plan = FindPlan(static_cast<Kind>(kind), c);
+    name = plan == nullptr ? "unsupported" : plan->implementation;
+  } catch (const dnnl::error& e) {
+    name = std::string("error: ") + e.what();
+  }
+  return ReportImplementation(name, implementation, implementation_size);
+}
+
+// The number of fields of the query's `config`, so Python can check it agrees.
+ZOO_EXPORT int64_t zoo_onednn_batch_norm_config_fields() { return kConfigFields; }

@@ -1,0 +1,149 @@
+"""zoo.ops.batch_norm_*: oneDNN's batch normalisation equals XLA's, gradients included.
+
+Tolerances, relative to the largest magnitude of the reference: float32 1e-5 (the libraries
+sum in different orders); bfloat16 2e-2 (one bf16 rounding of the output). The reference is the
+same arithmetic traced under `portable()`, which keeps every kernel on XLA.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import zoo
+from zoo import ops
+from zoo.ops import batch_norm
+
+NATIVE = ops.native_available()
+needs_native = pytest.mark.skipif(
+    not NATIVE, reason="the oneDNN extension is not built or not loadable here (XLA path only)"
+)
+TOLERANCE = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
+EPSILON = 1e-5
+# NHWC maps (odd sizes, one image, one pixel), then the other ranks a BatchNorm takes.
+SHAPES = [(4, 7, 5, 16), (1, 9, 9, 3), (6, 1, 1, 32), (32, 10), (3, 5, 8)]
+
+
+def relative_error(actual, expected) -> float:
+    actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
+    return float(np.max(np.abs(actual - expected)) / (np.max(np.abs(expected)) + 1e-12))
+
+
+def operands(shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    channels = shape[-1]
+    x = jnp.asarray(rng.standard_normal(shape) * 3 + 1, dtype)
+    scale, bias, mean = (jnp.asarray(rng.standard_normal(channels), jnp.float32) for _ in "abc")
+    var = jnp.asarray(rng.uniform(0.5, 2.0, channels), jnp.float32)
+    return x, scale, bias, mean, var
+
+
+def training_loss(x, scale, bias):
+    # Nonlinear in every output, the statistics included, so each cotangent is nonzero.
+    y, mean, var = ops.batch_norm_training(x, scale, bias, EPSILON)
+    loss = jnp.sum(jnp.sin(y.astype(jnp.float32))) + jnp.sum(mean**2) + jnp.sum(jnp.cos(var))
+    return loss, (y, mean, var)
+
+
+def inference_loss(x, mean, var, scale, bias):
+    y = ops.batch_norm_inference(x, mean, var, scale, bias, EPSILON)
+    return jnp.sum(jnp.sin(y.astype(jnp.float32))), y
+
+
+def on_both_paths(loss, *args):
+    """(native, XLA) values, outputs and gradients of every argument, jitted."""
+    run = jax.jit(jax.value_and_grad(loss, tuple(range(len(args))), has_aux=True))
+    ours = run(*args)
+    with ops.portable():
+        theirs = run(*args)
+    return ours, theirs
+
+
+def assert_close(ours, theirs, dtype):
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert relative_error(a, b) < TOLERANCE[dtype]
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_training_mode_and_its_gradients_equal_xla(shape, dtype):
+    x, scale, bias, _, _ = operands(shape, dtype)
+    assert_close(*on_both_paths(training_loss, x, scale, bias), dtype)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("shape", SHAPES[:2] + SHAPES[3:4], ids=str)
+def test_inference_mode_and_its_gradients_equal_xla(shape, dtype):
+    x, scale, bias, mean, var = operands(shape, dtype)
+    assert_close(*on_both_paths(inference_loss, x, mean, var, scale, bias), dtype)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+def test_a_train_step_runs_both_directions_on_onednn(dtype):
+    # bf16 has no oneDNN batch-norm kernel without AVX-512: it widens to the float32 one.
+    x, scale, bias, mean, var = operands((4, 8, 8, 16), dtype)
+    hlo = jax.jit(jax.grad(lambda *a: training_loss(*a)[0], (0, 1, 2))).lower(x, scale, bias)
+    assert hlo.as_text().count("zoo_onednn_batch_norm_") == 2
+    hlo = jax.jit(jax.grad(lambda *a: inference_loss(*a)[0])).lower(x, mean, var, scale, bias)
+    assert "zoo_onednn_batch_norm_inference" in hlo.as_text()
+    assert "zoo_onednn_batch_norm_backward" in hlo.as_text()
+
+
+@needs_native
+def test_statistics_with_a_zero_cotangent_add_nothing_to_the_gradient():
+    # A train step only reads the statistics into the running averages (a zero cotangent):
+    # the gradient is then oneDNN's alone, with no XLA pass over the activations added.
+    x, scale, bias, _, _ = operands((4, 8, 8, 16), jnp.float32)
+
+    def loss(x, scale, bias):
+        y, mean, var = ops.batch_norm_training(x, scale, bias, EPSILON)
+        return jnp.sum(y**2), (mean, var)
+
+    hlo = jax.jit(jax.grad(loss, (0, 1, 2), has_aux=True)).lower(x, scale, bias).as_text()
+    gradient_only = [line for line in hlo.splitlines() if "f32[4,8,8,16]" in line]
+    assert not any("subtract" in line for line in gradient_only), gradient_only
+
+
+@needs_native
+def test_vmap_over_an_extra_axis():
+    x, scale, bias, _, _ = operands((3, 2, 6, 6, 8), jnp.float32)
+
+    def loss(x):
+        return jnp.sum(jnp.sin(ops.batch_norm_training(x, scale, bias, EPSILON)[0]))
+
+    run = jax.jit(jax.vmap(jax.value_and_grad(loss)))
+    ours = run(x)
+    with ops.portable():
+        theirs = run(x)
+    assert_close(ours, theirs, jnp.float32)
+
+
+def test_portable_traces_no_custom_call_and_float16_stays_on_xla():
+    x, scale, bias, _, _ = operands((4, 8, 8, 16), jnp.float32)
+    with ops.portable():
+        hlo = jax.jit(jax.grad(lambda *a: training_loss(*a)[0])).lower(x, scale, bias)
+    assert "zoo_onednn" not in hlo.as_text()
+    assert batch_norm._plan(x.astype(jnp.float16), EPSILON, (0, 2)) is None  # no fp16 kernels
+
+
+@needs_native
+def test_a_resnet_train_step_equals_the_xla_path():
+    model = zoo.create_model("resnet20")
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 32, 32, 3)), jnp.float32)
+    variables = model.init(jax.random.key(0), x)
+
+    def loss(params):
+        logits, updates = model.apply(
+            {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+        )
+        return jnp.sum(jnp.sin(logits)), (logits, updates)
+
+    ours, theirs = on_both_paths(loss, variables["params"])
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        assert relative_error(a, b) < 1e-4

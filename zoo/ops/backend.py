@@ -1,0 +1,66 @@
+"""Where the zoo's kernels run: the per-backend choice inside a jitted function, and the rules
+that keep oneDNN out (`portable()`, `ZOO_NATIVE=0`, several CPU devices).
+
+More than one CPU device (`--xla_force_host_platform_device_count`, `jax_num_cpu_devices`)
+stays on XLA: XLA cannot partition a custom call, so under a batch-sharded `jax.jit` it would
+gather each oneDNN call's operands onto every device, and every device would compute the whole
+batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import jax
+from jax import lax
+
+from zoo.ops import native
+
+# A jax.jit cache key, so switching it re-traces instead of reusing the other kind of trace.
+_PORTABLE = jax.make_user_context(default_value=False)
+
+
+def portable() -> contextlib.AbstractContextManager:
+    """A context in which the zoo's kernels trace to XLA's ops only: no custom calls, so
+    `jax.export` takes them. Part of jit's cache key, like a JAX config option: a function
+    jitted outside and called again inside is traced again."""
+    return _PORTABLE(True)
+
+
+def native_applies() -> bool:
+    """Whether a kernel traced now may run on oneDNN (it still needs one for its config)."""
+    return not _PORTABLE.value and native.enabled() and jax.local_device_count("cpu") == 1
+
+
+def team_size() -> int:
+    """OpenMP threads per oneDNN call: the cores this process may use, at most OMP_NUM_THREADS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        cores = min(cores or 1, int(os.environ["OMP_NUM_THREADS"]))
+    return max(1, cores or 1)
+
+
+@functools.cache
+def _cpu_is_the_only_backend() -> bool:
+    for platform in ("gpu", "tpu"):
+        try:
+            jax.devices(platform)
+        except RuntimeError:  # no such backend in this process
+            continue
+        return False
+    return True
+
+
+def on_cpu(cpu_fn, default_fn, *operands: jax.Array):
+    """`cpu_fn(*operands)` where the computation runs on CPU, `default_fn` on any other backend,
+    chosen inside the jitted function (`jax.lax.platform_dependent`).
+
+    A process whose only backend is the CPU lowers for nothing else except under `portable()`
+    (`jax.export`), so there `default_fn` is not traced at all: tracing both branches of every
+    convolution took ResNet-152's train step 2-3 s.
+    """
+    if _cpu_is_the_only_backend() and not _PORTABLE.value:
+        return cpu_fn(*operands)
+    return lax.platform_dependent(*operands, cpu=cpu_fn, default=default_fn)

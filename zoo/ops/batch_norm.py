@@ -1,0 +1,258 @@
+"""The zoo's batch normalisation arithmetic: oneDNN's kernels on CPU, XLA's fusions elsewhere.
+
+`batch_norm_training(x, scale, bias, epsilon)` normalises channels-last `x` (any rank, the
+channels last) with the batch's mean and biased variance over every other axis and returns them
+with the result; `batch_norm_inference(x, mean, var, scale, bias, epsilon)` normalises with the
+given statistics. Both compute in float32 (`scale`, `bias` and the statistics are float32) and
+return the result in `x`'s dtype (float32 or bfloat16 on oneDNN).
+
+On CPU each runs as a `jax.custom_vjp` over oneDNN's batch-normalisation primitives
+(`csrc/onednn_batch_norm.cc`): a forward call and a backward one that gives the gradients of
+`x`, `scale` and `bias` in one pass. XLA:CPU's fusions of the same arithmetic (the reference
+here, and what GPU and TPU run) first materialise each per-channel vector at the activation's
+full size (YNNPACK takes no broadcast operands). Each kind runs on oneDNN only where it has a
+real (JIT) kernel for it, asked at trace time: bf16 without one (no AVX-512) widens to
+oneDNN's float32 kernel where that exists, anything else stays on XLA. Cotangents of the
+returned statistics (zero in a train step, where they only update the running averages) are
+added in XLA only where they are nonzero.
+
+Where oneDNN is kept out altogether (`portable()`, several CPU devices): `zoo.ops.backend`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+
+from zoo.ops import backend, native
+
+_F32 = jnp.float32
+TARGETS = {
+    native.TRAINING: "zoo_onednn_batch_norm_training",
+    native.INFERENCE: "zoo_onednn_batch_norm_inference",
+    native.TRAINING_BACKWARD: "zoo_onednn_batch_norm_backward",
+    native.INFERENCE_BACKWARD: "zoo_onednn_batch_norm_backward",
+}
+KINDS = tuple(TARGETS)
+
+
+def _normalise(x, mean, var, scale, bias, epsilon):
+    y = (x.astype(_F32) - mean) * lax.rsqrt(var + epsilon)
+    return (y * scale + bias).astype(x.dtype)
+
+
+def _reference_training(x, scale, bias, epsilon):
+    axes = tuple(range(x.ndim - 1))
+    batch = x.astype(_F32)
+    mean = jnp.mean(batch, axes)
+    var = jnp.mean(jnp.square(batch - mean), axes)
+    return _normalise(x, mean, var, scale, bias, epsilon), mean, var
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """A batch norm oneDNN can run on `shape` (NHWC), with the dtype each kind computes in
+    (None where XLA does)."""
+
+    shape: tuple[int, int, int, int]
+    epsilon: float
+    num_threads: int
+    kernels: tuple[Any, Any, Any, Any]  # per kind: training, inference, their gradients
+
+    def ffi(self, kind: int, results: tuple[jax.ShapeDtypeStruct, ...], *operands: jax.Array):
+        """`kind` on oneDNN, activations in its kernel's dtype; results in `results`' dtypes."""
+        dtype = self.kernels[kind]
+
+        def in_kernel_dtype(a: jax.ShapeDtypeStruct | jax.Array) -> Any:
+            return dtype if a.shape == self.shape else _F32
+
+        call = jax.ffi.ffi_call(
+            TARGETS[kind],
+            tuple(jax.ShapeDtypeStruct(r.shape, in_kernel_dtype(r)) for r in results),
+            vmap_method="sequential",
+        )
+        attributes = dict(epsilon=np.float32(self.epsilon), num_threads=np.int64(self.num_threads))
+        if kind in (native.TRAINING_BACKWARD, native.INFERENCE_BACKWARD):
+            attributes["use_global_stats"] = np.int64(kind == native.INFERENCE_BACKWARD)
+        outputs = call(*(a.astype(in_kernel_dtype(a)) for a in operands), **attributes)
+        return tuple(o.astype(r.dtype) for o, r in zip(outputs, results, strict=True))
+
+    def run(self, kind: int, results, xla_fn, *operands: jax.Array):
+        """`kind` on oneDNN where this plan has a kernel for it, else `xla_fn`."""
+        if self.kernels[kind] is None:
+            return xla_fn(*operands)
+        return backend.on_cpu(lambda *args: self.ffi(kind, results, *args), xla_fn, *operands)
+
+
+@functools.cache
+def _kernel(kind: int, shape: tuple[int, ...], dtype: Any, epsilon: float, threads: int) -> bool:
+    bits = int(np.float32(epsilon).view(np.uint32))
+    config = (*shape, native.PRECISIONS[jnp.dtype(dtype)], bits, threads)
+    return native.implementation(native.BATCH_NORM, kind, config)[0]
+
+
+def _plan(x: jax.Array, epsilon: float, kinds: tuple[int, int]) -> _Plan | None:
+    """The oneDNN plan of a batch norm of `x` for `kinds` (a forward and its gradient), or None
+    where both run on XLA."""
+    if not backend.native_applies() or x.dtype not in native.PRECISIONS:
+        return None
+    if x.ndim < 2 or 0 in x.shape:
+        return None
+    shape = x.shape if x.ndim == 4 else (math.prod(x.shape[:-1]), 1, 1, x.shape[-1])
+    threads = backend.team_size()
+    candidates = tuple(dict.fromkeys((jnp.dtype(x.dtype), jnp.dtype(_F32))))
+    kernels = [None] * len(KINDS)
+    for kind in kinds:
+        kernels[kind] = next(
+            (d for d in candidates if _kernel(kind, shape, d, float(epsilon), threads)), None
+        )
+    if all(kernel is None for kernel in kernels):
+        return None
+    return _Plan(shape, float(epsilon), threads, tuple(kernels))
+
+
+def _vectors(plan: _Plan, count: int) -> tuple[jax.ShapeDtypeStruct, ...]:
+    return (jax.ShapeDtypeStruct(plan.shape[-1:], _F32),) * count
+
+
+def _plain(value):
+    return value.value if isinstance(value, jax.custom_derivatives.CustomVJPPrimal) else value
+
+
+# Training mode: (x, scale, bias) -> (y, mean, var).
+
+
+def _training_forward(x, scale, bias, plan: _Plan):
+    results = (jax.ShapeDtypeStruct(x.shape, x.dtype), *_vectors(plan, 2))
+    xla = functools.partial(_reference_training, epsilon=plan.epsilon)
+    return plan.run(native.TRAINING, results, xla, x, scale, bias)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _native_training(x, scale, bias, plan: _Plan):
+    return _training_forward(x, scale, bias, plan)
+
+
+def _native_training_fwd(x, scale, bias, plan):
+    x, scale, bias = _plain(x), _plain(scale), _plain(bias)
+    y, mean, var = _training_forward(x, scale, bias, plan)
+    return (y, mean, var), (x, scale, bias, mean, var)
+
+
+def _native_training_bwd(plan, residuals, cotangents):
+    x, scale, bias, mean, var = residuals
+    d_y, d_mean, d_var = cotangents
+    if isinstance(d_y, SymbolicZero):
+        d_y = jnp.zeros(x.shape, x.dtype)
+
+    def xla(x, d_y, mean, var, scale):
+        reference = functools.partial(_reference_training, epsilon=plan.epsilon)
+        _, vjp = jax.vjp(lambda *args: reference(*args)[0], x, scale, bias)
+        return vjp(d_y)
+
+    results = (jax.ShapeDtypeStruct(x.shape, x.dtype), *_vectors(plan, 2))
+    d_x, d_scale, d_bias = plan.run(
+        native.TRAINING_BACKWARD, results, xla, x, d_y, mean, var, scale
+    )
+    # The statistics' own cotangents: mean = sum(x) / n, var = sum((x - mean)^2) / n.
+    count = math.prod(x.shape[:-1])
+    extra = jnp.zeros((), _F32)
+    if not isinstance(d_mean, SymbolicZero):
+        extra = extra + d_mean / count
+    if not isinstance(d_var, SymbolicZero):
+        extra = extra + d_var * 2 * (x.astype(_F32) - mean) / count
+    if not isinstance(d_mean, SymbolicZero) or not isinstance(d_var, SymbolicZero):
+        d_x = (d_x.astype(_F32) + extra).astype(x.dtype)
+    return d_x, d_scale, d_bias
+
+
+_native_training.defvjp(_native_training_fwd, _native_training_bwd, symbolic_zeros=True)
+
+
+# Inference mode: (x, mean, var, scale, bias) -> y.
+
+
+def _inference_forward(x, mean, var, scale, bias, plan: _Plan):
+    (y,) = plan.run(
+        native.INFERENCE,
+        (jax.ShapeDtypeStruct(x.shape, x.dtype),),
+        lambda *args: (_normalise(*args, plan.epsilon),),
+        x,
+        mean,
+        var,
+        scale,
+        bias,
+    )
+    return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _native_inference(x, mean, var, scale, bias, plan: _Plan):
+    return _inference_forward(x, mean, var, scale, bias, plan)
+
+
+def _native_inference_fwd(x, mean, var, scale, bias, plan):
+    return _inference_forward(x, mean, var, scale, bias, plan), (x, mean, var, scale, bias)
+
+
+def _native_inference_bwd(plan, residuals, d_y):
+    x, mean, var, scale, bias = residuals
+
+    def xla(x, d_y, mean, var, scale):
+        _, vjp = jax.vjp(lambda *args: _normalise(*args, plan.epsilon), x, mean, var, scale, bias)
+        d_x, _, _, d_scale, d_bias = vjp(d_y)
+        return d_x, d_scale, d_bias
+
+    results = (jax.ShapeDtypeStruct(x.shape, x.dtype), *_vectors(plan, 2))
+    d_x, d_scale, d_bias = plan.run(
+        native.INFERENCE_BACKWARD, results, xla, x, d_y, mean, var, scale
+    )
+    # y = (x - mean) * inv * scale + bias, inv = (var + eps)^-1/2; d_scale = sum(d_y (x-mean) inv).
+    inv = lax.rsqrt(var + plan.epsilon)
+    d_mean = -d_bias * scale * inv
+    d_var = -0.5 * d_scale * scale * inv * inv
+    return d_x, d_mean, d_var, d_scale, d_bias
+
+
+_native_inference.defvjp(_native_inference_fwd, _native_inference_bwd)
+
+
+def _as_nhwc(x: jax.Array, plan: _Plan) -> jax.Array:
+    return x if x.shape == plan.shape else x.reshape(plan.shape)
+
+
+def batch_norm_training(
+    x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(normalised `x`, batch mean, biased batch variance), statistics over all but the last
+    axis; `scale` and `bias` float32 vectors of the channels."""
+    plan = _plan(x, epsilon, (native.TRAINING, native.TRAINING_BACKWARD))
+    if plan is None:
+        return _reference_training(x, scale, bias, epsilon)
+    y, mean, var = _native_training(_as_nhwc(x, plan), scale, bias, plan)
+    return y.reshape(x.shape), mean, var
+
+
+def batch_norm_inference(
+    x: jax.Array,
+    mean: jax.Array,
+    var: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    epsilon: float,
+) -> jax.Array:
+    """`x` normalised with the given statistics (float32 vectors of the channels, as are
+    `scale` and `bias`)."""
+    plan = _plan(x, epsilon, (native.INFERENCE, native.INFERENCE_BACKWARD))
+    if plan is None:
+        return _normalise(x, mean, var, scale, bias, epsilon)
+    y = _native_inference(_as_nhwc(x, plan), mean, var, scale, bias, plan)
+    return y.reshape(x.shape)
