@@ -3,7 +3,8 @@
 - `zoo.models.layers.max_pool` (the `MaxPool` module): the same values as `nn.max_pool` and
   bit-for-bit the same gradient (select-and-scatter's first-match rule), including ties,
   -inf inputs, windows that overlap the padding, strides larger than the window and bfloat16.
-- `zoo.runtime`: the XLA:CPU flags are applied at `import zoo` (and actually reach XLA), leave
+- `zoo.runtime`: the malloc defaults keep XLA's per-execution buffers mapped and can be
+  switched off; the XLA:CPU flags are applied at `import zoo` (and actually reach XLA), leave
   a user's own flags alone, can be switched off, and change a train step only within float
   rounding; the compilation cache honours its folder, its opt-out and a user's own setting.
 """
@@ -135,6 +136,56 @@ def test_xla_defaults_not_applied_after_backend_start(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "")
     with pytest.warns(RuntimeWarning, match="import zoo first"):
         assert runtime.apply_xla_defaults() == []
+
+
+REFAULT_PROBE = textwrap.dedent(
+    """
+    import resource
+    import jax, jax.numpy as jnp
+    import zoo
+    run = jax.jit(lambda x: (jnp.sin(x).T @ jnp.ones(4096)).sum())  # a 64 MiB temporary
+    x = jnp.ones((4096, 4096))
+    pages = 64 * 2**20 // resource.getpagesize()
+    refaulted = []
+    for _ in range(20):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        run(x).block_until_ready()
+        refaulted.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before > pages // 2)
+    print(zoo.runtime.APPLIED_MALLOC_DEFAULTS, sum(refaulted[10:]))
+    """
+)
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or not os.confstr("CS_GNU_LIBC_VERSION"), reason="glibc only"
+)
+def test_malloc_defaults_stop_each_execution_faulting_its_buffers_in_again():
+    # Before: every execution's 64 MiB temporary was a fresh mmap, faulted in page by page.
+    # With the defaults the heap grows a few times while its layout settles, then is reused.
+    environment = {k: v for k, v in os.environ.items() if k != "ZOO_MALLOC_DEFAULTS"}
+    for opt_out, applied, refaulting in ((None, "True", range(6)), ("0", "False", [10])):
+        env = environment if opt_out is None else {**environment, "ZOO_MALLOC_DEFAULTS": opt_out}
+        done = subprocess.run(
+            [sys.executable, "-c", REFAULT_PROBE], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        flag, count = done.stdout.split()[-2:]
+        assert flag == applied and int(count) in refaulting, done.stdout
+
+
+def test_malloc_defaults_respect_the_opt_out_and_a_started_backend(monkeypatch):
+    monkeypatch.setattr(runtime, "_backends_initialised", lambda: False)
+    monkeypatch.setenv("ZOO_MALLOC_DEFAULTS", "0")
+    assert runtime.apply_malloc_defaults() is False
+    monkeypatch.delenv("ZOO_MALLOC_DEFAULTS")
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    assert runtime.apply_malloc_defaults() is False
+    monkeypatch.delenv("JAX_PLATFORMS")
+    monkeypatch.setattr(runtime, "_accelerator_plugin_installed", lambda: False)
+    monkeypatch.setattr(runtime, "_backends_initialised", lambda: True)
+    if sys.platform == "linux" and os.confstr("CS_GNU_LIBC_VERSION"):
+        with pytest.warns(RuntimeWarning, match="malloc defaults"):
+            assert runtime.apply_malloc_defaults() is False
 
 
 PROBE = textwrap.dedent(

@@ -1,4 +1,4 @@
-"""jax-zoo's XLA:CPU defaults, and the persistent compilation cache of the command line.
+"""jax-zoo's XLA:CPU and malloc defaults, and the persistent compilation cache of the CLI.
 
 `apply_xla_defaults()` runs at `import zoo`, before any JAX backend exists: it appends to
 `XLA_FLAGS` the XLA:CPU options measured to train the zoo's networks fastest on CPU (see
@@ -12,14 +12,22 @@ rounding), and they touch only the CPU compiler: GPU and TPU compilations ignore
 - Nothing is applied when `JAX_PLATFORMS` names no CPU, or when the installed jaxlib is not a
   version they were verified on: XLA aborts the process on a flag it does not know.
 
+`apply_malloc_defaults()` also runs at `import zoo`, under the same conditions (and not where a
+GPU or TPU plugin is installed): it makes glibc's malloc keep XLA:CPU's per-execution buffers
+mapped from one step to the next (`MALLOC_DEFAULTS` below says why). `ZOO_MALLOC_DEFAULTS=0`
+opts out.
+
 `enable_compilation_cache()` turns on JAX's persistent compilation cache, so a second run of the
 same training job skips XLA compilation (ResNet-152's train step: 7-12 s on 2 cores).
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata
+import importlib.util
 import os
+import platform
 import sys
 import warnings
 from pathlib import Path
@@ -32,6 +40,20 @@ from pathlib import Path
 # ResNet-152's compile 14-15 s -> 7-9 s; see bench/README.md).
 YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 XLA_CPU_DEFAULTS: tuple[str, ...] = (f"{YNN_FUSION_FLAG}=dot,eltwise,reduce",)
+
+# glibc's malloc gives each block above 32 MiB its own mmap and unmaps it when it is freed, and
+# each thread its own arena (whose big blocks are mmaps too). XLA:CPU allocates an execution's
+# temporaries as one block (ResNet-20's train step at batch 128: 292 MB), so every step had the
+# kernel fault in and zero all of it again: 71k page faults, a quarter of the step's CPU time
+# (bench/README.md). One arena that grows with brk and is never trimmed keeps the block mapped
+# and reused: the process keeps its peak heap instead of returning it between steps.
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # <malloc.h>
+MALLOC_DEFAULTS: tuple[tuple[int, int], ...] = (
+    (M_ARENA_MAX, 1),
+    (M_MMAP_MAX, 0),
+    (M_TRIM_THRESHOLD, -1),  # -1: never trim (mallopt(3))
+)
+MALLOC_OPT_OUT_ENV = "ZOO_MALLOC_DEFAULTS"
 
 OPT_OUT_ENV = "ZOO_XLA_DEFAULTS"
 # The jaxlib releases the flags were verified on: 0.10.2 measured here, 0.12 in the project's
@@ -68,6 +90,42 @@ def _backends_initialised() -> bool:
     return xla_bridge.backends_are_initialized()
 
 
+def _opted_out(env: str) -> bool:
+    return os.environ.get(env, "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def _accelerator_plugin_installed() -> bool:
+    """A JAX GPU (`jax_plugins.*`) or TPU (`libtpu`) plugin is installed."""
+    return any(importlib.util.find_spec(name) is not None for name in ("jax_plugins", "libtpu"))
+
+
+def apply_malloc_defaults() -> bool:
+    """Sets `MALLOC_DEFAULTS` with glibc's `mallopt`; returns whether it did.
+
+    Does nothing when opted out (`ZOO_MALLOC_DEFAULTS=0`), off Linux/glibc, when `JAX_PLATFORMS`
+    excludes the CPU or a GPU/TPU plugin is installed (the CPU then only stages data). Warns,
+    and does nothing, when a JAX backend already exists: its threads have their arenas.
+    """
+    if _opted_out(MALLOC_OPT_OUT_ENV) or not _platform_may_be_cpu():
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    if _accelerator_plugin_installed():
+        return False
+    if _backends_initialised():
+        warnings.warn(
+            "jax-zoo: a JAX backend was initialised before `import zoo`, so its malloc "
+            "defaults cannot take effect (each train step re-faults XLA's buffers); import zoo "
+            f"first, or set {MALLOC_OPT_OUT_ENV}=0 to silence this.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return all(mallopt(parameter, value) == 1 for parameter, value in MALLOC_DEFAULTS)
+
+
 def apply_xla_defaults() -> list[str]:
     """Appends the zoo's XLA:CPU flags to `XLA_FLAGS`; returns the flags it added.
 
@@ -75,7 +133,7 @@ def apply_xla_defaults() -> list[str]:
     when jaxlib is not a verified version, or for a flag `XLA_FLAGS` already sets. Warns, and
     adds nothing, when a JAX backend already exists (it would not read them any more).
     """
-    if os.environ.get(OPT_OUT_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if _opted_out(OPT_OUT_ENV):
         return []
     version = _jaxlib_version()
     if not _platform_may_be_cpu() or version is None:
@@ -118,7 +176,7 @@ def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> Path
     the program, `XLA_FLAGS`, and the jax/jaxlib versions, so a stale entry is never used;
     beyond 2 GiB the least recently used entries are evicted (unless JAX already has a limit).
     """
-    if os.environ.get(CACHE_OPT_OUT_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if _opted_out(CACHE_OPT_OUT_ENV):
         return None
     import jax
 
@@ -144,3 +202,4 @@ def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> Path
 
 # Applied when `zoo` is imported (zoo/__init__.py imports this module first).
 APPLIED_XLA_FLAGS: list[str] = apply_xla_defaults()
+APPLIED_MALLOC_DEFAULTS: bool = apply_malloc_defaults()
