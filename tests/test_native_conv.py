@@ -23,7 +23,7 @@ from jax import lax
 
 import zoo
 from zoo import ops
-from zoo.ops import conv
+from zoo.ops import conv, native
 
 NATIVE = ops.native_available()
 needs_native = pytest.mark.skipif(
@@ -106,6 +106,29 @@ def test_a_resnet_convolution_runs_all_three_directions_on_onednn(dtype):
     hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, kernel).as_text()
     for target in conv.TARGETS.values():
         assert target in hlo
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+def test_wide_weight_gradients_run_on_xla_where_it_was_measured_faster(dtype):
+    case = (2, 6, 6, 128, 3, 128, 1, ((1, 1), (1, 1)), 1, 1)
+    x, kernel = operands(case, dtype)
+    kernel = (kernel / 34).astype(dtype)  # unit-scale outputs keep sin(y) well-conditioned
+
+    def loss(x, kernel):
+        y = ops.conv_general_dilated(x, kernel, **conv_arguments(case))
+        return jnp.sum(y.astype(jnp.float32) ** 2)
+
+    hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, kernel).as_text()
+    config = (2, 6, 6, 128, 3, 3, 128, 6, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, conv.backend.team_size())
+    _, name = native.implementation(native.CONV, native.BACKWARD_WEIGHTS, config)
+    on_xla = dtype == jnp.float32 and name in conv.XLA_WEIGHT_GRADIENT_FROM
+    assert ("zoo_onednn_conv_backward_weights" not in hlo) == on_xla, name
+    assert "zoo_onednn_conv_forward" in hlo and "zoo_onednn_conv_backward_data" in hlo
+    ours = value_and_gradients(ops.conv_general_dilated, case, x, kernel)
+    theirs = value_and_gradients(lax.conv_general_dilated, case, x, kernel)
+    for a, b in zip(ours, theirs, strict=True):
+        assert relative_error(a, b) < TOLERANCE[dtype]
 
 
 @needs_native

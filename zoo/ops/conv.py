@@ -5,12 +5,12 @@ thing. Inside one jitted function, `jax.lax.platform_dependent` picks per backen
 oneDNN kernels of `csrc/onednn_conv.cc` (a `jax.custom_vjp` over forward, backward-data and
 backward-weights FFI calls), on GPU and TPU `lax.conv_general_dilated`. Each of the three
 directions runs on oneDNN only where oneDNN has a real (JIT) kernel for it on this CPU, asked at
-trace time; anything else stays on XLA: layouts other than NHWC/HWIO, `lhs_dilation`
-(transposed convolutions), negative padding, mixed dtypes, `preferred_element_type`,
-`batch_group_count`. `precision` is passed on to XLA and otherwise ignored: oneDNN computes
-float32 in float32 and bf16 with float32 accumulation, on its bf16 kernels where the CPU has
-them (AVX512-BF16, AMX), else on its float32 kernels with the bf16 operands widened exactly
-and the result rounded once to bf16.
+trace time, and XLA's was not measured faster (`XLA_WEIGHT_GRADIENT_FROM`); anything else stays
+on XLA: layouts other than NHWC/HWIO, `lhs_dilation` (transposed convolutions), negative
+padding, mixed dtypes, `preferred_element_type`, `batch_group_count`. `precision` is passed on
+to XLA and otherwise ignored: oneDNN computes float32 in float32 and bf16 with float32
+accumulation, on its bf16 kernels where the CPU has them (AVX512-BF16, AMX), else on its
+float32 kernels with the bf16 operands widened exactly and the result rounded once to bf16.
 
 `Conv` is `flax.linen.Conv` with this op: the same parameters under the same names, so
 checkpoints move between the two unchanged.
@@ -139,7 +139,7 @@ def _plan(
         return None
     threads = backend.team_size()
 
-    def has_kernel(direction: int, dtype: Any) -> bool:
+    def has_kernel(direction: int, kernel_dtype: Any) -> bool:
         config = (
             *lhs.shape,
             *rhs.shape[:2],
@@ -150,10 +150,14 @@ def _plan(
             *padding[1],
             *rhs_dilation,
             feature_group_count,
-            native.PRECISIONS[jnp.dtype(dtype)],
+            native.PRECISIONS[jnp.dtype(kernel_dtype)],
             threads,
         )
-        return native.implementation(native.CONV, direction, config)[0]
+        found, name = native.implementation(native.CONV, direction, config)
+        measured = dtype == jnp.float32  # the convolution's own dtype, not the kernel's
+        return found and not (
+            measured and _xla_is_faster(direction, name, rhs.shape, feature_group_count)
+        )
 
     # bf16 without a bf16 kernel (no AVX512-BF16 or AMX) runs oneDNN's float32 one on the
     # exactly widened operands and rounds the result once: a bf16 convolution with float32
@@ -174,6 +178,22 @@ def _plan(
         tuple(out),
         kernels,
     )
+
+
+# oneDNN 3.2's AVX2 weight-gradient kernel loses to XLA's from this many input and output
+# channels per group (ResNet-18's layers 2-4: 1.6-2.1x standalone, the train step 1.07x faster
+# with XLA's; below it, e.g. ResNet-20's 16-64 channels, oneDNN's wins: bench/README.md).
+# Measured in float32 on AVX2 only: bf16 and other ISAs' kernels keep oneDNN.
+XLA_WEIGHT_GRADIENT_FROM = {"jit:avx2": 128}
+
+
+def _xla_is_faster(direction: int, implementation: str, rhs_shape, groups: int) -> bool:
+    """Where XLA's kernel for `direction` was measured faster than oneDNN's `implementation`."""
+    channels = XLA_WEIGHT_GRADIENT_FROM.get(implementation)
+    if direction != native.BACKWARD_WEIGHTS or channels is None:
+        return False
+    in_per_group, out_per_group = rhs_shape[2], rhs_shape[3] // groups
+    return in_per_group >= channels and out_per_group >= channels
 
 
 def _dilated(kernel: Sequence[int], dilation: Sequence[int] | None) -> tuple[int, ...]:
