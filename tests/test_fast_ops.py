@@ -3,6 +3,7 @@
 - `zoo.models.layers.max_pool` (the `MaxPool` module): the same values as `nn.max_pool` and
   bit-for-bit the same gradient (select-and-scatter's first-match rule), including ties,
   -inf inputs, windows that overlap the padding, strides larger than the window and bfloat16.
+- `zoo.ops.initializers`: bit-for-bit JAX's initial values, in every dtype and fan mode used.
 - `zoo.runtime`: the malloc defaults keep XLA's per-execution buffers mapped and can be
   switched off; the XLA:CPU flags are applied at `import zoo` (and actually reach XLA), leave
   a user's own flags alone, can be switched off, and change a train step only within float
@@ -94,6 +95,35 @@ def test_max_pool_other_inputs_fall_back_to_flax():
     np.testing.assert_array_equal(max_pool(ints, 2, 2), reference(ints, 2, 2, 0))
     unbatched = jnp.arange(36.0).reshape(6, 6, 1)
     np.testing.assert_array_equal(max_pool(unbatched, 3, 2, 1), reference(unbatched, 3, 2, 1))
+
+
+# --- zoo.ops.initializers ------------------------------------------------------------------
+
+INITIALIZER_CASES = [  # (shape, scale, mode, distribution, in_axis, out_axis)
+    ((3, 3, 64, 64), 2.0, "fan_out", "normal", -2, -1),  # the ResNets' He normal
+    ((7, 7, 3, 64), 1.0, "fan_in", "truncated_normal", -2, -1),  # nn.Conv's LeCun normal
+    ((5, 5, 6), 1.0, "fan_in", "truncated_normal", (0, 1), ()),  # LeNet-1998's C3
+    ((300, 100), 1.0, "fan_avg", "uniform", -2, -1),
+]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("case", INITIALIZER_CASES, ids=str)
+def test_flat_initializers_draw_exactly_jaxs_values(case, dtype):
+    shape, *arguments = case
+    key = jax.random.key(3)
+    ours = zoo.ops.initializers.variance_scaling(*arguments)(key, shape, dtype)
+    theirs = jax.nn.initializers.variance_scaling(*arguments)(key, shape, dtype)
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    np.testing.assert_array_equal(np.asarray(ours, np.float32), np.asarray(theirs, np.float32))
+
+
+def test_the_zoo_conv_starts_from_nn_convs_values():
+    x = jnp.ones((2, 9, 9, 3))
+    settings = dict(features=8, kernel_size=(3, 3))
+    ours = zoo.ops.Conv(**settings).init(jax.random.key(0), x)
+    theirs = nn.Conv(**settings).init(jax.random.key(0), x)
+    chex.assert_trees_all_equal(ours, theirs)
 
 
 # --- zoo.runtime -----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import jax
 from zoo.errors import InvalidValueError
 from zoo.models.base import ImageModel, Stage
 from zoo.models.layers import Flatten, Reshape, check_positive
-from zoo.ops import Conv
+from zoo.ops import Conv, initializers
 from zoo.registry import register
 
 
@@ -66,7 +66,8 @@ class ConvAutoencoder(ImageModel):
 
     def setup(self) -> None:
         dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
-        conv = {"kernel_size": (3, 3), "strides": 2, **dtypes}
+        kernel_init = initializers.lecun_normal()
+        conv = {"kernel_size": (3, 3), "strides": 2, "kernel_init": kernel_init, **dtypes}
         self.encoder_conv1 = Conv(self.widths[0], padding=((1, 1), (1, 1)), **conv)
         self.encoder_conv2 = Conv(self.widths[1], padding=((1, 1), (1, 1)), **conv)
         self.encoder_flatten = Flatten()

@@ -20,7 +20,13 @@ import numpy as np
 from zoo import analytic
 from zoo.analytic import Counts, Shape
 from zoo.errors import InvalidValueError
-from zoo.ops import batch_norm_inference, batch_norm_training, conv_general_dilated, on_cpu
+from zoo.ops import (
+    batch_norm_inference,
+    batch_norm_training,
+    conv_general_dilated,
+    initializers,
+    on_cpu,
+)
 
 Dtype = Any
 
@@ -249,7 +255,7 @@ class RowGemmConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, self.param_dtype)
+        kernel = self.param("kernel", initializers.lecun_normal(), shape, self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         # The banded matmul wins on XLA:CPU only; elsewhere the plain (zoo) convolution.
         y = on_cpu(row_gemm_conv, _valid_conv, x.astype(self.dtype), kernel.astype(self.dtype))

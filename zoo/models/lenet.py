@@ -31,7 +31,7 @@ from zoo import analytic, formulas
 from zoo.analytic import Counts, Shape
 from zoo.models.base import ImageModel, Stage
 from zoo.models.layers import AvgPool, Flatten, RowGemmConv
-from zoo.ops import Conv, conv_general_dilated
+from zoo.ops import Conv, conv_general_dilated, initializers
 from zoo.registry import register
 
 PAPER_1998 = (
@@ -158,7 +158,7 @@ class PartialConv(nn.Module):
         maps_in = np.array([len(self.connections[j]) for j in outputs])
 
         def init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
-            per_map = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=())(key, shape, dtype)
+            per_map = initializers.lecun_normal(in_axis=(0, 1), out_axis=())(key, shape, dtype)
             return per_map / np.sqrt(maps_in).astype(dtype)
 
         kernel = self.param("kernel", init, (k, k, len(inputs)), self.param_dtype)

@@ -38,12 +38,12 @@ from zoo.models.layers import (
     check_rate,
     explicit_padding,
 )
-from zoo.ops import Conv
+from zoo.ops import Conv, initializers
 from zoo.registry import register
 
 PAPER = "He et al. 2015, Deep Residual Learning for Image Recognition"
 SHORTCUTS = ("projection", "zero_pad")
-he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+he_normal = initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 class ZeroPadShortcut(nn.Module):

@@ -6,9 +6,10 @@ elsewhere.
 `zoo.models.layers.BatchNorm`; `portable()` traces XLA's ops only (for `jax.export`);
 `native_available()` says whether the oneDNN extension is loaded. `ZOO_NATIVE=0` forces XLA.
 `on_cpu(cpu_fn, default_fn, *operands)` is the per-backend choice the zoo's CPU-only kernels use.
+`initializers` are JAX's variance-scaling initializers with the same values, faster to compile.
 """
 
-from zoo.ops import native
+from zoo.ops import initializers, native
 from zoo.ops.backend import on_cpu, portable
 from zoo.ops.batch_norm import batch_norm_inference, batch_norm_training
 from zoo.ops.conv import Conv, conv_general_dilated
@@ -26,6 +27,7 @@ __all__ = [
     "batch_norm_inference",
     "batch_norm_training",
     "conv_general_dilated",
+    "initializers",
     "native_available",
     "on_cpu",
     "portable",

@@ -12,8 +12,8 @@ to XLA and otherwise ignored: oneDNN computes float32 in float32 and bf16 with f
 accumulation, on its bf16 kernels where the CPU has them (AVX512-BF16, AMX), else on its
 float32 kernels with the bf16 operands widened exactly and the result rounded once to bf16.
 
-`Conv` is `flax.linen.Conv` with this op: the same parameters under the same names, so
-checkpoints move between the two unchanged.
+`Conv` is `flax.linen.Conv` with this op: the same parameters under the same names and the same
+initial values (`zoo.ops.initializers`), so checkpoints move between the two unchanged.
 
 Where oneDNN is kept out altogether (`portable()`, several CPU devices): `zoo.ops.backend`.
 """
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zoo.ops import backend, native
+from zoo.ops import backend, initializers, native
 
 NHWC_HWIO = lax.ConvDimensionNumbers(
     lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
@@ -281,3 +281,4 @@ class Conv(nn.Conv):
     """
 
     conv_general_dilated: Any = conv_general_dilated
+    kernel_init: Any = initializers.lecun_normal()  # nn.Conv's, drawn flat: faster to compile
