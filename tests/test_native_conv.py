@@ -104,7 +104,7 @@ def test_a_resnet_convolution_runs_all_three_directions_on_onednn(dtype):
         return jnp.sum(y.astype(jnp.float32) ** 2)
 
     hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, kernel).as_text()
-    for target in conv.TARGETS.values():
+    for target in native.CONV_TARGETS.values():
         assert target in hlo
 
 

@@ -35,13 +35,7 @@ from jax.custom_derivatives import SymbolicZero
 from zoo.ops import backend, native
 
 _F32 = jnp.float32
-TARGETS = {
-    native.TRAINING: "zoo_onednn_batch_norm_training",
-    native.INFERENCE: "zoo_onednn_batch_norm_inference",
-    native.TRAINING_BACKWARD: "zoo_onednn_batch_norm_backward",
-    native.INFERENCE_BACKWARD: "zoo_onednn_batch_norm_backward",
-}
-KINDS = tuple(TARGETS)
+KINDS = tuple(native.BATCH_NORM_TARGETS)
 
 
 def _normalise(x, mean, var, scale, bias, epsilon):
@@ -75,7 +69,7 @@ class _Plan:
             return dtype if a.shape == self.shape else _F32
 
         call = jax.ffi.ffi_call(
-            TARGETS[kind],
+            native.BATCH_NORM_TARGETS[kind],
             tuple(jax.ShapeDtypeStruct(r.shape, in_kernel_dtype(r)) for r in results),
             vmap_method="sequential",
         )
@@ -92,7 +86,6 @@ class _Plan:
         return backend.on_cpu(lambda *args: self.ffi(kind, results, *args), xla_fn, *operands)
 
 
-@functools.cache
 def _kernel(kind: int, shape: tuple[int, ...], dtype: Any, epsilon: float, threads: int) -> bool:
     bits = int(np.float32(epsilon).view(np.uint32))
     config = (*shape, native.PRECISIONS[jnp.dtype(dtype)], bits, threads)
@@ -108,11 +101,10 @@ def _plan(x: jax.Array, epsilon: float, kinds: tuple[int, int]) -> _Plan | None:
         return None
     shape = x.shape if x.ndim == 4 else (math.prod(x.shape[:-1]), 1, 1, x.shape[-1])
     threads = backend.team_size()
-    candidates = tuple(dict.fromkeys((jnp.dtype(x.dtype), jnp.dtype(_F32))))
     kernels = [None] * len(KINDS)
     for kind in kinds:
-        kernels[kind] = next(
-            (d for d in candidates if _kernel(kind, shape, d, float(epsilon), threads)), None
+        kernels[kind] = native.kernel_dtype(
+            x.dtype, lambda d, kind=kind: _kernel(kind, shape, d, float(epsilon), threads)
         )
     if all(kernel is None for kernel in kernels):
         return None
@@ -164,13 +156,13 @@ def _native_training_bwd(plan, residuals, cotangents):
     )
     # The statistics' own cotangents: mean = sum(x) / n, var = sum((x - mean)^2) / n.
     count = math.prod(x.shape[:-1])
-    extra = jnp.zeros((), _F32)
+    extra = []
     if not isinstance(d_mean, SymbolicZero):
-        extra = extra + d_mean / count
+        extra.append(d_mean / count)
     if not isinstance(d_var, SymbolicZero):
-        extra = extra + d_var * 2 * (x.astype(_F32) - mean) / count
-    if not isinstance(d_mean, SymbolicZero) or not isinstance(d_var, SymbolicZero):
-        d_x = (d_x.astype(_F32) + extra).astype(x.dtype)
+        extra.append(d_var * 2 * (x.astype(_F32) - mean) / count)
+    if extra:
+        d_x = (d_x.astype(_F32) + sum(extra)).astype(x.dtype)
     return d_x, d_scale, d_bias
 
 

@@ -36,12 +36,7 @@ from zoo.ops import backend, initializers, native
 NHWC_HWIO = lax.ConvDimensionNumbers(
     lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
 )
-TARGETS = {
-    native.FORWARD: "zoo_onednn_conv_forward",
-    native.BACKWARD_DATA: "zoo_onednn_conv_backward_data",
-    native.BACKWARD_WEIGHTS: "zoo_onednn_conv_backward_weights",
-}
-DIRECTIONS = (native.FORWARD, native.BACKWARD_DATA, native.BACKWARD_WEIGHTS)
+DIRECTIONS = tuple(native.CONV_TARGETS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +71,9 @@ class _Plan:
         (top, bottom), (left, right) = self.padding
         dtype = self.kernels[direction]
         call = jax.ffi.ffi_call(
-            TARGETS[direction], jax.ShapeDtypeStruct(result.shape, dtype), vmap_method="sequential"
+            native.CONV_TARGETS[direction],
+            jax.ShapeDtypeStruct(result.shape, dtype),
+            vmap_method="sequential",
         )
         return call(
             *(operand.astype(dtype) for operand in operands),
@@ -159,12 +156,9 @@ def _plan(
             measured and _xla_is_faster(direction, name, rhs.shape, feature_group_count)
         )
 
-    # bf16 without a bf16 kernel (no AVX512-BF16 or AMX) runs oneDNN's float32 one on the
-    # exactly widened operands and rounds the result once: a bf16 convolution with float32
-    # accumulation, as a bf16 kernel computes it.
-    candidates = tuple(dict.fromkeys((jnp.dtype(dtype), jnp.dtype(jnp.float32))))
     kernels = tuple(
-        next((d for d in candidates if has_kernel(direction, d)), None) for direction in DIRECTIONS
+        native.kernel_dtype(dtype, functools.partial(has_kernel, direction))
+        for direction in DIRECTIONS
     )
     if all(kernel is None for kernel in kernels):
         return None

@@ -18,7 +18,9 @@ import importlib.metadata
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,14 +38,19 @@ FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = 0, 1, 2
 TRAINING, INFERENCE, TRAINING_BACKWARD, INFERENCE_BACKWARD = 0, 1, 2, 3
 # The dtypes the kernels take, as the C side's `Precision`.
 PRECISIONS = {jnp.dtype(jnp.float32): 0, jnp.dtype(jnp.bfloat16): 1}
-TARGETS = (
-    "zoo_onednn_conv_forward",
-    "zoo_onednn_conv_backward_data",
-    "zoo_onednn_conv_backward_weights",
-    "zoo_onednn_batch_norm_training",
-    "zoo_onednn_batch_norm_inference",
-    "zoo_onednn_batch_norm_backward",
-)
+# Each op's FFI targets by direction or kind (both batch-norm gradients are one handler).
+CONV_TARGETS = {
+    FORWARD: "zoo_onednn_conv_forward",
+    BACKWARD_DATA: "zoo_onednn_conv_backward_data",
+    BACKWARD_WEIGHTS: "zoo_onednn_conv_backward_weights",
+}
+BATCH_NORM_TARGETS = {
+    TRAINING: "zoo_onednn_batch_norm_training",
+    INFERENCE: "zoo_onednn_batch_norm_inference",
+    TRAINING_BACKWARD: "zoo_onednn_batch_norm_backward",
+    INFERENCE_BACKWARD: "zoo_onednn_batch_norm_backward",
+}
+TARGETS = tuple(dict.fromkeys([*CONV_TARGETS.values(), *BATCH_NORM_TARGETS.values()]))
 HOW_TO_GET_IT = (
     "on Linux x86_64, reinstall jax-zoo with a C++17 compiler available "
     "(pip install --force-reinstall --no-deps jax-zoo), which builds it against onednn-cpu-gomp"
@@ -139,3 +146,12 @@ def implementation(op: str, kind: int, config: tuple[int, ...]) -> tuple[bool, s
     query = getattr(lib, f"zoo_onednn_{op}_implementation")
     status = query(kind, values, len(config), name, len(name))
     return status == 1, name.value.decode()
+
+
+def kernel_dtype(dtype: Any, has_kernel: Callable[[Any], bool]) -> Any:
+    """The dtype oneDNN computes a `dtype` op in: its own where `has_kernel(dtype)`, else
+    float32 where `has_kernel(float32)` (None where neither). bf16 without a bf16 kernel (no
+    AVX512-BF16 or AMX) so runs oneDNN's float32 one on the exactly widened operands, its
+    result rounded once: bf16 with float32 accumulation, as a bf16 kernel computes it."""
+    candidates = dict.fromkeys((jnp.dtype(dtype), jnp.dtype(jnp.float32)))
+    return next((d for d in candidates if has_kernel(d)), None)
