@@ -16,12 +16,9 @@
 // at trace time) names the implementation oneDNN picks, so Python keeps XLA's batch norm where
 // oneDNN has only a reference kernel.
 
-#include <array>
 #include <cstdint>
 #include <cstring>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <unordered_map>
 
@@ -49,8 +46,6 @@ struct NormConfig {
   int64_t epsilon_bits;  // the float32 epsilon's bits
   int64_t num_threads;
 };
-constexpr size_t kConfigFields = sizeof(NormConfig) / sizeof(int64_t);
-using PlanKey = std::array<int64_t, kConfigFields + 1>;
 
 float Epsilon(const NormConfig& c) {
   const auto bits = static_cast<uint32_t>(c.epsilon_bits);
@@ -110,20 +105,7 @@ std::unique_ptr<Plan> MakePlan(Kind kind, const NormConfig& c) {
 }
 
 // The cached plan of a configuration (nullptr, also cached, where oneDNN has none).
-const Plan* FindPlan(Kind kind, const NormConfig& c) {
-  static std::mutex mutex;
-  static std::map<PlanKey, std::unique_ptr<Plan>> plans;
-  PlanKey key;
-  key[0] = kind;
-  std::memcpy(key.data() + 1, &c, sizeof(NormConfig));
-  std::lock_guard<std::mutex> lock(mutex);
-  auto found = plans.find(key);
-  if (found == plans.end()) {
-    UseThreads(c.num_threads);
-    found = plans.emplace(key, MakePlan(kind, c)).first;
-  }
-  return found->second.get();
-}
+const Plan* FindPlan(Kind kind, const NormConfig& c) { return CachedPlan(kind, c, &MakePlan); }
 
 // The primitive's arguments: DNNL_ARG_* to a buffer of XLA's (activation-shaped or a vector).
 struct Argument {
@@ -271,21 +253,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(zoo_onednn_batch_norm_backward, Backward,
 ZOO_EXPORT int zoo_onednn_batch_norm_implementation(int64_t kind, const int64_t* config,
                                                     int64_t config_size, char* implementation,
                                                     int64_t implementation_size) {
-  if (config_size != static_cast<int64_t>(kConfigFields) || kind < kTraining ||
-      kind > kInferenceBackward || implementation_size < 1) {
-    return -1;
-  }
-  NormConfig c;
-  std::memcpy(&c, config, sizeof(NormConfig));
-  std::string name;
-  try {
-    const Plan* plan = FindPlan(static_cast<Kind>(kind), c);
-    name = plan == nullptr ? "unsupported" : plan->implementation;
-  } catch (const dnnl::error& e) {
-    name = std::string("error: ") + e.what();
-  }
-  return ReportImplementation(name, implementation, implementation_size);
+  return QueryImplementation(kind, kInferenceBackward + 1, config, config_size, implementation,
+                             implementation_size, &MakePlan);
 }
 
 // The number of fields of the query's `config`, so Python can check it agrees.
-ZOO_EXPORT int64_t zoo_onednn_batch_norm_config_fields() { return kConfigFields; }
+ZOO_EXPORT int64_t zoo_onednn_batch_norm_config_fields() { return kFields<NormConfig>; }

@@ -6,8 +6,12 @@
 
 #include <omp.h>
 
+#include <array>
 #include <cstdint>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -47,12 +51,56 @@ inline bool IsReference(const std::string& implementation) {
   return implementation.find("ref") != std::string::npos;
 }
 
-// The queries' answer: `name` into `out` (NUL-terminated); 1 a real kernel, 0 a reference
-// kernel, -1 none ("unsupported" or an "error: ..." from oneDNN).
-inline int ReportImplementation(const std::string& name, char* out, int64_t out_size) {
+// The number of int64 fields of an op's `Config` (a struct of int64_t with `num_threads`).
+template <typename Config>
+constexpr size_t kFields = sizeof(Config) / sizeof(int64_t);
+
+// The plan of `kind` for `c`, built once by `make` and cached under a mutex (nullptr, also
+// cached, where oneDNN has none). One cache per op: per (Plan, Config, Kind).
+template <typename Plan, typename Config, typename Kind>
+const Plan* CachedPlan(Kind kind, const Config& c,
+                       std::unique_ptr<Plan> (*make)(Kind, const Config&)) {
+  using Key = std::array<int64_t, kFields<Config> + 1>;
+  static std::mutex mutex;
+  static std::map<Key, std::unique_ptr<Plan>> plans;
+  Key key;
+  key[0] = kind;
+  std::memcpy(key.data() + 1, &c, sizeof(Config));
+  std::lock_guard<std::mutex> lock(mutex);
+  auto found = plans.find(key);
+  if (found == plans.end()) {
+    UseThreads(c.num_threads);  // kernels block for the team size
+    found = plans.emplace(key, make(kind, c)).first;
+  }
+  return found->second.get();
+}
+
+// The body of an op's `zoo_onednn_<op>_implementation` query: which implementation oneDNN
+// picks for `kind` (0 ... kinds - 1) of `config` (the Config fields in order, `config_size` of
+// them). Its name goes to `out` (NUL-terminated); returns 1 for a real kernel, 0 for a
+// reference kernel, -1 for none.
+template <typename Plan, typename Config, typename Kind>
+int QueryImplementation(int64_t kind, int64_t kinds, const int64_t* config, int64_t config_size,
+                        char* out, int64_t out_size,
+                        std::unique_ptr<Plan> (*make)(Kind, const Config&)) {
+  if (config_size != static_cast<int64_t>(kFields<Config>) || kind < 0 || kind >= kinds ||
+      out_size < 1) {
+    return -1;
+  }
+  Config c;
+  std::memcpy(&c, config, sizeof(Config));
+  std::string name;
+  bool found = false;
+  try {
+    const Plan* plan = CachedPlan(static_cast<Kind>(kind), c, make);
+    found = plan != nullptr;
+    name = found ? plan->implementation : "unsupported";
+  } catch (const dnnl::error& e) {
+    name = std::string("error: ") + e.what();
+  }
   std::strncpy(out, name.c_str(), out_size - 1);
   out[out_size - 1] = '\0';
-  if (name == "unsupported" || name.rfind("error:", 0) == 0) return -1;
+  if (!found) return -1;
   return IsReference(name) ? 0 : 1;
 }
 

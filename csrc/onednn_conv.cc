@@ -18,12 +18,8 @@
 // implementation oneDNN picks for a configuration, so Python can keep XLA's convolution where
 // oneDNN has only its slow reference kernels or nothing at all (bf16 on a CPU without AVX-512).
 
-#include <array>
 #include <cstdint>
-#include <cstring>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -51,8 +47,6 @@ struct ConvConfig {
   int64_t precision;
   int64_t num_threads;
 };
-constexpr size_t kConfigFields = sizeof(ConvConfig) / sizeof(int64_t);
-using PlanKey = std::array<int64_t, kConfigFields + 1>;
 
 memory::data_type DataType(const ConvConfig& c) { return zoo_onednn::DataType(c.precision); }
 
@@ -175,18 +169,7 @@ std::unique_ptr<Plan> MakePlan(Direction direction, const ConvConfig& c) {
 
 // The cached plan of a configuration (nullptr, also cached, where oneDNN has none).
 const Plan* FindPlan(Direction direction, const ConvConfig& c) {
-  static std::mutex mutex;
-  static std::map<PlanKey, std::unique_ptr<Plan>> plans;
-  PlanKey key;
-  key[0] = direction;
-  std::memcpy(key.data() + 1, &c, sizeof(ConvConfig));
-  std::lock_guard<std::mutex> lock(mutex);
-  auto found = plans.find(key);
-  if (found == plans.end()) {
-    UseThreads(c.num_threads);  // kernels block for the team size
-    found = plans.emplace(key, MakePlan(direction, c)).first;
-  }
-  return found->second.get();
+  return CachedPlan(direction, c, &MakePlan);
 }
 
 // Runs `plan` on buffers that hold the activations (`input`, `output`: lhs and out of the
@@ -342,21 +325,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(zoo_onednn_conv_backward_weights, BackwardWeights,
 ZOO_EXPORT int zoo_onednn_conv_implementation(int64_t direction, const int64_t* config,
                                               int64_t config_size, char* implementation,
                                               int64_t implementation_size) {
-  if (config_size != static_cast<int64_t>(kConfigFields) || direction < kForward ||
-      direction > kBackwardWeights || implementation_size < 1) {
-    return -1;
-  }
-  ConvConfig c;
-  std::memcpy(&c, config, sizeof(ConvConfig));
-  std::string name;
-  try {
-    const Plan* plan = FindPlan(static_cast<Direction>(direction), c);
-    name = plan == nullptr ? "unsupported" : plan->implementation;
-  } catch (const dnnl::error& e) {
-    name = std::string("error: ") + e.what();
-  }
-  return ReportImplementation(name, implementation, implementation_size);
+  return QueryImplementation(direction, kBackwardWeights + 1, config, config_size,
+                             implementation, implementation_size, &MakePlan);
 }
 
 // The number of fields of the query's `config`, so Python can check it agrees.
-ZOO_EXPORT int64_t zoo_onednn_conv_config_fields() { return kConfigFields; }
+ZOO_EXPORT int64_t zoo_onednn_conv_config_fields() { return kFields<ConvConfig>; }
