@@ -90,7 +90,8 @@ def _backends_initialised() -> bool:
     return xla_bridge.backends_are_initialized()
 
 
-def _opted_out(env: str) -> bool:
+def opted_out(env: str) -> bool:
+    """Whether the environment variable `env` is 0/false/no/off (any case): a zoo switch off."""
     return os.environ.get(env, "1").strip().lower() in ("0", "false", "no", "off")
 
 
@@ -106,7 +107,7 @@ def apply_malloc_defaults() -> bool:
     excludes the CPU or a GPU/TPU plugin is installed (the CPU then only stages data). Warns,
     and does nothing, when a JAX backend already exists: its threads have their arenas.
     """
-    if _opted_out(MALLOC_OPT_OUT_ENV) or not _platform_may_be_cpu():
+    if opted_out(MALLOC_OPT_OUT_ENV) or not _platform_may_be_cpu():
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -133,7 +134,7 @@ def apply_xla_defaults() -> list[str]:
     when jaxlib is not a verified version, or for a flag `XLA_FLAGS` already sets. Warns, and
     adds nothing, when a JAX backend already exists (it would not read them any more).
     """
-    if _opted_out(OPT_OUT_ENV):
+    if opted_out(OPT_OUT_ENV):
         return []
     version = _jaxlib_version()
     if not _platform_may_be_cpu() or version is None:
@@ -176,7 +177,7 @@ def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> Path
     the program, `XLA_FLAGS`, and the jax/jaxlib versions, so a stale entry is never used;
     beyond 2 GiB the least recently used entries are evicted (unless JAX already has a limit).
     """
-    if _opted_out(CACHE_OPT_OUT_ENV):
+    if opted_out(CACHE_OPT_OUT_ENV):
         return None
     import jax
 

@@ -25,6 +25,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from zoo import runtime
+
 NATIVE_ENV = "ZOO_NATIVE"
 DNNL_LIBRARY_ENV = "ZOO_DNNL_LIBRARY"
 DNNL_SONAME = "libdnnl.so.3"
@@ -63,7 +65,7 @@ class NativeUnavailableWarning(RuntimeWarning):
 
 def enabled() -> bool:
     """False when `ZOO_NATIVE` is 0/false/no/off: the zoo then never loads the extension."""
-    return os.environ.get(NATIVE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return not runtime.opted_out(NATIVE_ENV)
 
 
 def _dnnl_candidates() -> list[Path]:
