@@ -104,26 +104,60 @@ INITIALIZER_CASES = [  # (shape, scale, mode, distribution, in_axis, out_axis)
     ((7, 7, 3, 64), 1.0, "fan_in", "truncated_normal", -2, -1),  # nn.Conv's LeCun normal
     ((5, 5, 6), 1.0, "fan_in", "truncated_normal", (0, 1), ()),  # LeNet-1998's C3
     ((300, 100), 1.0, "fan_avg", "uniform", -2, -1),
+    ((4095, 1), 1.0, "fan_in", "truncated_normal", -2, -1),  # just under YNN_FROM: small chunks
+    ((64, 64), 1.0, "fan_in", "truncated_normal", -2, -1),  # YNN_FROM exactly
+    ((3, 3, 100, 100), 2.0, "fan_out", "normal", -2, -1),  # a partial second chunk
+    ((3, 3, 256, 256), 1.0, "fan_in", "truncated_normal", -2, -1),  # nine whole chunks
 ]
+INITIALIZER_KEYS = {
+    "key": lambda: jax.random.key(3),
+    "folded": lambda: jax.random.fold_in(jax.random.key(1), 7),  # as Flax derives its keys
+    "raw-uint32": lambda: jax.random.PRNGKey(5),
+    "rbg": lambda: jax.random.key(3, impl="rbg"),  # not threefry: JAX's own draw
+}
 
 
+@pytest.mark.parametrize("key", INITIALIZER_KEYS, ids=str)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("case", INITIALIZER_CASES, ids=str)
-def test_flat_initializers_draw_exactly_jaxs_values(case, dtype):
+def test_chunked_initializers_draw_exactly_jaxs_values(case, dtype, key):
     shape, *arguments = case
-    key = jax.random.key(3)
+    key = INITIALIZER_KEYS[key]()
     ours = zoo.ops.initializers.variance_scaling(*arguments)(key, shape, dtype)
     theirs = jax.nn.initializers.variance_scaling(*arguments)(key, shape, dtype)
     assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
     np.testing.assert_array_equal(np.asarray(ours, np.float32), np.asarray(theirs, np.float32))
 
 
-def test_the_zoo_conv_starts_from_nn_convs_values():
-    x = jnp.ones((2, 9, 9, 3))
-    settings = dict(features=8, kernel_size=(3, 3))
-    ours = zoo.ops.Conv(**settings).init(jax.random.key(0), x)
-    theirs = nn.Conv(**settings).init(jax.random.key(0), x)
-    chex.assert_trees_all_equal(ours, theirs)
+def test_initializers_under_jit_draw_jaxs_values():
+    shape, *arguments = INITIALIZER_CASES[-2]
+    ours = jax.jit(lambda k: zoo.ops.initializers.variance_scaling(*arguments)(k, shape))
+    theirs = jax.jit(lambda k: jax.nn.initializers.variance_scaling(*arguments)(k, shape))
+    np.testing.assert_array_equal(ours(jax.random.key(2)), theirs(jax.random.key(2)))
+
+
+def test_chunked_initializers_compile_once_for_every_size():
+    draw = zoo.ops.initializers.lecun_normal()
+    draw(jax.random.key(0), (64, 64))  # compiled here, or by an earlier test
+    compiled = zoo.ops.initializers._chunk._cache_size()
+    for shape in [(3, 3, 64, 128), (3, 3, 128, 128), (1, 1, 256, 512), (2048, 1000)]:
+        draw(jax.random.key(1), shape)
+    assert zoo.ops.initializers._chunk._cache_size() == compiled
+
+
+@pytest.mark.parametrize(
+    "ours, theirs, settings, x",
+    [
+        (zoo.ops.Conv, nn.Conv, dict(features=8, kernel_size=(3, 3)), jnp.ones((2, 9, 9, 3))),
+        (zoo.ops.Conv, nn.Conv, dict(features=64, kernel_size=(3, 3)), jnp.ones((1, 5, 5, 64))),
+        (zoo.ops.Dense, nn.Dense, dict(features=10), jnp.ones((2, 30))),
+        (zoo.ops.Dense, nn.Dense, dict(features=1000), jnp.ones((2, 512))),
+    ],
+    ids=["conv-small", "conv-chunked", "dense-small", "dense-chunked"],
+)
+def test_the_zoo_layers_start_from_flaxs_values(ours, theirs, settings, x):
+    key = jax.random.key(0)
+    chex.assert_trees_all_equal(ours(**settings).init(key, x), theirs(**settings).init(key, x))
 
 
 # --- zoo.runtime -----------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from zoo.models.layers import (
     check_rate,
     explicit_padding,
 )
-from zoo.ops import Conv
+from zoo.ops import Conv, Dense
 from zoo.registry import register
 
 PAPER = (
@@ -196,7 +196,7 @@ class AlexNet(ImageModel):
         for name in ("fc6", "fc7"):
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
             x = nn.relu(
-                nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
+                Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x)
             )
         return self.classify(x)
 

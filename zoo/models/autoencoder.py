@@ -21,7 +21,7 @@ import jax
 from zoo.errors import InvalidValueError
 from zoo.models.base import ImageModel, Stage
 from zoo.models.layers import Flatten, Reshape, check_positive
-from zoo.ops import Conv, initializers
+from zoo.ops import Conv, Dense, initializers
 from zoo.registry import register
 
 
@@ -71,8 +71,8 @@ class ConvAutoencoder(ImageModel):
         self.encoder_conv1 = Conv(self.widths[0], padding=((1, 1), (1, 1)), **conv)
         self.encoder_conv2 = Conv(self.widths[1], padding=((1, 1), (1, 1)), **conv)
         self.encoder_flatten = Flatten()
-        self.latent = nn.Dense(self.latent_dim, **dtypes)
-        self.decoder_dense = nn.Dense(math.prod(self.code_shape), **dtypes)
+        self.latent = Dense(self.latent_dim, **dtypes)
+        self.decoder_dense = Dense(math.prod(self.code_shape), **dtypes)
         self.decoder_reshape = Reshape(self.code_shape)
         self.decoder_conv1 = nn.ConvTranspose(self.widths[0], padding="SAME", **conv)
         self.decoder_conv2 = nn.ConvTranspose(self.in_channels, padding="SAME", **conv)

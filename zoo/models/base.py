@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from zoo import analytic
 from zoo.errors import InvalidValueError
 from zoo.models.layers import check_input, check_positive
+from zoo.ops import Dense
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +81,7 @@ class ImageModel(nn.Module):
     @nn.nowrap
     def head(self) -> nn.Module:
         """The classifier on the features: a dense layer to `num_classes`, named `head_name`."""
-        return nn.Dense(
+        return Dense(
             self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name=self.head_name
         )
 

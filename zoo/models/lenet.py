@@ -31,7 +31,7 @@ from zoo import analytic, formulas
 from zoo.analytic import Counts, Shape
 from zoo.models.base import ImageModel, Stage
 from zoo.models.layers import AvgPool, Flatten, RowGemmConv
-from zoo.ops import Conv, conv_general_dilated, initializers
+from zoo.ops import Conv, Dense, conv_general_dilated, initializers
 from zoo.registry import register
 
 PAPER_1998 = (
@@ -89,8 +89,8 @@ class LeNet5(ImageModel):
         x = AvgPool(2, 2, name="s2")(jnp.tanh(conv(6, "c1")(x)))
         x = AvgPool(2, 2, name="s4")(jnp.tanh(conv(16, "c3")(x)))
         x = Flatten(name="flatten")(x)
-        x = jnp.tanh(nn.Dense(120, dtype=self.dtype, param_dtype=self.param_dtype, name="c5")(x))
-        x = jnp.tanh(nn.Dense(84, dtype=self.dtype, param_dtype=self.param_dtype, name="f6")(x))
+        x = jnp.tanh(Dense(120, dtype=self.dtype, param_dtype=self.param_dtype, name="c5")(x))
+        x = jnp.tanh(Dense(84, dtype=self.dtype, param_dtype=self.param_dtype, name="f6")(x))
         return self.classify(x)
 
 
@@ -224,7 +224,7 @@ class LeNet5_1998(ImageModel):
             )(x)
         )
         x = Flatten(name="flatten")(x)
-        x = squash(nn.Dense(84, dtype=self.dtype, param_dtype=self.param_dtype, name="f6")(x))
+        x = squash(Dense(84, dtype=self.dtype, param_dtype=self.param_dtype, name="f6")(x))
         return self.classify(x)
 
 

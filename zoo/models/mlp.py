@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from zoo.errors import InvalidValueError
 from zoo.models.base import ImageModel
 from zoo.models.layers import Flatten, check_choice, check_positive
+from zoo.ops import Dense
 from zoo.registry import register
 
 ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "sigmoid": nn.sigmoid}
@@ -54,9 +55,7 @@ class MLP(ImageModel):
         x = Flatten(name="flatten")(x)
         for i, width in enumerate(self.hidden):
             x = ACTIVATIONS[self.activation](
-                nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name=f"hidden{i}")(
-                    x
-                )
+                Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name=f"hidden{i}")(x)
             )
         return self.classify(x)
 

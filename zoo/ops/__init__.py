@@ -2,9 +2,10 @@
 elsewhere.
 
 `conv_general_dilated` is a drop-in for `jax.lax.conv_general_dilated`, `Conv` for
-`flax.linen.Conv`; `batch_norm_training` and `batch_norm_inference` are the arithmetic of
-`zoo.models.layers.BatchNorm`; `portable()` traces XLA's ops only (for `jax.export`);
-`native_available()` says whether the oneDNN extension is loaded. `ZOO_NATIVE=0` forces XLA.
+`flax.linen.Conv`, `Dense` for `flax.linen.Dense`; `batch_norm_training` and
+`batch_norm_inference` are the arithmetic of `zoo.models.layers.BatchNorm`; `portable()` traces
+XLA's ops only (for `jax.export`); `native_available()` says whether the oneDNN extension is
+loaded. `ZOO_NATIVE=0` forces XLA.
 `on_cpu(cpu_fn, default_fn, *operands)` is the per-backend choice the zoo's CPU-only kernels use.
 `initializers` are JAX's variance-scaling initializers with the same values, faster to compile.
 """
@@ -13,6 +14,7 @@ from zoo.ops import initializers, native
 from zoo.ops.backend import on_cpu, portable
 from zoo.ops.batch_norm import batch_norm_inference, batch_norm_training
 from zoo.ops.conv import Conv, conv_general_dilated
+from zoo.ops.dense import Dense
 from zoo.ops.native import NativeUnavailableWarning
 
 
@@ -23,6 +25,7 @@ def native_available() -> bool:
 
 __all__ = [
     "Conv",
+    "Dense",
     "NativeUnavailableWarning",
     "batch_norm_inference",
     "batch_norm_training",

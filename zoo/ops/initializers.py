@@ -1,10 +1,13 @@
-"""`jax.nn.initializers.variance_scaling` and its named cases, drawn as one flat vector.
+"""`jax.nn.initializers.variance_scaling` and its named cases, drawn in fixed-size chunks.
 
-The values are bit-for-bit those of JAX's initializers for the same key (the threefry counters
-are the row-major index of each element, so a flat draw reshaped is the same draw), but XLA:CPU
-compiles a flat draw 3-6x faster than one over a 4-D kernel shape (0.3-0.6 s against 1.0-3.8 s
-on 2 cores), once per size and dtype. An eager `model.init` compiles a draw for each distinct
-kernel, so for the deep ResNets that compilation was most of the start-up time.
+The values are bit-for-bit those of JAX's initializers for the same key. With threefry's
+partitionable counters (JAX's default) the bits of element `i` of a draw depend only on the key
+and on `i`, its row-major index, so a draw of any shape is the concatenation of chunks of
+`CHUNK` elements drawn at counters `0, CHUNK, 2 * CHUNK, ...`, reshaped. One compiled program
+per distribution and dtype then serves every kernel of every model, where JAX compiles a draw
+for each distinct kernel shape: on 2 cores 0.4-1.4 s each, most of an eager `init` of a deep
+ResNet. Keys of another implementation, other counter schemes and traced keys (an `init` under
+`jit`, which compiles one program anyway) take JAX's own draw, flat.
 """
 
 from __future__ import annotations
@@ -15,25 +18,95 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.extend.random as jax_random
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 # A standard normal truncated to [-2, 2] has this standard deviation (JAX's constant).
 _TRUNCATED_NORMAL_STDDEV = 0.87962566103423978
+# With the zoo's XLA defaults, XLA:CPU hands elementwise fusions of YNN_FROM elements and more to
+# YNNPACK, whose erf_inv rounds differently from XLA's own loops (measured on jaxlib 0.10.2). So
+# a draw of that size or more is drawn in chunks of CHUNK elements, computed as JAX's own draw
+# of it is, and a smaller one in chunks of SMALL_CHUNK, computed by XLA's loops as JAX's is.
+YNN_FROM = 4096
+CHUNK = 1 << 16
+SMALL_CHUNK = 1024
+_BITS_DTYPES = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32}
+
+
+def _threefry_bits_from(key: jax.Array, bit_width: int, shape: tuple[int, ...]) -> jax.Array:
+    """JAX's partitionable threefry bits for elements `offset, offset + 1, ...` of a draw,
+    where `key` is `(k1, k2, offset)`: the counters' high word is 0 (a draw under 2**32)."""
+    counters = (key[2] + lax.iota(jnp.uint32, math.prod(shape))).reshape(shape)
+    bits1, bits2 = jax_random.threefry2x32_p.bind(
+        key[0], key[1], jnp.zeros_like(counters), counters
+    )
+    return (bits1 ^ bits2).astype(_BITS_DTYPES[bit_width])
+
+
+def _draws_bits_only(*_: Any) -> jax.Array:
+    raise NotImplementedError("an offset threefry key only draws bits")
+
+
+# A key type that draws from the middle of a threefry stream; only `_chunk` makes these keys.
+_OFFSET_THREEFRY = jax_random.define_prng_impl(
+    key_shape=(3,),
+    seed=_draws_bits_only,
+    split=_draws_bits_only,
+    random_bits=_threefry_bits_from,
+    fold_in=_draws_bits_only,
+    name="zoo_offset_threefry2x32",
+    tag="zoo_offset_fry",
+)
+
+
+def _sample(key: jax.Array, shape: tuple[int, ...], dtype: Any, distribution: str) -> jax.Array:
+    """The unit draw each variance-scaling distribution scales, exactly as JAX's makes it."""
+    if distribution == "truncated_normal":
+        return jax.random.truncated_normal(key, -2, 2, shape, dtype)
+    if distribution == "normal":
+        return jax.random.normal(key, shape, dtype)
+    return jax.random.uniform(key, shape, dtype, -1)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _chunk(
+    key_data: jax.Array, offset: jax.Array, size: int, dtype: Any, distribution: str
+) -> jax.Array:
+    key = jax.random.wrap_key_data(jnp.append(key_data, offset), impl=_OFFSET_THREEFRY)
+    return _sample(key, (size,), dtype, distribution)
+
+
+def _threefry_key_data(key: jax.Array) -> jax.Array | None:
+    """The `(k1, k2)` of a concrete partitionable threefry key, else None."""
+    if isinstance(key, jax.core.Tracer) or not jax.config.jax_threefry_partitionable:
+        return None
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape or str(jax.random.key_impl(key)) != "threefry2x32":
+            return None
+        return jax.random.key_data(key)
+    # A raw uint32 key (`jax.random.PRNGKey`) belongs to the default implementation.
+    threefry = jax.config.jax_default_prng_impl == "threefry2x32"
+    return key if threefry and key.shape == (2,) and key.dtype == jnp.uint32 else None
+
+
+def _chunked_draw(key: jax.Array, size: int, dtype: Any, distribution: str) -> np.ndarray | None:
+    """`_sample(key, (size,), dtype, distribution)` chunk by chunk, or None where the chunks
+    would not be JAX's values (see the module docstring)."""
+    key_data = _threefry_key_data(key)
+    if key_data is None or size >= 2**32:
+        return None
+    chunk_size = CHUNK if size >= YNN_FROM else SMALL_CHUNK
+    flat = np.empty(size, dtype)
+    for start in range(0, size, chunk_size):
+        chunk = _chunk(key_data, np.uint32(start), chunk_size, jnp.dtype(dtype), distribution)
+        flat[start : start + chunk_size] = np.asarray(chunk)[: size - start]
+    return flat
 
 
 def _size(shape: tuple[int, ...], axes: int | Sequence[int]) -> int:
     return shape[axes] if isinstance(axes, int) else math.prod(shape[i] for i in axes)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _flat_draw(key: jax.Array, size: int, dtype: Any, distribution: str) -> jax.Array:
-    """`size` samples of `distribution`, compiled once per size and dtype. The scaling stays
-    outside: inside one program XLA may fuse the product differently from JAX's eager one."""
-    if distribution == "truncated_normal":
-        return jax.random.truncated_normal(key, -2, 2, (size,), dtype)
-    if distribution == "normal":
-        return jax.random.normal(key, (size,), dtype)
-    return jax.random.uniform(key, (size,), dtype, -1)
 
 
 def variance_scaling(
@@ -68,12 +141,16 @@ def variance_scaling(
             factor = jnp.sqrt(variance)
         else:
             factor = jnp.sqrt(3 * variance)
-        draw = _flat_draw(key, math.prod(shape), jnp.dtype(dtype), distribution)
-        return (draw * factor).reshape(shape)
+        size = math.prod(shape)
+        flat = _chunked_draw(key, size, dtype, distribution)
+        if flat is None:  # drawn flat all the same: XLA:CPU compiles a 4-D draw 3-6x slower
+            return _sample(key, (size,), dtype, distribution).reshape(shape) * factor
+        # NumPy rounds the product as XLA does (one IEEE multiply), without a compile per shape.
+        return jnp.asarray((flat * np.asarray(factor)).reshape(shape))
 
     return init
 
 
 def lecun_normal(in_axis: int | Sequence[int] = -2, out_axis: int | Sequence[int] = -1) -> Any:
-    """`jax.nn.initializers.lecun_normal` (LeCun et al. 1998), drawn flat."""
+    """`jax.nn.initializers.lecun_normal` (LeCun et al. 1998), drawn in chunks."""
     return variance_scaling(1.0, "fan_in", "truncated_normal", in_axis, out_axis)
