@@ -6,18 +6,11 @@ model = zoo.create_model("resnet18", num_classes=10)
 print(zoo.summary("lenet5"))
 """
 
+from typing import TYPE_CHECKING, Any
+
 from zoo import runtime  # noqa: F401  (first: XLA:CPU defaults before any JAX backend)
 from zoo.errors import ZooError
 from zoo.features import FeatureInfo, extract_features, feature_info, feature_stages
-from zoo.hub import (
-    ArchitectureMismatchError,
-    CheckpointNotFoundError,
-    CorruptCheckpointError,
-    list_checkpoints,
-    load,
-    read_metadata,
-    save,
-)
 from zoo.models.heads import replace_head
 from zoo.registry import (
     ModelInfo,
@@ -28,6 +21,44 @@ from zoo.registry import (
     register,
 )
 from zoo.summary import Summary, summary
+
+if TYPE_CHECKING:
+    from zoo.hub import (
+        ArchitectureMismatchError,
+        CheckpointNotFoundError,
+        CorruptCheckpointError,
+        list_checkpoints,
+        load,
+        read_metadata,
+        save,
+    )
+
+# The registry's names load `zoo.hub` on first use: Orbax takes ~0.4 s to import, which a
+# script that only creates and trains models need not wait for.
+_FROM_HUB = frozenset(
+    {
+        "ArchitectureMismatchError",
+        "CheckpointNotFoundError",
+        "CorruptCheckpointError",
+        "list_checkpoints",
+        "load",
+        "read_metadata",
+        "save",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_HUB:
+        from zoo import hub
+
+        return getattr(hub, name)
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_FROM_HUB})
+
 
 __all__ = [
     "ArchitectureMismatchError",
