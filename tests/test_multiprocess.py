@@ -55,12 +55,15 @@ def dying_save_tree(directory, tree):
 loop.save_checkpoint, store.save_tree = recording_save_checkpoint, dying_save_tree
 sys.exit(cli.main(sys.argv[3:]))
 """
-# One CPU device per process, whatever the calling environment forces.
-WORKER_ENV = {
-    **{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
-    "JAX_PLATFORMS": "cpu",
-    "JAX_NUM_CPU_DEVICES": "1",
-}
+
+
+def worker_env() -> dict[str, str]:
+    """This test's environment (its registry and compilation cache included) with one CPU device
+    per process, whatever the calling environment forces."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return {**env, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1"}
+
+
 RUN = ["lenet5", "--dataset", "mnist5k", "--max-train-examples", "256", "--batch-size", "32"]
 SAME_RUN = {"model": "lenet5", "dataset": "mnist5k", "max_train_examples": 256, "batch_size": 32}
 STEPS_PER_EPOCH = 8  # 256 examples / global batch 32, 16 per process
@@ -89,7 +92,7 @@ def start_workers(
     return [
         subprocess.Popen(
             [*worker, *hooks[process_id], *run, *log, *launch, "--process-id", str(process_id)],
-            env=WORKER_ENV,
+            env=worker_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
