@@ -142,6 +142,13 @@ def test_chunked_initializers_take_any_kind_of_key(key):
     assert_draws_jaxs_values(INITIALIZER_CASES[-2], jnp.float32, INITIALIZER_KEYS[key]())
 
 
+def test_chunked_initializers_place_their_values_where_jaxs_are():
+    draw = zoo.ops.initializers.lecun_normal()
+    for key in (jax.random.key(0), jax.device_put(jax.random.key(0), jax.devices()[-1])):
+        ours, theirs = draw(key, (64, 64)), jax.nn.initializers.lecun_normal()(key, (64, 64))
+        assert (ours.committed, ours.sharding) == (theirs.committed, theirs.sharding)
+
+
 def test_initializers_under_jit_draw_jaxs_values():
     shape, *arguments = INITIALIZER_CASES[-2]
     ours = jax.jit(lambda k: zoo.ops.initializers.variance_scaling(*arguments)(k, shape))

@@ -146,7 +146,8 @@ def variance_scaling(
         if flat is None:  # drawn flat all the same: XLA:CPU compiles a 4-D draw 3-6x slower
             return _sample(key, (size,), dtype, distribution).reshape(shape) * factor
         # NumPy rounds the product as XLA does (one IEEE multiply), without a compile per shape.
-        return jnp.asarray((flat * np.asarray(factor)).reshape(shape))
+        values = (flat * np.asarray(factor)).reshape(shape)
+        return jax.device_put(values, key.sharding if key.committed else None)  # as JAX places it
 
     return init
 
