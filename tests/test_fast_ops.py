@@ -122,7 +122,7 @@ def assert_draws_jaxs_values(case, dtype, key):
     ours = zoo.ops.initializers.variance_scaling(*arguments)(key, shape, dtype)
     theirs = jax.nn.initializers.variance_scaling(*arguments)(key, shape, dtype)
     assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
-    np.testing.assert_array_equal(np.asarray(ours, np.float32), np.asarray(theirs, np.float32))
+    np.testing.assert_array_equal(np.asarray(ours, np.float64), np.asarray(theirs, np.float64))
 
 
 # Each case compiles JAX's own draw at its shape (1-3 s), so the dtypes and key kinds are
@@ -140,6 +140,12 @@ def test_chunked_initializers_draw_exactly_jaxs_bfloat16_values(case):
 @pytest.mark.parametrize("key", INITIALIZER_KEYS, ids=str)
 def test_chunked_initializers_take_any_kind_of_key(key):
     assert_draws_jaxs_values(INITIALIZER_CASES[-2], jnp.float32, INITIALIZER_KEYS[key]())
+
+
+@pytest.mark.parametrize("case", [INITIALIZER_CASES[i] for i in (2, 6)], ids=str)
+def test_chunked_initializers_draw_jaxs_float64_values_in_x64_mode(case):
+    with jax.enable_x64(True):
+        assert_draws_jaxs_values(case, jnp.float64, jax.random.key(3))
 
 
 def test_chunked_initializers_place_their_values_where_jaxs_are():

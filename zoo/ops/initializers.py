@@ -2,12 +2,13 @@
 
 The values are bit-for-bit those of JAX's initializers for the same key. With threefry's
 partitionable counters (JAX's default) the bits of element `i` of a draw depend only on the key
-and on `i`, its row-major index, so a draw of any shape is the concatenation of chunks of
-`CHUNK` elements drawn at counters `0, CHUNK, 2 * CHUNK, ...`, reshaped. One compiled program
-per distribution and dtype then serves every kernel of every model, where JAX compiles a draw
-for each distinct kernel shape: on 2 cores 0.4-1.4 s each, most of an eager `init` of a deep
-ResNet. Keys of another implementation, other counter schemes and traced keys (an `init` under
-`jit`, which compiles one program anyway) take JAX's own draw, flat.
+and on `i`, its row-major index, so a draw of any shape is the concatenation of fixed-size
+chunks drawn at counters `0, c, 2c, ...`, reshaped (`c` is `CHUNK` or `SMALL_CHUNK`, below).
+One compiled program per chunk size, distribution and dtype then serves every kernel of every
+model, where JAX compiles a draw for each distinct kernel shape: on 2 cores 0.4-1.4 s each,
+most of an eager `init` of a deep ResNet. Keys of another implementation, other counter schemes
+and traced keys (an `init` under `jit`, which compiles one program anyway) take JAX's own draw,
+flat.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def _threefry_bits_from(key: jax.Array, bit_width: int, shape: tuple[int, ...]) 
     bits1, bits2 = jax_random.threefry2x32_p.bind(
         key[0], key[1], jnp.zeros_like(counters), counters
     )
+    if bit_width == 64:  # float64 (x64 mode): JAX joins the two words instead of xor-ing them
+        return (bits1.astype(jnp.uint64) << 32) | bits2.astype(jnp.uint64)
     return (bits1 ^ bits2).astype(_BITS_DTYPES[bit_width])
 
 
