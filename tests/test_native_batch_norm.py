@@ -10,7 +10,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from jax.sharding import PartitionSpec as P
 
 import zoo
 from zoo import ops
@@ -147,3 +149,32 @@ def test_a_resnet_train_step_equals_the_xla_path():
     ours, theirs = on_both_paths(loss, variables["params"])
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
         assert relative_error(a, b) < 1e-4
+
+
+@needs_native
+def test_a_train_step_on_a_one_device_mesh_with_explicit_axes_runs_on_onednn():
+    # jax.make_mesh's axes are Explicit: the batch's sharding is part of its type, which a
+    # custom call's result lacks. The logits came back typed unsharded, and grad rejected the
+    # sharded labels' cotangent (ValueError: Expected cotangent type float32[4,10]).
+    mesh = jax.make_mesh((1,), ("data",))
+    model = zoo.create_model("resnet20", stage_sizes=(1, 1, 1))
+    images = jnp.asarray(np.random.default_rng(0).standard_normal((4, 16, 16, 3)), jnp.float32)
+    labels = jnp.arange(4)
+    split, replicated = (jax.sharding.NamedSharding(mesh, P(*spec)) for spec in (["data"], []))
+    x, y = jax.device_put((images, labels), split)
+    variables = jax.device_put(model.init(jax.random.key(0), images), replicated)
+
+    def step(x, y):
+        def loss(params):
+            logits, updates = model.apply(
+                {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+            )
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates
+
+        return jax.value_and_grad(loss, has_aux=True)(variables["params"])
+
+    hlo = jax.jit(step).lower(x, y).as_text()
+    assert "zoo_onednn_conv" in hlo and "zoo_onednn_batch_norm" in hlo
+    ours, unsharded = jax.jit(step)(x, y), jax.jit(step)(images, labels)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(unsharded), strict=True):
+        assert relative_error(a, b) < 1e-6

@@ -1,10 +1,9 @@
-"""Where the zoo's kernels run: the per-backend choice inside a jitted function, and the rules
-that keep oneDNN out (`portable()`, `ZOO_NATIVE=0`, several CPU devices).
+"""Where the zoo's kernels run: the per-backend choice inside a jitted function, the rules
+that keep oneDNN out (`portable()`, `ZOO_NATIVE=0`) and each call's share of the cores.
 
-More than one CPU device (`--xla_force_host_platform_device_count`, `jax_num_cpu_devices`)
-stays on XLA: XLA cannot partition a custom call, so under a batch-sharded `jax.jit` it would
-gather each oneDNN call's operands onto every device, and every device would compute the whole
-batch.
+With several devices (`--xla_force_host_platform_device_count`, `jax_num_cpu_devices`, or
+`jax.distributed`'s processes) the convolutions run on oneDNN per batch shard
+(`zoo.ops.sharding`); batch norm, whose statistics span the whole batch, stays on XLA there.
 """
 
 from __future__ import annotations
@@ -31,15 +30,22 @@ def portable() -> contextlib.AbstractContextManager:
 
 def native_applies() -> bool:
     """Whether a kernel traced now may run on oneDNN (it still needs one for its config)."""
-    return not _PORTABLE.value and native.enabled() and jax.local_device_count("cpu") == 1
+    return not _PORTABLE.value and native.enabled()
+
+
+def single_device() -> bool:
+    """Whether this computation has one device to itself: no batch split over devices or
+    processes, so a kernel over the whole batch (batch norm's statistics) sees all of it."""
+    return jax.device_count("cpu") == 1
 
 
 def team_size() -> int:
-    """OpenMP threads per oneDNN call: the cores this process may use, at most OMP_NUM_THREADS."""
+    """OpenMP threads per oneDNN call: the cores this process may use (at most OMP_NUM_THREADS)
+    shared by its CPU devices, whose calls run at the same time."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         cores = min(cores or 1, int(os.environ["OMP_NUM_THREADS"]))
-    return max(1, cores or 1)
+    return max(1, (cores or 1) // jax.local_device_count("cpu"))
 
 
 @functools.cache

@@ -16,7 +16,8 @@ oneDNN's float32 kernel where that exists, anything else stays on XLA. Cotangent
 returned statistics (zero in a train step, where they only update the running averages) are
 added in XLA only where they are nonzero.
 
-Where oneDNN is kept out altogether (`portable()`, several CPU devices): `zoo.ops.backend`.
+Where oneDNN is kept out altogether (`portable()`, several devices: the statistics span the
+batch, and XLA partitions its own reductions): `zoo.ops.backend`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from zoo.ops import backend, native
+from zoo.ops import backend, native, sharding
 
 _F32 = jnp.float32
 KINDS = tuple(native.BATCH_NORM_TARGETS)
@@ -83,7 +84,11 @@ class _Plan:
         """`kind` on oneDNN where this plan has a kernel for it, else `xla_fn`."""
         if self.kernels[kind] is None:
             return xla_fn(*operands)
-        return backend.on_cpu(lambda *args: self.ffi(kind, results, *args), xla_fn, *operands)
+        return backend.on_cpu(
+            lambda *args: sharding.whole_batch(functools.partial(self.ffi, kind, results), *args),
+            xla_fn,
+            *operands,
+        )
 
 
 def _kernel(kind: int, shape: tuple[int, ...], dtype: Any, epsilon: float, threads: int) -> bool:
@@ -95,7 +100,9 @@ def _kernel(kind: int, shape: tuple[int, ...], dtype: Any, epsilon: float, threa
 def _plan(x: jax.Array, epsilon: float, kinds: tuple[int, int]) -> _Plan | None:
     """The oneDNN plan of a batch norm of `x` for `kinds` (a forward and its gradient), or None
     where both run on XLA."""
-    if not backend.native_applies() or x.dtype not in native.PRECISIONS:
+    if not backend.native_applies() or not backend.single_device():
+        return None
+    if x.dtype not in native.PRECISIONS:
         return None
     if x.ndim < 2 or 0 in x.shape:
         return None

@@ -15,7 +15,8 @@ float32 kernels with the bf16 operands widened exactly and the result rounded on
 `Conv` is `flax.linen.Conv` with this op: the same parameters under the same names and the same
 initial values (`zoo.ops.initializers`), so checkpoints move between the two unchanged.
 
-Where oneDNN is kept out altogether (`portable()`, several CPU devices): `zoo.ops.backend`.
+Under a batch-sharded `jax.jit` each device runs oneDNN on its own shard (`zoo.ops.sharding`);
+where oneDNN is kept out altogether (`portable()`, `ZOO_NATIVE=0`): `zoo.ops.backend`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zoo.ops import backend, initializers, native
+from zoo.ops import backend, initializers, native, sharding
 
 NHWC_HWIO = lax.ConvDimensionNumbers(
     lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
@@ -43,6 +44,9 @@ DIRECTIONS = tuple(native.CONV_TARGETS)
 class _Plan:
     """A convolution oneDNN can run, with which of its three directions it runs natively."""
 
+    lhs_shape: tuple[int, ...]  # NHWC
+    rhs_shape: tuple[int, ...]  # HWIO
+    dtype: Any
     window_strides: tuple[int, int]
     padding: tuple[tuple[int, int], tuple[int, int]]
     rhs_dilation: tuple[int, int]
@@ -66,13 +70,33 @@ class _Plan:
             precision=self.precision,
         )
 
-    def ffi(self, direction: int, result: jax.ShapeDtypeStruct, *operands: jax.Array) -> jax.Array:
-        """`direction` on oneDNN, in its kernel's dtype; the result in `result`'s."""
+    def for_batch(self, batch: int) -> _Plan:
+        """This convolution on `batch` images (one device's shard), its kernels chosen anew."""
+        if batch == self.lhs_shape[0]:
+            return self
+        return _planned(
+            (batch, *self.lhs_shape[1:]),
+            self.rhs_shape,
+            self.dtype,
+            self.window_strides,
+            self.padding,
+            self.rhs_dilation,
+            self.feature_group_count,
+            self.precision,
+        )
+
+    def ffi(self, direction: int, *operands: jax.Array) -> jax.Array:
+        """`direction` on oneDNN, in its kernel's dtype; the result in the convolution's."""
         (top, bottom), (left, right) = self.padding
         dtype = self.kernels[direction]
+        shape = {
+            native.FORWARD: self.out_shape,
+            native.BACKWARD_DATA: self.lhs_shape,
+            native.BACKWARD_WEIGHTS: self.rhs_shape,
+        }[direction]
         call = jax.ffi.ffi_call(
             native.CONV_TARGETS[direction],
-            jax.ShapeDtypeStruct(result.shape, dtype),
+            jax.ShapeDtypeStruct(shape, dtype),
             vmap_method="sequential",
         )
         return call(
@@ -82,7 +106,7 @@ class _Plan:
             rhs_dilation=np.array(self.rhs_dilation, np.int64),
             feature_group_count=np.int64(self.feature_group_count),
             num_threads=np.int64(self.num_threads),
-        ).astype(result.dtype)
+        ).astype(self.dtype)
 
 
 def _plan(
@@ -117,9 +141,29 @@ def _plan(
             lhs.shape[1:3], _dilated(rhs.shape[:2], rhs_dilation), window_strides, padding
         )
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if any(p < 0 for pair in padding for p in pair):
+    if any(p < 0 for pair in padding for p in pair) or 0 in lhs.shape or 0 in rhs.shape:
         return None
     rhs_dilation = tuple(rhs_dilation or (1, 1))
+    plan = _planned(
+        lhs.shape,
+        rhs.shape,
+        dtype,
+        tuple(window_strides),
+        padding,
+        rhs_dilation,
+        feature_group_count,
+        precision,
+    )
+    if all(kernel is None for kernel in plan.kernels):
+        return None
+    return plan
+
+
+def _planned(
+    lhs_shape, rhs_shape, dtype, window_strides, padding, rhs_dilation, groups, precision
+) -> _Plan:
+    """The plan of a convolution of these shapes: oneDNN's kernel for each direction where it
+    has one and XLA's was not measured faster (`_xla_is_faster`); none for an empty result."""
     out = jax.eval_shape(
         functools.partial(
             lax.conv_general_dilated,
@@ -127,46 +171,43 @@ def _plan(
             padding=padding,
             rhs_dilation=rhs_dilation,
             dimension_numbers=NHWC_HWIO,
-            feature_group_count=feature_group_count,
+            feature_group_count=groups,
         ),
-        jax.ShapeDtypeStruct(lhs.shape, dtype),
-        jax.ShapeDtypeStruct(rhs.shape, dtype),
+        jax.ShapeDtypeStruct(lhs_shape, dtype),
+        jax.ShapeDtypeStruct(rhs_shape, dtype),
     ).shape
-    if 0 in lhs.shape or 0 in rhs.shape or 0 in out:
-        return None
     threads = backend.team_size()
 
     def has_kernel(direction: int, kernel_dtype: Any) -> bool:
         config = (
-            *lhs.shape,
-            *rhs.shape[:2],
-            rhs.shape[3],
+            *lhs_shape,
+            *rhs_shape[:2],
+            rhs_shape[3],
             *out[1:3],
             *window_strides,
             *padding[0],
             *padding[1],
             *rhs_dilation,
-            feature_group_count,
+            groups,
             native.PRECISIONS[jnp.dtype(kernel_dtype)],
             threads,
         )
         found, name = native.implementation(native.CONV, direction, config)
         measured = dtype == jnp.float32  # the convolution's own dtype, not the kernel's
-        return found and not (
-            measured and _xla_is_faster(direction, name, rhs.shape, feature_group_count)
-        )
+        return found and not (measured and _xla_is_faster(direction, name, rhs_shape, groups))
 
     kernels = tuple(
-        native.kernel_dtype(dtype, functools.partial(has_kernel, direction))
+        None if 0 in out else native.kernel_dtype(dtype, functools.partial(has_kernel, direction))
         for direction in DIRECTIONS
     )
-    if all(kernel is None for kernel in kernels):
-        return None
     return _Plan(
-        tuple(window_strides),
+        tuple(lhs_shape),
+        tuple(rhs_shape),
+        jnp.dtype(dtype),
+        window_strides,
         padding,
         rhs_dilation,
-        feature_group_count,
+        groups,
         precision,
         threads,
         tuple(out),
@@ -196,40 +237,59 @@ def _dilated(kernel: Sequence[int], dilation: Sequence[int] | None) -> tuple[int
     )
 
 
-def _direction(plan: _Plan, direction: int, result: jax.ShapeDtypeStruct, xla_fn, *operands):
-    """One direction of the convolution: oneDNN's kernel where `plan` has one, else `xla_fn`."""
+# Per direction: which operands carry the batch, and whether the result sums over it.
+_BATCHED = {
+    native.FORWARD: ((True, False), False),  # (lhs, rhs) -> out
+    native.BACKWARD_DATA: ((True, False), False),  # (d_out, rhs) -> d_lhs
+    native.BACKWARD_WEIGHTS: ((True, True), True),  # (lhs, d_out) -> d_rhs
+}
+
+
+def _xla_direction(plan: _Plan, direction: int, a: jax.Array, b: jax.Array) -> jax.Array:
+    """`direction` of `plan`'s convolution on XLA; the linear maps' transposes for gradients."""
+    if direction == native.FORWARD:
+        return plan.xla(a, b)
+    if direction == native.BACKWARD_DATA:
+        lhs = jax.ShapeDtypeStruct(plan.lhs_shape, plan.dtype)
+        return jax.linear_transpose(lambda x: plan.xla(x, b), lhs)(a)[0]
+    rhs = jax.ShapeDtypeStruct(plan.rhs_shape, plan.dtype)
+    return jax.linear_transpose(lambda w: plan.xla(a, w), rhs)(b)[0]
+
+
+def _on_shard(plan: _Plan, direction: int, a: jax.Array, b: jax.Array) -> jax.Array:
+    """`direction` on the batch `a` holds (the whole batch, or one device's shard of it)."""
+    local = plan.for_batch(a.shape[0])
+    if local.kernels[direction] is None:
+        return _xla_direction(local, direction, a, b)
+    return local.ffi(direction, a, b)
+
+
+def _direction(plan: _Plan, direction: int, a: jax.Array, b: jax.Array) -> jax.Array:
+    """One direction of the convolution: oneDNN's kernel where `plan` has one, else XLA's."""
     if plan.kernels[direction] is None:
-        return xla_fn(*operands)
-    return backend.on_cpu(lambda *args: plan.ffi(direction, result, *args), xla_fn, *operands)
+        return _xla_direction(plan, direction, a, b)
+    batched, summed = _BATCHED[direction]
 
+    def cpu(a, b):
+        kernel = functools.partial(_on_shard, plan, direction)
+        return sharding.over_batch(kernel, a, b, batched=batched, summed=summed)
 
-def _forward(lhs: jax.Array, rhs: jax.Array, plan: _Plan) -> jax.Array:
-    out = jax.ShapeDtypeStruct(plan.out_shape, lhs.dtype)
-    return _direction(plan, native.FORWARD, out, plan.xla, lhs, rhs)
+    return backend.on_cpu(cpu, functools.partial(_xla_direction, plan, direction), a, b)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _native_conv(lhs: jax.Array, rhs: jax.Array, plan: _Plan) -> jax.Array:
-    return _forward(lhs, rhs, plan)
+    return _direction(plan, native.FORWARD, lhs, rhs)
 
 
 def _native_conv_fwd(lhs, rhs, plan):
-    return _forward(lhs, rhs, plan), (lhs, rhs)
+    return _direction(plan, native.FORWARD, lhs, rhs), (lhs, rhs)
 
 
 def _native_conv_bwd(plan, residuals, d_out):
     lhs, rhs = residuals
-
-    def xla_d_lhs(d_out, rhs):
-        return jax.vjp(lambda x: plan.xla(x, rhs), lhs)[1](d_out)[0]
-
-    def xla_d_rhs(lhs, d_out):
-        return jax.vjp(lambda w: plan.xla(lhs, w), rhs)[1](d_out)[0]
-
-    as_lhs = jax.ShapeDtypeStruct(lhs.shape, lhs.dtype)
-    as_rhs = jax.ShapeDtypeStruct(rhs.shape, rhs.dtype)
-    d_lhs = _direction(plan, native.BACKWARD_DATA, as_lhs, xla_d_lhs, d_out, rhs)
-    d_rhs = _direction(plan, native.BACKWARD_WEIGHTS, as_rhs, xla_d_rhs, lhs, d_out)
+    d_lhs = _direction(plan, native.BACKWARD_DATA, d_out, rhs)
+    d_rhs = _direction(plan, native.BACKWARD_WEIGHTS, lhs, d_out)
     return d_lhs, d_rhs
 
 
