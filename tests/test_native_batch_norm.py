@@ -178,3 +178,27 @@ def test_a_train_step_on_a_one_device_mesh_with_explicit_axes_runs_on_onednn():
     ours, unsharded = jax.jit(step)(x, y), jax.jit(step)(images, labels)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(unsharded), strict=True):
         assert relative_error(a, b) < 1e-6
+
+
+@needs_native
+def test_inside_shard_map_the_gradients_have_their_primals_types():
+    # A custom call's results vary over no manual axis, x varies over "data": the gradient of x
+    # must too (the loss uses y only, as a train step does, so no XLA arithmetic on x is added).
+    x, scale, bias, _, _ = operands((4, 7, 5, 16), jnp.float32)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+
+    def local(x, scale, bias):
+        def loss(x, scale, bias):
+            y, _, _ = ops.batch_norm_training(x, scale, bias, EPSILON)
+            return jnp.sum(jnp.sin(y))
+
+        loss, grads = jax.value_and_grad(loss, (0, 1, 2))(x, scale, bias)
+        return loss[None], grads
+
+    specs = dict(in_specs=(P("data"), P(), P()), out_specs=(P("data"), (P("data"), P(), P())))
+    run = jax.jit(jax.shard_map(local, mesh=mesh, **specs))
+    assert "zoo_onednn_batch_norm_backward" in run.lower(x, scale, bias).as_text()
+    ours = run(x, scale, bias)
+    with ops.portable():
+        theirs = run(x, scale, bias)
+    assert_close(ours, theirs, jnp.float32)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 import zoo
 from zoo import ops
@@ -161,6 +162,37 @@ def test_vmap_over_an_extra_batch_axis():
     assert relative_error(ours, theirs) < 1e-5
     assert relative_error(ours_dx, theirs_dx) < 1e-5
     assert relative_error(ours_dw, theirs_dw) < 1e-5
+
+
+@needs_native
+def test_inside_shard_map_the_gradients_have_their_primals_types():
+    # A custom call's result varies over no manual axis; the image varies over "data", the
+    # kernel does not: its gradient is the psum of the devices' parts, as JAX's own.
+    case = CASES[1]
+    x, kernel = operands(case, jnp.float32)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+
+    def per_device(conv):
+        def local(x, kernel):
+            def loss(x, kernel):
+                return jnp.sum(jnp.sin(conv(x, kernel, **conv_arguments(case))))
+
+            loss, (d_x, d_kernel) = jax.value_and_grad(loss, (0, 1))(x, kernel)
+            return loss[None], d_x, d_kernel
+
+        specs = dict(in_specs=(P("data"), P()), out_specs=(P("data"), P("data"), P()))
+        return jax.jit(jax.shard_map(local, mesh=mesh, **specs))
+
+    assert (
+        "zoo_onednn_conv_backward_weights"
+        in per_device(ops.conv_general_dilated).lower(x, kernel).as_text()
+    )
+    ours, theirs = (
+        per_device(ops.conv_general_dilated)(x, kernel),
+        per_device(lax.conv_general_dilated)(x, kernel),
+    )
+    for a, b in zip(ours, theirs, strict=True):
+        assert relative_error(a, b) < 1e-5
 
 
 def test_layouts_and_options_onednn_does_not_take_run_on_xla():
@@ -310,6 +342,25 @@ EIGHT_DEVICES = """
         ours = conv(ops.conv_general_dilated)(stacked)
         theirs = conv(lax.conv_general_dilated)(stacked)
         assert np.max(np.abs(ours - theirs)) <= 1e-5 * np.max(np.abs(theirs))
+
+        # Inside a user's shard_map each device already holds its shard: the kernels run as is.
+        def per_device(conv):
+            def local(x, k):
+                loss = lambda x, k: jnp.sum(jnp.sin(conv(
+                    x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                    feature_group_count=2)))
+                loss, grads = jax.value_and_grad(loss, (0, 1))(x, k)
+                return loss[None], *grads
+            return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P()),
+                                         out_specs=(P("data"), P("data"), P())))
+        x = jax.device_put(jnp.asarray(rng.standard_normal((16, 6, 6, 8)), jnp.float32),
+                           NamedSharding(mesh, P("data")))
+        assert "zoo_onednn_conv_backward_weights" in per_device(
+            ops.conv_general_dilated).lower(x, kernel).compile().as_text()
+        ours = per_device(ops.conv_general_dilated)(x, kernel)
+        theirs = per_device(lax.conv_general_dilated)(x, kernel)
+        for a, b in zip(ours, theirs, strict=True):
+            assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(b)), (a, b)
 
     # A model's train step on the sharded batch (its batch norms on XLA) equals XLA's.
     model = zoo.create_model("resnet20", stage_sizes=(1, 1, 1))

@@ -78,7 +78,10 @@ class _Plan:
         if kind in (native.TRAINING_BACKWARD, native.INFERENCE_BACKWARD):
             attributes["use_global_stats"] = np.int64(kind == native.INFERENCE_BACKWARD)
         outputs = call(*(a.astype(in_kernel_dtype(a)) for a in operands), **attributes)
-        return tuple(o.astype(r.dtype) for o, r in zip(outputs, results, strict=True))
+        return tuple(
+            sharding.vary_like(o.astype(r.dtype), *operands)
+            for o, r in zip(outputs, results, strict=True)
+        )
 
     def run(self, kind: int, results, xla_fn, *operands: jax.Array):
         """`kind` on oneDNN where this plan has a kernel for it, else `xla_fn`."""
@@ -170,7 +173,8 @@ def _native_training_bwd(plan, residuals, cotangents):
         extra.append(d_var * 2 * (x.astype(_F32) - mean) / count)
     if extra:
         d_x = (d_x.astype(_F32) + sum(extra)).astype(x.dtype)
-    return d_x, d_scale, d_bias
+    primals = (x, scale, bias)
+    return tuple(map(sharding.cotangent_like, (d_x, d_scale, d_bias), primals))
 
 
 _native_training.defvjp(_native_training_fwd, _native_training_bwd, symbolic_zeros=True)
@@ -218,7 +222,8 @@ def _native_inference_bwd(plan, residuals, d_y):
     inv = lax.rsqrt(var + plan.epsilon)
     d_mean = -d_bias * scale * inv
     d_var = -0.5 * d_scale * scale * inv * inv
-    return d_x, d_mean, d_var, d_scale, d_bias
+    cotangents = (d_x, d_mean, d_var, d_scale, d_bias)
+    return tuple(map(sharding.cotangent_like, cotangents, (x, mean, var, scale, bias)))
 
 
 _native_inference.defvjp(_native_inference_fwd, _native_inference_bwd)

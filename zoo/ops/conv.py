@@ -99,14 +99,15 @@ class _Plan:
             jax.ShapeDtypeStruct(shape, dtype),
             vmap_method="sequential",
         )
-        return call(
+        result = call(
             *(operand.astype(dtype) for operand in operands),
             window_strides=np.array(self.window_strides, np.int64),
             padding=np.array([top, bottom, left, right], np.int64),
             rhs_dilation=np.array(self.rhs_dilation, np.int64),
             feature_group_count=np.int64(self.feature_group_count),
             num_threads=np.int64(self.num_threads),
-        ).astype(self.dtype)
+        )
+        return sharding.vary_like(result.astype(self.dtype), *operands)
 
 
 def _plan(
@@ -290,7 +291,7 @@ def _native_conv_bwd(plan, residuals, d_out):
     lhs, rhs = residuals
     d_lhs = _direction(plan, native.BACKWARD_DATA, d_out, rhs)
     d_rhs = _direction(plan, native.BACKWARD_WEIGHTS, lhs, d_out)
-    return d_lhs, d_rhs
+    return sharding.cotangent_like(d_lhs, lhs), sharding.cotangent_like(d_rhs, rhs)
 
 
 _native_conv.defvjp(_native_conv_fwd, _native_conv_bwd)

@@ -17,6 +17,11 @@ enter the sums).
   rule is a `jax.shard_map` over the batch's axes, chosen while tracing. A custom call's result
   carries no sharding in its type, and JAX rejects the mismatch (in `grad`, for one).
 - One device with no sharding in the types, or inside `shard_map` (all axes manual): `fn` as is.
+
+Inside `shard_map` a value's type also says over which manual axes it varies. JAX's own ops
+give a result the union of their operands' (`vary_like`), and the transpose of that implicit
+broadcast is a `psum`; a custom call and a `custom_vjp` must do the same by hand
+(`cotangent_like`), or JAX rejects the types.
 """
 
 from __future__ import annotations
@@ -150,3 +155,25 @@ def whole_batch(fn: Callable[..., tuple[jax.Array, ...]], *operands: jax.Array):
     results = fn(*(jax.sharding.reshard(op, replicated) for op in operands))
     batch_shape = operands[0].shape
     return tuple(jax.sharding.reshard(r, like) if r.shape == batch_shape else r for r in results)
+
+
+def _varying(x: jax.Array) -> frozenset:
+    """The manual (`shard_map`) mesh axes over which `x`'s value varies."""
+    return jax.typeof(x).manual_axis_type.varying
+
+
+def vary_like(result: jax.Array, *operands: jax.Array) -> jax.Array:
+    """`result` typed as varying over every manual axis one of `operands` varies over, as a
+    JAX op's result is (a custom call's result is typed as varying over none)."""
+    missing = frozenset().union(*map(_varying, operands)) - _varying(result)
+    return jax.lax.pcast(result, tuple(sorted(missing)), to="varying") if missing else result
+
+
+def cotangent_like(cotangent: jax.Array, primal: jax.Array) -> jax.Array:
+    """A `custom_vjp` cotangent typed as its primal: summed over the manual axes along which
+    only the cotangent varies (the transpose of the implicit broadcast of `primal`), made
+    varying along those only the primal varies over."""
+    extra = _varying(cotangent) - _varying(primal)
+    if extra:
+        cotangent = jax.lax.psum(cotangent, tuple(sorted(extra)))
+    return vary_like(cotangent, primal)
