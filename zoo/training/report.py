@@ -17,13 +17,15 @@ file, so it reads as one history.
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -34,7 +36,35 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from tensorboardX import SummaryWriter
+
+if TYPE_CHECKING:
+    from tensorboardX import SummaryWriter
+
+
+class _Absent(importlib.abc.MetaPathFinder):
+    """Makes `import NAME` (and its submodules) fail, as if NAME were not installed."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        if fullname.split(".")[0] == self.name:
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+
+
+def _summary_writer(folder: Path) -> SummaryWriter:
+    """tensorboardX's writer, imported on first use without PyTorch: at import it tries `import
+    torch` (3.4 s where installed) only to accept torch tensors as values, and the zoo logs
+    floats. Where torch is imported already, tensorboardX sees it as usual."""
+    absent = None if "torch" in sys.modules else _Absent("torch")
+    if absent is not None:
+        sys.meta_path.insert(0, absent)
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if absent is not None:
+            sys.meta_path.remove(absent)
+    return SummaryWriter(str(folder))
 
 
 def host_metrics(totals: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -123,7 +153,7 @@ class Reporter:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path or os.devnull, "a" if self.append else "w")
         if self._tensorboard:
-            self._events = SummaryWriter(str(tensorboard_dir(self.log_path)))
+            self._events = _summary_writer(tensorboard_dir(self.log_path))
         if self.console.is_terminal:
             self._progress.update(self._run_task, visible=True)
             self._progress.start()
