@@ -6,11 +6,12 @@ elsewhere.
 `batch_norm_inference` are the arithmetic of `zoo.models.layers.BatchNorm`; `portable()` traces
 XLA's ops only (for `jax.export`); `native_available()` says whether the oneDNN extension is
 loaded. `ZOO_NATIVE=0` forces XLA.
-`on_cpu(cpu_fn, default_fn, *operands)` is the per-backend choice the zoo's CPU-only kernels use.
+`on_cpu(cpu_fn, default_fn, *operands)` is the per-backend choice the zoo's CPU-only kernels use;
+`sharding` runs the oneDNN convolutions per batch shard under a sharded `jax.jit`.
 `initializers` are JAX's variance-scaling initializers with the same values, faster to compile.
 """
 
-from zoo.ops import initializers, native
+from zoo.ops import initializers, native, sharding
 from zoo.ops.backend import on_cpu, portable
 from zoo.ops.batch_norm import batch_norm_inference, batch_norm_training
 from zoo.ops.conv import Conv, conv_general_dilated
@@ -34,4 +35,5 @@ __all__ = [
     "native_available",
     "on_cpu",
     "portable",
+    "sharding",
 ]
