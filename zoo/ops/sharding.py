@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 from jax.experimental.custom_partitioning import custom_partitioning
@@ -39,7 +40,7 @@ Kernel = Callable[..., jax.Array]
 def over_batch(fn: Kernel, *operands: jax.Array, batched: Sequence[bool], summed: bool):
     """`fn(*operands)`, partitioned over the batch when the computation is (see module)."""
     batched = tuple(batched)
-    if any(explicitly_sharded(op) for op in operands):
+    if _explicit_mesh(operands) is not None:
         return _explicit(fn, operands, batched, summed)
     if jax.device_count("cpu") == 1:
         return fn(*operands)
@@ -62,20 +63,39 @@ def over_batch(fn: Kernel, *operands: jax.Array, batched: Sequence[bool], summed
     return vmappable(*operands)
 
 
-def explicitly_sharded(operand: jax.Array) -> bool:
+def _split_axes(sharding: Any, batch: int) -> tuple[str, ...]:
+    """The mesh axes `sharding` splits a leading axis of `batch` over: () where it does not
+    split it, or not evenly."""
+    spec = getattr(sharding, "spec", None)
+    if not spec or spec[0] is None:
+        return ()
+    axes = (spec[0],) if isinstance(spec[0], str) else tuple(spec[0])
+    return () if batch % math.prod(sharding.mesh.shape[a] for a in axes) else axes
+
+
+def _on_each_shard(fn: Kernel, summed: bool, axes: tuple[str, ...]) -> Kernel:
+    """`fn` as each device runs it on its shard: a summed result all-reduced over `axes`."""
+    if not (summed and axes):
+        return fn
+    return lambda *local: jax.lax.psum(fn(*local), axes)
+
+
+def _explicitly_sharded(operand: jax.Array) -> bool:
     """Whether `operand`'s type carries a sharding (`AxisType.Explicit` mesh axes)."""
     return any(axes is not None for axes in jax.typeof(operand).sharding.spec)
+
+
+def _explicit_mesh(operands: Sequence[jax.Array]) -> Any:
+    """The mesh in the operands' types, or None where no type carries a sharding."""
+    return next((jax.typeof(op).sharding.mesh for op in operands if _explicitly_sharded(op)), None)
 
 
 def _explicit(fn: Kernel, operands, batched, summed: bool):
     """The explicit-sharding form of the rule, chosen while tracing: `jax.shard_map` over the
     batch's axes, or `fn` on replicated operands where the batch is not split evenly."""
-    sharding = jax.typeof(operands[batched.index(True)]).sharding
-    axes = sharding.spec[0] if sharding.spec else None
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    mesh = next(jax.typeof(op).sharding.mesh for op in operands if explicitly_sharded(op))
-    if axes and operands[batched.index(True)].shape[0] % math.prod(mesh.shape[a] for a in axes):
-        axes = ()
+    mesh = _explicit_mesh(operands)
+    batch = operands[batched.index(True)]
+    axes = _split_axes(jax.typeof(batch).sharding, batch.shape[0])
     specs = tuple(PartitionSpec(axes or None) if b else PartitionSpec() for b in batched)
     operands = [
         jax.sharding.reshard(op, NamedSharding(mesh, spec))
@@ -85,17 +105,13 @@ def _explicit(fn: Kernel, operands, batched, summed: bool):
     ]
     if not axes:
         return fn(*operands)
-    return _shard_map(fn, operands, specs, summed, mesh, axes)
-
-
-def _shard_map(fn: Kernel, operands, specs, summed: bool, mesh, axes: tuple[str, ...]):
-    def per_shard(*local: jax.Array) -> jax.Array:
-        out = fn(*local)
-        return jax.lax.psum(out, axes) if summed else out
-
     out_spec = PartitionSpec() if summed else PartitionSpec(axes)
     mapped = jax.shard_map(
-        per_shard, mesh=mesh, in_specs=specs, out_specs=out_spec, axis_names=set(axes)
+        _on_each_shard(fn, summed, axes),
+        mesh=mesh,
+        in_specs=specs,
+        out_specs=out_spec,
+        axis_names=set(axes),
     )
     return mapped(*operands)
 
@@ -112,22 +128,14 @@ def _sharding_rule(fn: Kernel, operands, batched: Sequence[bool], summed: bool) 
     return f"{ins} -> {factors(result_ndim, not summed)}"
 
 
-def _batch_axes(batched: Sequence[bool], args) -> tuple[str, ...] | None:
-    """The mesh axes the batch is split over, or None where it is not split (or unevenly)."""
+def _batch_axes(batched: Sequence[bool], args) -> tuple[str, ...]:
+    """The mesh axes the partitioner's operands split the batch over (see `_split_axes`)."""
     first = args[batched.index(True)]
-    sharding = first.sharding
-    spec = getattr(sharding, "spec", None)
-    if not spec or spec[0] is None:
-        return None
-    axes = (spec[0],) if isinstance(spec[0], str) else tuple(spec[0])
-    shards = math.prod(sharding.mesh.shape[a] for a in axes)
-    if first.shape[0] % shards:
-        return None
-    return axes
+    return _split_axes(first.sharding, first.shape[0])
 
 
-def _result_sharding(summed: bool, mesh, axes: tuple[str, ...] | None) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec() if summed or axes is None else PartitionSpec(axes))
+def _result_sharding(summed: bool, mesh, axes: tuple[str, ...]) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(axes) if axes and not summed else PartitionSpec())
 
 
 def _partition(fn: Kernel, batched, summed: bool, mesh, args):
@@ -135,21 +143,16 @@ def _partition(fn: Kernel, batched, summed: bool, mesh, args):
     shardings = tuple(
         NamedSharding(mesh, PartitionSpec(axes) if b and axes else PartitionSpec()) for b in batched
     )
-
-    def per_shard(*local: jax.Array) -> jax.Array:
-        out = fn(*local)
-        return jax.lax.psum(out, axes) if summed and axes else out
-
-    return mesh, per_shard, _result_sharding(summed, mesh, axes), shardings
+    return mesh, _on_each_shard(fn, summed, axes), _result_sharding(summed, mesh, axes), shardings
 
 
 def whole_batch(fn: Callable[..., tuple[jax.Array, ...]], *operands: jax.Array):
     """`fn(*operands)` for a kernel over the whole batch (batch norm's statistics) on one device
     whose types may carry a (trivial) sharding: it runs on the operands typed as replicated, and
     each result shaped like the first operand gets that operand's sharding back."""
-    if not any(explicitly_sharded(op) for op in operands):
+    mesh = _explicit_mesh(operands)
+    if mesh is None:
         return fn(*operands)
-    mesh = next(jax.typeof(op).sharding.mesh for op in operands if explicitly_sharded(op))
     like = NamedSharding(mesh, jax.typeof(operands[0]).sharding.spec)
     replicated = NamedSharding(mesh, PartitionSpec())
     results = fn(*(jax.sharding.reshard(op, replicated) for op in operands))
