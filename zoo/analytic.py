@@ -252,7 +252,7 @@ def _describe(model: nn.Module, input_shape: Shape) -> tuple[Layer, ...]:
             counts = _apply(rule, name, tuple(x.shape[1:]))
             if counts is None:
                 return x
-            output = jnp.zeros((x.shape[0], *counts.output_shape), x.dtype)
+            output = _placeholder(x, (x.shape[0], *counts.output_shape))
         layers.append(Layer(name, **dataclasses.asdict(counts)))
         return output
 
@@ -261,6 +261,13 @@ def _describe(model: nn.Module, input_shape: Shape) -> tuple[Layer, ...]:
     with nn.intercept_methods(interceptor):
         jax.eval_shape(lambda x: model.init(rngs, x, train=False), x)
     return tuple(layers)
+
+
+def _placeholder(x: jax.Array, shape: Shape) -> jax.Array:
+    """Zeros of `shape` and `x`'s dtype, computed from the traced `x` so that they stay traced
+    under `jax.ensure_compile_time_eval` too (`ImageModel.init` traces with it): a constant
+    would run eagerly through every layer after it."""
+    return jnp.broadcast_to(jnp.zeros_like(x, shape=()) * x.ravel()[0], shape)
 
 
 def _apply(rule: Callable[[Shape], Counts | None], name: str, shape: Shape) -> Counts | None:

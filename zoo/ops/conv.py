@@ -165,6 +165,25 @@ def _planned(
 ) -> _Plan:
     """The plan of a convolution of these shapes: oneDNN's kernel for each direction where it
     has one and XLA's was not measured faster (`_xla_is_faster`); none for an empty result."""
+    return _planned_for_team(
+        tuple(lhs_shape),
+        tuple(rhs_shape),
+        jnp.dtype(dtype),
+        window_strides,
+        padding,
+        rhs_dilation,
+        groups,
+        precision,
+        backend.team_size(),
+    )
+
+
+# A train step plans again each convolution its `init` planned (ResNet-152: 155 of them, a
+# quarter of a second of its trace on 2 cores); the plan is a function of these arguments.
+@functools.lru_cache(maxsize=4096)
+def _planned_for_team(
+    lhs_shape, rhs_shape, dtype, window_strides, padding, rhs_dilation, groups, precision, threads
+) -> _Plan:
     out = jax.eval_shape(
         functools.partial(
             lax.conv_general_dilated,
@@ -177,7 +196,6 @@ def _planned(
         jax.ShapeDtypeStruct(lhs_shape, dtype),
         jax.ShapeDtypeStruct(rhs_shape, dtype),
     ).shape
-    threads = backend.team_size()
 
     def has_kernel(direction: int, kernel_dtype: Any) -> bool:
         config = (
@@ -202,9 +220,9 @@ def _planned(
         for direction in DIRECTIONS
     )
     return _Plan(
-        tuple(lhs_shape),
-        tuple(rhs_shape),
-        jnp.dtype(dtype),
+        lhs_shape,
+        rhs_shape,
+        dtype,
         window_strides,
         padding,
         rhs_dilation,
