@@ -178,8 +178,8 @@ def _planned(
     )
 
 
-# A train step plans again each convolution its `init` planned (ResNet-152: 155 of them, a
-# quarter of a second of its trace on 2 cores); the plan is a function of these arguments.
+# A train step plans again every convolution its `init` planned, and a plan is a function of
+# these arguments alone (bench/README.md: the trace time it saves).
 @functools.lru_cache(maxsize=4096)
 def _planned_for_team(
     lhs_shape, rhs_shape, dtype, window_strides, padding, rhs_dilation, groups, precision, threads
