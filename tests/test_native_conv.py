@@ -211,6 +211,24 @@ def test_layouts_and_options_onednn_does_not_take_run_on_xla():
         )
 
 
+@pytest.mark.parametrize(
+    "precision",
+    [None, "highest", lax.Precision.HIGHEST, (lax.Precision.HIGH,) * 2, [lax.Precision.HIGH] * 2],
+    ids=["none", "string", "enum", "tuple", "list"],
+)
+def test_every_form_of_precision_is_taken(precision):
+    x, kernel = operands((2, 8, 8, 4, 3, 8, 1, "SAME", 1, 1), jnp.float32)
+    arguments = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=NHWC)
+
+    def loss(conv, kernel, precision):
+        return conv(x, kernel, precision=precision, **arguments).sum()
+
+    ours = jax.grad(lambda k: loss(ops.conv_general_dilated, k, precision))(kernel)
+    as_tuple = tuple(precision) if isinstance(precision, list) else precision  # lax's grad: a tuple
+    theirs = jax.grad(lambda k: loss(lax.conv_general_dilated, k, as_tuple))(kernel)
+    assert relative_error(ours, theirs) < 1e-5
+
+
 def test_conv_module_has_nn_conv_parameters_and_values():
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 9, 9, 3)), jnp.float32)
     settings = dict(features=8, kernel_size=(3, 3), strides=2, padding=((1, 1), (1, 1)))

@@ -89,11 +89,11 @@ class ImageModel(nn.Module):
 
         Flax's `init` runs the forward pass to create the variables and drops its output. Run
         eagerly, every operation of that pass is compiled and run on its own, only to learn the
-        layers' shapes (bench/README.md has the time it took). Here
-        the pass is traced instead (`jax.eval_shape`), and whatever does not depend on the
-        inputs' values runs eagerly while it is traced (`jax.ensure_compile_time_eval`): every
-        key split, draw and constant of the initialisation, the same operations on the same
-        concrete values as in Flax's own eager `init`.
+        layers' shapes (bench/README.md has the time it took). Here the pass is traced instead
+        (`jax.eval_shape`), and whatever does not depend on the inputs' values runs eagerly
+        while it is traced (`jax.ensure_compile_time_eval`): every key split, draw and constant
+        of the initialisation, the same operations on the same concrete values as in Flax's own
+        eager `init`.
 
         Flax's `init` itself runs where the result is not a constant of that trace: under a JAX
         transformation (traced keys or inputs; `jax.jit(model.init)` compiles one program

@@ -173,7 +173,7 @@ def _planned(
         padding,
         rhs_dilation,
         groups,
-        precision,
+        tuple(precision) if isinstance(precision, list) else precision,  # a cache key
         backend.team_size(),
     )
 
