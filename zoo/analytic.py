@@ -267,7 +267,7 @@ def _placeholder(x: jax.Array, shape: Shape) -> jax.Array:
     """Zeros of `shape` and `x`'s dtype, computed from the traced `x` so that they stay traced
     under `jax.ensure_compile_time_eval` too (`ImageModel.init` traces with it): a constant
     would run eagerly through every layer after it."""
-    return jnp.broadcast_to(jnp.zeros_like(x, shape=()) * x.ravel()[0], shape)
+    return jnp.broadcast_to(x.ravel()[0] * 0, shape)
 
 
 def _apply(rule: Callable[[Shape], Counts | None], name: str, shape: Shape) -> Counts | None:

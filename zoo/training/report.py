@@ -54,8 +54,8 @@ class _Absent(importlib.abc.MetaPathFinder):
 
 def _summary_writer(folder: Path) -> SummaryWriter:
     """tensorboardX's writer, imported on first use without PyTorch: at import it tries `import
-    torch` (3.4 s where installed) only to accept torch tensors as values, and the zoo logs
-    floats. Where torch is imported already, tensorboardX sees it as usual."""
+    torch` (bench/README.md: what that costs) only to accept torch tensors as values, and the
+    zoo logs floats. Where torch is imported already, tensorboardX sees it as usual."""
     absent = None if "torch" in sys.modules else _Absent("torch")
     if absent is not None:
         sys.meta_path.insert(0, absent)
