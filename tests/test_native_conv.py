@@ -110,20 +110,22 @@ def test_a_resnet_convolution_runs_all_three_directions_on_onednn(dtype):
 
 
 @needs_native
+@pytest.mark.parametrize("channels", [128, 512])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
-def test_wide_weight_gradients_run_on_xla_where_it_was_measured_faster(dtype):
-    case = (2, 6, 6, 128, 3, 128, 1, ((1, 1), (1, 1)), 1, 1)
+def test_wide_weight_gradients_run_on_xla_where_it_was_measured_faster(dtype, channels):
+    case = (2, 6, 6, channels, 3, channels, 1, ((1, 1), (1, 1)), 1, 1)
     x, kernel = operands(case, dtype)
-    kernel = (kernel / 34).astype(dtype)  # unit-scale outputs keep sin(y) well-conditioned
+    kernel = (kernel / np.sqrt(9 * channels)).astype(dtype)  # unit-scale outputs
 
     def loss(x, kernel):
         y = ops.conv_general_dilated(x, kernel, **conv_arguments(case))
         return jnp.sum(y.astype(jnp.float32) ** 2)
 
     hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, kernel).as_text()
-    config = (2, 6, 6, 128, 3, 3, 128, 6, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, conv.backend.team_size())
+    config = (2, 6, 6, channels, 3, 3, channels, 6, 6, *(1,) * 9, 0, conv.backend.team_size())
     _, name = native.implementation(native.CONV, native.BACKWARD_WEIGHTS, config)
-    on_xla = dtype == jnp.float32 and name in conv.XLA_WEIGHT_GRADIENT_FROM
+    from_channels = conv.XLA_WEIGHT_GRADIENT_FROM.get(name, np.inf)
+    on_xla = dtype == jnp.float32 and channels >= from_channels
     assert ("zoo_onednn_conv_backward_weights" not in hlo) == on_xla, name
     assert "zoo_onednn_conv_forward" in hlo and "zoo_onednn_conv_backward_data" in hlo
     ours = value_and_gradients(ops.conv_general_dilated, case, x, kernel)
@@ -192,7 +194,7 @@ def test_inside_shard_map_the_gradients_have_their_primals_types():
         per_device(lax.conv_general_dilated)(x, kernel),
     )
     for a, b in zip(ours, theirs, strict=True):
-        assert relative_error(a, b) < 1e-5
+        assert relative_error(a, b) < 1e-4
 
 
 def test_layouts_and_options_onednn_does_not_take_run_on_xla():
@@ -414,6 +416,9 @@ MODELS = ["lenet5_1998", "conv_autoencoder", "resnet20"]
 @needs_native
 @pytest.mark.parametrize("name", MODELS)
 def test_models_give_the_same_outputs_and_gradients_on_both_paths(name):
+    # The XLA path runs in float64, where XLA:CPU computes everything itself. Its float32 path
+    # is no reference: on an AMD Zen 4 (AVX512-BF16), jaxlib 0.10.2's YNNPACK fusions put
+    # ResNet-20's float32 gradients there up to 1% off float64 (bench/README.md).
     model = zoo.create_model(name)
     x = jnp.asarray(
         np.random.default_rng(0).standard_normal((2, *zoo.model_info(name).input_shape)),
@@ -421,15 +426,19 @@ def test_models_give_the_same_outputs_and_gradients_on_both_paths(name):
     )
     variables = model.init(jax.random.key(0), x)
 
-    def loss(params):
-        out = model.apply({**variables, "params": params}, x)
-        return jnp.sum(jnp.sin(out)), out
+    def run(model, variables, x):
+        def loss(params):
+            out = model.apply({**variables, "params": params}, x)
+            return jnp.sum(jnp.sin(out)), out
 
-    def run():
         return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
 
-    ours = run()
-    with ops.portable():
-        theirs = run()
+    step = jax.jit(lambda params: model.apply({**variables, "params": params}, x))
+    assert "zoo_onednn_conv" in step.lower(variables["params"]).as_text()
+    ours = run(model, variables, x)
+    with jax.enable_x64(True), ops.portable():
+        wide = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
+        model64 = zoo.create_model(name, dtype=jnp.float64, param_dtype=jnp.float64)
+        theirs = run(model64, wide, np.asarray(x, np.float64))
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
         assert relative_error(a, b) < 1e-4

@@ -43,6 +43,7 @@ from zoo.models.layers import (
     check_positive,
     check_rate,
     explicit_padding,
+    window_sum,
 )
 from zoo.ops import Conv, Dense
 from zoo.registry import register
@@ -74,15 +75,9 @@ class LocalResponseNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         half = self.size // 2
-        window_sum = jax.lax.reduce_window(
-            jnp.square(x),
-            jnp.zeros((), x.dtype),
-            jax.lax.add,
-            (1, 1, 1, self.size),
-            (1, 1, 1, 1),
-            ((0, 0), (0, 0), (0, 0), (half, self.size - 1 - half)),
-        )
-        return x / (self.k + self.alpha * window_sum) ** self.beta
+        padding = ((0, 0), (0, 0), (0, 0), (half, self.size - 1 - half))
+        squares = window_sum(jnp.square(x), (1, 1, 1, self.size), (1, 1, 1, 1), padding)
+        return x / (self.k + self.alpha * squares.astype(x.dtype)) ** self.beta
 
 
 class AdaptiveAvgPool(nn.Module):

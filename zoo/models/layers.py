@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from zoo import analytic
 from zoo.analytic import Counts, Shape
@@ -26,6 +27,7 @@ from zoo.ops import (
     conv_general_dilated,
     initializers,
     on_cpu,
+    runs_on_onednn,
 )
 
 Dtype = Any
@@ -90,8 +92,9 @@ def explicit_padding(padding: int) -> tuple[tuple[int, int], tuple[int, int]]:
 class MaxPool(nn.Module):
     """Max pooling over a `window` x `window` patch; padding counts as -inf.
 
-    Values and gradients are exactly those of `nn.max_pool` (see `max_pool`); only the backward
-    pass is computed differently, because XLA:CPU's select-and-scatter is slow.
+    Values and gradients are exactly those of `nn.max_pool` (see `max_pool`; for bf16, of
+    `nn.max_pool` in float32); only the backward pass is computed differently, because
+    XLA:CPU's select-and-scatter is slow.
     """
 
     window: int
@@ -115,17 +118,22 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
     first input, in row-major window order, that equals the window's maximum, and an input
     chosen by several windows receives their sum, added in row-major window order. It is built
     from elementwise first-match masks, summed per stride phase and interleaved once, which
-    XLA:CPU runs about 2x faster than its select-and-scatter (bench/README.md). Only on CPU:
-    GPU and TPU compilers have their own fast select-and-scatter, so there (and for inputs that
-    are not floating-point NHWC arrays) it is `nn.max_pool` unchanged, chosen inside the same
-    jitted function (`zoo.ops.on_cpu`).
+    XLA:CPU runs about 2x faster than its select-and-scatter (bench/README.md). Floats
+    narrower than float32 pool in float32: the same maxima, and an input chosen by several
+    windows gets their gradients' sum rounded once (select-and-scatter in bf16 rounds each
+    add). Only on CPU: GPU and TPU compilers have their own fast select-and-scatter, so there
+    (and for inputs that are not floating-point NHWC arrays) it is `nn.max_pool` unchanged,
+    chosen inside the same jitted function (`zoo.ops.on_cpu`).
     """
 
     def reference(x: jax.Array) -> jax.Array:
         return _reference_max_pool(x, window, stride, padding)
 
     def fast(x: jax.Array) -> jax.Array:
-        return _max_pool(x, window, stride, padding)
+        # Narrower floats pool as float32 (max is exact in it): XLA:CPU widens their
+        # reduce-window anyway, but then cannot fuse the backward pass's slices (bench/README.md).
+        wide = jnp.promote_types(x.dtype, jnp.float32)
+        return _max_pool(x.astype(wide), window, stride, padding).astype(x.dtype)
 
     if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
         return reference(x)
@@ -236,11 +244,13 @@ def _valid_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-class RowGemmConv(nn.Module):
-    """`nn.Conv(features, (k, k), padding="VALID")` computed by `row_gemm_conv`.
+class FewChannelConv(nn.Module):
+    """`nn.Conv(features, (k, k), padding="VALID")` for the small, few-channel convolutions of
+    LeNet-5: oneDNN's kernels where they run it, else `row_gemm_conv` on XLA:CPU (faster there
+    than XLA's convolution), the plain convolution on GPU and TPU (bench/README.md).
 
     The same parameters (names, shapes, initialisers), so checkpoints are interchangeable, and
-    the same values to float rounding; for the small, few-channel convolutions of LeNet-5.
+    the same values to float rounding.
     """
 
     features: int
@@ -257,13 +267,32 @@ class RowGemmConv(nn.Module):
         shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
         kernel = self.param("kernel", initializers.lecun_normal(), shape, self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-        # The banded matmul wins on XLA:CPU only; elsewhere the plain (zoo) convolution.
-        y = on_cpu(row_gemm_conv, _valid_conv, x.astype(self.dtype), kernel.astype(self.dtype))
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        if runs_on_onednn(x, kernel, (1, 1), "VALID", _NHWC):
+            y = _valid_conv(x, kernel)
+        else:
+            y = on_cpu(row_gemm_conv, _valid_conv, x, kernel)
         return y + bias.astype(self.dtype)
 
 
+def window_sum(
+    x: jax.Array,
+    window: Sequence[int],
+    strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]] = "VALID",
+) -> jax.Array:
+    """`lax.reduce_window` sum of `x`, accumulated and returned in float32 for narrower floats.
+
+    PyTorch accumulates bf16 pooling in float32 too. XLA:CPU adds bf16 windows one rounded
+    partial sum at a time, and so does the sum's transpose in the gradient: LeNet-5's bf16 train
+    step spent a third of its time there (bench/README.md). Callers round the result once.
+    """
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    return lax.reduce_window(x.astype(acc), np.zeros((), acc), lax.add, window, strides, padding)
+
+
 class AvgPool(nn.Module):
-    """Average pooling over a `window` x `window` patch (no padding)."""
+    """Average pooling over a `window` x `window` patch (no padding), summed in float32."""
 
     window: int
     stride: int
@@ -274,7 +303,8 @@ class AvgPool(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return nn.avg_pool(x, (self.window, self.window), (self.stride, self.stride))
+        k, s = self.window, self.stride
+        return (window_sum(x, (1, k, k, 1), (1, s, s, 1)) / (k * k)).astype(x.dtype)
 
 
 class GlobalAvgPool(nn.Module):

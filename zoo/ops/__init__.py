@@ -2,7 +2,8 @@
 elsewhere.
 
 `conv_general_dilated` is a drop-in for `jax.lax.conv_general_dilated`, `Conv` for
-`flax.linen.Conv`, `Dense` for `flax.linen.Dense`; `batch_norm_training` and
+`flax.linen.Conv`, `Dense` for `flax.linen.Dense`, and `runs_on_onednn` says whether a
+convolution of given shapes runs on oneDNN; `batch_norm_training` and
 `batch_norm_inference` are the arithmetic of `zoo.models.layers.BatchNorm`; `portable()` traces
 XLA's ops only (for `jax.export`); `native_available()` says whether the oneDNN extension is
 loaded. `ZOO_NATIVE=0` forces XLA.
@@ -14,7 +15,7 @@ loaded. `ZOO_NATIVE=0` forces XLA.
 from zoo.ops import initializers, native, sharding
 from zoo.ops.backend import on_cpu, portable
 from zoo.ops.batch_norm import batch_norm_inference, batch_norm_training
-from zoo.ops.conv import Conv, conv_general_dilated
+from zoo.ops.conv import Conv, conv_general_dilated, runs_on_onednn
 from zoo.ops.dense import Dense
 from zoo.ops.native import NativeUnavailableWarning
 
@@ -35,5 +36,6 @@ __all__ = [
     "native_available",
     "on_cpu",
     "portable",
+    "runs_on_onednn",
     "sharding",
 ]

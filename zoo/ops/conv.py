@@ -234,11 +234,11 @@ def _planned_for_team(
     )
 
 
-# oneDNN 3.2's AVX2 weight-gradient kernel loses to XLA's from this many input and output
-# channels per group (ResNet-18's layers 2-4: 1.6-2.1x standalone, the train step 1.07x faster
-# with XLA's; below it, e.g. ResNet-20's 16-64 channels, oneDNN's wins: bench/README.md).
-# Measured in float32 on AVX2 only: bf16 and other ISAs' kernels keep oneDNN.
-XLA_WEIGHT_GRADIENT_FROM = {"jit:avx2": 128}
+# oneDNN 3.2's direct weight-gradient kernels lose to XLA's from this many input and output
+# channels per group (bench/README.md): on AVX2 from ResNet-18's layer 2 (128), on AVX-512 in
+# its layer 4 (512) only; below, oneDNN's wins. Measured in float32, on AMD Zen 3 (AVX2) and
+# Zen 4 (AVX-512); bf16's kernels and other implementations keep oneDNN.
+XLA_WEIGHT_GRADIENT_FROM = {"jit:avx2": 128, "jit:avx512_core": 512}
 
 
 def _xla_is_faster(direction: int, implementation: str, rhs_shape, groups: int) -> bool:
@@ -345,6 +345,32 @@ def conv_general_dilated(
     if plan is None:
         return lax.conv_general_dilated(lhs, rhs, **arguments)
     return _native_conv(lhs, rhs, plan)
+
+
+def runs_on_onednn(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+) -> bool:
+    """Whether `conv_general_dilated` with these arguments runs on oneDNN's kernels in all three
+    directions where it runs on CPU; asked at trace time, from shapes and dtypes alone."""
+    plan = _plan(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=None,
+        rhs_dilation=None,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=1,
+        precision=None,
+        preferred_element_type=None,
+    )
+    return plan is not None and None not in plan.kernels
 
 
 class Conv(nn.Conv):
