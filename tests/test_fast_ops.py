@@ -1,8 +1,10 @@
 """The fast paths are the default, so they must compute what the plain paths compute.
 
-- `zoo.models.layers.max_pool` (the `MaxPool` module): the same values as `nn.max_pool` and
-  bit-for-bit the same gradient (select-and-scatter's first-match rule), including ties,
-  -inf inputs, windows that overlap the padding, strides larger than the window and bfloat16.
+- `zoo.ops.max_pool` (the `MaxPool` module), on the extension's kernels and on XLA's mask
+  gradient: the same values as `nn.max_pool` and bit-for-bit the same gradient
+  (select-and-scatter's first-match rule), including ties, -inf inputs, NaNs, windows that
+  overlap the padding, strides larger than the window, channel counts that fill no vector and
+  bfloat16.
 - `zoo.ops.initializers`: bit-for-bit JAX's initial values, in every dtype and fan mode used.
 - `zoo.runtime`: the malloc defaults keep XLA's per-execution buffers mapped and can be
   switched off; the XLA:CPU flags are applied at `import zoo` (and actually reach XLA), leave
@@ -27,7 +29,8 @@ import pytest
 
 import zoo
 from zoo import runtime
-from zoo.models.layers import FewChannelConv, MaxPool, explicit_padding, max_pool
+from zoo.models.layers import FewChannelConv, MaxPool, explicit_padding
+from zoo.ops import max_pool, native
 
 # (window, stride, padding): ResNet's stem pool, AlexNet's, LeNet-style 2x2, stride 1, a stride
 # larger than the window, padding of half the window, and a window of 1.
@@ -38,15 +41,30 @@ def reference(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array
     return nn.max_pool(x, (window, window), (stride, stride), explicit_padding(padding))
 
 
-def inputs(dtype: jnp.dtype, rng: np.random.Generator) -> jax.Array:
-    """One batch of four kinds of image; pooling is per image, so one call tests all four."""
-    shape = (1, 9, 10, 3)  # odd and even sizes, so some windows hang over the edge
+# Where the kernels run: the extension's (where it is loaded), or XLA's mask gradient.
+needs_native = pytest.mark.skipif(
+    not zoo.ops.native_available(), reason="the native extension is not built or loadable here"
+)
+
+
+@pytest.fixture(params=[pytest.param("native", marks=needs_native), "xla"])
+def pool_path(request, monkeypatch):
+    if request.param == "xla":
+        monkeypatch.setenv("ZOO_NATIVE", "0")
+    return request.param
+
+
+def inputs(dtype: jnp.dtype, rng: np.random.Generator, channels: int = 3) -> jax.Array:
+    """One batch of five kinds of image; pooling is per image, so one call tests all five."""
+    shape = (1, 9, 10, channels)  # odd and even sizes, so some windows hang over the edge
     normal = rng.standard_normal(shape)
     ties = rng.integers(0, 3, shape)  # most windows hold several copies of their maximum
     # -inf ties the padding, so a window's first match may be a padded position.
     neg_inf = np.where(rng.random(shape) < 0.5, -np.inf, rng.integers(-2, 0, shape))
     zeros = np.where(rng.random(shape) < 0.5, 0.0, -0.0) - (rng.random(shape) < 0.2)  # +0 == -0
-    return jnp.asarray(np.concatenate([normal, ties, neg_inf, zeros]), dtype)
+    # A NaN is every window's maximum that holds one, and no input's gradient.
+    nans = np.where(rng.random(shape) < 0.1, np.nan, rng.standard_normal(shape))
+    return jnp.asarray(np.concatenate([normal, ties, neg_inf, zeros, nans]), dtype)
 
 
 def values_and_gradient(pool, window, stride, padding):
@@ -62,23 +80,62 @@ def as_f32(x: jax.Array) -> np.ndarray:
     return np.asarray(x.astype(jnp.float32))
 
 
+def defined_max_pool(x, g, window: int, stride: int, padding: int):
+    """(y, d_x) in float32 by the definitions, in numpy: NaN-propagating window maxima, and
+    select-and-scatter's gradient (each window's choice scans it in row-major order, padding
+    included, moving to each input it is not >=; gradients added in row-major window order)."""
+    x, g = np.asarray(x, np.float32), np.asarray(g, np.float32)
+    n, h, w, c = x.shape
+    p, positions = padding, window * window
+    padded = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-np.inf)
+    y = np.empty(g.shape, np.float32)
+    d_x = np.zeros(padded.shape, np.float32)
+    images, channels = np.meshgrid(np.arange(n), np.arange(c), indexing="ij")
+    for oh in range(g.shape[1]):
+        for ow in range(g.shape[2]):
+            top, left = oh * stride, ow * stride
+            flat = padded[:, top : top + window, left : left + window].reshape(n, positions, c)
+            y[:, oh, ow] = np.max(flat, axis=1)
+            chosen, at = flat[:, 0], np.zeros((n, c), int)
+            for q in range(1, positions):
+                moves = ~(chosen >= flat[:, q])
+                chosen, at = np.where(moves, flat[:, q], chosen), np.where(moves, q, at)
+            d_x[images, top + at // window, left + at % window, channels] += g[:, oh, ow]
+    return y, d_x[:, p : p + h, p : p + w]
+
+
+def assert_same(actual, expected):
+    np.testing.assert_array_equal(as_f32(actual), np.asarray(expected, np.float32))
+
+
 @pytest.mark.parametrize(("window", "stride", "padding"), POOLS)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-def test_max_pool_values_and_gradients_equal_flax(window, stride, padding, dtype):
+@pytest.mark.parametrize("channels", [3, 37], ids=["c3", "c37"])  # 37: full vectors and a rest
+def test_max_pool_values_and_gradients_equal_the_definition(
+    pool_path, window, stride, padding, dtype, channels
+):
     rng = np.random.default_rng(window * 100 + stride * 10 + padding)
-    x = inputs(dtype, rng)
+    x = inputs(dtype, rng, channels)
     out = reference(x, window, stride, padding)
     g = jnp.asarray(rng.standard_normal(out.shape), dtype)
-    want = values_and_gradient(reference, window, stride, padding)(x, g)
+    flax_y, flax_d_x = values_and_gradient(reference, window, stride, padding)(x, g)
+    want_y, want_d_x = defined_max_pool(x, g, window, stride, padding)
     if dtype == jnp.bfloat16:  # pooled in float32: overlapping windows' gradients rounded once
-        wide = values_and_gradient(reference, window, stride, padding)(as_f32(x), as_f32(g))
-        want = tuple(w.astype(dtype) for w in wide)
-    got = values_and_gradient(max_pool, window, stride, padding)(x, g)
-    np.testing.assert_array_equal(as_f32(got[0]), as_f32(want[0]))
-    np.testing.assert_array_equal(as_f32(got[1]), as_f32(want[1]))
+        want_d_x = as_f32(jnp.asarray(want_d_x).astype(dtype))
+    else:  # the definition is select-and-scatter's (nn.max_pool's own gradient)
+        assert_same(flax_d_x, want_d_x)
+    # XLA:CPU's reduce-window skips some NaNs (jaxlib 0.10.2: here in non-overlapping windows
+    # of 37 channels); its values equal the definition's elsewhere.
+    assert_same(flax_y[:4], want_y[:4])
+    run = values_and_gradient(max_pool, window, stride, padding)
+    assert (native.MAX_POOL_TARGETS[0] in run.lower(x, g).as_text()) == (pool_path == "native")
+    y, d_x = run(x, g)
+    checked = slice(None) if pool_path == "native" else slice(4)  # XLA's path: its reduce-window
+    assert_same(y[checked], want_y[checked])
+    assert_same(d_x, want_d_x)
 
 
-def test_max_pool_module_gradient_equals_flax_under_jit():
+def test_max_pool_module_gradient_equals_flax_under_jit(pool_path):
     # The module, jitted inside a loss, as a model uses it (ResNet's stem pool).
     x = jnp.asarray(np.random.default_rng(0).integers(0, 4, (4, 16, 16, 8)), jnp.float32)
     weights = jnp.asarray(np.random.default_rng(1).standard_normal((4, 8, 8, 8)), jnp.float32)
@@ -99,6 +156,44 @@ def test_max_pool_other_inputs_fall_back_to_flax():
     np.testing.assert_array_equal(max_pool(ints, 2, 2), reference(ints, 2, 2, 0))
     unbatched = jnp.arange(36.0).reshape(6, 6, 1)
     np.testing.assert_array_equal(max_pool(unbatched, 3, 2, 1), reference(unbatched, 3, 2, 1))
+
+
+def test_max_pool_windows_the_native_argmax_cannot_index_run_on_xla():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 18, 18, 4)), jnp.float32)
+    g = jnp.ones((2, 2, 2, 4), jnp.float32)
+    run = values_and_gradient(max_pool, 17, 1, 0)  # 289 positions: more than a byte holds
+    assert native.MAX_POOL_TARGETS[0] not in run.lower(x, g).as_text()
+    want = values_and_gradient(reference, 17, 1, 0)(x, g)
+    for got, expected in zip(run(x, g), want, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+@needs_native
+def test_max_pool_native_under_vmap_and_on_a_one_device_mesh():
+    x = inputs(jnp.float32, np.random.default_rng(3), channels=8)
+    g = jnp.asarray(np.random.default_rng(4).standard_normal((5, 5, 5, 8)), jnp.float32)
+    want = values_and_gradient(reference, 3, 2, 1)(x, g)
+    # vmap over an extra leading axis: the kernels run image batch by image batch.
+    pooled = jax.vmap(values_and_gradient(max_pool, 3, 2, 1))(x[:, None], g[:, None])
+    for got, expected in zip(pooled, want, strict=True):
+        np.testing.assert_array_equal(got[:, 0], expected)
+    # jax.make_mesh's Explicit axes put the batch's sharding in the types, which a custom
+    # call's result lacks; inside shard_map the gradient must vary as its primal does.
+    mesh = jax.make_mesh((1,), ("data",))
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    run = values_and_gradient(max_pool, 3, 2, 1)
+    assert native.MAX_POOL_TARGETS[1] in run.lower(*jax.device_put((x, g), split)).as_text()
+    for got, expected in zip(run(*jax.device_put((x, g), split)), want, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    spec = jax.sharding.PartitionSpec("data")
+    mapped = jax.shard_map(
+        run,
+        mesh=jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)),
+        in_specs=(spec, spec),
+        out_specs=(spec, spec),
+    )
+    for got, expected in zip(jax.jit(mapped)(x, g), want, strict=True):
+        np.testing.assert_array_equal(got, expected)
 
 
 # --- zoo.ops.initializers ------------------------------------------------------------------

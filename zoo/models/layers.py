@@ -7,7 +7,6 @@ shapes and how feature extraction finds a stage by name.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +25,7 @@ from zoo.ops import (
     batch_norm_training,
     conv_general_dilated,
     initializers,
+    max_pool,
     on_cpu,
     runs_on_onednn,
 )
@@ -92,9 +92,9 @@ def explicit_padding(padding: int) -> tuple[tuple[int, int], tuple[int, int]]:
 class MaxPool(nn.Module):
     """Max pooling over a `window` x `window` patch; padding counts as -inf.
 
-    Values and gradients are exactly those of `nn.max_pool` (see `max_pool`; for bf16, of
-    `nn.max_pool` in float32); only the backward pass is computed differently, because
-    XLA:CPU's select-and-scatter is slow.
+    Values and gradients are those of `nn.max_pool` (for bf16, of `nn.max_pool` in float32),
+    computed by the native extension or, on XLA:CPU, without its slow select-and-scatter
+    (`zoo.ops.max_pool`).
     """
 
     window: int
@@ -108,109 +108,6 @@ class MaxPool(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return max_pool(x, self.window, self.stride, self.padding)
-
-
-def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
-    """`nn.max_pool(x, (window,) * 2, (stride,) * 2, explicit_padding(padding))` for NHWC `x`.
-
-    The forward pass is the same `reduce_window`. The gradient is exactly select-and-scatter's
-    (the gradient XLA derives for `nn.max_pool`): each window sends its output gradient to the
-    first input, in row-major window order, that equals the window's maximum, and an input
-    chosen by several windows receives their sum, added in row-major window order. It is built
-    from elementwise first-match masks, summed per stride phase and interleaved once, which
-    XLA:CPU runs about 2x faster than its select-and-scatter (bench/README.md). Floats
-    narrower than float32 pool in float32: the same maxima, and an input chosen by several
-    windows gets their gradients' sum rounded once (select-and-scatter in bf16 rounds each
-    add). Only on CPU: GPU and TPU compilers have their own fast select-and-scatter, so there
-    (and for inputs that are not floating-point NHWC arrays) it is `nn.max_pool` unchanged,
-    chosen inside the same jitted function (`zoo.ops.on_cpu`).
-    """
-
-    def reference(x: jax.Array) -> jax.Array:
-        return _reference_max_pool(x, window, stride, padding)
-
-    def fast(x: jax.Array) -> jax.Array:
-        # Narrower floats pool as float32 (max is exact in it): XLA:CPU widens their
-        # reduce-window anyway, but then cannot fuse the backward pass's slices (bench/README.md).
-        wide = jnp.promote_types(x.dtype, jnp.float32)
-        return _max_pool(x.astype(wide), window, stride, padding).astype(x.dtype)
-
-    if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
-        return reference(x)
-    return on_cpu(fast, reference, x)
-
-
-def _reference_max_pool(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array:
-    return nn.max_pool(x, (window, window), (stride, stride), explicit_padding(padding))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array:
-    return _reference_max_pool(x, window, stride, padding)
-
-
-def _max_pool_forward(
-    x: jax.Array, window: int, stride: int, padding: int
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    y = _reference_max_pool(x, window, stride, padding)
-    return y, (x, y)
-
-
-def _max_pool_backward(
-    window: int, stride: int, padding: int, residuals: tuple[jax.Array, jax.Array], g: jax.Array
-) -> tuple[jax.Array]:
-    x, y = residuals
-    n, h, w, c = x.shape
-    _, out_h, out_w, _ = y.shape
-    k, s, p = window, stride, padding
-    padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-jnp.inf)
-    zero = jnp.zeros((), g.dtype)
-    # contributions[i, j]: the gradient that window offset (i, j) sends to its input, i.e. g
-    # where that offset is the first (row-major) position equal to the window's maximum.
-    contributions: dict[tuple[int, int], jax.Array] = {}
-    taken = None
-    for i in range(k):
-        for j in range(k):
-            candidate = jax.lax.slice(
-                padded,
-                (0, i, j, 0),
-                (n, i + s * (out_h - 1) + 1, j + s * (out_w - 1) + 1, c),
-                (1, s, s, 1),
-            )
-            match = candidate == y
-            if taken is not None:
-                match = match & ~taken
-            taken = match if taken is None else taken | match
-            contributions[i, j] = jnp.where(match, g, zero)
-    # Offset i = s * q + r writes row s * (a + q) + r of the padded input for window row a, so
-    # phase r of the input rows is the sum over q of the contributions shifted down by q.
-    # Windows are summed in row-major order, as select-and-scatter adds them: for a fixed
-    # input position a larger shift q means an earlier window, so q runs downwards.
-    shift = (k - 1) // s
-    rows, cols = out_h + shift, out_w + shift
-    phases = []
-    for ri in range(s):
-        phase_row = []
-        for rj in range(s):
-            total = jnp.zeros((n, rows, cols, c), g.dtype)
-            for qi in reversed(range(len(range(ri, k, s)))):
-                for qj in reversed(range(len(range(rj, k, s)))):
-                    shifted = jnp.pad(
-                        contributions[s * qi + ri, s * qj + rj],
-                        ((0, 0), (qi, shift - qi), (qj, shift - qj), (0, 0)),
-                    )
-                    total = total + shifted
-            phase_row.append(total)
-        phases.append(jnp.stack(phase_row, axis=3))  # (n, rows, cols, s, c)
-    grid = jnp.stack(phases, axis=2).reshape(n, rows * s, cols * s, c)
-    full_h, full_w = h + 2 * p, w + 2 * p
-    grid = jnp.pad(
-        grid, ((0, 0), (0, max(0, full_h - rows * s)), (0, max(0, full_w - cols * s)), (0, 0))
-    )
-    return (grid[:, p : p + h, p : p + w],)
-
-
-_max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 
 
 def row_gemm_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:

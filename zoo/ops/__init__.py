@@ -4,7 +4,8 @@ elsewhere.
 `conv_general_dilated` is a drop-in for `jax.lax.conv_general_dilated`, `Conv` for
 `flax.linen.Conv`, `Dense` for `flax.linen.Dense`, and `runs_on_onednn` says whether a
 convolution of given shapes runs on oneDNN; `batch_norm_training` and
-`batch_norm_inference` are the arithmetic of `zoo.models.layers.BatchNorm`; `portable()` traces
+`batch_norm_inference` are the arithmetic of `zoo.models.layers.BatchNorm`, `max_pool` that of
+`zoo.models.layers.MaxPool`; `portable()` traces
 XLA's ops only (for `jax.export`); `native_available()` says whether the oneDNN extension is
 loaded. `ZOO_NATIVE=0` forces XLA.
 `on_cpu(cpu_fn, default_fn, *operands)` is the per-backend choice the zoo's CPU-only kernels use;
@@ -18,6 +19,7 @@ from zoo.ops.batch_norm import batch_norm_inference, batch_norm_training
 from zoo.ops.conv import Conv, conv_general_dilated, runs_on_onednn
 from zoo.ops.dense import Dense
 from zoo.ops.native import NativeUnavailableWarning
+from zoo.ops.pooling import max_pool
 
 
 def native_available() -> bool:
@@ -33,6 +35,7 @@ __all__ = [
     "batch_norm_training",
     "conv_general_dilated",
     "initializers",
+    "max_pool",
     "native_available",
     "on_cpu",
     "portable",

@@ -1,8 +1,9 @@
-"""Loads the oneDNN extension (`csrc/onednn_*.cc`) and registers its XLA FFI targets.
+"""Loads the native extension (`csrc/`: oneDNN's kernels and the zoo's max pooling) and
+registers its XLA FFI targets.
 
 The extension is a shared library built beside this file by the package's build (`setup.py`),
 linked against `libdnnl.so.3` from the `onednn-cpu-gomp` wheel. It is loaded with ctypes the
-first time a convolution or batch norm is traced, not at `import zoo`. Where it cannot be
+first time a convolution, batch norm or max pool is traced, not at `import zoo`. Where it cannot be
 loaded (not built here, another OS or architecture, oneDNN missing), `library()` returns None,
 the zoo's kernels run on XLA, and one warning says why and how to get the fast path.
 
@@ -52,7 +53,12 @@ BATCH_NORM_TARGETS = {
     TRAINING_BACKWARD: "zoo_onednn_batch_norm_backward",
     INFERENCE_BACKWARD: "zoo_onednn_batch_norm_backward",
 }
-TARGETS = tuple(dict.fromkeys([*CONV_TARGETS.values(), *BATCH_NORM_TARGETS.values()]))
+# The extension's own max pooling (`csrc/max_pool.cc`; no oneDNN, no query: it runs any config).
+MAX_POOL_TARGETS = ("zoo_max_pool_forward", "zoo_max_pool_backward")
+TARGETS = (
+    *dict.fromkeys([*CONV_TARGETS.values(), *BATCH_NORM_TARGETS.values()]),
+    *MAX_POOL_TARGETS,
+)
 HOW_TO_GET_IT = (
     "on Linux x86_64, reinstall jax-zoo with a C++17 compiler available "
     "(pip install --force-reinstall --no-deps jax-zoo), which builds it against onednn-cpu-gomp"
@@ -124,8 +130,8 @@ def library() -> ctypes.CDLL | None:
         return _load()
     except OSError as error:
         warnings.warn(
-            f"jax-zoo: oneDNN kernels unavailable ({error}); convolutions and batch norms "
-            "run on XLA. "
+            f"jax-zoo: oneDNN kernels unavailable ({error}); convolutions, batch norms and "
+            "max pooling run on XLA. "
             f"To get the fast CPU path, {HOW_TO_GET_IT}; set {NATIVE_ENV}=0 to silence this.",
             NativeUnavailableWarning,
             stacklevel=2,

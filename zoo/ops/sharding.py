@@ -147,9 +147,10 @@ def _partition(fn: Kernel, batched, summed: bool, mesh, args):
 
 
 def whole_batch(fn: Callable[..., tuple[jax.Array, ...]], *operands: jax.Array):
-    """`fn(*operands)` for a kernel over the whole batch (batch norm's statistics) on one device
-    whose types may carry a (trivial) sharding: it runs on the operands typed as replicated, and
-    each result shaped like the first operand gets that operand's sharding back."""
+    """`fn(*operands)` for a kernel over the whole batch (batch norm's statistics, a pooling's
+    images) on one device whose types may carry a (trivial) sharding: it runs on the operands
+    typed as replicated, and each result of the first operand's rank and batch (its leading
+    axis) gets that operand's sharding back."""
     mesh = _explicit_mesh(operands)
     if mesh is None:
         return fn(*operands)
@@ -157,10 +158,14 @@ def whole_batch(fn: Callable[..., tuple[jax.Array, ...]], *operands: jax.Array):
     replicated = NamedSharding(mesh, PartitionSpec())
     results = fn(*(jax.sharding.reshard(op, replicated) for op in operands))
     batch_shape = operands[0].shape
-    return tuple(jax.sharding.reshard(r, like) if r.shape == batch_shape else r for r in results)
+
+    def batched(r: jax.Array) -> bool:
+        return r.ndim == len(batch_shape) and r.shape[:1] == batch_shape[:1]
+
+    return tuple(jax.sharding.reshard(r, like) if batched(r) else r for r in results)
 
 
-def _varying(x: jax.Array) -> frozenset:
+def varying(x: jax.Array) -> frozenset:
     """The manual (`shard_map`) mesh axes over which `x`'s value varies."""
     return jax.typeof(x).manual_axis_type.varying
 
@@ -168,15 +173,24 @@ def _varying(x: jax.Array) -> frozenset:
 def vary_like(result: jax.Array, *operands: jax.Array) -> jax.Array:
     """`result` typed as varying over every manual axis one of `operands` varies over, as a
     JAX op's result is (a custom call's result is typed as varying over none)."""
-    missing = frozenset().union(*map(_varying, operands)) - _varying(result)
+    return _vary_over(result, frozenset().union(*map(varying, operands)))
+
+
+def _vary_over(result: jax.Array, axes: frozenset) -> jax.Array:
+    missing = axes - varying(result)
     return jax.lax.pcast(result, tuple(sorted(missing)), to="varying") if missing else result
 
 
 def cotangent_like(cotangent: jax.Array, primal: jax.Array) -> jax.Array:
-    """A `custom_vjp` cotangent typed as its primal: summed over the manual axes along which
-    only the cotangent varies (the transpose of the implicit broadcast of `primal`), made
-    varying along those only the primal varies over."""
-    extra = _varying(cotangent) - _varying(primal)
+    """A `custom_vjp` cotangent typed as its primal (see `cotangent_varying_over`)."""
+    return cotangent_varying_over(cotangent, varying(primal))
+
+
+def cotangent_varying_over(cotangent: jax.Array, axes: frozenset) -> jax.Array:
+    """A `custom_vjp` cotangent typed as a primal varying over the manual `axes`: summed over
+    the axes along which only the cotangent varies (the transpose of the implicit broadcast of
+    the primal), made varying along those only the primal varies over."""
+    extra = varying(cotangent) - axes
     if extra:
         cotangent = jax.lax.psum(cotangent, tuple(sorted(extra)))
-    return vary_like(cotangent, primal)
+    return _vary_over(cotangent, axes)

@@ -1,0 +1,216 @@
+"""Max pooling of NHWC activations: the extension's kernels on CPU, XLA's ops elsewhere.
+
+`max_pool(x, window, stride, padding)` is `nn.max_pool(x, (window,) * 2, (stride,) * 2,
+explicit_padding(padding))`, padding counting as -inf. The values are always its values (NaN
+where a window holds a NaN); the gradient is bit for bit select-and-scatter's (the one XLA
+derives for `nn.max_pool`): each window sends its output gradient to one position, found by
+scanning the window in row-major order, padding included, and moving to each input the
+current choice is not >= (the first maximum, where there is no NaN; dropped where it is
+padding), and an input chosen by several windows receives their sum, added in row-major
+window order. Floats narrower than float32 pool in float32: the same maxima, and their
+gradients' sum rounded once (select-and-scatter in bf16 rounds each add).
+
+On CPU the pooling runs as, in order of preference:
+1. the extension's kernels (`csrc/max_pool.cc`), a `jax.custom_vjp` over a forward that also
+   returns each window's choice (a byte per output: the residual, instead of the input) and
+   a backward that gathers each input's gradient through it; on one device, for windows of
+   up to 16 x 16. oneDNN's max pooling is not used: it skips NaNs and turns a window of -inf
+   into -FLT_MAX.
+2. XLA, with a gradient built from elementwise masks of each window's choice, summed per
+   stride phase and interleaved once, which XLA:CPU runs about 2x faster than its
+   select-and-scatter.
+bench/README.md has the timings. GPU and TPU compilers have their own fast select-and-scatter:
+there (and for inputs that are not floating-point NHWC arrays) it is `nn.max_pool` unchanged,
+chosen inside the same jitted function (`zoo.ops.on_cpu`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zoo.ops import backend, native, sharding
+
+_F32 = jnp.float32
+# The kernels' argmax is a byte: a window of at most 256 positions.
+LARGEST_NATIVE_WINDOW = 16
+
+
+def reference_max_pool(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array:
+    """`nn.max_pool` with `padding` rows and columns of -inf on each side."""
+    pad = ((padding, padding), (padding, padding))
+    return nn.max_pool(x, (window, window), (stride, stride), pad)
+
+
+def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
+    """`reference_max_pool(x, window, stride, padding)`, fast on CPU (see module)."""
+
+    def reference(x: jax.Array) -> jax.Array:
+        return reference_max_pool(x, window, stride, padding)
+
+    if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
+        return reference(x)
+    # Narrower floats pool as float32 (max is exact in it): XLA:CPU widens their reduce-window
+    # anyway, but then cannot fuse the mask gradient's slices (bench/README.md).
+    wide = jnp.promote_types(x.dtype, _F32)
+
+    def cpu(x: jax.Array) -> jax.Array:
+        if _runs_natively(x, window):
+            pool = _Pool.of(x, window, stride, padding, backend.team_size())
+            return _native_max_pool(x.astype(wide), pool).astype(x.dtype)
+        return _mask_max_pool(x.astype(wide), window, stride, padding).astype(x.dtype)
+
+    return backend.on_cpu(cpu, reference, x)
+
+
+# --- the extension's kernels -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pool:
+    """A pooling of NHWC `shape` to `out_shape` (float32), on `num_threads` threads, of an
+    input varying over the manual (`shard_map`) axes `varying`."""
+
+    shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    window: int
+    stride: int
+    padding: int
+    num_threads: int
+    varying: frozenset
+
+    @classmethod
+    def of(cls, x: jax.Array, window: int, stride: int, padding: int, num_threads: int) -> _Pool:
+        out = jax.eval_shape(lambda x: reference_max_pool(x, window, stride, padding), x).shape
+        return cls(x.shape, out, window, stride, padding, num_threads, sharding.varying(x))
+
+    def ffi(self, target: str, results: tuple[tuple[tuple[int, ...], Any], ...], *operands):
+        """`target` on `operands`, its results of those (shape, dtype), typed as the operands
+        are (sharding, manual axes)."""
+
+        def call(*operands: jax.Array) -> tuple[jax.Array, ...]:
+            outputs = jax.ffi.ffi_call(
+                target,
+                tuple(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in results),
+                vmap_method="sequential",
+            )(
+                *operands,
+                window=np.int64(self.window),
+                stride=np.int64(self.stride),
+                padding=np.int64(self.padding),
+                num_threads=np.int64(self.num_threads),
+            )
+            return tuple(sharding.vary_like(output, *operands) for output in outputs)
+
+        return sharding.whole_batch(call, *operands)
+
+
+def _runs_natively(x: jax.Array, window: int) -> bool:
+    return (
+        backend.native_applies()
+        and backend.single_device()
+        and jnp.promote_types(x.dtype, _F32) == _F32
+        and window <= LARGEST_NATIVE_WINDOW
+        and 0 not in x.shape
+        and native.library() is not None
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _native_max_pool(x: jax.Array, pool: _Pool) -> jax.Array:
+    return _native_forward(x, pool)[0]
+
+
+def _native_forward(x: jax.Array, pool: _Pool) -> tuple[jax.Array, jax.Array]:
+    forward, _ = native.MAX_POOL_TARGETS
+    return pool.ffi(forward, ((pool.out_shape, _F32), (pool.out_shape, jnp.uint8)), x)
+
+
+def _native_backward(pool: _Pool, argmax: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    _, backward = native.MAX_POOL_TARGETS
+    (d_x,) = pool.ffi(backward, ((pool.shape, _F32),), g, argmax)
+    return (sharding.cotangent_varying_over(d_x, pool.varying),)
+
+
+_native_max_pool.defvjp(_native_forward, _native_backward)
+
+
+# --- XLA -------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _mask_max_pool(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array:
+    return reference_max_pool(x, window, stride, padding)
+
+
+def _mask_forward(
+    x: jax.Array, window: int, stride: int, padding: int
+) -> tuple[jax.Array, jax.Array]:
+    return reference_max_pool(x, window, stride, padding), x
+
+
+def _mask_backward(
+    window: int, stride: int, padding: int, x: jax.Array, g: jax.Array
+) -> tuple[jax.Array]:
+    n, h, w, c = x.shape
+    _, out_h, out_w, _ = g.shape
+    k, s, p = window, stride, padding
+    padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-jnp.inf)
+    # Select-and-scatter's choice: scanning the window in row-major order, padding included,
+    # it moves to each offset whose input the current choice is not >= (the first maximum,
+    # where there is no NaN).
+    chosen, chosen_at = None, None
+    for i in range(k):
+        for j in range(k):
+            candidate = jax.lax.slice(
+                padded,
+                (0, i, j, 0),
+                (n, i + s * (out_h - 1) + 1, j + s * (out_w - 1) + 1, c),
+                (1, s, s, 1),
+            )
+            if chosen is None:
+                chosen, chosen_at = candidate, jnp.zeros(candidate.shape, jnp.int32)
+                continue
+            moves = ~(chosen >= candidate)
+            chosen = jnp.where(moves, candidate, chosen)
+            chosen_at = jnp.where(moves, i * k + j, chosen_at)
+    # contributions[i, j]: the gradient that window offset (i, j) sends to its input.
+    zero = jnp.zeros((), g.dtype)
+    contributions = {
+        (i, j): jnp.where(chosen_at == i * k + j, g, zero) for i in range(k) for j in range(k)
+    }
+    # Offset i = s * q + r writes row s * (a + q) + r of the padded input for window row a, so
+    # phase r of the input rows is the sum over q of the contributions shifted down by q.
+    # Windows are summed in row-major order, as select-and-scatter adds them: for a fixed
+    # input position a larger shift q means an earlier window, so q runs downwards.
+    shift = (k - 1) // s
+    rows, cols = out_h + shift, out_w + shift
+    phases = []
+    for ri in range(s):
+        phase_row = []
+        for rj in range(s):
+            total = jnp.zeros((n, rows, cols, c), g.dtype)
+            for qi in reversed(range(len(range(ri, k, s)))):
+                for qj in reversed(range(len(range(rj, k, s)))):
+                    shifted = jnp.pad(
+                        contributions[s * qi + ri, s * qj + rj],
+                        ((0, 0), (qi, shift - qi), (qj, shift - qj), (0, 0)),
+                    )
+                    total = total + shifted
+            phase_row.append(total)
+        phases.append(jnp.stack(phase_row, axis=3))  # (n, rows, cols, s, c)
+    grid = jnp.stack(phases, axis=2).reshape(n, rows * s, cols * s, c)
+    full_h, full_w = h + 2 * p, w + 2 * p
+    grid = jnp.pad(
+        grid, ((0, 0), (0, max(0, full_h - rows * s)), (0, max(0, full_w - cols * s)), (0, 0))
+    )
+    return (grid[:, p : p + h, p : p + w],)
+
+
+_mask_max_pool.defvjp(_mask_forward, _mask_backward)
