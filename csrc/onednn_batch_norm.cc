@@ -2,14 +2,18 @@
 //
 // Channels-last activations (N, H, W, C; any other rank is flattened to (rows, 1, 1, C) by the
 // caller) in fp32 or bf16; scale, shift and the statistics are float32 vectors of C:
-//   zoo_onednn_batch_norm_training  (x, scale, shift) -> (y, mean, variance)
+//   zoo_onednn_batch_norm_training  (x, scale, shift) -> (y, mean, variance, workspace)
 //       normalises with the batch's mean and biased variance, which it returns;
 //   zoo_onednn_batch_norm_inference (x, mean, variance, scale, shift) -> y
 //       normalises with the given statistics;
-//   zoo_onednn_batch_norm_backward  (x, d_y, mean, variance, scale) -> (d_x, d_scale, d_shift)
+//   zoo_onednn_batch_norm_backward  (x, d_y, mean, variance, scale, workspace)
+//                                   -> (d_x, d_scale, d_shift)
 //       the gradient of either, `use_global_stats` saying which (1: the inference one, where
 //       mean and variance are constants).
-// Each takes the attributes `epsilon` (float32, added to the variance) and `num_threads`.
+// Each takes the attributes `epsilon` (float32, added to the variance), `relu` (1: y is
+// max(normalised, 0), oneDNN's fused ReLU) and `num_threads`. The workspace (uint8) is where
+// the training ReLU was positive, for its gradient: `zoo_onednn_batch_norm_workspace_bytes`
+// long, empty without `relu` (the inference gradient with `relu` is not one of these calls).
 //
 // Primitives are built once per (kind, shape, epsilon, threads) and cached under a mutex; each
 // call brings its own scratchpad. `zoo_onednn_batch_norm_implementation` (plain C, through ctypes
@@ -44,6 +48,7 @@ struct NormConfig {
   int64_t batch, height, width, channels;
   int64_t precision;
   int64_t epsilon_bits;  // the float32 epsilon's bits
+  int64_t relu;          // 1: ReLU fused onto the result
   int64_t num_threads;
 };
 
@@ -65,15 +70,17 @@ memory::desc VectorDesc(const NormConfig& c) {
 
 bool UsesGlobalStats(Kind kind) { return kind == kInference || kind == kInferenceBackward; }
 
-normalization_flags Flags(Kind kind) {
+normalization_flags Flags(Kind kind, const NormConfig& c) {
   normalization_flags flags = normalization_flags::use_scale | normalization_flags::use_shift;
   if (UsesGlobalStats(kind)) flags = flags | normalization_flags::use_global_stats;
+  if (c.relu) flags = flags | normalization_flags::fuse_norm_relu;
   return flags;
 }
 
 struct Plan {
   dnnl::primitive primitive;
   memory::desc scratchpad;
+  memory::desc workspace;  // empty but for the training kinds with a fused ReLU
   std::string implementation;
 };
 
@@ -85,21 +92,25 @@ std::unique_ptr<Plan> MakePlan(Kind kind, const NormConfig& c) {
   auto forward = dnnl::batch_normalization_forward::primitive_desc(
       Engine(),
       kind == kInference ? dnnl::prop_kind::forward_inference : dnnl::prop_kind::forward_training,
-      x, x, epsilon, Flags(kind), UserScratchpad(), /*allow_empty=*/true);
+      x, x, epsilon, Flags(kind, c), UserScratchpad(), /*allow_empty=*/true);
   if (!forward) return nullptr;
   auto plan = std::make_unique<Plan>();
   if (kind == kTraining || kind == kInference) {
     plan->primitive = dnnl::batch_normalization_forward(forward);
     plan->scratchpad = forward.scratchpad_desc();
+    plan->workspace = forward.workspace_desc();
     plan->implementation = forward.impl_info_str();
     return plan;
   }
+  // The inference gradient of a fused ReLU would need the workspace its forward does not write.
+  if (kind == kInferenceBackward && c.relu) return nullptr;
   auto backward = dnnl::batch_normalization_backward::primitive_desc(
-      Engine(), dnnl::prop_kind::backward, x, x, x, epsilon, Flags(kind), forward,
+      Engine(), dnnl::prop_kind::backward, x, x, x, epsilon, Flags(kind, c), forward,
       UserScratchpad(), /*allow_empty=*/true);
   if (!backward) return nullptr;
   plan->primitive = dnnl::batch_normalization_backward(backward);
   plan->scratchpad = backward.scratchpad_desc();
+  plan->workspace = backward.workspace_desc();
   plan->implementation = backward.impl_info_str();
   return plan;
 }
@@ -107,11 +118,14 @@ std::unique_ptr<Plan> MakePlan(Kind kind, const NormConfig& c) {
 // The cached plan of a configuration (nullptr, also cached, where oneDNN has none).
 const Plan* FindPlan(Kind kind, const NormConfig& c) { return CachedPlan(kind, c, &MakePlan); }
 
-// The primitive's arguments: DNNL_ARG_* to a buffer of XLA's (activation-shaped or a vector).
+// The primitive's arguments: DNNL_ARG_* to a buffer of XLA's (activation-shaped, a vector or
+// the workspace).
+enum class Shape { kActivation, kVector, kWorkspace };
+
 struct Argument {
   int name;
   void* data;
-  bool activation;
+  Shape shape;
 };
 
 ffi::Error Run(Kind kind, const NormConfig& c, std::initializer_list<Argument> arguments) {
@@ -127,7 +141,11 @@ ffi::Error Run(Kind kind, const NormConfig& c, std::initializer_list<Argument> a
     const memory::desc activation = ActivationDesc(c), vector = VectorDesc(c);
     std::unordered_map<int, memory> args;
     for (const Argument& a : arguments) {
-      args.emplace(a.name, memory(a.activation ? activation : vector, engine, a.data));
+      if (a.shape == Shape::kWorkspace && plan->workspace.get_size() == 0) continue;
+      const memory::desc& desc = a.shape == Shape::kActivation ? activation
+                                 : a.shape == Shape::kVector   ? vector
+                                                               : plan->workspace;
+      args.emplace(a.name, memory(desc, engine, a.data));
     }
     args.emplace(DNNL_ARG_SCRATCHPAD, memory(plan->scratchpad, engine));
     plan->primitive.execute(stream, args);
@@ -138,10 +156,10 @@ ffi::Error Run(Kind kind, const NormConfig& c, std::initializer_list<Argument> a
   return ffi::Error::Success();
 }
 
-ffi::Error ConfigFrom(const ffi::AnyBuffer& x, float epsilon, int64_t num_threads,
+ffi::Error ConfigFrom(const ffi::AnyBuffer& x, float epsilon, int64_t relu, int64_t num_threads,
                       NormConfig* c) {
   const auto dims = x.dimensions();
-  if (dims.size() != 4 || num_threads < 1) {
+  if (dims.size() != 4 || num_threads < 1 || (relu != 0 && relu != 1)) {
     return ffi::Error::InvalidArgument("zoo_onednn_batch_norm: expects an NHWC operand");
   }
   const ffi::DataType dtype = x.element_type();
@@ -152,57 +170,77 @@ ffi::Error ConfigFrom(const ffi::AnyBuffer& x, float epsilon, int64_t num_thread
   std::memcpy(&bits, &epsilon, sizeof(float));
   *c = NormConfig{dims[0], dims[1], dims[2], dims[3],
                   dtype == ffi::DataType::BF16 ? kBFloat16 : kFloat32,
-                  static_cast<int64_t>(bits), num_threads};
+                  static_cast<int64_t>(bits), relu, num_threads};
   return ffi::Error::Success();
 }
 
+// The workspace XLA allocated must be the one the primitive reads or writes.
+ffi::Error CheckWorkspace(Kind kind, const NormConfig& c, const ffi::AnyBuffer& workspace) {
+  const Plan* plan = FindPlan(kind, c);
+  if (plan == nullptr || workspace.size_bytes() != plan->workspace.get_size()) {
+    return ffi::Error::InvalidArgument("zoo_onednn_batch_norm: workspace of the wrong size");
+  }
+  return ffi::Error::Success();
+}
+
+constexpr Shape kActivation = Shape::kActivation, kVector = Shape::kVector,
+                kWorkspace = Shape::kWorkspace;
+
 ffi::Error Training(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer shift,
                     ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mean,
-                    ffi::Result<ffi::AnyBuffer> variance, float epsilon, int64_t num_threads) {
+                    ffi::Result<ffi::AnyBuffer> variance, ffi::Result<ffi::AnyBuffer> workspace,
+                    float epsilon, int64_t relu, int64_t num_threads) {
   NormConfig c;
-  ffi::Error error = ConfigFrom(x, epsilon, num_threads, &c);
+  ffi::Error error = ConfigFrom(x, epsilon, relu, num_threads, &c);
+  if (error.failure()) return error;
+  error = CheckWorkspace(kTraining, c, *workspace);
   if (error.failure()) return error;
   return Run(kTraining, c,
-             {{DNNL_ARG_SRC, x.untyped_data(), true},
-              {DNNL_ARG_DST, y->untyped_data(), true},
-              {DNNL_ARG_SCALE, scale.untyped_data(), false},
-              {DNNL_ARG_SHIFT, shift.untyped_data(), false},
-              {DNNL_ARG_MEAN, mean->untyped_data(), false},
-              {DNNL_ARG_VARIANCE, variance->untyped_data(), false}});
+             {{DNNL_ARG_SRC, x.untyped_data(), kActivation},
+              {DNNL_ARG_DST, y->untyped_data(), kActivation},
+              {DNNL_ARG_SCALE, scale.untyped_data(), kVector},
+              {DNNL_ARG_SHIFT, shift.untyped_data(), kVector},
+              {DNNL_ARG_MEAN, mean->untyped_data(), kVector},
+              {DNNL_ARG_VARIANCE, variance->untyped_data(), kVector},
+              {DNNL_ARG_WORKSPACE, workspace->untyped_data(), kWorkspace}});
 }
 
 ffi::Error Inference(ffi::AnyBuffer x, ffi::AnyBuffer mean, ffi::AnyBuffer variance,
                      ffi::AnyBuffer scale, ffi::AnyBuffer shift, ffi::Result<ffi::AnyBuffer> y,
-                     float epsilon, int64_t num_threads) {
+                     float epsilon, int64_t relu, int64_t num_threads) {
   NormConfig c;
-  ffi::Error error = ConfigFrom(x, epsilon, num_threads, &c);
+  ffi::Error error = ConfigFrom(x, epsilon, relu, num_threads, &c);
   if (error.failure()) return error;
   return Run(kInference, c,
-             {{DNNL_ARG_SRC, x.untyped_data(), true},
-              {DNNL_ARG_DST, y->untyped_data(), true},
-              {DNNL_ARG_MEAN, mean.untyped_data(), false},
-              {DNNL_ARG_VARIANCE, variance.untyped_data(), false},
-              {DNNL_ARG_SCALE, scale.untyped_data(), false},
-              {DNNL_ARG_SHIFT, shift.untyped_data(), false}});
+             {{DNNL_ARG_SRC, x.untyped_data(), kActivation},
+              {DNNL_ARG_DST, y->untyped_data(), kActivation},
+              {DNNL_ARG_MEAN, mean.untyped_data(), kVector},
+              {DNNL_ARG_VARIANCE, variance.untyped_data(), kVector},
+              {DNNL_ARG_SCALE, scale.untyped_data(), kVector},
+              {DNNL_ARG_SHIFT, shift.untyped_data(), kVector}});
 }
 
 ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer d_y, ffi::AnyBuffer mean,
-                    ffi::AnyBuffer variance, ffi::AnyBuffer scale,
+                    ffi::AnyBuffer variance, ffi::AnyBuffer scale, ffi::AnyBuffer workspace,
                     ffi::Result<ffi::AnyBuffer> d_x, ffi::Result<ffi::AnyBuffer> d_scale,
-                    ffi::Result<ffi::AnyBuffer> d_shift, float epsilon, int64_t num_threads,
-                    int64_t use_global_stats) {
+                    ffi::Result<ffi::AnyBuffer> d_shift, float epsilon, int64_t relu,
+                    int64_t num_threads, int64_t use_global_stats) {
   NormConfig c;
-  ffi::Error error = ConfigFrom(x, epsilon, num_threads, &c);
+  ffi::Error error = ConfigFrom(x, epsilon, relu, num_threads, &c);
   if (error.failure()) return error;
-  return Run(use_global_stats ? kInferenceBackward : kTrainingBackward, c,
-             {{DNNL_ARG_SRC, x.untyped_data(), true},
-              {DNNL_ARG_DIFF_DST, d_y.untyped_data(), true},
-              {DNNL_ARG_DIFF_SRC, d_x->untyped_data(), true},
-              {DNNL_ARG_MEAN, mean.untyped_data(), false},
-              {DNNL_ARG_VARIANCE, variance.untyped_data(), false},
-              {DNNL_ARG_SCALE, scale.untyped_data(), false},
-              {DNNL_ARG_DIFF_SCALE, d_scale->untyped_data(), false},
-              {DNNL_ARG_DIFF_SHIFT, d_shift->untyped_data(), false}});
+  const Kind kind = use_global_stats ? kInferenceBackward : kTrainingBackward;
+  error = CheckWorkspace(kind, c, workspace);
+  if (error.failure()) return error;
+  return Run(kind, c,
+             {{DNNL_ARG_SRC, x.untyped_data(), kActivation},
+              {DNNL_ARG_DIFF_DST, d_y.untyped_data(), kActivation},
+              {DNNL_ARG_DIFF_SRC, d_x->untyped_data(), kActivation},
+              {DNNL_ARG_MEAN, mean.untyped_data(), kVector},
+              {DNNL_ARG_VARIANCE, variance.untyped_data(), kVector},
+              {DNNL_ARG_SCALE, scale.untyped_data(), kVector},
+              {DNNL_ARG_DIFF_SCALE, d_scale->untyped_data(), kVector},
+              {DNNL_ARG_DIFF_SHIFT, d_shift->untyped_data(), kVector},
+              {DNNL_ARG_WORKSPACE, workspace.untyped_data(), kWorkspace}});
 }
 
 }  // namespace
@@ -219,7 +257,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(zoo_onednn_batch_norm_training, Training,
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
                                   .Attr<float>("epsilon")
+                                  .Attr<int64_t>("relu")
                                   .Attr<int64_t>("num_threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(zoo_onednn_batch_norm_inference, Inference,
@@ -231,6 +271,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(zoo_onednn_batch_norm_inference, Inference,
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<float>("epsilon")
+                                  .Attr<int64_t>("relu")
                                   .Attr<int64_t>("num_threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(zoo_onednn_batch_norm_backward, Backward,
@@ -240,10 +281,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(zoo_onednn_batch_norm_backward, Backward,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<float>("epsilon")
+                                  .Attr<int64_t>("relu")
                                   .Attr<int64_t>("num_threads")
                                   .Attr<int64_t>("use_global_stats"));
 
@@ -255,6 +298,24 @@ ZOO_EXPORT int zoo_onednn_batch_norm_implementation(int64_t kind, const int64_t*
                                                     int64_t implementation_size) {
   return QueryImplementation(kind, kInferenceBackward + 1, config, config_size, implementation,
                              implementation_size, &MakePlan);
+}
+
+// The bytes of the workspace of `kind` (0 training, 2 its gradient) of `config`, as for the
+// query; -1 where oneDNN has no kernel for it.
+ZOO_EXPORT int64_t zoo_onednn_batch_norm_workspace_bytes(int64_t kind, const int64_t* config,
+                                                         int64_t config_size) {
+  if (config_size != static_cast<int64_t>(kFields<NormConfig>) || kind < 0 ||
+      kind > kInferenceBackward) {
+    return -1;
+  }
+  NormConfig c;
+  std::memcpy(&c, config, sizeof(NormConfig));
+  try {
+    const Plan* plan = FindPlan(static_cast<Kind>(kind), c);
+    return plan == nullptr ? -1 : static_cast<int64_t>(plan->workspace.get_size());
+  } catch (const dnnl::error&) {
+    return -1;
+  }
 }
 
 // The number of fields of the query's `config`, so Python can check it agrees.

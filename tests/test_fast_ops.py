@@ -2,7 +2,7 @@
 
 - `zoo.ops.max_pool` (the `MaxPool` module), on the extension's kernels and on XLA's mask
   gradient: the same values as `nn.max_pool` and bit-for-bit the same gradient
-  (select-and-scatter's first-match rule), including ties, -inf inputs, NaNs, windows that
+  (select-and-scatter's choice), including ties, -inf inputs, NaNs, windows that
   overlap the padding, strides larger than the window, channel counts that fill no vector and
   bfloat16.
 - `zoo.ops.initializers`: bit-for-bit JAX's initial values, in every dtype and fan mode used.

@@ -7,6 +7,8 @@ same arithmetic traced under `portable()`, which keeps every kernel on XLA.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,15 +44,15 @@ def operands(shape, dtype, seed=0):
     return x, scale, bias, mean, var
 
 
-def training_loss(x, scale, bias):
+def training_loss(x, scale, bias, relu=False):
     # Nonlinear in every output, the statistics included, so each cotangent is nonzero.
-    y, mean, var = ops.batch_norm_training(x, scale, bias, EPSILON)
+    y, mean, var = ops.batch_norm_training(x, scale, bias, EPSILON, relu=relu)
     loss = jnp.sum(jnp.sin(y.astype(jnp.float32))) + jnp.sum(mean**2) + jnp.sum(jnp.cos(var))
     return loss, (y, mean, var)
 
 
-def inference_loss(x, mean, var, scale, bias):
-    y = ops.batch_norm_inference(x, mean, var, scale, bias, EPSILON)
+def inference_loss(x, mean, var, scale, bias, relu=False):
+    y = ops.batch_norm_inference(x, mean, var, scale, bias, EPSILON, relu=relu)
     return jnp.sum(jnp.sin(y.astype(jnp.float32))), y
 
 
@@ -70,19 +72,41 @@ def assert_close(ours, theirs, dtype):
 
 
 @needs_native
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_training_mode_and_its_gradients_equal_xla(shape, dtype):
+def test_training_mode_and_its_gradients_equal_xla(shape, dtype, relu):
     x, scale, bias, _, _ = operands(shape, dtype)
-    assert_close(*on_both_paths(training_loss, x, scale, bias), dtype)
+    loss = functools.partial(training_loss, relu=relu)
+    assert_close(*on_both_paths(loss, x, scale, bias), dtype)
+
+
+@needs_native
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("shape", SHAPES[:2] + SHAPES[3:4], ids=str)
+def test_inference_mode_and_its_gradients_equal_xla(shape, dtype, relu):
+    x, scale, bias, mean, var = operands(shape, dtype)
+    loss = functools.partial(inference_loss, relu=relu)
+    assert_close(*on_both_paths(loss, x, mean, var, scale, bias), dtype)
 
 
 @needs_native
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
-@pytest.mark.parametrize("shape", SHAPES[:2] + SHAPES[3:4], ids=str)
-def test_inference_mode_and_its_gradients_equal_xla(shape, dtype):
-    x, scale, bias, mean, var = operands(shape, dtype)
-    assert_close(*on_both_paths(inference_loss, x, mean, var, scale, bias), dtype)
+def test_a_fused_relu_leaves_xla_no_pass_over_the_activations(dtype):
+    # The ReLU and its gradient's mask live in oneDNN's kernels (the mask as its workspace).
+    x, scale, bias, _, _ = operands((4, 8, 8, 16), dtype)
+
+    def loss(x, scale, bias):
+        return jnp.sum(ops.batch_norm_training(x, scale, bias, EPSILON, relu=True)[0])
+
+    hlo = jax.jit(jax.grad(loss, (0, 1, 2))).lower(x, scale, bias).as_text()
+    assert hlo.count("zoo_onednn_batch_norm_") == 2
+    assert not any(op in hlo for op in ("maximum", "select", "compare")), hlo
+    # The values are relu(batch norm) exactly (the gradients: the tests above).
+    y = ops.batch_norm_training(x, scale, bias, EPSILON, relu=True)[0]
+    plain = jax.nn.relu(ops.batch_norm_training(x, scale, bias, EPSILON)[0])
+    np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(plain, np.float32))
 
 
 @needs_native

@@ -72,8 +72,8 @@ class CifarResNet(ImageModel):
 
     @nn.nowrap
     def feature_stages(self) -> tuple[Stage, ...]:
-        # No stem pool: the stem's last module is stem_bn, and the model applies relu after it.
-        return (Stage("stem", "stem_bn", nn.relu), *residual_stages(self.stage_sizes))
+        # No stem pool: the stem's last module is stem_bn, its ReLU fused.
+        return (Stage("stem", "stem_bn"), *residual_stages(self.stage_sizes))
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -89,7 +89,7 @@ class CifarResNet(ImageModel):
             param_dtype=self.param_dtype,
             name="stem_conv",
         )(x)
-        x = nn.relu(batch_norm(train, self.dtype, self.param_dtype, "stem_bn")(x))
+        x = batch_norm(train, self.dtype, self.param_dtype, "stem_bn", relu=True)(x)
         return stages_and_classifier(self, x, train, BasicBlock, shortcut=self.shortcut)
 
 

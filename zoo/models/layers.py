@@ -258,11 +258,14 @@ class BatchNorm(nn.Module):
       momentum: the running statistics keep this share of their old value (PyTorch's momentum
         is 1 - this: 0.9 here is its 0.1).
       epsilon: added to the variance, PyTorch's eps.
+      relu: return the normalised result's ReLU (`nn.relu`, gradient included), fused into the
+        batch norm's kernels where oneDNN runs them: a BatchNorm2d followed by a ReLU.
     """
 
     use_running_average: bool = False
     momentum: float = 0.9
     epsilon: float = 1e-5
+    relu: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     scale_init: Any = nn.initializers.ones
@@ -284,10 +287,10 @@ class BatchNorm(nn.Module):
         x = x.astype(jnp.promote_types(x.dtype, self.dtype))
         if self.use_running_average:
             y = batch_norm_inference(
-                x, running_mean.value, running_var.value, scale, bias, self.epsilon
+                x, running_mean.value, running_var.value, scale, bias, self.epsilon, relu=self.relu
             )
         else:
-            y, mean, var = batch_norm_training(x, scale, bias, self.epsilon)
+            y, mean, var = batch_norm_training(x, scale, bias, self.epsilon, relu=self.relu)
             if not self.is_initializing():
                 n = math.prod(x.shape[:-1])
                 unbiased = var * (n / max(n - 1, 1))
@@ -298,11 +301,19 @@ class BatchNorm(nn.Module):
 
 
 def batch_norm(
-    train: bool, dtype: Dtype, param_dtype: Dtype, name: str, scale_init: Any = None
+    train: bool,
+    dtype: Dtype,
+    param_dtype: Dtype,
+    name: str,
+    scale_init: Any = None,
+    *,
+    relu: bool = False,
 ) -> BatchNorm:
-    """The zoo's BatchNorm with PyTorch's constants (momentum 0.1 there is 0.9 here, eps 1e-5)."""
+    """The zoo's BatchNorm with PyTorch's constants (momentum 0.1 there is 0.9 here, eps 1e-5),
+    followed by a ReLU where `relu`."""
     return BatchNorm(
         use_running_average=not train,
+        relu=relu,
         dtype=dtype,
         param_dtype=param_dtype,
         scale_init=scale_init or nn.initializers.ones,

@@ -30,6 +30,7 @@ from zoo import formulas
 from zoo.analytic import Counts, Shape, spatial
 from zoo.models.base import ImageModel, Stage
 from zoo.models.layers import (
+    BatchNorm,
     GlobalAvgPool,
     MaxPool,
     batch_norm,
@@ -101,10 +102,10 @@ class _ResidualBlock(nn.Module):
             name=name,
         )
 
-    def norm(self, train: bool, name: str, last: bool = False) -> nn.BatchNorm:
+    def norm(self, train: bool, name: str, last: bool = False, relu: bool = False) -> BatchNorm:
         zero = last and self.zero_init_residual
         zero_init = nn.initializers.zeros if zero else None
-        return batch_norm(train, self.dtype, self.param_dtype, name, zero_init)
+        return batch_norm(train, self.dtype, self.param_dtype, name, zero_init, relu=relu)
 
     def add_shortcut(self, x: jax.Array, residual: jax.Array, train: bool) -> jax.Array:
         out_features = self.features * self.expansion
@@ -142,7 +143,7 @@ class BasicBlock(_ResidualBlock):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        y = nn.relu(self.norm(train, "bn1")(self.conv(self.features, 3, self.stride, "conv1")(x)))
+        y = self.norm(train, "bn1", relu=True)(self.conv(self.features, 3, self.stride, "conv1")(x))
         y = self.norm(train, "bn2", last=True)(self.conv(self.features, 3, 1, "conv2")(y))
         return self.add_shortcut(x, y, train)
 
@@ -154,8 +155,8 @@ class Bottleneck(_ResidualBlock):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        y = nn.relu(self.norm(train, "bn1")(self.conv(self.features, 1, 1, "conv1")(x)))
-        y = nn.relu(self.norm(train, "bn2")(self.conv(self.features, 3, self.stride, "conv2")(y)))
+        y = self.norm(train, "bn1", relu=True)(self.conv(self.features, 1, 1, "conv1")(x))
+        y = self.norm(train, "bn2", relu=True)(self.conv(self.features, 3, self.stride, "conv2")(y))
         y = self.conv(self.features * 4, 1, 1, "conv3")(y)
         return self.add_shortcut(x, self.norm(train, "bn3", last=True)(y), train)
 
@@ -257,7 +258,7 @@ class ResNet(ImageModel):
             param_dtype=self.param_dtype,
             name="stem_conv",
         )(x)
-        x = nn.relu(batch_norm(train, self.dtype, self.param_dtype, "stem_bn")(x))
+        x = batch_norm(train, self.dtype, self.param_dtype, "stem_bn", relu=True)(x)
         x = MaxPool(3, 2, 1, name="stem_pool")(x)
         return stages_and_classifier(self, x, train, BLOCKS[self.block])
 

@@ -4,7 +4,10 @@
 channels last) with the batch's mean and biased variance over every other axis and returns them
 with the result; `batch_norm_inference(x, mean, var, scale, bias, epsilon)` normalises with the
 given statistics. Both compute in float32 (`scale`, `bias` and the statistics are float32) and
-return the result in `x`'s dtype (float32 or bfloat16 on oneDNN).
+return the result in `x`'s dtype (float32 or bfloat16 on oneDNN). With `relu=True` the result
+is `jax.nn.relu` of it, gradient included (zero where the normalised value is not positive),
+fused into oneDNN's kernels where they run: no XLA pass over the activation for the ReLU, nor
+for its gradient's mask, which the training kernel keeps as a bit per element.
 
 On CPU each runs as a `jax.custom_vjp` over oneDNN's batch-normalisation primitives
 (`csrc/onednn_batch_norm.cc`): a forward call and a backward one that gives the gradients of
@@ -39,34 +42,44 @@ _F32 = jnp.float32
 KINDS = tuple(native.BATCH_NORM_TARGETS)
 
 
-def _normalise(x, mean, var, scale, bias, epsilon):
+def _normalise(x, mean, var, scale, bias, epsilon, relu=False):
     y = (x.astype(_F32) - mean) * lax.rsqrt(var + epsilon)
-    return (y * scale + bias).astype(x.dtype)
+    y = (y * scale + bias).astype(x.dtype)
+    return jax.nn.relu(y) if relu else y
 
 
-def _reference_training(x, scale, bias, epsilon):
+def _reference_training(x, scale, bias, epsilon, relu=False):
     axes = tuple(range(x.ndim - 1))
     batch = x.astype(_F32)
     mean = jnp.mean(batch, axes)
     var = jnp.mean(jnp.square(batch - mean), axes)
-    return _normalise(x, mean, var, scale, bias, epsilon), mean, var
+    return _normalise(x, mean, var, scale, bias, epsilon, relu), mean, var
 
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
     """A batch norm oneDNN can run on `shape` (NHWC), with the dtype each kind computes in
-    (None where XLA does)."""
+    (None where XLA does). With `relu`, the training kinds fuse the ReLU (both on oneDNN, the
+    forward writing a workspace of `workspace_bytes` for the gradient), inference fuses it
+    where it runs there, and the inference gradient takes the ReLU's mask from XLA."""
 
     shape: tuple[int, int, int, int]
     epsilon: float
+    relu: bool
     num_threads: int
     kernels: tuple[Any, Any, Any, Any]  # per kind: training, inference, their gradients
+    workspace_bytes: int = 0
+
+    def workspace(self) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct((self.workspace_bytes,), jnp.uint8)
 
     def ffi(self, kind: int, results: tuple[jax.ShapeDtypeStruct, ...], *operands: jax.Array):
         """`kind` on oneDNN, activations in its kernel's dtype; results in `results`' dtypes."""
         dtype = self.kernels[kind]
 
         def in_kernel_dtype(a: jax.ShapeDtypeStruct | jax.Array) -> Any:
+            if a.dtype == jnp.uint8:  # the workspace
+                return a.dtype
             return dtype if a.shape == self.shape else _F32
 
         call = jax.ffi.ffi_call(
@@ -74,7 +87,11 @@ class _Plan:
             tuple(jax.ShapeDtypeStruct(r.shape, in_kernel_dtype(r)) for r in results),
             vmap_method="sequential",
         )
-        attributes = dict(epsilon=np.float32(self.epsilon), num_threads=np.int64(self.num_threads))
+        attributes = dict(
+            epsilon=np.float32(self.epsilon),
+            relu=np.int64(self.relu_in(kind)),
+            num_threads=np.int64(self.num_threads),
+        )
         if kind in (native.TRAINING_BACKWARD, native.INFERENCE_BACKWARD):
             attributes["use_global_stats"] = np.int64(kind == native.INFERENCE_BACKWARD)
         outputs = call(*(a.astype(in_kernel_dtype(a)) for a in operands), **attributes)
@@ -82,6 +99,10 @@ class _Plan:
             sharding.vary_like(o.astype(r.dtype), *operands)
             for o, r in zip(outputs, results, strict=True)
         )
+
+    def relu_in(self, kind: int) -> bool:
+        """Whether `kind`'s kernel fuses the ReLU (the inference gradient's never does)."""
+        return self.relu and kind != native.INFERENCE_BACKWARD
 
     def run(self, kind: int, results, xla_fn, *operands: jax.Array):
         """`kind` on oneDNN where this plan has a kernel for it, else `xla_fn`."""
@@ -94,15 +115,16 @@ class _Plan:
         )
 
 
-def _kernel(kind: int, shape: tuple[int, ...], dtype: Any, epsilon: float, threads: int) -> bool:
+def _config(kind: int, shape, dtype: Any, epsilon: float, relu: bool, threads: int):
+    """`NormConfig`'s fields (csrc/onednn_batch_norm.cc) of `kind` on `shape`."""
     bits = int(np.float32(epsilon).view(np.uint32))
-    config = (*shape, native.PRECISIONS[jnp.dtype(dtype)], bits, threads)
-    return native.implementation(native.BATCH_NORM, kind, config)[0]
+    return (*shape, native.PRECISIONS[jnp.dtype(dtype)], bits, int(relu), threads)
 
 
-def _plan(x: jax.Array, epsilon: float, kinds: tuple[int, int]) -> _Plan | None:
+def _plan(x: jax.Array, epsilon: float, kinds: tuple[int, int], relu: bool = False) -> _Plan | None:
     """The oneDNN plan of a batch norm of `x` for `kinds` (a forward and its gradient), or None
-    where both run on XLA."""
+    where both run on XLA or (with `relu`) where oneDNN cannot run both training kinds with
+    the ReLU fused."""
     if not backend.native_applies() or not backend.single_device():
         return None
     if x.dtype not in native.PRECISIONS:
@@ -110,15 +132,28 @@ def _plan(x: jax.Array, epsilon: float, kinds: tuple[int, int]) -> _Plan | None:
     if x.ndim < 2 or 0 in x.shape:
         return None
     shape = x.shape if x.ndim == 4 else (math.prod(x.shape[:-1]), 1, 1, x.shape[-1])
-    threads = backend.team_size()
+    epsilon, threads = float(epsilon), backend.team_size()
+
+    def config(kind: int, dtype: Any) -> tuple[int, ...]:
+        fused = relu and kind != native.INFERENCE_BACKWARD  # as `_Plan.relu_in`
+        return _config(kind, shape, dtype, epsilon, fused, threads)
+
     kernels = [None] * len(KINDS)
     for kind in kinds:
         kernels[kind] = native.kernel_dtype(
-            x.dtype, lambda d, kind=kind: _kernel(kind, shape, d, float(epsilon), threads)
+            x.dtype,
+            lambda d, kind=kind: native.implementation(native.BATCH_NORM, kind, config(kind, d))[0],
         )
     if all(kernel is None for kernel in kernels):
         return None
-    return _Plan(shape, float(epsilon), threads, tuple(kernels))
+    workspace = 0
+    if relu and native.TRAINING in kinds:
+        training = kernels[native.TRAINING]
+        # The gradient reads the forward's workspace: both on oneDNN, in one dtype.
+        if training is None or kernels[native.TRAINING_BACKWARD] != training:
+            return None
+        workspace = native.batch_norm_workspace_bytes(config(native.TRAINING, training))
+    return _Plan(shape, epsilon, relu, threads, tuple(kernels), workspace)
 
 
 def _vectors(plan: _Plan, count: int) -> tuple[jax.ShapeDtypeStruct, ...]:
@@ -133,36 +168,41 @@ def _plain(value):
 
 
 def _training_forward(x, scale, bias, plan: _Plan):
-    results = (jax.ShapeDtypeStruct(x.shape, x.dtype), *_vectors(plan, 2))
-    xla = functools.partial(_reference_training, epsilon=plan.epsilon)
+    """(y, mean, var, the ReLU's workspace: empty without one or on XLA)."""
+    results = (jax.ShapeDtypeStruct(x.shape, x.dtype), *_vectors(plan, 2), plan.workspace())
+
+    def xla(x, scale, bias):
+        y, mean, var = _reference_training(x, scale, bias, plan.epsilon, plan.relu)
+        return y, mean, var, jnp.zeros(plan.workspace().shape, jnp.uint8)
+
     return plan.run(native.TRAINING, results, xla, x, scale, bias)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _native_training(x, scale, bias, plan: _Plan):
-    return _training_forward(x, scale, bias, plan)
+    return _training_forward(x, scale, bias, plan)[:3]
 
 
 def _native_training_fwd(x, scale, bias, plan):
     x, scale, bias = _plain(x), _plain(scale), _plain(bias)
-    y, mean, var = _training_forward(x, scale, bias, plan)
-    return (y, mean, var), (x, scale, bias, mean, var)
+    y, mean, var, workspace = _training_forward(x, scale, bias, plan)
+    return (y, mean, var), (x, scale, bias, mean, var, workspace)
 
 
 def _native_training_bwd(plan, residuals, cotangents):
-    x, scale, bias, mean, var = residuals
+    x, scale, bias, mean, var, workspace = residuals
     d_y, d_mean, d_var = cotangents
     if isinstance(d_y, SymbolicZero):
         d_y = jnp.zeros(x.shape, x.dtype)
 
-    def xla(x, d_y, mean, var, scale):
-        reference = functools.partial(_reference_training, epsilon=plan.epsilon)
+    def xla(x, d_y, mean, var, scale, workspace):
+        reference = functools.partial(_reference_training, epsilon=plan.epsilon, relu=plan.relu)
         _, vjp = jax.vjp(lambda *args: reference(*args)[0], x, scale, bias)
         return vjp(d_y)
 
     results = (jax.ShapeDtypeStruct(x.shape, x.dtype), *_vectors(plan, 2))
     d_x, d_scale, d_bias = plan.run(
-        native.TRAINING_BACKWARD, results, xla, x, d_y, mean, var, scale
+        native.TRAINING_BACKWARD, results, xla, x, d_y, mean, var, scale, workspace
     )
     # The statistics' own cotangents: mean = sum(x) / n, var = sum((x - mean)^2) / n.
     count = math.prod(x.shape[:-1])
@@ -187,7 +227,7 @@ def _inference_forward(x, mean, var, scale, bias, plan: _Plan):
     (y,) = plan.run(
         native.INFERENCE,
         (jax.ShapeDtypeStruct(x.shape, x.dtype),),
-        lambda *args: (_normalise(*args, plan.epsilon),),
+        lambda *args: (_normalise(*args, plan.epsilon, plan.relu),),
         x,
         mean,
         var,
@@ -203,20 +243,24 @@ def _native_inference(x, mean, var, scale, bias, plan: _Plan):
 
 
 def _native_inference_fwd(x, mean, var, scale, bias, plan):
-    return _inference_forward(x, mean, var, scale, bias, plan), (x, mean, var, scale, bias)
+    y = _inference_forward(x, mean, var, scale, bias, plan)
+    return y, (x, mean, var, scale, bias, y if plan.relu else None)
 
 
 def _native_inference_bwd(plan, residuals, d_y):
-    x, mean, var, scale, bias = residuals
+    x, mean, var, scale, bias, y = residuals
+    if plan.relu:  # jax.nn.relu's gradient: none where the result is not positive
+        d_y = jnp.where(y > 0, d_y, jnp.zeros((), d_y.dtype))
 
-    def xla(x, d_y, mean, var, scale):
+    def xla(x, d_y, mean, var, scale, workspace):
         _, vjp = jax.vjp(lambda *args: _normalise(*args, plan.epsilon), x, mean, var, scale, bias)
         d_x, _, _, d_scale, d_bias = vjp(d_y)
         return d_x, d_scale, d_bias
 
     results = (jax.ShapeDtypeStruct(x.shape, x.dtype), *_vectors(plan, 2))
+    no_workspace = jnp.zeros((0,), jnp.uint8)
     d_x, d_scale, d_bias = plan.run(
-        native.INFERENCE_BACKWARD, results, xla, x, d_y, mean, var, scale
+        native.INFERENCE_BACKWARD, results, xla, x, d_y, mean, var, scale, no_workspace
     )
     # y = (x - mean) * inv * scale + bias, inv = (var + eps)^-1/2; d_scale = sum(d_y (x-mean) inv).
     inv = lax.rsqrt(var + plan.epsilon)
@@ -234,11 +278,15 @@ def _as_nhwc(x: jax.Array, plan: _Plan) -> jax.Array:
 
 
 def batch_norm_training(
-    x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
+    x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, *, relu: bool = False
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(normalised `x`, batch mean, biased batch variance), statistics over all but the last
-    axis; `scale` and `bias` float32 vectors of the channels."""
-    plan = _plan(x, epsilon, (native.TRAINING, native.TRAINING_BACKWARD))
+    axis; `scale` and `bias` float32 vectors of the channels. `relu`: the result's ReLU."""
+    kinds = (native.TRAINING, native.TRAINING_BACKWARD)
+    plan = _plan(x, epsilon, kinds, relu)
+    if plan is None and relu:  # the ReLU on XLA, after oneDNN's batch norm where that runs
+        y, mean, var = batch_norm_training(x, scale, bias, epsilon)
+        return jax.nn.relu(y), mean, var
     if plan is None:
         return _reference_training(x, scale, bias, epsilon)
     y, mean, var = _native_training(_as_nhwc(x, plan), scale, bias, plan)
@@ -252,11 +300,13 @@ def batch_norm_inference(
     scale: jax.Array,
     bias: jax.Array,
     epsilon: float,
+    *,
+    relu: bool = False,
 ) -> jax.Array:
     """`x` normalised with the given statistics (float32 vectors of the channels, as are
-    `scale` and `bias`)."""
-    plan = _plan(x, epsilon, (native.INFERENCE, native.INFERENCE_BACKWARD))
+    `scale` and `bias`). `relu`: the result's ReLU."""
+    plan = _plan(x, epsilon, (native.INFERENCE, native.INFERENCE_BACKWARD), relu)
     if plan is None:
-        return _normalise(x, mean, var, scale, bias, epsilon)
+        return _normalise(x, mean, var, scale, bias, epsilon, relu)
     y = _native_inference(_as_nhwc(x, plan), mean, var, scale, bias, plan)
     return y.reshape(x.shape)

@@ -116,6 +116,9 @@ def _load() -> ctypes.CDLL:
             ctypes.c_int64,
         ]
         getattr(lib, f"zoo_onednn_{op}_config_fields").restype = ctypes.c_int64
+    workspace = lib.zoo_onednn_batch_norm_workspace_bytes
+    workspace.restype = ctypes.c_int64
+    workspace.argtypes = [ctypes.c_int64, ctypes.POINTER(ctypes.c_int64), ctypes.c_int64]
     for name in TARGETS:
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
     return lib
@@ -154,6 +157,17 @@ def implementation(op: str, kind: int, config: tuple[int, ...]) -> tuple[bool, s
     query = getattr(lib, f"zoo_onednn_{op}_implementation")
     status = query(kind, values, len(config), name, len(name))
     return status == 1, name.value.decode()
+
+
+def batch_norm_workspace_bytes(config: tuple[int, ...]) -> int:
+    """The bytes of the workspace oneDNN's training batch norm of `config` (`NormConfig`'s
+    fields) writes for its gradient: a bit per element with a fused ReLU, else none. Call only
+    where `implementation` found its kernel."""
+    values = (ctypes.c_int64 * len(config))(*config)
+    size = library().zoo_onednn_batch_norm_workspace_bytes(TRAINING, values, len(config))
+    if size < 0:
+        raise ValueError(f"oneDNN has no training batch norm for {config}")
+    return size
 
 
 def kernel_dtype(dtype: Any, has_kernel: Callable[[Any], bool]) -> Any:
