@@ -158,6 +158,12 @@ def test_max_pool_other_inputs_fall_back_to_flax():
     np.testing.assert_array_equal(max_pool(unbatched, 3, 2, 1), reference(unbatched, 3, 2, 1))
 
 
+def test_max_pool_of_maps_smaller_than_the_window_is_empty():
+    x = jnp.ones((2, 2, 2, 3), jnp.float32)
+    y, d_x = values_and_gradient(max_pool, 3, 2, 0)(x, jnp.ones((2, 0, 0, 3), jnp.float32))
+    assert y.shape == (2, 0, 0, 3) and d_x.shape == x.shape and not np.any(d_x)
+
+
 def test_max_pool_windows_the_native_argmax_cannot_index_run_on_xla():
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 18, 18, 4)), jnp.float32)
     g = jnp.ones((2, 2, 2, 4), jnp.float32)

@@ -20,8 +20,8 @@ On CPU the pooling runs as, in order of preference:
    stride phase and interleaved once, which XLA:CPU runs about 2x faster than its
    select-and-scatter.
 bench/README.md has the timings. GPU and TPU compilers have their own fast select-and-scatter:
-there (and for inputs that are not floating-point NHWC arrays) it is `nn.max_pool` unchanged,
-chosen inside the same jitted function (`zoo.ops.on_cpu`).
+there (and for inputs that are not floating-point NHWC arrays, or maps smaller than the window)
+it is `nn.max_pool` unchanged, chosen inside the same jitted function (`zoo.ops.on_cpu`).
 """
 
 from __future__ import annotations
@@ -56,13 +56,15 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
 
     if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
         return reference(x)
+    pool = _Pool.of(x, window, stride, padding, backend.team_size())
+    if 0 in (*pool.shape, *pool.out_shape):  # nothing to pool (a map smaller than the window)
+        return reference(x)
     # Narrower floats pool as float32 (max is exact in it): XLA:CPU widens their reduce-window
     # anyway, but then cannot fuse the mask gradient's slices (bench/README.md).
     wide = jnp.promote_types(x.dtype, _F32)
 
     def cpu(x: jax.Array) -> jax.Array:
-        if _runs_natively(x, window):
-            pool = _Pool.of(x, window, stride, padding, backend.team_size())
+        if _runs_natively(x, pool):
             return _native_max_pool(x.astype(wide), pool).astype(x.dtype)
         return _mask_max_pool(x.astype(wide), window, stride, padding).astype(x.dtype)
 
@@ -111,13 +113,12 @@ class _Pool:
         return sharding.whole_batch(call, *operands)
 
 
-def _runs_natively(x: jax.Array, window: int) -> bool:
+def _runs_natively(x: jax.Array, pool: _Pool) -> bool:
     return (
         backend.native_applies()
         and backend.single_device()
         and jnp.promote_types(x.dtype, _F32) == _F32
-        and window <= LARGEST_NATIVE_WINDOW
-        and 0 not in x.shape
+        and pool.window <= LARGEST_NATIVE_WINDOW
         and native.library() is not None
     )
 
