@@ -1,4 +1,5 @@
-// Max pooling for jax-zoo on NHWC float32 activations, called from XLA:CPU through the XLA FFI.
+// Max pooling for jax-zoo on NHWC float32 or bfloat16 activations (computed in float32), called
+// from XLA:CPU through the XLA FFI.
 //
 // A square `window` moved by `stride` over the input with `padding` rows and columns of -inf
 // before it (and after it, as far as the output size reaches), exactly as XLA's
@@ -26,6 +27,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -52,8 +54,9 @@ ffi::Error PoolFrom(ffi::AnyBuffer x, ffi::AnyBuffer y, int64_t window, int64_t 
   if (window < 1 || window > kLargestWindow || stride < 1 || padding < 0 || num_threads < 1) {
     return ffi::Error::InvalidArgument("zoo_max_pool: expects a window of 1 to 16");
   }
-  if (x.element_type() != ffi::DataType::F32 || y.element_type() != ffi::DataType::F32) {
-    return ffi::Error::InvalidArgument("zoo_max_pool: expects float32");
+  const ffi::DataType dtype = x.element_type();
+  if ((dtype != ffi::DataType::F32 && dtype != ffi::DataType::BF16) || y.element_type() != dtype) {
+    return ffi::Error::InvalidArgument("zoo_max_pool: expects float32 or bfloat16");
   }
   *pool = Pool{in[0], in[1], in[2], in[3], out[1], out[2], window, stride, padding};
   if (out[1] != (in[1] + 2 * padding - window) / stride + 1 ||
@@ -61,6 +64,31 @@ ffi::Error PoolFrom(ffi::AnyBuffer x, ffi::AnyBuffer y, int64_t window, int64_t 
     return ffi::Error::InvalidArgument("zoo_max_pool: output of the wrong size");
   }
   return ffi::Error::Success();
+}
+
+// bfloat16 as stored: the top half of a float32's bits.
+using BFloat16 = uint16_t;
+
+inline float ToFloat(float value) { return value; }
+
+inline float ToFloat(BFloat16 value) {
+  const uint32_t bits = static_cast<uint32_t>(value) << 16;
+  float wide;
+  std::memcpy(&wide, &bits, sizeof(wide));
+  return wide;
+}
+
+// float32 to T, bf16 rounded to nearest even (NaN stays NaN).
+template <typename T>
+inline T FromFloat(float value) {
+  if constexpr (std::is_same_v<T, float>) {
+    return value;
+  } else {
+    uint32_t bits;
+    std::memcpy(&bits, &value, sizeof(bits));
+    if (std::isnan(value)) return static_cast<BFloat16>((bits >> 16) | 0x40);
+    return static_cast<BFloat16>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+  }
 }
 
 // Whether input (h, w) is in the image, not padding.
@@ -91,28 +119,27 @@ constexpr int64_t kLanes = 16;
 }  // namespace avx512
 #pragma GCC pop_options
 
+template <typename T>
 struct Rows {
-  decltype(&baseline::ForwardRow) forward;
-  decltype(&baseline::BackwardRow) backward;
+  decltype(&baseline::ForwardRow<T>) forward;
+  decltype(&baseline::BackwardRow<T>) backward;
 };
 
-const Rows& RowsForThisCpu() {
-  static const Rows rows = __builtin_cpu_supports("x86-64-v4")   ? Rows{avx512::ForwardRow, avx512::BackwardRow}
-                           : __builtin_cpu_supports("x86-64-v3") ? Rows{avx2::ForwardRow, avx2::BackwardRow}
-                                                                 : Rows{baseline::ForwardRow, baseline::BackwardRow};
+template <typename T>
+const Rows<T>& RowsForThisCpu() {
+  static const Rows<T> rows =
+      __builtin_cpu_supports("x86-64-v4")   ? Rows<T>{avx512::ForwardRow<T>, avx512::BackwardRow<T>}
+      : __builtin_cpu_supports("x86-64-v3") ? Rows<T>{avx2::ForwardRow<T>, avx2::BackwardRow<T>}
+                                            : Rows<T>{baseline::ForwardRow<T>, baseline::BackwardRow<T>};
   return rows;
 }
 
-ffi::Error Forward(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y,
-                   ffi::Result<ffi::AnyBuffer> argmax, int64_t window, int64_t stride,
-                   int64_t padding, int64_t num_threads) {
-  Pool p;
-  ffi::Error error = PoolFrom(x, *y, window, stride, padding, num_threads, &p);
-  if (error.failure()) return error;
-  const Rows& rows = RowsForThisCpu();
-  const auto* in = static_cast<const float*>(x.untyped_data());
-  auto* out = static_cast<float*>(y->untyped_data());
-  auto* at = static_cast<uint8_t*>(argmax->untyped_data());
+template <typename T>
+void ForwardImages(const Pool& p, const void* x, void* y, void* argmax, int64_t num_threads) {
+  const Rows<T>& rows = RowsForThisCpu<T>();
+  const auto* in = static_cast<const T*>(x);
+  auto* out = static_cast<T*>(y);
+  auto* at = static_cast<uint8_t*>(argmax);
   const int64_t in_image = p.height * p.width * p.channels;
   const int64_t out_row = p.out_width * p.channels, out_image = p.out_height * out_row;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(num_threads)
@@ -122,6 +149,34 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y,
       rows.forward(p, in + n * in_image, oh, out + offset, at + offset);
     }
   }
+}
+
+template <typename T>
+void BackwardImages(const Pool& p, const void* d_y, const void* argmax, void* d_x,
+                    int64_t num_threads) {
+  const Rows<T>& rows = RowsForThisCpu<T>();
+  const auto* g = static_cast<const T*>(d_y);
+  const auto* at = static_cast<const uint8_t*>(argmax);
+  auto* out = static_cast<T*>(d_x);
+  const int64_t in_row = p.width * p.channels, in_image = p.height * in_row;
+  const int64_t out_image = p.out_height * p.out_width * p.channels;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(num_threads)
+  for (int64_t n = 0; n < p.batch; ++n) {
+    for (int64_t h = 0; h < p.height; ++h) {
+      rows.backward(p, g + n * out_image, at + n * out_image, h, out + n * in_image + h * in_row);
+    }
+  }
+}
+
+ffi::Error Forward(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y,
+                   ffi::Result<ffi::AnyBuffer> argmax, int64_t window, int64_t stride,
+                   int64_t padding, int64_t num_threads) {
+  Pool p;
+  ffi::Error error = PoolFrom(x, *y, window, stride, padding, num_threads, &p);
+  if (error.failure()) return error;
+  const auto run = x.element_type() == ffi::DataType::BF16 ? ForwardImages<BFloat16>
+                                                          : ForwardImages<float>;
+  run(p, x.untyped_data(), y->untyped_data(), argmax->untyped_data(), num_threads);
   return ffi::Error::Success();
 }
 
@@ -133,18 +188,9 @@ ffi::Error Backward(ffi::AnyBuffer d_y, ffi::AnyBuffer argmax, ffi::Result<ffi::
   if (argmax.element_type() != ffi::DataType::U8 || argmax.element_count() != d_y.element_count()) {
     return ffi::Error::InvalidArgument("zoo_max_pool: argmax must be uint8 of d_y's shape");
   }
-  const Rows& rows = RowsForThisCpu();
-  const auto* g = static_cast<const float*>(d_y.untyped_data());
-  const auto* at = static_cast<const uint8_t*>(argmax.untyped_data());
-  auto* out = static_cast<float*>(d_x->untyped_data());
-  const int64_t in_row = p.width * p.channels, in_image = p.height * in_row;
-  const int64_t out_image = p.out_height * p.out_width * p.channels;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(num_threads)
-  for (int64_t n = 0; n < p.batch; ++n) {
-    for (int64_t h = 0; h < p.height; ++h) {
-      rows.backward(p, g + n * out_image, at + n * out_image, h, out + n * in_image + h * in_row);
-    }
-  }
+  const auto run = d_y.element_type() == ffi::DataType::BF16 ? BackwardImages<BFloat16>
+                                                            : BackwardImages<float>;
+  run(p, d_y.untyped_data(), argmax.untyped_data(), d_x->untyped_data(), num_threads);
   return ffi::Error::Success();
 }
 

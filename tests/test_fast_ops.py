@@ -515,3 +515,22 @@ def test_few_channel_conv_equals_flax_conv(cin, cout, size, portable):
             atol=1e-4,
             rtol=1e-4,
         )
+
+
+def test_few_channel_conv_adds_its_bias_in_float32():
+    # In bf16 the bias gradient is then a float32 sum XLA:CPU fuses; the bf16 one it rewrote into
+    # a slow reduce-window (LeNet-5's bf16 train step 1.7x slower). The sum is rounded once.
+    x = jax.random.normal(jax.random.key(0), (8, 32, 32, 1)).astype(jnp.bfloat16)
+    conv = FewChannelConv(6, 5, dtype=jnp.bfloat16)
+    variables = conv.init(jax.random.key(1), x)
+    variables = {"params": {**variables["params"], "bias": jnp.full((6,), 1 / 3, jnp.float32)}}
+
+    def loss(variables, x):
+        return jnp.sum(conv.apply(variables, x).astype(jnp.float32))
+
+    compiled = jax.jit(jax.grad(loss)).lower(variables, x).compile().as_text()
+    assert "reduce-window" not in compiled
+    unbiased = {"params": {**variables["params"], "bias": jnp.zeros((6,), jnp.float32)}}
+    y, y0 = conv.apply(variables, x), conv.apply(unbiased, x)
+    want = (y0.astype(jnp.float32) + jnp.float32(1 / 3)).astype(jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(want, np.float32))

@@ -169,7 +169,11 @@ class FewChannelConv(nn.Module):
             y = _valid_conv(x, kernel)
         else:
             y = on_cpu(row_gemm_conv, _valid_conv, x, kernel)
-        return y + bias.astype(self.dtype)
+        # The bias is added in float32 (at least) and the sum rounded once, as oneDNN and
+        # PyTorch's bf16 convolutions add theirs: the bias gradient is then a float32 sum,
+        # which XLA:CPU fuses, where for bf16 it ran a slow reduce-window (bench/README.md).
+        wide = jnp.promote_types(self.dtype, jnp.float32)
+        return (y.astype(wide) + bias.astype(wide)).astype(self.dtype)
 
 
 def window_sum(

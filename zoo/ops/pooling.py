@@ -13,9 +13,10 @@ gradients' sum rounded once (select-and-scatter in bf16 rounds each add).
 On CPU the pooling runs as, in order of preference:
 1. the extension's kernels (`csrc/max_pool.cc`), a `jax.custom_vjp` over a forward that also
    returns each window's choice (a byte per output: the residual, instead of the input) and
-   a backward that gathers each input's gradient through it; on one device, for windows of
-   up to 16 x 16. oneDNN's max pooling is not used: it skips NaNs and turns a window of -inf
-   into -FLT_MAX.
+   a backward that gathers each input's gradient through it; float32 and bfloat16 (read and
+   written as such, computed in float32), other floats widened to float32; on one device,
+   for windows of up to 16 x 16. oneDNN's max pooling is not used: it skips NaNs and turns a
+   window of -inf into -FLT_MAX.
 2. XLA, with a gradient built from elementwise masks of each window's choice, summed per
    stride phase and interleaved once, which XLA:CPU runs about 2x faster than its
    select-and-scatter.
@@ -38,6 +39,8 @@ import numpy as np
 from zoo.ops import backend, native, sharding
 
 _F32 = jnp.float32
+# The dtypes the kernels read and write; others run in float32.
+NATIVE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 # The kernels' argmax is a byte: a window of at most 256 positions.
 LARGEST_NATIVE_WINDOW = 16
 
@@ -65,7 +68,7 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
 
     def cpu(x: jax.Array) -> jax.Array:
         if _runs_natively(x, pool):
-            return _native_max_pool(x.astype(wide), pool).astype(x.dtype)
+            return _native_max_pool(x.astype(pool.dtype), pool).astype(x.dtype)
         return _mask_max_pool(x.astype(wide), window, stride, padding).astype(x.dtype)
 
     return backend.on_cpu(cpu, reference, x)
@@ -76,11 +79,12 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
 
 @dataclasses.dataclass(frozen=True)
 class _Pool:
-    """A pooling of NHWC `shape` to `out_shape` (float32), on `num_threads` threads, of an
-    input varying over the manual (`shard_map`) axes `varying`."""
+    """A pooling of NHWC `shape` to `out_shape` in the kernels' `dtype`, on `num_threads`
+    threads, of an input varying over the manual (`shard_map`) axes `varying`."""
 
     shape: tuple[int, ...]
     out_shape: tuple[int, ...]
+    dtype: Any
     window: int
     stride: int
     padding: int
@@ -90,7 +94,8 @@ class _Pool:
     @classmethod
     def of(cls, x: jax.Array, window: int, stride: int, padding: int, num_threads: int) -> _Pool:
         out = jax.eval_shape(lambda x: reference_max_pool(x, window, stride, padding), x).shape
-        return cls(x.shape, out, window, stride, padding, num_threads, sharding.varying(x))
+        dtype = jnp.dtype(x.dtype) if x.dtype in NATIVE_DTYPES else jnp.dtype(_F32)
+        return cls(x.shape, out, dtype, window, stride, padding, num_threads, sharding.varying(x))
 
     def ffi(self, target: str, results: tuple[tuple[tuple[int, ...], Any], ...], *operands):
         """`target` on `operands`, its results of those (shape, dtype), typed as the operands
@@ -130,12 +135,12 @@ def _native_max_pool(x: jax.Array, pool: _Pool) -> jax.Array:
 
 def _native_forward(x: jax.Array, pool: _Pool) -> tuple[jax.Array, jax.Array]:
     forward, _ = native.MAX_POOL_TARGETS
-    return pool.ffi(forward, ((pool.out_shape, _F32), (pool.out_shape, jnp.uint8)), x)
+    return pool.ffi(forward, ((pool.out_shape, pool.dtype), (pool.out_shape, jnp.uint8)), x)
 
 
 def _native_backward(pool: _Pool, argmax: jax.Array, g: jax.Array) -> tuple[jax.Array]:
     _, backward = native.MAX_POOL_TARGETS
-    (d_x,) = pool.ffi(backward, ((pool.shape, _F32),), g, argmax)
+    (d_x,) = pool.ffi(backward, ((pool.shape, pool.dtype),), g, argmax)
     return (sharding.cotangent_varying_over(d_x, pool.varying),)
 
 
