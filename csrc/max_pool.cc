@@ -127,10 +127,15 @@ struct Rows {
 
 template <typename T>
 const Rows<T>& RowsForThisCpu() {
-  static const Rows<T> rows =
-      __builtin_cpu_supports("x86-64-v4")   ? Rows<T>{avx512::ForwardRow<T>, avx512::BackwardRow<T>}
-      : __builtin_cpu_supports("x86-64-v3") ? Rows<T>{avx2::ForwardRow<T>, avx2::BackwardRow<T>}
-                                            : Rows<T>{baseline::ForwardRow<T>, baseline::BackwardRow<T>};
+  static const Rows<T> rows = [] {
+    if (__builtin_cpu_supports("x86-64-v4")) {
+      return Rows<T>{avx512::ForwardRow<T>, avx512::BackwardRow<T>};
+    }
+    if (__builtin_cpu_supports("x86-64-v3")) {
+      return Rows<T>{avx2::ForwardRow<T>, avx2::BackwardRow<T>};
+    }
+    return Rows<T>{baseline::ForwardRow<T>, baseline::BackwardRow<T>};
+  }();
   return rows;
 }
 
