@@ -101,8 +101,7 @@ class _Plan:
         )
 
     def relu_in(self, kind: int) -> bool:
-        """Whether `kind`'s kernel fuses the ReLU (the inference gradient's never does)."""
-        return self.relu and kind != native.INFERENCE_BACKWARD
+        return _fuses_relu(self.relu, kind)
 
     def run(self, kind: int, results, xla_fn, *operands: jax.Array):
         """`kind` on oneDNN where this plan has a kernel for it, else `xla_fn`."""
@@ -113,6 +112,12 @@ class _Plan:
             xla_fn,
             *operands,
         )
+
+
+def _fuses_relu(relu: bool, kind: int) -> bool:
+    """Whether `kind`'s kernel fuses the ReLU of a `relu` batch norm: the inference gradient's
+    never does (its forward writes no workspace; XLA masks its cotangent)."""
+    return relu and kind != native.INFERENCE_BACKWARD
 
 
 def _config(kind: int, shape, dtype: Any, epsilon: float, relu: bool, threads: int):
@@ -135,8 +140,7 @@ def _plan(x: jax.Array, epsilon: float, kinds: tuple[int, int], relu: bool = Fal
     epsilon, threads = float(epsilon), backend.team_size()
 
     def config(kind: int, dtype: Any) -> tuple[int, ...]:
-        fused = relu and kind != native.INFERENCE_BACKWARD  # as `_Plan.relu_in`
-        return _config(kind, shape, dtype, epsilon, fused, threads)
+        return _config(kind, shape, dtype, epsilon, _fuses_relu(relu, kind), threads)
 
     kernels = [None] * len(KINDS)
     for kind in kinds:
