@@ -62,8 +62,13 @@ setup(
     ext_modules=[
         Extension(
             "zoo.ops._onednn",
-            sources=["csrc/onednn_conv.cc", "csrc/onednn_batch_norm.cc", "csrc/max_pool.cc"],
-            depends=["csrc/onednn_common.h", "csrc/max_pool_rows.inc"],
+            sources=[
+                "csrc/onednn_conv.cc",
+                "csrc/onednn_batch_norm.cc",
+                "csrc/max_pool.cc",
+                "csrc/add_relu.cc",
+            ],
+            depends=["csrc/kernel_common.h", "csrc/onednn_common.h", "csrc/max_pool_rows.inc"],
             language="c++",
             libraries=["dnnl"],
             extra_compile_args=["-std=c++17", "-fopenmp", "-fvisibility=hidden"],

@@ -29,13 +29,15 @@
 #include <limits>
 #include <type_traits>
 
+#include "kernel_common.h"
 #include "xla/ffi/api/ffi.h"
-
-#define ZOO_EXPORT extern "C" __attribute__((visibility("default")))
 
 namespace {
 
 namespace ffi = xla::ffi;
+using zoo_kernels::BFloat16;
+using zoo_kernels::FromFloat;
+using zoo_kernels::ToFloat;
 
 // argmax is a byte: windows of up to 16 x 16 positions.
 constexpr int64_t kLargestWindow = 16;
@@ -64,31 +66,6 @@ ffi::Error PoolFrom(ffi::AnyBuffer x, ffi::AnyBuffer y, int64_t window, int64_t 
     return ffi::Error::InvalidArgument("zoo_max_pool: output of the wrong size");
   }
   return ffi::Error::Success();
-}
-
-// bfloat16 as stored: the top half of a float32's bits.
-using BFloat16 = uint16_t;
-
-inline float ToFloat(float value) { return value; }
-
-inline float ToFloat(BFloat16 value) {
-  const uint32_t bits = static_cast<uint32_t>(value) << 16;
-  float wide;
-  std::memcpy(&wide, &bits, sizeof(wide));
-  return wide;
-}
-
-// float32 to T, bf16 rounded to nearest even (NaN stays NaN).
-template <typename T>
-inline T FromFloat(float value) {
-  if constexpr (std::is_same_v<T, float>) {
-    return value;
-  } else {
-    uint32_t bits;
-    std::memcpy(&bits, &value, sizeof(bits));
-    if (std::isnan(value)) return static_cast<BFloat16>((bits >> 16) | 0x40);
-    return static_cast<BFloat16>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
-  }
 }
 
 // Whether input (h, w) is in the image, not padding.

@@ -14,10 +14,8 @@
 #include <mutex>
 #include <string>
 
+#include "kernel_common.h"
 #include "oneapi/dnnl/dnnl.hpp"
-
-// The library is built with hidden visibility: only the handlers and the queries are exported.
-#define ZOO_EXPORT extern "C" __attribute__((visibility("default")))
 
 namespace zoo_onednn {
 

@@ -5,6 +5,9 @@
   (select-and-scatter's choice), including ties, -inf inputs, NaNs, windows that
   overlap the padding, strides larger than the window, channel counts that fill no vector and
   bfloat16.
+- `zoo.ops.add_relu` (ResNet's residual join), on the extension's kernels: bit for bit
+  `nn.relu(x + shortcut)` and its gradient, signed zeros, subnormals, infinities and NaNs
+  included, under vmap, a mesh and shard_map; anything else is that expression itself.
 - `zoo.ops.initializers`: bit-for-bit JAX's initial values, in every dtype and fan mode used.
 - `zoo.runtime`: the malloc defaults keep XLA's per-execution buffers mapped and can be
   switched off; the XLA:CPU flags are applied at `import zoo` (and actually reach XLA), leave
@@ -29,8 +32,9 @@ import pytest
 
 import zoo
 from zoo import runtime
+from zoo.models import resnet
 from zoo.models.layers import FewChannelConv, MaxPool, explicit_padding
-from zoo.ops import max_pool, native
+from zoo.ops import add_relu, max_pool, native
 
 # (window, stride, padding): ResNet's stem pool, AlexNet's, LeNet-style 2x2, stride 1, a stride
 # larger than the window, padding of half the window, and a window of 1.
@@ -200,6 +204,141 @@ def test_max_pool_native_under_vmap_and_on_a_one_device_mesh():
     )
     for got, expected in zip(jax.jit(mapped)(x, g), want, strict=True):
         np.testing.assert_array_equal(got, expected)
+
+
+# --- zoo.ops.add_relu ----------------------------------------------------------------------
+
+
+def add_relu_operands(dtype: jnp.dtype, shape: tuple[int, ...], seed: int):
+    """x, shortcut and the output gradient, with every kind of value the join can meet: sums
+    of either sign, exact zeros of both signs (-0 + -0 = -0), subnormals (XLA:CPU reads them
+    as zero), +-inf, inf - inf and NaNs."""
+    rng = np.random.default_rng(seed)
+    specials = np.array([0.0, -0.0, 1e-40, -1e-40, 1e-39, np.inf, -np.inf, np.nan, 1.0, -1.0])
+    size = int(np.prod(shape))
+    x = rng.standard_normal(size)
+    shortcut = rng.standard_normal(size)
+    pick = rng.random(size) < 0.3
+    x[pick] = rng.choice(specials, int(pick.sum()))
+    pick = rng.random(size) < 0.3
+    shortcut[pick] = rng.choice(specials, int(pick.sum()))
+    g = rng.standard_normal(size)
+    return tuple(jnp.asarray(a.reshape(shape), dtype) for a in (x, shortcut, g))
+
+
+def add_relu_and_gradients(join):
+    @jax.jit
+    def run(x, shortcut, g):
+        y, vjp = jax.vjp(join, x, shortcut)
+        return y, *vjp(g)
+
+    return run
+
+
+def reference_join(x, shortcut):
+    return nn.relu(x + shortcut)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+# A size no vector divides, and ResNet-20's first stage (several of the kernels' chunks).
+@pytest.mark.parametrize("shape", [(3, 5, 7, 11), (128, 32, 32, 16)], ids=["odd", "resnet20"])
+def test_add_relu_equals_flax_bit_for_bit(dtype, shape):
+    x, shortcut, g = add_relu_operands(dtype, shape, seed=shape[0])
+    run = add_relu_and_gradients(add_relu)
+    hlo = run.lower(x, shortcut, g).as_text()
+    assert all(target in hlo for target in native.ADD_RELU_TARGETS)
+    want = [as_f32(a) for a in add_relu_and_gradients(reference_join)(x, shortcut, g)]
+    # relu of a NaN sum is NaN (lax.max propagates NaN); XLA:CPU's YNNPACK fusions (the zoo's
+    # default flags) give 0 for arrays of 4096 elements or more, its own loops NaN.
+    nan_sum = np.isnan(as_f32(x + shortcut))
+    want[0] = np.where(nan_sum, np.nan, want[0])
+    for got, expected in zip(run(x, shortcut, g), want, strict=True):
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(as_f32(got), expected)  # NaN where NaN; +0 is not -0:
+        numbers = ~np.isnan(expected)
+        np.testing.assert_array_equal(
+            np.signbit(as_f32(got)[numbers]), np.signbit(expected[numbers])
+        )
+
+
+def test_add_relu_other_operands_are_flaxs_relu_of_the_sum():
+    x = jnp.arange(-6.0, 6.0).reshape(3, 4)
+    cases = [
+        (x, jnp.ones((4,))),  # broadcasting
+        (x, x.astype(jnp.bfloat16)),  # mixed dtypes
+        (x.astype(jnp.float16), x.astype(jnp.float16)),  # a dtype the kernels do not take
+        (jnp.float32(1.0), jnp.float32(-2.0)),  # scalars: no batch
+    ]
+    for a, b in cases:
+        run = jax.jit(add_relu)
+        assert "zoo_add_relu" not in run.lower(a, b).as_text()
+        np.testing.assert_array_equal(run(a, b), reference_join(a, b))
+    with zoo.ops.portable():
+        assert "zoo_add_relu" not in jax.jit(add_relu).lower(x, x).as_text()
+
+
+@needs_native
+def test_add_relu_under_vmap_on_a_one_device_mesh_and_in_shard_map():
+    x, shortcut, g = add_relu_operands(jnp.float32, (4, 6, 6, 8), seed=5)
+    want = add_relu_and_gradients(reference_join)(x, shortcut, g)
+    stacked = jax.vmap(add_relu_and_gradients(add_relu))(x[:, None], shortcut[:, None], g[:, None])
+    for got, expected in zip(stacked, want, strict=True):
+        np.testing.assert_array_equal(got[:, 0], expected)
+    # A shortcut the same for every vmapped batch (not batched): the kernel sees it broadcast.
+    shared = jax.vmap(add_relu, in_axes=(0, None))(jnp.stack([x, -x]), shortcut)
+    np.testing.assert_array_equal(
+        shared, jnp.stack([reference_join(x, shortcut), reference_join(-x, shortcut)])
+    )
+    mesh = jax.make_mesh((1,), ("data",))
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    run = add_relu_and_gradients(add_relu)
+    assert (
+        native.ADD_RELU_TARGETS[1] in run.lower(*jax.device_put((x, shortcut, g), split)).as_text()
+    )
+    for got, expected in zip(run(*jax.device_put((x, shortcut, g), split)), want, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    spec = jax.sharding.PartitionSpec("data")
+    mapped = jax.shard_map(
+        run,
+        mesh=jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)),
+        in_specs=(spec, spec, spec),
+        out_specs=(spec, spec, spec),
+    )
+    for got, expected in zip(jax.jit(mapped)(x, shortcut, g), want, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+@needs_native
+def test_resnet_blocks_join_on_the_kernels(monkeypatch):
+    # Every block ends in the native join (ResNet-20: 9 blocks), forward and backward, and the
+    # train step's gradients are bit for bit those of the same step joining on XLA. (Not in
+    # bf16: XLA:CPU may keep in float32 an intermediate the program rounds to bf16, its
+    # `--xla_allow_excess_precision`; one bias gradient of this step differed by an ulp.)
+    model = zoo.create_model("resnet20", num_classes=10)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 32, 32, 3)), jnp.float32)
+    variables = model.init(jax.random.key(0), x)
+
+    def gradients():
+        def loss(params):
+            logits, _ = model.apply(
+                {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+            )
+            return jnp.sum(logits**2)
+
+        return jax.jit(jax.grad(loss))
+
+    step = gradients()
+    hlo = step.lower(variables["params"]).compile().as_text()
+    for target in native.ADD_RELU_TARGETS:
+        assert hlo.count(f'custom_call_target="{target}"') == 9, target
+    ours = step(variables["params"])
+    monkeypatch.setattr(resnet, "add_relu", reference_join)
+    step = gradients()
+    assert "zoo_add_relu" not in step.lower(variables["params"]).compile().as_text()
+    theirs = step(variables["params"])
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 # --- zoo.ops.initializers ------------------------------------------------------------------

@@ -39,7 +39,7 @@ from zoo.models.layers import (
     check_rate,
     explicit_padding,
 )
-from zoo.ops import Conv, initializers
+from zoo.ops import Conv, add_relu, initializers
 from zoo.registry import register
 
 PAPER = "He et al. 2015, Deep Residual Learning for Image Recognition"
@@ -117,7 +117,7 @@ class _ResidualBlock(nn.Module):
                 x = self.norm(train, "downsample_bn")(x)
         if train and self.drop_path_rate > 0:
             residual = drop_path(residual, self.drop_path_rate, self.make_rng("dropout"))
-        return nn.relu(residual + x)
+        return add_relu(residual, x)
 
 
 def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:

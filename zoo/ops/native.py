@@ -1,11 +1,12 @@
-"""Loads the native extension (`csrc/`: oneDNN's kernels and the zoo's max pooling) and
-registers its XLA FFI targets.
+"""Loads the native extension (`csrc/`: oneDNN's kernels, the zoo's max pooling and residual
+join) and registers its XLA FFI targets.
 
 The extension is a shared library built beside this file by the package's build (`setup.py`),
 linked against `libdnnl.so.3` from the `onednn-cpu-gomp` wheel. It is loaded with ctypes the
-first time a convolution, batch norm or max pool is traced, not at `import zoo`. Where it cannot be
-loaded (not built here, another OS or architecture, oneDNN missing), `library()` returns None,
-the zoo's kernels run on XLA, and one warning says why and how to get the fast path.
+first time a convolution, batch norm, max pool or residual join is traced, not at `import zoo`.
+Where it cannot be loaded (not built here, another OS or architecture, oneDNN missing),
+`library()` returns None, the zoo's kernels run on XLA, and one warning says why and how to get
+the fast path.
 
 - `ZOO_NATIVE=0` switches the native kernels off (nothing is loaded, no warning).
 - `ZOO_DNNL_LIBRARY=/path/to/libdnnl.so.3` loads that oneDNN instead of the wheel's.
@@ -55,9 +56,12 @@ BATCH_NORM_TARGETS = {
 }
 # The extension's own max pooling (`csrc/max_pool.cc`; no oneDNN, no query: it runs any config).
 MAX_POOL_TARGETS = ("zoo_max_pool_forward", "zoo_max_pool_backward")
+# The residual join relu(x + shortcut) (`csrc/add_relu.cc`; no oneDNN, no query either).
+ADD_RELU_TARGETS = ("zoo_add_relu_forward", "zoo_add_relu_backward")
 TARGETS = (
     *dict.fromkeys([*CONV_TARGETS.values(), *BATCH_NORM_TARGETS.values()]),
     *MAX_POOL_TARGETS,
+    *ADD_RELU_TARGETS,
 )
 HOW_TO_GET_IT = (
     "on Linux x86_64, reinstall jax-zoo with a C++17 compiler available "
@@ -133,8 +137,8 @@ def library() -> ctypes.CDLL | None:
         return _load()
     except OSError as error:
         warnings.warn(
-            f"jax-zoo: oneDNN kernels unavailable ({error}); convolutions, batch norms and "
-            "max pooling run on XLA. "
+            f"jax-zoo: oneDNN kernels unavailable ({error}); convolutions, batch norms, "
+            "max pooling and residual joins run on XLA. "
             f"To get the fast CPU path, {HOW_TO_GET_IT}; set {NATIVE_ENV}=0 to silence this.",
             NativeUnavailableWarning,
             stacklevel=2,

@@ -1,0 +1,90 @@
+"""The join of a residual block, `relu(x + shortcut)`: the extension's kernels on CPU, XLA's
+ops elsewhere.
+
+`add_relu(x, shortcut)` is `nn.relu(x + shortcut)`, its values and gradient bit for bit (the
+gradient of both operands is the output's where the output is positive, else +0), with one
+deliberate difference: where the sum is NaN the kernels give NaN, as `lax.max` defines it, while
+XLA:CPU's YNNPACK fusions (under the zoo's default XLA flags) give 0 there for arrays of 4,096
+elements or more, so that a diverged block looks like a dead one. On CPU, for two float32 or
+bfloat16 arrays of one shape, it is a `jax.custom_vjp` over two kernels of `csrc/add_relu.cc`: a
+forward that adds, rounds once and clamps in one pass, and a backward that masks the gradient by
+the output's sign, reading the output the next layer keeps anyway (no other residual). XLA:CPU
+computes a bf16 join in float32 across several fusions, writing float32 intermediates and
+materialised zeros (bench/README.md has the timings). Under a batch-sharded `jax.jit` each
+device runs its own shard (`zoo.ops.sharding`). Anything else (other dtypes, broadcasting
+operands, no extension, GPU and TPU) is `nn.relu(x + shortcut)`, chosen inside the same jitted
+function (`zoo.ops.on_cpu`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zoo.ops import backend, native, sharding
+
+# The dtypes the kernels read and write.
+NATIVE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+
+def reference_add_relu(x: jax.Array, shortcut: jax.Array) -> jax.Array:
+    return nn.relu(x + shortcut)
+
+
+def add_relu(x: jax.Array, shortcut: jax.Array) -> jax.Array:
+    """`nn.relu(x + shortcut)`, fast on CPU (see module)."""
+    x, shortcut = jnp.asarray(x), jnp.asarray(shortcut)
+    if not (
+        x.shape == shortcut.shape
+        and x.ndim > 0
+        and x.dtype == shortcut.dtype
+        and x.dtype in NATIVE_DTYPES
+        and backend.native_applies()
+    ):
+        return reference_add_relu(x, shortcut)
+
+    def cpu(x: jax.Array, shortcut: jax.Array) -> jax.Array:
+        if native.library() is None:
+            return reference_add_relu(x, shortcut)
+        varying = (sharding.varying(x), sharding.varying(shortcut))
+        return _native_add_relu(x, shortcut, backend.team_size(), varying)
+
+    return backend.on_cpu(cpu, reference_add_relu, x, shortcut)
+
+
+def _kernel(target: str, a: jax.Array, b: jax.Array, num_threads: int) -> jax.Array:
+    """`target` on two arrays of one shape, per batch shard; its result shaped as they are."""
+
+    def call(a: jax.Array, b: jax.Array) -> jax.Array:
+        result = jax.ffi.ffi_call(
+            target, jax.ShapeDtypeStruct(a.shape, a.dtype), vmap_method="broadcast_all"
+        )(a, b, num_threads=np.int64(num_threads))
+        return sharding.vary_like(result, a, b)
+
+    return sharding.over_batch(call, a, b, batched=(True, True), summed=False)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _native_add_relu(
+    x: jax.Array, shortcut: jax.Array, num_threads: int, varying: tuple[frozenset, frozenset]
+) -> jax.Array:
+    forward, _ = native.ADD_RELU_TARGETS
+    return _kernel(forward, x, shortcut, num_threads)
+
+
+def _native_forward(x, shortcut, num_threads, varying):
+    y = _native_add_relu(x, shortcut, num_threads, varying)
+    return y, y  # the output is the residual: its sign is the gradient's mask
+
+
+def _native_backward(num_threads, varying, y, g):
+    _, backward = native.ADD_RELU_TARGETS
+    d = _kernel(backward, y, g, num_threads)
+    return tuple(sharding.cotangent_varying_over(d, axes) for axes in varying)
+
+
+_native_add_relu.defvjp(_native_forward, _native_backward)
