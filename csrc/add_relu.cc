@@ -71,7 +71,9 @@ inline bool Positive(float y) {
   return bits - 0x00800000u <= 0x7f800000u - 0x00800000u;
 }
 
-inline bool Positive(BFloat16 y) { return static_cast<uint16_t>(y - 0x0080u) <= 0x7f80u - 0x0080u; }
+inline bool Positive(BFloat16 y) {
+  return static_cast<uint16_t>(y - 0x0080u) <= 0x7f80u - 0x0080u;
+}
 
 template <typename T>
 inline void BackwardSpan(const T* y, const T* d_y, T* d, int64_t n) {
@@ -134,34 +136,31 @@ ffi::Error Check(ffi::AnyBuffer a, ffi::AnyBuffer b, const ffi::AnyBuffer& out,
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer shortcut, ffi::Result<ffi::AnyBuffer> y,
-                   int64_t num_threads) {
-  ffi::Error error = Check(x, shortcut, *y, num_threads);
+// `a` and `b` to `out` through `float_span` or `bf16_span` (by their dtype), checked first.
+template <typename FloatSpan, typename BFloat16Span>
+ffi::Error Run(FloatSpan float_span, BFloat16Span bf16_span, bool flush, ffi::AnyBuffer a,
+               ffi::AnyBuffer b, ffi::AnyBuffer& out, int64_t num_threads) {
+  ffi::Error error = Check(a, b, out, num_threads);
   if (error.failure()) return error;
-  const int64_t size = static_cast<int64_t>(x.element_count());
-  if (x.element_type() == ffi::DataType::BF16) {
-    InChunks<BFloat16>(ForwardBFloat16, x.untyped_data(), shortcut.untyped_data(),
-                       y->untyped_data(), size, num_threads, true);
+  const int64_t size = static_cast<int64_t>(a.element_count());
+  if (a.element_type() == ffi::DataType::BF16) {
+    InChunks<BFloat16>(bf16_span, a.untyped_data(), b.untyped_data(), out.untyped_data(), size,
+                       num_threads, flush);
   } else {
-    InChunks<float>(ForwardFloat, x.untyped_data(), shortcut.untyped_data(), y->untyped_data(),
-                    size, num_threads, true);
+    InChunks<float>(float_span, a.untyped_data(), b.untyped_data(), out.untyped_data(), size,
+                    num_threads, flush);
   }
   return ffi::Error::Success();
 }
 
+ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer shortcut, ffi::Result<ffi::AnyBuffer> y,
+                   int64_t num_threads) {
+  return Run(ForwardFloat, ForwardBFloat16, /*flush=*/true, x, shortcut, *y, num_threads);
+}
+
 ffi::Error Backward(ffi::AnyBuffer y, ffi::AnyBuffer d_y, ffi::Result<ffi::AnyBuffer> d,
                     int64_t num_threads) {
-  ffi::Error error = Check(y, d_y, *d, num_threads);
-  if (error.failure()) return error;
-  const int64_t size = static_cast<int64_t>(y.element_count());
-  if (y.element_type() == ffi::DataType::BF16) {
-    InChunks<BFloat16>(BackwardBFloat16, y.untyped_data(), d_y.untyped_data(),
-                       d->untyped_data(), size, num_threads, false);
-  } else {
-    InChunks<float>(BackwardFloat, y.untyped_data(), d_y.untyped_data(), d->untyped_data(), size,
-                    num_threads, false);
-  }
-  return ffi::Error::Success();
+  return Run(BackwardFloat, BackwardBFloat16, /*flush=*/false, y, d_y, *d, num_threads);
 }
 
 }  // namespace
