@@ -34,7 +34,7 @@ import zoo
 from zoo import runtime
 from zoo.models import resnet
 from zoo.models.layers import FewChannelConv, MaxPool, explicit_padding
-from zoo.ops import add_relu, max_pool, native
+from zoo.ops import add_relu, backend, max_pool, native
 
 # (window, stride, padding): ResNet's stem pool, AlexNet's, LeNet-style 2x2, stride 1, a stride
 # larger than the window, padding of half the window, and a window of 1.
@@ -249,8 +249,8 @@ def test_add_relu_equals_flax_bit_for_bit(dtype, shape):
     hlo = run.lower(x, shortcut, g).as_text()
     assert all(target in hlo for target in native.ADD_RELU_TARGETS)
     want = [as_f32(a) for a in add_relu_and_gradients(reference_join)(x, shortcut, g)]
-    # relu of a NaN sum is NaN (lax.max propagates NaN); XLA:CPU's YNNPACK fusions (the zoo's
-    # default flags) give 0 for arrays of 4096 elements or more, its own loops NaN.
+    # relu of a NaN sum is NaN (lax.max propagates NaN), whatever flags the process runs with:
+    # XLA:CPU's YNNPACK elementwise fusions give 0 for arrays of 4096 elements or more.
     nan_sum = np.isnan(as_f32(x + shortcut))
     want[0] = np.where(nan_sum, np.nan, want[0])
     for got, expected in zip(run(x, shortcut, g), want, strict=True):
@@ -443,6 +443,22 @@ def test_xla_defaults_applied_at_import():
         assert any(t.split("=")[0] == name for t in os.environ.get("XLA_FLAGS", "").split())
 
 
+def test_xla_defaults_keep_nans_in_maxima():
+    # The zoo's flags once handed YNNPACK elementwise ops and dots with fused epilogues, which
+    # compute max(NaN, 0) = 0 from 4,096 elements on: relu hid a NaN in every program that
+    # imported zoo. Their NaN stays a NaN, as in XLA's own kernels.
+    x = jax.random.normal(jax.random.key(0), (64, 128)).at[3, 5].set(jnp.nan)
+    w = jnp.full((128, 256), 0.01)
+    maxima = {
+        "relu": nn.relu,
+        "maximum": lambda x: jnp.maximum(x, 0.0),
+        "minimum": lambda x: jnp.minimum(x, 0.0),
+        "relu of a dense layer": lambda x: nn.relu(x @ w + 0.1),
+    }
+    for name, f in maxima.items():
+        assert jnp.isnan(jax.jit(f)(x)).any(), name
+
+
 def test_xla_defaults_respect_user_flags_and_opt_out(monkeypatch):
     monkeypatch.setattr(runtime, "_backends_initialised", lambda: False)
     user = f"{runtime.YNN_FUSION_FLAG}=dot --xla_force_host_platform_device_count=2"
@@ -526,8 +542,10 @@ PROBE = textwrap.dedent(
     """
     import jax, jax.numpy as jnp
     import zoo
-    x = jnp.ones((256, 256))
-    print(jax.jit(lambda x: jnp.tanh(x) * 2 + 1).lower(x).compile().as_text().count("__ynn"))
+    x, w = jnp.ones((8, 32, 32, 64)), jnp.ones((3, 3, 64, 64))
+    nhwc = ("NHWC", "HWIO", "NHWC")
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=nhwc)
+    print(jax.jit(conv).lower(x, w).compile().as_text().count("ynn_fusion"))
     """
 )
 
@@ -543,14 +561,15 @@ def ynn_fusions_in_fresh_process(**env: str) -> int:
 
 def test_xla_defaults_reach_the_compiler():
     # XLA reads XLA_FLAGS once, when the backend starts: set at `import zoo`, after `import jax`,
-    # the elementwise fusion is handed to YNNPACK; opted out, it is not.
-    assert ynn_fusions_in_fresh_process() >= 1
-    assert ynn_fusions_in_fresh_process(ZOO_XLA_DEFAULTS="0") == 0
+    # XLA's convolution stays in its own kernels; opted out (jaxlib's defaults) YNNPACK gets it.
+    assert ynn_fusions_in_fresh_process() == 0
+    assert ynn_fusions_in_fresh_process(ZOO_XLA_DEFAULTS="0") >= 1
 
 
 def test_xla_defaults_change_a_train_step_only_within_rounding():
-    # The same lowered CIFAR ResNet step compiled with the zoo's flags (this process) and with
-    # jaxlib's default library fusions: loss and new parameters agree to float32 rounding.
+    # The same lowered CIFAR ResNet step, on XLA's convolutions (where the flags differ from
+    # jaxlib's), compiled with the zoo's flags (this process) and with jaxlib's default library
+    # fusions: loss and new parameters agree to float32 rounding.
     from zoo.training.config import TrainConfig
     from zoo.training.state import create_train_state, make_optimizer
     from zoo.training.step import train_step
@@ -572,7 +591,8 @@ def test_xla_defaults_change_a_train_step_only_within_rounding():
         "image": jnp.asarray(rng.standard_normal((8, 16, 16, 3)), jnp.float32),
         "label": jnp.asarray(rng.integers(0, 10, 8), jnp.int32),
     }
-    lowered = jax.jit(train_step).lower(state, batch)
+    with backend.portable():
+        lowered = jax.jit(train_step).lower(state, batch)
     plain = lowered.compile(
         {
             "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"

@@ -1,11 +1,12 @@
 """jax-zoo's XLA:CPU and malloc defaults, and the persistent compilation cache of the CLI.
 
 `apply_xla_defaults()` runs at `import zoo`, before any JAX backend exists: it appends to
-`XLA_FLAGS` the XLA:CPU options measured to train the zoo's networks fastest on CPU (see
-`bench/README.md` for the numbers). XLA reads `XLA_FLAGS` once, when the first backend
-initialises, so the options only take effect if `zoo` is imported before JAX computes anything.
-They change which kernels XLA:CPU runs, not what is computed (the results agree to float
-rounding), and they touch only the CPU compiler: GPU and TPU compilations ignore them.
+`XLA_FLAGS` the XLA:CPU options measured to train the zoo's networks fastest on CPU of those
+that keep XLA's semantics (see `bench/README.md` for the numbers). XLA reads `XLA_FLAGS` once,
+when the first backend initialises, so the options only take effect if `zoo` is imported before
+JAX computes anything. They change which kernels XLA:CPU runs, not what is computed (the
+results agree to float rounding, and a NaN stays a NaN), and they touch only the CPU compiler:
+GPU and TPU compilations ignore them.
 
 - A flag the user already put in `XLA_FLAGS` is never overridden.
 - `ZOO_XLA_DEFAULTS=0` opts out (the environment variable must be set before `import zoo`).
@@ -33,13 +34,15 @@ import warnings
 from pathlib import Path
 
 # --xla_cpu_experimental_ynn_fusion_type picks the ops XLA:CPU hands to the YNNPACK library.
-# jaxlib 0.10's default is individual_dot,individual_convolution,reduce; on the zoo's
-# networks YNNPACK's convolutions are slower than XLA's own (Eigen) ones, while its fused
-# elementwise and reduction kernels are faster, so the zoo hands it dots, elementwise ops and
-# reductions and keeps convolutions in XLA (ResNet-18 train step 1.3-1.8x faster on 2 cores,
-# ResNet-152's compile 14-15 s -> 7-9 s; see bench/README.md).
+# jaxlib 0.10's default is individual_dot,individual_convolution,reduce. The zoo keeps
+# convolutions in XLA's own (Eigen) kernels, faster than YNNPACK's on its networks where XLA
+# runs them (the fallback paths), and hands YNNPACK single dots and reductions as jaxlib does,
+# but no more: its fused elementwise kernels (`eltwise`) and dots with fused epilogues (`dot`)
+# compute max(NaN, 0) = 0 for arrays of 4,096 elements or more, which would change
+# `jnp.maximum` and `relu` in every program importing zoo. Measured against `eltwise`: no cost
+# on the native path; on XLA's convolutions, ResNet-20's step up to 1.4x (bench/README.md).
 YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
-XLA_CPU_DEFAULTS: tuple[str, ...] = (f"{YNN_FUSION_FLAG}=dot,eltwise,reduce",)
+XLA_CPU_DEFAULTS: tuple[str, ...] = (f"{YNN_FUSION_FLAG}=individual_dot,reduce",)
 
 # glibc's malloc gives each block above 32 MiB its own mmap and unmaps it when it is freed, and
 # each thread its own arena (whose big blocks are mmaps too). XLA:CPU allocates an execution's
