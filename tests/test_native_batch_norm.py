@@ -226,3 +226,15 @@ def test_inside_shard_map_the_gradients_have_their_primals_types():
     with ops.portable():
         theirs = run(x, scale, bias)
     assert_close(ours, theirs, jnp.float32)
+
+
+@needs_native
+def test_passes_under_a_mebibyte_run_on_one_thread(monkeypatch):
+    monkeypatch.setattr(batch_norm.backend, "team_size", lambda: 2)
+    for shape, dtype, threads in [
+        ((8, 32, 32, 16), jnp.float32, 1),  # 512 KiB
+        ((128, 8, 8, 64), jnp.bfloat16, 2),  # 1 MiB
+        ((32, 32, 32, 64), jnp.float32, 2),  # 8 MiB
+    ]:
+        plan = batch_norm._plan(jnp.zeros(shape, dtype), EPSILON, (0, 2))
+        assert plan.num_threads == threads, (shape, dtype)

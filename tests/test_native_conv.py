@@ -9,6 +9,7 @@ the zoo start, so those tests run in subprocesses.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -132,6 +133,31 @@ def test_wide_weight_gradients_run_on_xla_where_it_was_measured_faster(dtype, ch
     theirs = value_and_gradients(lax.conv_general_dilated, case, x, kernel)
     for a, b in zip(ours, theirs, strict=True):
         assert relative_error(a, b) < TOLERANCE[dtype]
+
+
+@needs_native
+def test_short_convolutions_run_on_one_thread_long_ones_on_the_team(monkeypatch):
+    monkeypatch.setattr(conv.backend, "team_size", lambda: 2)
+
+    def threads(batch: int, channels: int, dtype) -> int:
+        shape = (batch, 32, 32, channels)
+        pads = ((1, 1), (1, 1))
+        args = (shape, (3, 3, channels, channels), dtype, (1, 1), pads, (1, 1), 1, None)
+        return conv._planned(*args).num_threads
+
+    # 2x8x8x16 -> 16: 0.3 M multiply-adds; 4x32x32x32 -> 32: 38 M; 32x32x32x64 -> 64: 1.2 G.
+    assert threads(2, 16, jnp.float32) == threads(2, 16, jnp.bfloat16) == 1
+    assert threads(4, 32, jnp.float32) == 2 and threads(4, 32, jnp.bfloat16) == 1
+    assert threads(32, 64, jnp.float32) == threads(32, 64, jnp.bfloat16) == 2
+
+    x, kernel = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 16, 16))
+    same = functools.partial(
+        ops.conv_general_dilated,
+        window_strides=(1, 1),
+        padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    assert "num_threads = 1" in jax.jit(same).lower(x, kernel).as_text()
 
 
 @needs_native

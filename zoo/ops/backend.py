@@ -40,12 +40,32 @@ def single_device() -> bool:
 
 
 def team_size() -> int:
-    """OpenMP threads per oneDNN call: the cores this process may use (at most OMP_NUM_THREADS)
+    """OpenMP threads per native call: the cores this process may use (at most OMP_NUM_THREADS)
     shared by its CPU devices, whose calls run at the same time."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         cores = min(cores or 1, int(os.environ["OMP_NUM_THREADS"]))
     return max(1, (cores or 1) // jax.local_device_count("cpu"))
+
+
+def call_team(team: int, work: float, one_thread_below: float) -> int:
+    """The threads of one native call: `team`, or one for a call with less `work` than
+    `one_thread_below` (in the caller's unit). On a short call a team's fork and join, and its
+    wait for a core that XLA's own threads hold, cost more than the second thread gains
+    (bench/README.md, "Intel Xeon with AMX": ResNet-20's bf16 step at batch 8 2.6x slower on
+    two threads than on one)."""
+    return team if work >= one_thread_below else 1
+
+
+# Below this many bytes on a device a memory-bound native pass (batch norm, max pool, the
+# residual join) runs on one thread; measured with `zoo.ops.conv.ONE_THREAD_BELOW_MACS`.
+ONE_THREAD_BELOW_BYTES = 2**20
+
+
+def pass_team(x: jax.Array) -> int:
+    """The threads of a memory-bound native pass over `x` (all devices' shards together)."""
+    per_device = x.size * x.dtype.itemsize / jax.local_device_count("cpu")
+    return call_team(team_size(), per_device, ONE_THREAD_BELOW_BYTES)
 
 
 @functools.cache

@@ -137,7 +137,7 @@ def _plan(x: jax.Array, epsilon: float, kinds: tuple[int, int], relu: bool = Fal
     if x.ndim < 2 or 0 in x.shape:
         return None
     shape = x.shape if x.ndim == 4 else (math.prod(x.shape[:-1]), 1, 1, x.shape[-1])
-    epsilon, threads = float(epsilon), backend.team_size()
+    epsilon, threads = float(epsilon), backend.pass_team(x)
 
     def config(kind: int, dtype: Any) -> tuple[int, ...]:
         return _config(kind, shape, dtype, epsilon, _fuses_relu(relu, kind), threads)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -178,11 +179,17 @@ def _planned(
     )
 
 
+# Below this many multiply-adds a call runs on one thread (`backend.call_team`). Measured on an
+# Intel Xeon with AMX (bench/README.md): ResNet-20 and LeNet-5 steps at batches 8-128 on one and
+# on two threads; bf16's kernels are faster, so its calls stay short up to more work.
+ONE_THREAD_BELOW_MACS = {jnp.dtype(jnp.float32): 24e6, jnp.dtype(jnp.bfloat16): 48e6}
+
+
 # A train step plans again every convolution its `init` planned, and a plan is a function of
 # these arguments alone (bench/README.md: the trace time it saves).
 @functools.lru_cache(maxsize=4096)
 def _planned_for_team(
-    lhs_shape, rhs_shape, dtype, window_strides, padding, rhs_dilation, groups, precision, threads
+    lhs_shape, rhs_shape, dtype, window_strides, padding, rhs_dilation, groups, precision, team
 ) -> _Plan:
     out = jax.eval_shape(
         functools.partial(
@@ -196,6 +203,8 @@ def _planned_for_team(
         jax.ShapeDtypeStruct(lhs_shape, dtype),
         jax.ShapeDtypeStruct(rhs_shape, dtype),
     ).shape
+    macs = math.prod(out) * math.prod(rhs_shape[:3])  # rhs_shape[2] is per group
+    threads = backend.call_team(team, macs, ONE_THREAD_BELOW_MACS[dtype])
 
     def has_kernel(direction: int, kernel_dtype: Any) -> bool:
         config = (

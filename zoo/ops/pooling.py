@@ -59,7 +59,7 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
 
     if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
         return reference(x)
-    pool = _Pool.of(x, window, stride, padding, backend.team_size())
+    pool = _Pool.of(x, window, stride, padding, backend.pass_team(x))
     if 0 in (*pool.shape, *pool.out_shape):  # nothing to pool (a map smaller than the window)
         return reference(x)
     # Narrower floats pool as float32 (max is exact in it): XLA:CPU widens their reduce-window

@@ -51,7 +51,7 @@ def add_relu(x: jax.Array, shortcut: jax.Array) -> jax.Array:
         if native.library() is None:
             return reference_add_relu(x, shortcut)
         varying = (sharding.varying(x), sharding.varying(shortcut))
-        return _native_add_relu(x, shortcut, backend.team_size(), varying)
+        return _native_add_relu(x, shortcut, backend.pass_team(x), varying)
 
     return backend.on_cpu(cpu, reference_add_relu, x, shortcut)
 
