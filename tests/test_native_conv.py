@@ -123,7 +123,9 @@ def test_wide_weight_gradients_run_on_xla_where_it_was_measured_faster(dtype, ch
         return jnp.sum(y.astype(jnp.float32) ** 2)
 
     hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, kernel).as_text()
-    config = (2, 6, 6, channels, 3, 3, channels, 6, 6, *(1,) * 9, 0, conv.backend.team_size())
+    pads = ((1, 1), (1, 1))
+    plan = conv._planned(x.shape, kernel.shape, dtype, (1, 1), pads, (1, 1), 1, None)
+    config = (2, 6, 6, channels, 3, 3, channels, 6, 6, *(1,) * 9, 0, plan.num_threads)
     _, name = native.implementation(native.CONV, native.BACKWARD_WEIGHTS, config)
     from_channels = conv.XLA_WEIGHT_GRADIENT_FROM.get(name, np.inf)
     on_xla = dtype == jnp.float32 and channels >= from_channels
