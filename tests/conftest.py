@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from zoo import runtime
 from zoo.data import DATA_DIR_ENV
 from zoo.images import MAX_PIXELS
+from zoo.ops import conv, native
 
 
 @pytest.fixture(autouse=True)
@@ -27,6 +29,25 @@ def user_registry(
     root = tmp_path_factory.mktemp("registry")
     monkeypatch.setenv("ZOO_REGISTRY", str(root))
     return root
+
+
+@pytest.fixture
+def without_bf16_kernels(monkeypatch: pytest.MonkeyPatch):
+    """oneDNN as on a CPU without bf16 kernels (no AVX512-BF16 or AMX): the convolution and
+    batch norm queries find none in bf16; convolution plans are made anew."""
+    real = native.implementation
+    bf16 = native.PRECISIONS[jnp.dtype(jnp.bfloat16)]
+
+    def implementation(op: str, kind: int, config: tuple[int, ...]) -> tuple[bool, str]:
+        precision = config[-2] if op == native.CONV else config[4]  # csrc's Config field order
+        if precision == bf16:
+            return False, "unsupported"
+        return real(op, kind, config)
+
+    monkeypatch.setattr(native, "implementation", implementation)
+    conv._planned_for_team.cache_clear()
+    yield
+    conv._planned_for_team.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -179,6 +179,21 @@ def test_max_pool_windows_the_native_argmax_cannot_index_run_on_xla():
 
 
 @needs_native
+def test_max_pool_threads_count_the_bytes_its_kernels_read(monkeypatch):
+    monkeypatch.setattr(backend, "team_size", lambda: 2)
+
+    def threads(dtype) -> str:
+        x = jnp.zeros((64, 16, 16, 16), dtype)  # 256 Ki elements: 1 MiB in float32
+        text = jax.jit(lambda x: max_pool(x, 2, 2)).lower(x).as_text()
+        assert native.MAX_POOL_TARGETS[0] in text
+        return "num_threads = 2" if "num_threads = 2" in text else "num_threads = 1"
+
+    assert threads(jnp.float32) == "num_threads = 2"
+    assert threads(jnp.bfloat16) == "num_threads = 1"  # read as bf16: 512 KiB
+    assert threads(jnp.float16) == "num_threads = 2"  # widened to float32
+
+
+@needs_native
 def test_max_pool_native_under_vmap_and_on_a_one_device_mesh():
     x = inputs(jnp.float32, np.random.default_rng(3), channels=8)
     g = jnp.asarray(np.random.default_rng(4).standard_normal((5, 5, 5, 8)), jnp.float32)

@@ -238,3 +238,12 @@ def test_passes_under_a_mebibyte_run_on_one_thread(monkeypatch):
     ]:
         plan = batch_norm._plan(jnp.zeros(shape, dtype), EPSILON, (0, 2))
         assert plan.num_threads == threads, (shape, dtype)
+
+
+@needs_native
+def test_bfloat16_on_float32_kernels_counts_float32_bytes(monkeypatch, without_bf16_kernels):
+    monkeypatch.setattr(batch_norm.backend, "team_size", lambda: 2)
+    x = jnp.zeros((128, 8, 8, 32), jnp.bfloat16)  # 512 KiB, widened to 1 MiB
+    plan = batch_norm._plan(x, EPSILON, (0, 2))
+    assert plan.kernels[0] == plan.kernels[2] == jnp.float32
+    assert plan.num_threads == 2

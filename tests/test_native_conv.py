@@ -137,20 +137,33 @@ def test_wide_weight_gradients_run_on_xla_where_it_was_measured_faster(dtype, ch
         assert relative_error(a, b) < TOLERANCE[dtype]
 
 
+def planned(batch: int, channels: int, dtype) -> conv._Plan:
+    """The plan of a 3x3 "SAME" convolution of batch x 32 x 32 x channels to channels."""
+    shape, pads = (batch, 32, 32, channels), ((1, 1), (1, 1))
+    return conv._planned(shape, (3, 3, channels, channels), dtype, (1, 1), pads, (1, 1), 1, None)
+
+
+@needs_native
+def test_bfloat16_on_float32_kernels_takes_float32s_thread_line(monkeypatch, without_bf16_kernels):
+    monkeypatch.setattr(conv.backend, "team_size", lambda: 2)
+    plan = planned(4, 32, jnp.bfloat16)  # 38 M multiply-adds: below bf16's line, above float32's
+    assert plan.kernels == (jnp.float32,) * 3
+    assert plan.num_threads == 2
+    assert planned(2, 16, jnp.bfloat16).num_threads == 1  # 0.3 M: below both
+
+
 @needs_native
 def test_short_convolutions_run_on_one_thread_long_ones_on_the_team(monkeypatch):
     monkeypatch.setattr(conv.backend, "team_size", lambda: 2)
 
-    def threads(batch: int, channels: int, dtype) -> int:
-        shape = (batch, 32, 32, channels)
-        pads = ((1, 1), (1, 1))
-        args = (shape, (3, 3, channels, channels), dtype, (1, 1), pads, (1, 1), 1, None)
-        return conv._planned(*args).num_threads
-
     # 2x8x8x16 -> 16: 0.3 M multiply-adds; 4x32x32x32 -> 32: 38 M; 32x32x32x64 -> 64: 1.2 G.
-    assert threads(2, 16, jnp.float32) == threads(2, 16, jnp.bfloat16) == 1
-    assert threads(4, 32, jnp.float32) == 2 and threads(4, 32, jnp.bfloat16) == 1
-    assert threads(32, 64, jnp.float32) == threads(32, 64, jnp.bfloat16) == 2
+    assert planned(2, 16, jnp.float32).num_threads == planned(2, 16, jnp.bfloat16).num_threads == 1
+    assert planned(4, 32, jnp.float32).num_threads == 2
+    bf16 = planned(4, 32, jnp.bfloat16)  # on bf16 kernels below their line, float32's above it
+    assert bf16.num_threads == (1 if bf16.kernels[0] == jnp.bfloat16 else 2)
+    assert (
+        planned(32, 64, jnp.float32).num_threads == planned(32, 64, jnp.bfloat16).num_threads == 2
+    )
 
     x, kernel = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 16, 16))
     same = functools.partial(

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 from zoo.ops import native
@@ -62,9 +64,11 @@ def call_team(team: int, work: float, one_thread_below: float) -> int:
 ONE_THREAD_BELOW_BYTES = 2**20
 
 
-def pass_team(x: jax.Array) -> int:
-    """The threads of a memory-bound native pass over `x` (all devices' shards together)."""
-    per_device = x.size * x.dtype.itemsize / jax.local_device_count("cpu")
+def pass_team(x: jax.Array, dtype: Any = None) -> int:
+    """The threads of a memory-bound native pass over `x` (all devices' shards together), read
+    in `dtype` (by default x's own)."""
+    itemsize = jnp.dtype(x.dtype if dtype is None else dtype).itemsize
+    per_device = x.size * itemsize / jax.local_device_count("cpu")
     return call_team(team_size(), per_device, ONE_THREAD_BELOW_BYTES)
 
 

@@ -137,17 +137,29 @@ def _plan(x: jax.Array, epsilon: float, kinds: tuple[int, int], relu: bool = Fal
     if x.ndim < 2 or 0 in x.shape:
         return None
     shape = x.shape if x.ndim == 4 else (math.prod(x.shape[:-1]), 1, 1, x.shape[-1])
-    epsilon, threads = float(epsilon), backend.pass_team(x)
+    epsilon = float(epsilon)
 
-    def config(kind: int, dtype: Any) -> tuple[int, ...]:
+    def config(kind: int, dtype: Any, threads: int) -> tuple[int, ...]:
         return _config(kind, shape, dtype, epsilon, _fuses_relu(relu, kind), threads)
 
-    kernels = [None] * len(KINDS)
-    for kind in kinds:
-        kernels[kind] = native.kernel_dtype(
-            x.dtype,
-            lambda d, kind=kind: native.implementation(native.BATCH_NORM, kind, config(kind, d))[0],
-        )
+    def kernels_on(threads: int) -> list[Any]:
+        kernels = [None] * len(KINDS)
+        for kind in kinds:
+            kernels[kind] = native.kernel_dtype(
+                x.dtype,
+                lambda d, kind=kind: native.implementation(
+                    native.BATCH_NORM, kind, config(kind, d, threads)
+                )[0],
+            )
+        return kernels
+
+    # The one-thread line counts the bytes the kernels read: bf16 on a CPU without bf16 kernels
+    # passes over its float32 widening.
+    threads = backend.pass_team(x)
+    kernels = kernels_on(threads)
+    computed = next((kernel for kernel in kernels if kernel is not None), x.dtype)
+    if (threads_computed := backend.pass_team(x, computed)) != threads:
+        threads, kernels = threads_computed, kernels_on(threads_computed)
     if all(kernel is None for kernel in kernels):
         return None
     workspace = 0
@@ -156,7 +168,7 @@ def _plan(x: jax.Array, epsilon: float, kinds: tuple[int, int], relu: bool = Fal
         # The gradient reads the forward's workspace: both on oneDNN, in one dtype.
         if training is None or kernels[native.TRAINING_BACKWARD] != training:
             return None
-        workspace = native.batch_norm_workspace_bytes(config(native.TRAINING, training))
+        workspace = native.batch_norm_workspace_bytes(config(native.TRAINING, training, threads))
     return _Plan(shape, epsilon, relu, threads, tuple(kernels), workspace)
 
 

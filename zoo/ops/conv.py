@@ -179,7 +179,8 @@ def _planned(
     )
 
 
-# Below this many multiply-adds a call runs on one thread (`backend.call_team`). Measured on an
+# Below this many multiply-adds a call runs on one thread (`backend.call_team`), by the dtype its
+# kernels compute in. Measured on an
 # Intel Xeon with AMX (bench/README.md): ResNet-20 and LeNet-5 steps at batches 8-128 on one and
 # on two threads; bf16's kernels are faster, so its calls stay short up to more work.
 ONE_THREAD_BELOW_MACS = {jnp.dtype(jnp.float32): 24e6, jnp.dtype(jnp.bfloat16): 48e6}
@@ -204,30 +205,41 @@ def _planned_for_team(
         jax.ShapeDtypeStruct(rhs_shape, dtype),
     ).shape
     macs = math.prod(out) * math.prod(rhs_shape[:3])  # rhs_shape[2] is per group
-    threads = backend.call_team(team, macs, ONE_THREAD_BELOW_MACS[dtype])
 
-    def has_kernel(direction: int, kernel_dtype: Any) -> bool:
-        config = (
-            *lhs_shape,
-            *rhs_shape[:2],
-            rhs_shape[3],
-            *out[1:3],
-            *window_strides,
-            *padding[0],
-            *padding[1],
-            *rhs_dilation,
-            groups,
-            native.PRECISIONS[jnp.dtype(kernel_dtype)],
-            threads,
+    def kernels_on(threads: int) -> tuple[Any, Any, Any]:
+        def has_kernel(direction: int, kernel_dtype: Any) -> bool:
+            config = (
+                *lhs_shape,
+                *rhs_shape[:2],
+                rhs_shape[3],
+                *out[1:3],
+                *window_strides,
+                *padding[0],
+                *padding[1],
+                *rhs_dilation,
+                groups,
+                native.PRECISIONS[jnp.dtype(kernel_dtype)],
+                threads,
+            )
+            found, name = native.implementation(native.CONV, direction, config)
+            measured = dtype == jnp.float32  # the convolution's own dtype, not the kernel's
+            return found and not (measured and _xla_is_faster(direction, name, rhs_shape, groups))
+
+        return tuple(
+            None
+            if 0 in out
+            else native.kernel_dtype(dtype, functools.partial(has_kernel, direction))
+            for direction in DIRECTIONS
         )
-        found, name = native.implementation(native.CONV, direction, config)
-        measured = dtype == jnp.float32  # the convolution's own dtype, not the kernel's
-        return found and not (measured and _xla_is_faster(direction, name, rhs_shape, groups))
 
-    kernels = tuple(
-        None if 0 in out else native.kernel_dtype(dtype, functools.partial(has_kernel, direction))
-        for direction in DIRECTIONS
-    )
+    # The one-thread line is the kernels' dtype's: bf16 on a CPU without bf16 kernels runs
+    # float32 ones, as long as float32's at the same multiply-adds.
+    threads = backend.call_team(team, macs, ONE_THREAD_BELOW_MACS[dtype])
+    kernels = kernels_on(threads)
+    computed = next((kernel for kernel in kernels if kernel is not None), dtype)
+    threads_computed = backend.call_team(team, macs, ONE_THREAD_BELOW_MACS[jnp.dtype(computed)])
+    if threads_computed != threads:
+        threads, kernels = threads_computed, kernels_on(threads_computed)
     return _Plan(
         lhs_shape,
         rhs_shape,

@@ -59,7 +59,7 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
 
     if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
         return reference(x)
-    pool = _Pool.of(x, window, stride, padding, backend.pass_team(x))
+    pool = _Pool.of(x, window, stride, padding)
     if 0 in (*pool.shape, *pool.out_shape):  # nothing to pool (a map smaller than the window)
         return reference(x)
     # Narrower floats pool as float32 (max is exact in it): XLA:CPU widens their reduce-window
@@ -92,10 +92,11 @@ class _Pool:
     varying: frozenset
 
     @classmethod
-    def of(cls, x: jax.Array, window: int, stride: int, padding: int, num_threads: int) -> _Pool:
+    def of(cls, x: jax.Array, window: int, stride: int, padding: int) -> _Pool:
         out = jax.eval_shape(lambda x: reference_max_pool(x, window, stride, padding), x).shape
         dtype = jnp.dtype(x.dtype) if x.dtype in NATIVE_DTYPES else jnp.dtype(_F32)
-        return cls(x.shape, out, dtype, window, stride, padding, num_threads, sharding.varying(x))
+        threads = backend.pass_team(x, dtype)  # over the bytes the kernels read
+        return cls(x.shape, out, dtype, window, stride, padding, threads, sharding.varying(x))
 
     def ffi(self, target: str, results: tuple[tuple[tuple[int, ...], Any], ...], *operands):
         """`target` on `operands`, its results of those (shape, dtype), typed as the operands
