@@ -202,6 +202,52 @@ def test_forward_and_gradients_are_finite(name):
     check_forward_and_gradients(name)
 
 
+# Every kind of zoo op: convolutions (lenet5), batch norm in training and the residual join
+# (resnet20), max pooling (resnet18, at 32 x 32), grouped convolutions and dropout
+# (alexnet_2012). Name: input size (None: the model's own).
+FORWARD_MODE_MODELS = {**dict.fromkeys(SMALL_MODELS), "resnet18": 32, "alexnet_2012": None}
+
+
+@pytest.mark.parametrize("name", FORWARD_MODE_MODELS)
+def test_forward_mode_goes_through_every_model_under_portable(name):
+    """`jax.jvp` of a train-mode forward pass under `zoo.ops.portable()` (the zoo's ops are
+    `custom_vjp`s outside it), checked against `jax.vjp` by the dot-product test
+    <u, J t> = <J^T u, t> on random u and t. Both under portable(): the native path rounds the
+    forward differently, and a ReLU whose input rounds across zero moves a gradient by O(1)."""
+    info = zoo.model_info(name)
+    size = FORWARD_MODE_MODELS[name]
+    shape = info.input_shape if size is None else (size, size, info.input_shape[-1])
+    model = zoo.create_model(name)
+    x = jax.random.normal(jax.random.key(2), (2, *shape))
+    variables = jax.jit(model.init)(RNGS, x)
+
+    def outputs(params):
+        out, _ = model.apply(
+            {**variables, "params": params},
+            x,
+            train=True,
+            rngs={"dropout": jax.random.key(3)},
+            mutable=["batch_stats"],
+        )
+        return out
+
+    params = variables["params"]
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(4), len(leaves))
+    t = jax.tree.unflatten(
+        tree, [jax.random.normal(k, p.shape) for k, p in zip(keys, leaves, strict=True)]
+    )
+    with zoo.ops.portable():
+        out, j_t = jax.jit(lambda p, t: jax.jvp(outputs, (p,), (t,)))(params, t)
+        u = jax.random.normal(jax.random.key(5), out.shape)
+        (jt_u,) = jax.jit(lambda p, u: jax.vjp(outputs, p)[1](u))(params, u)
+    forward = jnp.vdot(u, j_t)
+    reverse = sum(
+        jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(jt_u), jax.tree.leaves(t), strict=True)
+    )
+    np.testing.assert_allclose(forward, reverse, rtol=1e-4)
+
+
 def test_flexible_models_follow_the_formulas_at_other_sizes():
     for name, shape in [
         ("resnet18", (64, 96, 3)),

@@ -24,15 +24,21 @@ _PORTABLE = jax.make_user_context(default_value=False)
 
 
 def portable() -> contextlib.AbstractContextManager:
-    """A context in which the zoo's kernels trace to XLA's ops only: no custom calls, so
-    `jax.export` takes them. Part of jit's cache key, like a JAX config option: a function
-    jitted outside and called again inside is traced again."""
+    """A context in which the zoo's kernels trace to XLA's own ops only: no custom calls, so
+    `jax.export` takes them, and no `jax.custom_vjp`, so forward-mode autodiff (`jax.jvp`,
+    `jax.jacfwd`, `jax.hessian`) goes through them. Part of jit's cache key, like a JAX config
+    option: a function jitted outside and called again inside is traced again."""
     return _PORTABLE(True)
+
+
+def tracing_portably() -> bool:
+    """Whether `portable()` is on."""
+    return _PORTABLE.value
 
 
 def native_applies() -> bool:
     """Whether a kernel traced now may run on oneDNN (it still needs one for its config)."""
-    return not _PORTABLE.value and native.enabled()
+    return not tracing_portably() and native.enabled()
 
 
 def single_device() -> bool:
@@ -91,6 +97,6 @@ def on_cpu(cpu_fn, default_fn, *operands: jax.Array):
     (`jax.export`), so there `default_fn` is not traced at all: tracing both branches of every
     convolution took ResNet-152's train step 2-3 s.
     """
-    if _cpu_is_the_only_backend() and not _PORTABLE.value:
+    if _cpu_is_the_only_backend() and not tracing_portably():
         return cpu_fn(*operands)
     return lax.platform_dependent(*operands, cpu=cpu_fn, default=default_fn)

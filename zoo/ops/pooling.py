@@ -22,7 +22,9 @@ On CPU the pooling runs as, in order of preference:
    select-and-scatter.
 bench/README.md has the timings. GPU and TPU compilers have their own fast select-and-scatter:
 there (and for inputs that are not floating-point NHWC arrays, or maps smaller than the window)
-it is `nn.max_pool` unchanged, chosen inside the same jitted function (`zoo.ops.on_cpu`).
+it is `nn.max_pool` unchanged, chosen inside the same jitted function (`zoo.ops.on_cpu`); under
+`zoo.ops.portable()` it is `nn.max_pool` everywhere (both CPU paths are `custom_vjp`s, which
+forward-mode autodiff does not go through).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
     def reference(x: jax.Array) -> jax.Array:
         return reference_max_pool(x, window, stride, padding)
 
-    if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
+    if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating) or backend.tracing_portably():
         return reference(x)
     pool = _Pool.of(x, window, stride, padding)
     if 0 in (*pool.shape, *pool.out_shape):  # nothing to pool (a map smaller than the window)
