@@ -105,6 +105,18 @@ def check_formulas_match(name, **overrides):
         chex.assert_equal(total, info.reference_params)
 
 
+def train_outputs(model, variables, params, x):
+    """The model's train-mode outputs with `params` (dropout's key fixed, batch stats dropped)."""
+    outputs, _ = model.apply(
+        {**variables, "params": params},
+        x,
+        train=True,
+        rngs={"dropout": jax.random.key(3)},
+        mutable=["batch_stats"],
+    )
+    return outputs
+
+
 def check_forward_and_gradients(name):
     """A real train-mode forward and backward pass: finite, with some non-zero gradient."""
     info = zoo.model_info(name)
@@ -114,13 +126,7 @@ def check_forward_and_gradients(name):
     variables = jax.jit(model.init)(RNGS, x)
 
     def loss(params):
-        outputs, _ = model.apply(
-            {**variables, "params": params},
-            x,
-            train=True,
-            rngs={"dropout": jax.random.key(3)},
-            mutable=["batch_stats"],
-        )
+        outputs = train_outputs(model, variables, params, x)
         if info.task == "reconstruction":
             return jnp.mean((outputs - x) ** 2)
         return -jnp.mean(jax.nn.log_softmax(outputs)[jnp.arange(4), labels])
@@ -222,14 +228,7 @@ def test_forward_mode_goes_through_every_model_under_portable(name):
     variables = jax.jit(model.init)(RNGS, x)
 
     def outputs(params):
-        out, _ = model.apply(
-            {**variables, "params": params},
-            x,
-            train=True,
-            rngs={"dropout": jax.random.key(3)},
-            mutable=["batch_stats"],
-        )
-        return out
+        return train_outputs(model, variables, params, x)
 
     params = variables["params"]
     leaves, tree = jax.tree.flatten(params)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -63,6 +64,21 @@ def call_team(team: int, work: float, one_thread_below: float) -> int:
     (bench/README.md, "Intel Xeon with AMX": ResNet-20's bf16 step at batch 8 2.6x slower on
     two threads than on one)."""
     return team if work >= one_thread_below else 1
+
+
+def threads_for_kernels(
+    dtype: Any, threads_for: Callable[[Any], int], kernels_on: Callable[[int], Sequence[Any]]
+) -> tuple[int, Sequence[Any]]:
+    """(threads, kernels) of an op of `dtype` whose kernels (`kernels_on(threads)`: a dtype per
+    kind, None where XLA runs it) may compute in another dtype: its one-thread line is theirs
+    (`threads_for(dtype)`). bf16 on a CPU without bf16 kernels runs float32 ones, as long as
+    float32's on the same work and reading its float32 widening."""
+    threads = threads_for(dtype)
+    kernels = kernels_on(threads)
+    computed = next((kernel for kernel in kernels if kernel is not None), dtype)
+    if (threads_computed := threads_for(computed)) != threads:
+        return threads_computed, kernels_on(threads_computed)
+    return threads, kernels
 
 
 # Below this many bytes on a device a memory-bound native pass (batch norm, max pool, the

@@ -153,13 +153,9 @@ def _plan(x: jax.Array, epsilon: float, kinds: tuple[int, int], relu: bool = Fal
             )
         return kernels
 
-    # The one-thread line counts the bytes the kernels read: bf16 on a CPU without bf16 kernels
-    # passes over its float32 widening.
-    threads = backend.pass_team(x)
-    kernels = kernels_on(threads)
-    computed = next((kernel for kernel in kernels if kernel is not None), x.dtype)
-    if (threads_computed := backend.pass_team(x, computed)) != threads:
-        threads, kernels = threads_computed, kernels_on(threads_computed)
+    threads, kernels = backend.threads_for_kernels(
+        x.dtype, lambda kernel_dtype: backend.pass_team(x, kernel_dtype), kernels_on
+    )
     if all(kernel is None for kernel in kernels):
         return None
     workspace = 0

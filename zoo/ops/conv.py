@@ -180,9 +180,9 @@ def _planned(
 
 
 # Below this many multiply-adds a call runs on one thread (`backend.call_team`), by the dtype its
-# kernels compute in. Measured on an
-# Intel Xeon with AMX (bench/README.md): ResNet-20 and LeNet-5 steps at batches 8-128 on one and
-# on two threads; bf16's kernels are faster, so its calls stay short up to more work.
+# kernels compute in (`backend.threads_for_kernels`). Measured on an Intel Xeon with AMX
+# (bench/README.md): ResNet-20 and LeNet-5 steps at batches 8-128 on one and on two threads;
+# bf16's kernels are faster, so its calls stay short up to more work.
 ONE_THREAD_BELOW_MACS = {jnp.dtype(jnp.float32): 24e6, jnp.dtype(jnp.bfloat16): 48e6}
 
 
@@ -232,14 +232,13 @@ def _planned_for_team(
             for direction in DIRECTIONS
         )
 
-    # The one-thread line is the kernels' dtype's: bf16 on a CPU without bf16 kernels runs
-    # float32 ones, as long as float32's at the same multiply-adds.
-    threads = backend.call_team(team, macs, ONE_THREAD_BELOW_MACS[dtype])
-    kernels = kernels_on(threads)
-    computed = next((kernel for kernel in kernels if kernel is not None), dtype)
-    threads_computed = backend.call_team(team, macs, ONE_THREAD_BELOW_MACS[jnp.dtype(computed)])
-    if threads_computed != threads:
-        threads, kernels = threads_computed, kernels_on(threads_computed)
+    threads, kernels = backend.threads_for_kernels(
+        dtype,
+        lambda kernel_dtype: backend.call_team(
+            team, macs, ONE_THREAD_BELOW_MACS[jnp.dtype(kernel_dtype)]
+        ),
+        kernels_on,
+    )
     return _Plan(
         lhs_shape,
         rhs_shape,
