@@ -211,40 +211,54 @@ def test_forward_and_gradients_are_finite(name):
 # Every kind of zoo op: convolutions (lenet5), batch norm in training and the residual join
 # (resnet20), max pooling (resnet18, at 32 x 32), grouped convolutions and dropout
 # (alexnet_2012). Name: input size (None: the model's own).
-FORWARD_MODE_MODELS = {**dict.fromkeys(SMALL_MODELS), "resnet18": 32, "alexnet_2012": None}
+AUTODIFF_MODELS = {**dict.fromkeys(SMALL_MODELS), "resnet18": 32, "alexnet_2012": None}
 
 
-@pytest.mark.parametrize("name", FORWARD_MODE_MODELS)
-def test_forward_mode_goes_through_every_model_under_portable(name):
-    """`jax.jvp` of a train-mode forward pass under `zoo.ops.portable()` (the zoo's ops are
-    `custom_vjp`s outside it), checked against `jax.vjp` by the dot-product test
-    <u, J t> = <J^T u, t> on random u and t. Both under portable(): the native path rounds the
-    forward differently, and a ReLU whose input rounds across zero moves a gradient by O(1)."""
+def random_like(tree, seed: int):
+    leaves, structure = jax.tree.flatten(tree)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(
+        structure, [jax.random.normal(k, p.shape) for k, p in zip(keys, leaves, strict=True)]
+    )
+
+
+def tree_vdot(a, b) -> jax.Array:
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+@pytest.mark.parametrize("name", AUTODIFF_MODELS)
+def test_every_model_differentiates_to_second_order_in_both_modes(name):
+    """On the zoo's kernels (native ones where this CPU has them), in train mode: forward mode
+    (`jax.jvp`) against reverse mode by the dot-product test <u, J t> = <J^T u, t>, and the
+    Hessian-vector product of a scalar loss three ways: forward over reverse (`jvp` of
+    `grad`), reverse over reverse (`grad` of <grad, t>), and its symmetry <u, H t> = <H u, t>.
+    With the ops as `jax.custom_vjp`s over the kernels, all but the vjp raise."""
     info = zoo.model_info(name)
-    size = FORWARD_MODE_MODELS[name]
+    size = AUTODIFF_MODELS[name]
     shape = info.input_shape if size is None else (size, size, info.input_shape[-1])
     model = zoo.create_model(name)
     x = jax.random.normal(jax.random.key(2), (2, *shape))
     variables = jax.jit(model.init)(RNGS, x)
+    params = variables["params"]
+    t, u = random_like(params, 4), random_like(params, 6)
 
     def outputs(params):
         return train_outputs(model, variables, params, x)
 
-    params = variables["params"]
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(4), len(leaves))
-    t = jax.tree.unflatten(
-        tree, [jax.random.normal(k, p.shape) for k, p in zip(keys, leaves, strict=True)]
-    )
-    with zoo.ops.portable():
-        out, j_t = jax.jit(lambda p, t: jax.jvp(outputs, (p,), (t,)))(params, t)
-        u = jax.random.normal(jax.random.key(5), out.shape)
-        (jt_u,) = jax.jit(lambda p, u: jax.vjp(outputs, p)[1](u))(params, u)
-    forward = jnp.vdot(u, j_t)
-    reverse = sum(
-        jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(jt_u), jax.tree.leaves(t), strict=True)
-    )
-    np.testing.assert_allclose(forward, reverse, rtol=1e-4)
+    def loss(params):
+        return jnp.sum(jnp.tanh(outputs(params)))
+
+    out, j_t = jax.jit(lambda p, t: jax.jvp(outputs, (p,), (t,)))(params, t)
+    u_out = jax.random.normal(jax.random.key(5), out.shape)
+    (jt_u,) = jax.jit(lambda p, u: jax.vjp(outputs, p)[1](u))(params, u_out)
+    np.testing.assert_allclose(jnp.vdot(u_out, j_t), tree_vdot(jt_u, t), rtol=1e-4)
+
+    hvp = jax.jit(lambda p, t: jax.jvp(jax.grad(loss), (p,), (t,))[1])
+    reverse_hvp = jax.jit(jax.grad(lambda p, t: tree_vdot(jax.grad(loss)(p), t)))
+    h_t = hvp(params, t)
+    scale = max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(h_t))
+    chex.assert_trees_all_close(reverse_hvp(params, t), h_t, rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(tree_vdot(u, h_t), tree_vdot(hvp(params, u), t), rtol=1e-3)
 
 
 def test_flexible_models_follow_the_formulas_at_other_sizes():

@@ -365,6 +365,12 @@ EIGHT_DEVICES = """
             return jnp.sum(jnp.sin(y)), y
         return jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))
 
+    def second_order(conv):
+        loss = lambda x, k: gradients(conv)(x, k)[0][0]
+        hvp = lambda x, k: jax.jvp(jax.grad(loss, 1), (x, k), (x, k))[1]
+        input_gradient_norm = lambda x, k: jnp.sum(jnp.square(jax.grad(loss)(x, k)))
+        return jax.jit(lambda x, k: (hvp(x, k), jax.grad(input_gradient_norm, 1)(x, k)))
+
     weights = jnp.asarray(rng.standard_normal((3, 3, 4, 16)), jnp.float32)
     # Auto axes (custom_partitioning) and Explicit ones (jax.make_mesh's default: shard_map).
     for mesh in (Mesh(np.array(jax.devices()), ("data",)), jax.make_mesh((8,), ("data",))):
@@ -390,6 +396,11 @@ EIGHT_DEVICES = """
             for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
                 assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(b)), (a, b)
             assert ours[1][0].sharding.is_equivalent_to(x.sharding, 4)
+            # Second order on the sharded batch: forward over reverse, reverse over reverse.
+            ours = second_order(ops.conv_general_dilated)(x, kernel)
+            theirs = second_order(lax.conv_general_dilated)(x, kernel)
+            for a, b in zip(ours, theirs, strict=True):
+                assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(b)), (a, b)
 
         # vmap has no partitioning rule: it runs the kernels on the gathered batch, as XLA would.
         # (With Explicit axes JAX's own convolution cannot be vmapped over a sharded axis.)

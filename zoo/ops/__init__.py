@@ -6,9 +6,9 @@ and residual join, on CPU through the XLA FFI; XLA elsewhere.
 convolution of given shapes runs on oneDNN; `batch_norm_training` and
 `batch_norm_inference` are the arithmetic of `zoo.models.layers.BatchNorm`, `max_pool` that of
 `zoo.models.layers.MaxPool`, `add_relu` ResNet's residual join `relu(x + shortcut)`;
-`portable()` traces XLA's own ops only (for `jax.export`, and for forward-mode autodiff:
-`jax.jvp`, `jax.jacfwd`, `jax.hessian`); `native_available()` says whether the
-oneDNN extension is loaded. `ZOO_NATIVE=0` forces XLA.
+`portable()` traces XLA's own ops only (for `jax.export`); `native_available()` says whether
+the oneDNN extension is loaded. Each op differentiates to any order in both modes
+(`autodiff`). `ZOO_NATIVE=0` forces XLA.
 `on_cpu(cpu_fn, default_fn, *operands)` is the per-backend choice the zoo's CPU-only kernels use;
 `sharding` runs the oneDNN convolutions per batch shard under a sharded `jax.jit`.
 `initializers` are JAX's variance-scaling initializers with the same values, faster to compile.

@@ -26,9 +26,8 @@ _PORTABLE = jax.make_user_context(default_value=False)
 
 def portable() -> contextlib.AbstractContextManager:
     """A context in which the zoo's kernels trace to XLA's own ops only: no custom calls, so
-    `jax.export` takes them, and no `jax.custom_vjp`, so forward-mode autodiff (`jax.jvp`,
-    `jax.jacfwd`, `jax.hessian`) goes through them. Part of jit's cache key, like a JAX config
-    option: a function jitted outside and called again inside is traced again."""
+    `jax.export` takes them. Part of jit's cache key, like a JAX config option: a function
+    jitted outside and called again inside is traced again."""
     return _PORTABLE(True)
 
 

@@ -9,15 +9,15 @@ is `jax.nn.relu` of it, gradient included (zero where the normalised value is no
 fused into oneDNN's kernels where they run: no XLA pass over the activation for the ReLU, nor
 for its gradient's mask, which the training kernel keeps as a bit per element.
 
-On CPU each runs as a `jax.custom_vjp` over oneDNN's batch-normalisation primitives
-(`csrc/onednn_batch_norm.cc`): a forward call and a backward one that gives the gradients of
-`x`, `scale` and `bias` in one pass. XLA:CPU's fusions of the same arithmetic (the reference
-here, and what GPU and TPU run) first materialise each per-channel vector at the activation's
-full size (YNNPACK takes no broadcast operands). Each kind runs on oneDNN only where it has a
-real (JIT) kernel for it, asked at trace time: bf16 without one (no AVX-512) widens to
-oneDNN's float32 kernel where that exists, anything else stays on XLA. Cotangents of the
-returned statistics (zero in a train step, where they only update the running averages) are
-added in XLA only where they are nonzero.
+On CPU each runs on oneDNN's batch-normalisation primitives (`csrc/onednn_batch_norm.cc`),
+differentiable to any order in both modes (`zoo.ops.autodiff`): a forward call and a backward
+one that gives the gradients of `x`, `scale` and `bias` in one pass. XLA:CPU's fusions of the
+same arithmetic (the reference here, and what GPU and TPU run) first materialise each
+per-channel vector at the activation's full size (YNNPACK takes no broadcast operands). Each
+kind runs on oneDNN only where it has a real (JIT) kernel for it, asked at trace time: bf16
+without one (no AVX-512) widens to oneDNN's float32 kernel where that exists, anything else
+stays on XLA. Cotangents of the returned statistics (zero in a train step, where they only
+update the running averages) are added in XLA only where they are nonzero.
 
 Where oneDNN is kept out altogether (`portable()`, several devices: the statistics span the
 batch, and XLA partitions its own reductions): `zoo.ops.backend`.
@@ -34,9 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.custom_derivatives import SymbolicZero
 
-from zoo.ops import backend, native, sharding
+from zoo.ops import autodiff, backend, native, sharding
 
 _F32 = jnp.float32
 KINDS = tuple(native.BATCH_NORM_TARGETS)
@@ -172,13 +171,7 @@ def _vectors(plan: _Plan, count: int) -> tuple[jax.ShapeDtypeStruct, ...]:
     return (jax.ShapeDtypeStruct(plan.shape[-1:], _F32),) * count
 
 
-def _plain(value):
-    return value.value if isinstance(value, jax.custom_derivatives.CustomVJPPrimal) else value
-
-
 # Training mode: (x, scale, bias) -> (y, mean, var).
-
-
 def _training_forward(x, scale, bias, plan: _Plan):
     """(y, mean, var, the ReLU's workspace: empty without one or on XLA)."""
     results = (jax.ShapeDtypeStruct(x.shape, x.dtype), *_vectors(plan, 2), plan.workspace())
@@ -190,51 +183,48 @@ def _training_forward(x, scale, bias, plan: _Plan):
     return plan.run(native.TRAINING, results, xla, x, scale, bias)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _native_training(x, scale, bias, plan: _Plan):
-    return _training_forward(x, scale, bias, plan)[:3]
+    """Training-mode batch norm on `plan`'s kernels, differentiable to any order
+    (`zoo.ops.autodiff`); its gradient one backward call, plus XLA's for the statistics'
+    cotangents where they are nonzero."""
 
+    def forward(x, scale, bias):
+        y, mean, var, workspace = _training_forward(x, scale, bias, plan)
+        return (y, mean, var), (mean, var, workspace)
 
-def _native_training_fwd(x, scale, bias, plan):
-    x, scale, bias = _plain(x), _plain(scale), _plain(bias)
-    y, mean, var, workspace = _training_forward(x, scale, bias, plan)
-    return (y, mean, var), (x, scale, bias, mean, var, workspace)
+    def cotangent(primals, residuals, cotangents):
+        (x, scale, bias), (mean, var, workspace) = primals, residuals
+        d_y, d_mean, d_var = cotangents
+        if d_y is None:
+            d_y = jnp.zeros(x.shape, x.dtype)
 
+        def xla(x, d_y, mean, var, scale, workspace):
+            reference = functools.partial(_reference_training, epsilon=plan.epsilon, relu=plan.relu)
+            _, vjp = jax.vjp(lambda *args: reference(*args)[0], x, scale, bias)
+            return vjp(d_y)
 
-def _native_training_bwd(plan, residuals, cotangents):
-    x, scale, bias, mean, var, workspace = residuals
-    d_y, d_mean, d_var = cotangents
-    if isinstance(d_y, SymbolicZero):
-        d_y = jnp.zeros(x.shape, x.dtype)
+        results = (jax.ShapeDtypeStruct(x.shape, x.dtype), *_vectors(plan, 2))
+        d_x, d_scale, d_bias = plan.run(
+            native.TRAINING_BACKWARD, results, xla, x, d_y, mean, var, scale, workspace
+        )
+        # The statistics' own cotangents: mean = sum(x) / n, var = sum((x - mean)^2) / n.
+        count = math.prod(x.shape[:-1])
+        extra = []
+        if d_mean is not None:
+            extra.append(d_mean / count)
+        if d_var is not None:
+            extra.append(d_var * 2 * (x.astype(_F32) - mean) / count)
+        if extra:
+            d_x = (d_x.astype(_F32) + sum(extra)).astype(x.dtype)
+        return tuple(map(sharding.cotangent_like, (d_x, d_scale, d_bias), primals))
 
-    def xla(x, d_y, mean, var, scale, workspace):
-        reference = functools.partial(_reference_training, epsilon=plan.epsilon, relu=plan.relu)
-        _, vjp = jax.vjp(lambda *args: reference(*args)[0], x, scale, bias)
-        return vjp(d_y)
+    def reference(x, scale, bias):
+        return _reference_training(x, scale, bias, plan.epsilon, plan.relu)
 
-    results = (jax.ShapeDtypeStruct(x.shape, x.dtype), *_vectors(plan, 2))
-    d_x, d_scale, d_bias = plan.run(
-        native.TRAINING_BACKWARD, results, xla, x, d_y, mean, var, scale, workspace
-    )
-    # The statistics' own cotangents: mean = sum(x) / n, var = sum((x - mean)^2) / n.
-    count = math.prod(x.shape[:-1])
-    extra = []
-    if not isinstance(d_mean, SymbolicZero):
-        extra.append(d_mean / count)
-    if not isinstance(d_var, SymbolicZero):
-        extra.append(d_var * 2 * (x.astype(_F32) - mean) / count)
-    if extra:
-        d_x = (d_x.astype(_F32) + sum(extra)).astype(x.dtype)
-    primals = (x, scale, bias)
-    return tuple(map(sharding.cotangent_like, (d_x, d_scale, d_bias), primals))
-
-
-_native_training.defvjp(_native_training_fwd, _native_training_bwd, symbolic_zeros=True)
+    return autodiff.differentiable(forward, reference, cotangent=cotangent)(x, scale, bias)
 
 
 # Inference mode: (x, mean, var, scale, bias) -> y.
-
-
 def _inference_forward(x, mean, var, scale, bias, plan: _Plan):
     (y,) = plan.run(
         native.INFERENCE,
@@ -249,40 +239,46 @@ def _inference_forward(x, mean, var, scale, bias, plan: _Plan):
     return y
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _native_inference(x, mean, var, scale, bias, plan: _Plan):
-    return _inference_forward(x, mean, var, scale, bias, plan)
+    """Inference-mode batch norm on `plan`'s kernels, differentiable to any order
+    (`zoo.ops.autodiff`)."""
 
+    def forward(*primals):
+        y = _inference_forward(*primals, plan)
+        return (y,), (y,) if plan.relu else ()
 
-def _native_inference_fwd(x, mean, var, scale, bias, plan):
-    y = _inference_forward(x, mean, var, scale, bias, plan)
-    return y, (x, mean, var, scale, bias, y if plan.relu else None)
+    def cotangent(primals, residuals, cotangents):
+        (x, mean, var, scale, bias), (d_y,) = primals, cotangents
+        if plan.relu:  # jax.nn.relu's gradient: none where the result is not positive
+            (y,) = residuals
+            d_y = jnp.where(y > 0, d_y, jnp.zeros((), d_y.dtype))
 
+        def xla(x, d_y, mean, var, scale, workspace):
+            _, vjp = jax.vjp(
+                lambda *args: _normalise(*args, plan.epsilon), x, mean, var, scale, bias
+            )
+            d_x, _, _, d_scale, d_bias = vjp(d_y)
+            return d_x, d_scale, d_bias
 
-def _native_inference_bwd(plan, residuals, d_y):
-    x, mean, var, scale, bias, y = residuals
-    if plan.relu:  # jax.nn.relu's gradient: none where the result is not positive
-        d_y = jnp.where(y > 0, d_y, jnp.zeros((), d_y.dtype))
+        results = (jax.ShapeDtypeStruct(x.shape, x.dtype), *_vectors(plan, 2))
+        no_workspace = jnp.zeros((0,), jnp.uint8)
+        d_x, d_scale, d_bias = plan.run(
+            native.INFERENCE_BACKWARD, results, xla, x, d_y, mean, var, scale, no_workspace
+        )
+        # y = (x - mean) * inv * scale + bias, inv = (var + eps)^-1/2;
+        # d_scale = sum(d_y (x - mean) inv).
+        inv = lax.rsqrt(var + plan.epsilon)
+        d_mean = -d_bias * scale * inv
+        d_var = -0.5 * d_scale * scale * inv * inv
+        cotangents = (d_x, d_mean, d_var, d_scale, d_bias)
+        return tuple(map(sharding.cotangent_like, cotangents, primals))
 
-    def xla(x, d_y, mean, var, scale, workspace):
-        _, vjp = jax.vjp(lambda *args: _normalise(*args, plan.epsilon), x, mean, var, scale, bias)
-        d_x, _, _, d_scale, d_bias = vjp(d_y)
-        return d_x, d_scale, d_bias
+    def reference(*primals):
+        return (_normalise(*primals, plan.epsilon, plan.relu),)
 
-    results = (jax.ShapeDtypeStruct(x.shape, x.dtype), *_vectors(plan, 2))
-    no_workspace = jnp.zeros((0,), jnp.uint8)
-    d_x, d_scale, d_bias = plan.run(
-        native.INFERENCE_BACKWARD, results, xla, x, d_y, mean, var, scale, no_workspace
-    )
-    # y = (x - mean) * inv * scale + bias, inv = (var + eps)^-1/2; d_scale = sum(d_y (x-mean) inv).
-    inv = lax.rsqrt(var + plan.epsilon)
-    d_mean = -d_bias * scale * inv
-    d_var = -0.5 * d_scale * scale * inv * inv
-    cotangents = (d_x, d_mean, d_var, d_scale, d_bias)
-    return tuple(map(sharding.cotangent_like, cotangents, (x, mean, var, scale, bias)))
-
-
-_native_inference.defvjp(_native_inference_fwd, _native_inference_bwd)
+    return autodiff.differentiable(forward, reference, cotangent=cotangent)(
+        x, mean, var, scale, bias
+    )[0]
 
 
 def _as_nhwc(x: jax.Array, plan: _Plan) -> jax.Array:

@@ -2,8 +2,9 @@
 
 `conv_general_dilated` takes `jax.lax.conv_general_dilated`'s arguments and computes the same
 thing. Inside one jitted function, `jax.lax.platform_dependent` picks per backend: on CPU the
-oneDNN kernels of `csrc/onednn_conv.cc` (a `jax.custom_vjp` over forward, backward-data and
-backward-weights FFI calls), on GPU and TPU `lax.conv_general_dilated`. Each of the three
+oneDNN kernels of `csrc/onednn_conv.cc` (forward, backward-data and backward-weights FFI calls,
+differentiable to any order in both modes: `zoo.ops.autodiff`), on GPU and TPU
+`lax.conv_general_dilated`. Each of the three
 directions runs on oneDNN only where oneDNN has a real (JIT) kernel for it on this CPU, asked at
 trace time, and XLA's was not measured faster (`XLA_WEIGHT_GRADIENT_FROM`); anything else stays
 on XLA: layouts other than NHWC/HWIO, `lhs_dilation` (transposed convolutions), negative
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zoo.ops import backend, initializers, native, sharding
+from zoo.ops import autodiff, backend, initializers, native, sharding
 
 NHWC_HWIO = lax.ConvDimensionNumbers(
     lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
@@ -316,23 +317,30 @@ def _direction(plan: _Plan, direction: int, a: jax.Array, b: jax.Array) -> jax.A
     return backend.on_cpu(cpu, functools.partial(_xla_direction, plan, direction), a, b)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _native_conv(lhs: jax.Array, rhs: jax.Array, plan: _Plan) -> jax.Array:
-    return _direction(plan, native.FORWARD, lhs, rhs)
+    """The convolution on `plan`'s kernels, differentiable to any order (`zoo.ops.autodiff`):
+    a bilinear map, so both of its first derivatives are convolutions too."""
 
+    def forward(lhs, rhs):
+        return (_direction(plan, native.FORWARD, lhs, rhs),), ()
 
-def _native_conv_fwd(lhs, rhs, plan):
-    return _direction(plan, native.FORWARD, lhs, rhs), (lhs, rhs)
+    def tangent(primals, residuals, tangents):
+        (lhs, rhs), (d_lhs, d_rhs) = primals, tangents
+        return (
+            _direction(plan, native.FORWARD, d_lhs, rhs)
+            + _direction(plan, native.FORWARD, lhs, d_rhs),
+        )
 
+    def cotangent(primals, residuals, cotangents):
+        (lhs, rhs), (d_out,) = primals, cotangents
+        d_lhs = _direction(plan, native.BACKWARD_DATA, d_out, rhs)
+        d_rhs = _direction(plan, native.BACKWARD_WEIGHTS, lhs, d_out)
+        return sharding.cotangent_like(d_lhs, lhs), sharding.cotangent_like(d_rhs, rhs)
 
-def _native_conv_bwd(plan, residuals, d_out):
-    lhs, rhs = residuals
-    d_lhs = _direction(plan, native.BACKWARD_DATA, d_out, rhs)
-    d_rhs = _direction(plan, native.BACKWARD_WEIGHTS, lhs, d_out)
-    return sharding.cotangent_like(d_lhs, lhs), sharding.cotangent_like(d_rhs, rhs)
-
-
-_native_conv.defvjp(_native_conv_fwd, _native_conv_bwd)
+    conv = autodiff.differentiable(
+        forward, lambda lhs, rhs: (plan.xla(lhs, rhs),), cotangent=cotangent, tangent=tangent
+    )
+    return conv(lhs, rhs)[0]
 
 
 def conv_general_dilated(

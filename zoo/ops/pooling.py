@@ -11,7 +11,7 @@ window order. Floats narrower than float32 pool in float32: the same maxima, and
 gradients' sum rounded once (select-and-scatter in bf16 rounds each add).
 
 On CPU the pooling runs as, in order of preference:
-1. the extension's kernels (`csrc/max_pool.cc`), a `jax.custom_vjp` over a forward that also
+1. the extension's kernels (`csrc/max_pool.cc`): a forward that also
    returns each window's choice (a byte per output: the residual, instead of the input) and
    a backward that gathers each input's gradient through it; float32 and bfloat16 (read and
    written as such, computed in float32), other floats widened to float32; on one device,
@@ -23,14 +23,14 @@ On CPU the pooling runs as, in order of preference:
 bench/README.md has the timings. GPU and TPU compilers have their own fast select-and-scatter:
 there (and for inputs that are not floating-point NHWC arrays, or maps smaller than the window)
 it is `nn.max_pool` unchanged, chosen inside the same jitted function (`zoo.ops.on_cpu`); under
-`zoo.ops.portable()` it is `nn.max_pool` everywhere (both CPU paths are `custom_vjp`s, which
-forward-mode autodiff does not go through).
+`zoo.ops.portable()` it is `nn.max_pool` everywhere, what an exported function runs best on
+any backend. Both CPU paths differentiate to any order in both modes (`zoo.ops.autodiff`):
+their own gradient first, XLA's derivatives of `nn.max_pool` beyond it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo.ops import backend, native, sharding
+from zoo.ops import autodiff, backend, native, sharding
 
 _F32 = jnp.float32
 # The dtypes the kernels read and write; others run in float32.
@@ -131,9 +131,22 @@ def _runs_natively(x: jax.Array, pool: _Pool) -> bool:
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _native_max_pool(x: jax.Array, pool: _Pool) -> jax.Array:
-    return _native_forward(x, pool)[0]
+    """The kernels' pooling, differentiable to any order (`zoo.ops.autodiff`): the forward
+    keeps each window's choice, through which the backward gathers the gradient."""
+
+    def forward(x):
+        y, argmax = _native_forward(x, pool)
+        return (y,), (argmax,)
+
+    def cotangent(primals, residuals, cotangents):
+        ((argmax,), (g,)) = residuals, cotangents
+        return _native_backward(pool, argmax, g)
+
+    def reference(x):
+        return (reference_max_pool(x, pool.window, pool.stride, pool.padding),)
+
+    return autodiff.differentiable(forward, reference, cotangent=cotangent)(x)[0]
 
 
 def _native_forward(x: jax.Array, pool: _Pool) -> tuple[jax.Array, jax.Array]:
@@ -147,21 +160,22 @@ def _native_backward(pool: _Pool, argmax: jax.Array, g: jax.Array) -> tuple[jax.
     return (sharding.cotangent_varying_over(d_x, pool.varying),)
 
 
-_native_max_pool.defvjp(_native_forward, _native_backward)
-
-
 # --- XLA -------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _mask_max_pool(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array:
-    return reference_max_pool(x, window, stride, padding)
+    """`reference_max_pool` with the mask gradient (`_mask_backward`), differentiable to any
+    order (`zoo.ops.autodiff`)."""
 
+    def reference(x):
+        return (reference_max_pool(x, window, stride, padding),)
 
-def _mask_forward(
-    x: jax.Array, window: int, stride: int, padding: int
-) -> tuple[jax.Array, jax.Array]:
-    return reference_max_pool(x, window, stride, padding), x
+    def cotangent(primals, residuals, cotangents):
+        return _mask_backward(window, stride, padding, *primals, *cotangents)
+
+    return autodiff.differentiable(lambda x: (reference(x), ()), reference, cotangent=cotangent)(x)[
+        0
+    ]
 
 
 def _mask_backward(
@@ -220,6 +234,3 @@ def _mask_backward(
         grid, ((0, 0), (0, max(0, full_h - rows * s)), (0, max(0, full_w - cols * s)), (0, 0))
     )
     return (grid[:, p : p + h, p : p + w],)
-
-
-_mask_max_pool.defvjp(_mask_forward, _mask_backward)

@@ -6,7 +6,7 @@ gradient of both operands is the output's where the output is positive, else +0)
 deliberate difference: where the sum is NaN the kernels give NaN, as `lax.max` defines it, while
 XLA:CPU's YNNPACK fusions (under the zoo's default XLA flags) give 0 there for arrays of 4,096
 elements or more, so that a diverged block looks like a dead one. On CPU, for two float32 or
-bfloat16 arrays of one shape, it is a `jax.custom_vjp` over two kernels of `csrc/add_relu.cc`: a
+bfloat16 arrays of one shape, it runs two kernels of `csrc/add_relu.cc` (`zoo.ops.autodiff`): a
 forward that adds, rounds once and clamps in one pass, and a backward that masks the gradient by
 the output's sign, reading the output the next layer keeps anyway (no other residual). XLA:CPU
 computes a bf16 join in float32 across several fusions, writing float32 intermediates and
@@ -18,14 +18,12 @@ function (`zoo.ops.on_cpu`).
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo.ops import backend, native, sharding
+from zoo.ops import autodiff, backend, native, sharding
 
 # The dtypes the kernels read and write.
 NATIVE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
@@ -50,8 +48,7 @@ def add_relu(x: jax.Array, shortcut: jax.Array) -> jax.Array:
     def cpu(x: jax.Array, shortcut: jax.Array) -> jax.Array:
         if native.library() is None:
             return reference_add_relu(x, shortcut)
-        varying = (sharding.varying(x), sharding.varying(shortcut))
-        return _native_add_relu(x, shortcut, backend.pass_team(x), varying)
+        return _native_add_relu(x, shortcut, backend.pass_team(x))
 
     return backend.on_cpu(cpu, reference_add_relu, x, shortcut)
 
@@ -68,23 +65,21 @@ def _kernel(target: str, a: jax.Array, b: jax.Array, num_threads: int) -> jax.Ar
     return sharding.over_batch(call, a, b, batched=(True, True), summed=False)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _native_add_relu(
-    x: jax.Array, shortcut: jax.Array, num_threads: int, varying: tuple[frozenset, frozenset]
-) -> jax.Array:
-    forward, _ = native.ADD_RELU_TARGETS
-    return _kernel(forward, x, shortcut, num_threads)
+def _native_add_relu(x: jax.Array, shortcut: jax.Array, num_threads: int) -> jax.Array:
+    """The kernels' join, differentiable to any order (`zoo.ops.autodiff`): the output is the
+    residual, its sign the gradient's mask."""
+    forward, backward = native.ADD_RELU_TARGETS
 
+    def evaluate(x, shortcut):
+        y = _kernel(forward, x, shortcut, num_threads)
+        return (y,), (y,)
 
-def _native_forward(x, shortcut, num_threads, varying):
-    y = _native_add_relu(x, shortcut, num_threads, varying)
-    return y, y  # the output is the residual: its sign is the gradient's mask
+    def cotangent(primals, residuals, cotangents):
+        ((y,), (g,)) = residuals, cotangents
+        d = _kernel(backward, y, g, num_threads)
+        return tuple(sharding.cotangent_like(d, primal) for primal in primals)
 
+    def reference(x, shortcut):
+        return (reference_add_relu(x, shortcut),)
 
-def _native_backward(num_threads, varying, y, g):
-    _, backward = native.ADD_RELU_TARGETS
-    d = _kernel(backward, y, g, num_threads)
-    return tuple(sharding.cotangent_varying_over(d, axes) for axes in varying)
-
-
-_native_add_relu.defvjp(_native_forward, _native_backward)
+    return autodiff.differentiable(evaluate, reference, cotangent=cotangent)(x, shortcut)[0]

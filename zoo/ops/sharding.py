@@ -20,8 +20,8 @@ enter the sums).
 
 Inside `shard_map` a value's type also says over which manual axes it varies. JAX's own ops
 give a result the union of their operands' (`vary_like`), and the transpose of that implicit
-broadcast is a `psum`; a custom call and a `custom_vjp` must do the same by hand
-(`cotangent_like`), or JAX rejects the types.
+broadcast is a `psum`; a custom call and a hand-written cotangent (`zoo.ops.autodiff`) must do
+the same by hand (`cotangent_like`), or JAX rejects the types.
 """
 
 from __future__ import annotations
@@ -182,12 +182,12 @@ def _vary_over(result: jax.Array, axes: frozenset) -> jax.Array:
 
 
 def cotangent_like(cotangent: jax.Array, primal: jax.Array) -> jax.Array:
-    """A `custom_vjp` cotangent typed as its primal (see `cotangent_varying_over`)."""
+    """A hand-written cotangent typed as its primal (see `cotangent_varying_over`)."""
     return cotangent_varying_over(cotangent, varying(primal))
 
 
 def cotangent_varying_over(cotangent: jax.Array, axes: frozenset) -> jax.Array:
-    """A `custom_vjp` cotangent typed as a primal varying over the manual `axes`: summed over
+    """A hand-written cotangent typed as a primal varying over the manual `axes`: summed over
     the axes along which only the cotangent varies (the transpose of the implicit broadcast of
     the primal), made varying along those only the primal varies over."""
     extra = varying(cotangent) - axes
