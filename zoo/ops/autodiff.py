@@ -43,12 +43,16 @@ Cotangent = Callable[[Arrays, Arrays, tuple[jax.Array | None, ...]], Arrays]
 
 @dataclasses.dataclass(frozen=True, eq=False)  # compared by identity: one per traced call
 class _Op:
+    name: str
     reference: Callable[..., Arrays]
     tangent: Tangent | None
     cotangent: Cotangent
     primal_avals: tuple[Any, ...]
     residual_count: int
     output_avals: tuple[Any, ...]
+
+    def __repr__(self) -> str:  # how a jaxpr shows it
+        return self.name
 
     def split(self, operands: Sequence[Any]) -> tuple[tuple, tuple, tuple]:
         """(primals, residuals, the rest: tangents or cotangents) of a map's operands."""
@@ -202,6 +206,7 @@ def differentiable(
     *,
     cotangent: Cotangent,
     tangent: Tangent | None = None,
+    name: str,
 ) -> Callable[..., Arrays]:
     """The op `reference` computes, `primals -> outputs` (a tuple of arrays), differentiable to
     any order in both modes (see module):
@@ -211,17 +216,21 @@ def differentiable(
       derivative, on the kernels; an output's cotangent is None where it is zero; each result
       typed as its primal (`zoo.ops.sharding.cotangent_like`);
     - `tangent(primals, residuals, tangents) -> output tangents`: the forward-mode
-      derivative, by default `reference`'s.
+      derivative, by default `reference`'s;
+    - `name`: the op's, as jaxprs show it.
     """
 
-    @jax.custom_jvp
     def evaluate(*primals):
         return forward(*primals)
+
+    evaluate.__name__ = evaluate.__qualname__ = name
+    evaluate = jax.custom_jvp(evaluate)
 
     @evaluate.defjvp
     def _(primals, tangents):
         outputs, residuals = evaluate(*primals)
         op = _Op(
+            name,
             reference,
             tangent,
             cotangent,

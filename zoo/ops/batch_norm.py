@@ -221,7 +221,9 @@ def _native_training(x, scale, bias, plan: _Plan):
     def reference(x, scale, bias):
         return _reference_training(x, scale, bias, plan.epsilon, plan.relu)
 
-    return autodiff.differentiable(forward, reference, cotangent=cotangent)(x, scale, bias)
+    return autodiff.differentiable(
+        forward, reference, cotangent=cotangent, name="batch_norm_training"
+    )(x, scale, bias)
 
 
 # Inference mode: (x, mean, var, scale, bias) -> y.
@@ -276,9 +278,9 @@ def _native_inference(x, mean, var, scale, bias, plan: _Plan):
     def reference(*primals):
         return (_normalise(*primals, plan.epsilon, plan.relu),)
 
-    return autodiff.differentiable(forward, reference, cotangent=cotangent)(
-        x, mean, var, scale, bias
-    )[0]
+    return autodiff.differentiable(
+        forward, reference, cotangent=cotangent, name="batch_norm_inference"
+    )(x, mean, var, scale, bias)[0]
 
 
 def _as_nhwc(x: jax.Array, plan: _Plan) -> jax.Array:

@@ -338,7 +338,11 @@ def _native_conv(lhs: jax.Array, rhs: jax.Array, plan: _Plan) -> jax.Array:
         return sharding.cotangent_like(d_lhs, lhs), sharding.cotangent_like(d_rhs, rhs)
 
     conv = autodiff.differentiable(
-        forward, lambda lhs, rhs: (plan.xla(lhs, rhs),), cotangent=cotangent, tangent=tangent
+        forward,
+        lambda lhs, rhs: (plan.xla(lhs, rhs),),
+        cotangent=cotangent,
+        tangent=tangent,
+        name="conv_general_dilated",
     )
     return conv(lhs, rhs)[0]
 

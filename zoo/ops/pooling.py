@@ -146,7 +146,7 @@ def _native_max_pool(x: jax.Array, pool: _Pool) -> jax.Array:
     def reference(x):
         return (reference_max_pool(x, pool.window, pool.stride, pool.padding),)
 
-    return autodiff.differentiable(forward, reference, cotangent=cotangent)(x)[0]
+    return autodiff.differentiable(forward, reference, cotangent=cotangent, name="max_pool")(x)[0]
 
 
 def _native_forward(x: jax.Array, pool: _Pool) -> tuple[jax.Array, jax.Array]:
@@ -173,9 +173,10 @@ def _mask_max_pool(x: jax.Array, window: int, stride: int, padding: int) -> jax.
     def cotangent(primals, residuals, cotangents):
         return _mask_backward(window, stride, padding, *primals, *cotangents)
 
-    return autodiff.differentiable(lambda x: (reference(x), ()), reference, cotangent=cotangent)(x)[
-        0
-    ]
+    masked = autodiff.differentiable(
+        lambda x: (reference(x), ()), reference, cotangent=cotangent, name="max_pool"
+    )
+    return masked(x)[0]
 
 
 def _mask_backward(

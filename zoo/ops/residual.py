@@ -82,4 +82,5 @@ def _native_add_relu(x: jax.Array, shortcut: jax.Array, num_threads: int) -> jax
     def reference(x, shortcut):
         return (reference_add_relu(x, shortcut),)
 
-    return autodiff.differentiable(evaluate, reference, cotangent=cotangent)(x, shortcut)[0]
+    join = autodiff.differentiable(evaluate, reference, cotangent=cotangent, name="add_relu")
+    return join(x, shortcut)[0]
