@@ -129,3 +129,28 @@ def test_each_op_differentiates_to_second_order_as_xla_does(name, path):
             assert_close(ours, theirs)
         except AssertionError as error:
             raise AssertionError(f"{kind}: {error}") from None
+
+
+@pytest.mark.skipif(not zoo.ops.native_available(), reason="the native extension is not built")
+def test_every_derivative_of_a_convolution_runs_on_its_kernels():
+    """A convolution is bilinear: its Hessian-vector products (forward over reverse, reverse
+    over reverse) are sums of its three directions, on oneDNN, with no XLA convolution."""
+    (x, k), tangents = CASES["conv"][1], (normal(2, 7, 6, 4, seed=7), normal(3, 3, 2, 6, seed=8))
+
+    def loss(x, k):
+        return jnp.sum(jnp.sin(conv(x, k)[0]))
+
+    def reverse_over_reverse(x, k):
+        def inner(*p):
+            return sum(map(jnp.vdot, jax.grad(loss, (0, 1))(*p), tangents))
+
+        return jax.grad(inner, (0, 1))(x, k)
+
+    for derivative in (
+        lambda x, k: jax.jvp(jax.grad(loss, (0, 1)), (x, k), tangents)[1],
+        reverse_over_reverse,
+    ):
+        hlo = jax.jit(derivative).lower(x, k).compile().as_text()
+        assert " convolution(" not in hlo
+        for direction in ("forward", "backward_data", "backward_weights"):
+            assert f"zoo_onednn_conv_{direction}" in hlo

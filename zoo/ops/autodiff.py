@@ -50,6 +50,7 @@ class _Op:
     primal_avals: tuple[Any, ...]
     residual_count: int
     output_avals: tuple[Any, ...]
+    bilinear: bool
 
     def __repr__(self) -> str:  # how a jaxpr shows it
         return self.name
@@ -124,39 +125,61 @@ for _primitive, _evaluate, _result_avals in (
     mlir.register_lowering(_primitive, mlir.lower_fun(_evaluate, multiple_results=True))
 
 
+def _for_undefined(values: Sequence[Any], operands: Sequence[Any]) -> list:
+    """A transpose's results: `values` where the operand is linear, None where it is known."""
+    return [v if ad.is_undefined_primal(x) else None for v, x in zip(values, operands, strict=True)]
+
+
+def _in_primals(op: _Op, operands: Sequence[Any]) -> bool:
+    """Whether a bilinear op's map is linear in its primals here (derivatives of its maps)."""
+    return any(map(ad.is_undefined_primal, op.split(operands)[0]))
+
+
 def _tangent_transpose(cotangents, *operands, op: _Op):
     primals, residuals, tangents = op.split(operands)
     present = tuple(type(ct) is not ad.Zero for ct in cotangents)
-    known = [None] * (len(primals) + len(residuals))
     if not any(present):
-        return [*known, *(None for _ in tangents)]
+        return [None] * len(operands)
     given = _present(cotangents, present)
+    if op.bilinear and _in_primals(op, operands):  # J(p; t) = J(t; p) for a bilinear op
+        d_primals = cotangent_p.bind(*tangents, *given, op=op, present=present)
+        return [*_for_undefined(d_primals, primals), *(None for _ in tangents)]
     d_in = cotangent_p.bind(*primals, *residuals, *given, op=op, present=present)
-    return [
-        *known,
-        *(d if ad.is_undefined_primal(t) else None for d, t in zip(d_in, tangents, strict=True)),
-    ]
+    return [*(None for _ in (*primals, *residuals)), *_for_undefined(d_in, tangents)]
 
 
 def _cotangent_transpose(cotangents, *operands, op: _Op, present: tuple[bool, ...]):
     primals, residuals, given = op.split(operands)
-    known = [None] * (len(primals) + len(residuals))
     if all(type(ct) is ad.Zero for ct in cotangents):
-        return [*known, *(None for _ in given)]
+        return [None] * len(operands)
     cotangents = [ad.instantiate_zeros(ct) for ct in cotangents]
-    d_out = tangent_p.bind(*primals, *residuals, *cotangents, op=op)
-    d_given = _present(d_out, present)
-    return [
-        *known,
-        *(d if ad.is_undefined_primal(g) else None for d, g in zip(d_given, given, strict=True)),
-    ]
+    if op.bilinear and _in_primals(op, operands):  # C(.; g) transposes into C(.; g)
+        d_primals = cotangent_p.bind(*cotangents, *given, op=op, present=present)
+        return [*_for_undefined(d_primals, primals), *(None for _ in given)]
+    d_given = _present(tangent_p.bind(*primals, *residuals, *cotangents, op=op), present)
+    return [*(None for _ in (*primals, *residuals)), *_for_undefined(d_given, given)]
 
 
 ad.primitive_transposes[tangent_p] = _tangent_transpose
 ad.primitive_transposes[cotangent_p] = _cotangent_transpose
 
 
+def _bilinear_jvp(primitive: core.Primitive, operands, operand_tangents, **params):
+    """The derivative of a bilinear op's map, itself bilinear in (primals, the rest): the map
+    of (the primals, the rest's tangents) plus that of (the primals' tangents, the rest)."""
+    primals, _, rest = params["op"].split(operands)
+    d_primals, _, d_rest = params["op"].split(operand_tangents)
+    outputs = primitive.bind(*operands, **params)
+    terms = []
+    for first, second in ((primals, d_rest), (d_primals, rest)):
+        if any(type(t) is not ad.Zero for t in (*first, *second)):
+            terms.append(primitive.bind(*map(ad.instantiate_zeros, (*first, *second)), **params))
+    return outputs, [sum(term) for term in zip(*terms, strict=True)]
+
+
 def _tangent_jvp(operands, operand_tangents, *, op: _Op):
+    if op.bilinear:
+        return _bilinear_jvp(tangent_p, operands, operand_tangents, op=op)
     primals, _, tangents = op.split(operands)
     d_primals, _, d_tangents = op.split([ad.instantiate_zeros(t) for t in operand_tangents])
     outputs = tangent_p.bind(*operands, op=op)
@@ -165,6 +188,8 @@ def _tangent_jvp(operands, operand_tangents, *, op: _Op):
 
 
 def _cotangent_jvp(operands, operand_tangents, *, op: _Op, present: tuple[bool, ...]):
+    if op.bilinear:
+        return _bilinear_jvp(cotangent_p, operands, operand_tangents, op=op, present=present)
     primals, _, given = op.split(operands)
     d_primals, _, d_given = op.split([ad.instantiate_zeros(t) for t in operand_tangents])
     outputs = cotangent_p.bind(*operands, op=op, present=present)
@@ -206,6 +231,7 @@ def differentiable(
     *,
     cotangent: Cotangent,
     tangent: Tangent | None = None,
+    bilinear: bool = False,
     name: str,
 ) -> Callable[..., Arrays]:
     """The op `reference` computes, `primals -> outputs` (a tuple of arrays), differentiable to
@@ -217,6 +243,9 @@ def differentiable(
       typed as its primal (`zoo.ops.sharding.cotangent_like`);
     - `tangent(primals, residuals, tangents) -> output tangents`: the forward-mode
       derivative, by default `reference`'s;
+    - `bilinear`: the op is linear in each primal (a convolution, a matrix product) and keeps
+      no residuals; its maps are then bilinear too, and every derivative of theirs is a sum of
+      the two maps on the kernels (`reference` is not differentiated);
     - `name`: the op's, as jaxprs show it.
     """
 
@@ -237,6 +266,7 @@ def differentiable(
             tuple(map(jax.typeof, primals)),
             len(residuals),
             tuple(map(jax.typeof, outputs)),
+            bilinear,
         )
         d_outputs = tangent_p.bind(*primals, *residuals, *tangents, op=op)
         return (outputs, residuals), (tuple(d_outputs), zero_from_primal(residuals))

@@ -319,7 +319,7 @@ def _direction(plan: _Plan, direction: int, a: jax.Array, b: jax.Array) -> jax.A
 
 def _native_conv(lhs: jax.Array, rhs: jax.Array, plan: _Plan) -> jax.Array:
     """The convolution on `plan`'s kernels, differentiable to any order (`zoo.ops.autodiff`):
-    a bilinear map, so both of its first derivatives are convolutions too."""
+    a bilinear map, so every derivative of it is a sum of its three directions."""
 
     def forward(lhs, rhs):
         return (_direction(plan, native.FORWARD, lhs, rhs),), ()
@@ -342,6 +342,7 @@ def _native_conv(lhs: jax.Array, rhs: jax.Array, plan: _Plan) -> jax.Array:
         lambda lhs, rhs: (plan.xla(lhs, rhs),),
         cotangent=cotangent,
         tangent=tangent,
+        bilinear=True,
         name="conv_general_dilated",
     )
     return conv(lhs, rhs)[0]
