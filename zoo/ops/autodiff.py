@@ -15,7 +15,9 @@ instead from two linear maps, JAX primitives that transpose into each other (as
   the kernels a `custom_vjp` would run, and nothing else;
 - each derivative of the two maps themselves (second and higher order): `reference`'s, the op
   written in JAX's own ops, differentiated by JAX. The maps depend on the primals through
-  `reference` alone there; the residuals are the kernels' own view of the primals.
+  `reference` alone there; the residuals are the kernels' own view of the primals. A
+  `bilinear` op (a convolution) is the exception: its maps are bilinear too, and every
+  derivative of theirs is a sum of the two maps, on the kernels.
 
 A map is traced where it is lowered, in its operands' context (sharding in their types,
 `shard_map`'s manual axes); its result types are known without tracing it (an output's

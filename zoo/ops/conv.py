@@ -4,14 +4,14 @@
 thing. Inside one jitted function, `jax.lax.platform_dependent` picks per backend: on CPU the
 oneDNN kernels of `csrc/onednn_conv.cc` (forward, backward-data and backward-weights FFI calls,
 differentiable to any order in both modes: `zoo.ops.autodiff`), on GPU and TPU
-`lax.conv_general_dilated`. Each of the three
-directions runs on oneDNN only where oneDNN has a real (JIT) kernel for it on this CPU, asked at
-trace time, and XLA's was not measured faster (`XLA_WEIGHT_GRADIENT_FROM`); anything else stays
-on XLA: layouts other than NHWC/HWIO, `lhs_dilation` (transposed convolutions), negative
-padding, mixed dtypes, `preferred_element_type`, `batch_group_count`. `precision` is passed on
-to XLA and otherwise ignored: oneDNN computes float32 in float32 and bf16 with float32
-accumulation, on its bf16 kernels where the CPU has them (AVX512-BF16, AMX), else on its
-float32 kernels with the bf16 operands widened exactly and the result rounded once to bf16.
+`lax.conv_general_dilated`. Each of the three directions runs on oneDNN only where oneDNN has a
+real (JIT) kernel for it on this CPU, asked at trace time, and XLA's was not measured faster
+(`XLA_WEIGHT_GRADIENT_FROM`); anything else stays on XLA: layouts other than NHWC/HWIO,
+`lhs_dilation` (transposed convolutions), negative padding, mixed dtypes,
+`preferred_element_type`, `batch_group_count`. `precision` is passed on to XLA and otherwise
+ignored: oneDNN computes float32 in float32 and bf16 with float32 accumulation, on its bf16
+kernels where the CPU has them (AVX512-BF16, AMX), else on its float32 kernels with the bf16
+operands widened exactly and the result rounded once to bf16.
 
 `Conv` is `flax.linen.Conv` with this op: the same parameters under the same names and the same
 initial values (`zoo.ops.initializers`), so checkpoints move between the two unchanged.
