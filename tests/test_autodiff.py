@@ -5,10 +5,12 @@ path (`ZOO_NATIVE=0`, where max pooling keeps its own gradient)."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import zoo
@@ -154,3 +156,29 @@ def test_every_derivative_of_a_convolution_runs_on_its_kernels():
         assert " convolution(" not in hlo
         for direction in ("forward", "backward_data", "backward_weights"):
             assert f"zoo_onednn_conv_{direction}" in hlo
+
+
+def readme_example() -> str:
+    """The README's "Derivatives of any order" example, as it is written there."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("### Derivatives of any order") :]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start : section.index("```\n", start)]
+
+
+def test_the_readme_example_gives_xlas_derivatives():
+    model = zoo.create_model("resnet20", num_classes=10, stage_sizes=(1, 1, 1))
+    x, y = normal(4, 32, 32, 3), jnp.arange(4) % 10
+    variables = model.init(jax.random.key(0), x)
+    v = jax.tree.map(lambda p: normal(*p.shape, seed=p.size), variables["params"])
+    names = dict(jax=jax, optax=optax, model=model, variables=variables, x=x, y=y, v=v)
+
+    def run() -> dict:
+        scope = dict(names)
+        exec(compile(readme_example(), "README.md", "exec"), scope)
+        return {"hvp": scope["hvp"], "meta_gradient": scope["meta_gradient"]}
+
+    ours = run()
+    with ops.portable():
+        theirs = run()
+    assert_close(ours, theirs, rtol=1e-3)
