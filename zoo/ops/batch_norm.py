@@ -193,20 +193,21 @@ def _native_training(x, scale, bias, plan: _Plan):
         return (y, mean, var), (mean, var, workspace, y)
 
     def tangent(primals, residuals, tangents):
-        # From the kernels' statistics and output: one reduction and one elementwise pass
-        # (differentiating `reference` would compute the statistics again first).
-        (x, scale, _), (mean, var, _, y), (d_x, d_scale, d_bias) = primals, residuals, tangents
+        # The statistics' tangents from the kernels' mean, then `_normalise`'s at the kernels'
+        # statistics (differentiating `reference` would compute the statistics again first).
+        (x, scale, bias), (mean, var, _, y), (d_x, d_scale, d_bias) = primals, residuals, tangents
         axes = tuple(range(x.ndim - 1))
-        centred, d_x = x.astype(_F32) - mean, d_x.astype(_F32)
-        d_mean = jnp.mean(d_x, axes)
-        d_var = 2 * jnp.mean(centred * d_x, axes)  # the mean of x - mean is 0
-        inv = lax.rsqrt(var + plan.epsilon)
-        d_inv = -0.5 * inv * inv * inv * d_var
-        d_normalised = (d_x - d_mean) * inv + centred * d_inv
-        d_y = d_normalised * scale + centred * inv * d_scale + d_bias
-        if plan.relu:
-            d_y = jnp.where(y > 0, d_y, 0)
-        return d_y.astype(x.dtype), d_mean, d_var
+        d_x32 = d_x.astype(_F32)
+        d_mean = jnp.mean(d_x32, axes)
+        d_var = 2 * jnp.mean((x.astype(_F32) - mean) * d_x32, axes)  # the mean of x - mean is 0
+        _, d_y = jax.jvp(
+            functools.partial(_normalise, epsilon=plan.epsilon),
+            (x, mean, var, scale, bias),
+            (d_x, d_mean, d_var, d_scale, d_bias),
+        )
+        if plan.relu:  # the kernels' own mask, as the gradient's
+            d_y = jnp.where(y > 0, d_y, jnp.zeros((), d_y.dtype))
+        return d_y, d_mean, d_var
 
     def cotangent(primals, residuals, cotangents):
         (x, scale, bias), (mean, var, workspace, _) = primals, residuals
