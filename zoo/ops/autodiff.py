@@ -9,7 +9,8 @@ instead from two linear maps, JAX primitives that transpose into each other (as
 
 - its value, with any residuals its kernels keep for the gradient: `forward`, a
   `jax.custom_jvp` whose rule calls the op again, so that a derivative of the rule is the op's;
-- the tangent map `t -> J t` (forward mode): `tangent`, by default `reference`'s (`jax.jvp`);
+- the tangent map `t -> J t` (forward mode): `tangent`, by default `reference`'s (`jax.jvp`),
+  or a bilinear op's own value with one primal at a time replaced by its tangent;
 - its transpose `c -> J^T c` (reverse mode): `cotangent`, the kernels' backward. `jax.grad`
   linearises through the tangent map and transposes it into this one, so a train step runs
   the kernels a `custom_vjp` would run, and nothing else;
@@ -33,6 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax.custom_derivatives import zero_from_primal
 from jax.extend import core
 from jax.interpreters import ad, batching, mlir
@@ -46,6 +48,7 @@ Cotangent = Callable[[Arrays, Arrays, tuple[jax.Array | None, ...]], Arrays]
 @dataclasses.dataclass(frozen=True, eq=False)  # compared by identity: one per traced call
 class _Op:
     name: str
+    forward: Forward
     reference: Callable[..., Arrays]
     tangent: Tangent | None
     cotangent: Cotangent
@@ -64,11 +67,16 @@ class _Op:
         return tuple(operands[:p]), tuple(operands[p:r]), tuple(operands[r:])
 
     def tangents(self, *operands: jax.Array) -> Arrays:
-        """The tangent map, on the kernels where the op has a `tangent`."""
+        """The tangent map, on the kernels where the op has a `tangent` or is bilinear."""
         primals, residuals, tangents = self.split(operands)
-        if self.tangent is None:
-            return self.reference_tangents(primals, tangents)
-        return tuple(self.tangent(primals, residuals, tangents))
+        if self.tangent is not None:
+            return tuple(self.tangent(primals, residuals, tangents))
+        if self.bilinear:  # J(a, b)(da, db) = f(da, b) + f(a, db)
+            terms = [
+                self.forward(*primals[:i], t, *primals[i + 1 :])[0] for i, t in enumerate(tangents)
+            ]
+            return tuple(sum(term) for term in zip(*terms, strict=True))
+        return self.reference_tangents(primals, tangents)
 
     def cotangents(self, *operands: jax.Array, present: tuple[bool, ...]) -> Arrays:
         """The cotangent map, on the kernels; `present`: which outputs' cotangents are given."""
@@ -217,7 +225,7 @@ def _per_example(primitive: core.Primitive):
                 operands_[i] = example
             return primitive.bind(*operands_, **params)
 
-        outputs = jax.lax.map(one, [jax.numpy.moveaxis(operands[i], dims[i], 0) for i in mapped])
+        outputs = jax.lax.map(one, [jnp.moveaxis(operands[i], dims[i], 0) for i in mapped])
         return list(outputs), [0] * len(outputs)
 
     return rule
@@ -246,8 +254,9 @@ def differentiable(
     - `tangent(primals, residuals, tangents) -> output tangents`: the forward-mode
       derivative, by default `reference`'s;
     - `bilinear`: the op is linear in each primal (a convolution, a matrix product) and keeps
-      no residuals; its maps are then bilinear too, and every derivative of theirs is a sum of
-      the two maps on the kernels (`reference` is not differentiated);
+      no residuals; its tangent map is then `forward`'s sum over the primals, each replaced
+      in turn by its tangent, its maps are bilinear too, and every derivative of theirs is a
+      sum of the two maps on the kernels (`reference` is not differentiated);
     - `name`: the op's, as jaxprs show it.
     """
 
@@ -262,6 +271,7 @@ def differentiable(
         outputs, residuals = evaluate(*primals)
         op = _Op(
             name,
+            forward,
             reference,
             tangent,
             cotangent,

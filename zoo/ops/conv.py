@@ -324,13 +324,6 @@ def _native_conv(lhs: jax.Array, rhs: jax.Array, plan: _Plan) -> jax.Array:
     def forward(lhs, rhs):
         return (_direction(plan, native.FORWARD, lhs, rhs),), ()
 
-    def tangent(primals, residuals, tangents):
-        (lhs, rhs), (d_lhs, d_rhs) = primals, tangents
-        return (
-            _direction(plan, native.FORWARD, d_lhs, rhs)
-            + _direction(plan, native.FORWARD, lhs, d_rhs),
-        )
-
     def cotangent(primals, residuals, cotangents):
         (lhs, rhs), (d_out,) = primals, cotangents
         d_lhs = _direction(plan, native.BACKWARD_DATA, d_out, rhs)
@@ -341,7 +334,6 @@ def _native_conv(lhs: jax.Array, rhs: jax.Array, plan: _Plan) -> jax.Array:
         forward,
         lambda lhs, rhs: (plan.xla(lhs, rhs),),
         cotangent=cotangent,
-        tangent=tangent,
         bilinear=True,
         name="conv_general_dilated",
     )
