@@ -14,17 +14,21 @@
 // max(normalised, 0), oneDNN's fused ReLU) and `num_threads`. The workspace (uint8) is where
 // the training ReLU was positive, for its gradient: `zoo_onednn_batch_norm_workspace_bytes`
 // long, empty without `relu` (the inference gradient with `relu` is not one of these calls).
+// oneDNN's fused ReLU answers 0 for a NaN (x86's max gives its second operand); JAX's relu keeps
+// the NaN, and so do these calls (`KeepNaNs`).
 //
 // Primitives are built once per (kind, shape, epsilon, threads) and cached under a mutex; each
 // call brings its own scratchpad. `zoo_onednn_batch_norm_implementation` (plain C, through ctypes
 // at trace time) names the implementation oneDNN picks, so Python keeps XLA's batch norm where
 // oneDNN has only a reference kernel.
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "onednn_common.h"
 #include "xla/ffi/api/ffi.h"
@@ -186,6 +190,65 @@ ffi::Error CheckWorkspace(Kind kind, const NormConfig& c, const ffi::AnyBuffer& 
 constexpr Shape kActivation = Shape::kActivation, kVector = Shape::kVector,
                 kWorkspace = Shape::kWorkspace;
 
+inline bool NonFinite(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  return (bits & 0x7f800000u) == 0x7f800000u;
+}
+
+inline bool NonFinite(zoo_kernels::BFloat16 value) { return (value & 0x7f80u) == 0x7f80u; }
+
+// Where the normalised value is NaN, the fused ReLU's 0 becomes that NaN, as in `jax.nn.relu`.
+// It can be NaN only where x, or its channel's mean, variance, scale or shift, is not finite;
+// in training a non-finite x makes its channel's mean so, and this pass reads only the vectors
+// unless one is. Those elements are computed again with the XLA path's arithmetic (`_normalise`
+// in zoo/ops/batch_norm.py). Inference reads x once more: each pixel's channels are checked
+// together before any is computed again, so the check vectorises.
+template <typename T>
+void KeepNaNs(const NormConfig& c, bool read_x, const void* x_data, const float* mean,
+              const float* variance, const float* scale, const float* shift, void* y_data) {
+  const int64_t channels = c.channels, pixels = c.batch * c.height * c.width;
+  std::vector<uint8_t> bad(channels);
+  bool any_bad = false;
+  for (int64_t k = 0; k < channels; ++k) {
+    bad[k] = NonFinite(mean[k]) || NonFinite(variance[k]) || NonFinite(scale[k]) ||
+             NonFinite(shift[k]);
+    any_bad = any_bad || bad[k];
+  }
+  if (!read_x && !any_bad) return;
+  const float epsilon = Epsilon(c);
+  const T* x = static_cast<const T*>(x_data);
+  T* y = static_cast<T*>(y_data);
+#pragma omp parallel for num_threads(static_cast<int>(c.num_threads)) schedule(static)
+  for (int64_t pixel = 0; pixel < pixels; ++pixel) {
+    const T* x_pixel = x + pixel * channels;
+    int found = 0;
+    for (int64_t k = 0; k < channels; ++k) found |= bad[k] | (read_x && NonFinite(x_pixel[k]));
+    if (found == 0) continue;
+    for (int64_t k = 0; k < channels; ++k) {
+      if (!bad[k] && !NonFinite(x_pixel[k])) continue;
+      const float inverse_deviation = 1.0f / std::sqrt(variance[k] + epsilon);
+      const float normalised = (zoo_kernels::ToFloat(x_pixel[k]) - mean[k]) * inverse_deviation;
+      const T value = zoo_kernels::FromFloat<T>(normalised * scale[k] + shift[k]);
+      const float wide = zoo_kernels::ToFloat(value);
+      y[pixel * channels + k] = (wide > 0.0f || wide != wide) ? value : T{};
+    }
+  }
+}
+
+void KeepNaNs(const NormConfig& c, bool read_x, const void* x, const void* mean,
+              const void* variance, const void* scale, const void* shift, void* y) {
+  const auto* m = static_cast<const float*>(mean);
+  const auto* v = static_cast<const float*>(variance);
+  const auto* g = static_cast<const float*>(scale);
+  const auto* b = static_cast<const float*>(shift);
+  if (c.precision == kBFloat16) {
+    KeepNaNs<zoo_kernels::BFloat16>(c, read_x, x, m, v, g, b, y);
+  } else {
+    KeepNaNs<float>(c, read_x, x, m, v, g, b, y);
+  }
+}
+
 ffi::Error Training(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer shift,
                     ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mean,
                     ffi::Result<ffi::AnyBuffer> variance, ffi::Result<ffi::AnyBuffer> workspace,
@@ -195,14 +258,18 @@ ffi::Error Training(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer shift
   if (error.failure()) return error;
   error = CheckWorkspace(kTraining, c, *workspace);
   if (error.failure()) return error;
-  return Run(kTraining, c,
-             {{DNNL_ARG_SRC, x.untyped_data(), kActivation},
-              {DNNL_ARG_DST, y->untyped_data(), kActivation},
-              {DNNL_ARG_SCALE, scale.untyped_data(), kVector},
-              {DNNL_ARG_SHIFT, shift.untyped_data(), kVector},
-              {DNNL_ARG_MEAN, mean->untyped_data(), kVector},
-              {DNNL_ARG_VARIANCE, variance->untyped_data(), kVector},
-              {DNNL_ARG_WORKSPACE, workspace->untyped_data(), kWorkspace}});
+  error = Run(kTraining, c,
+              {{DNNL_ARG_SRC, x.untyped_data(), kActivation},
+               {DNNL_ARG_DST, y->untyped_data(), kActivation},
+               {DNNL_ARG_SCALE, scale.untyped_data(), kVector},
+               {DNNL_ARG_SHIFT, shift.untyped_data(), kVector},
+               {DNNL_ARG_MEAN, mean->untyped_data(), kVector},
+               {DNNL_ARG_VARIANCE, variance->untyped_data(), kVector},
+               {DNNL_ARG_WORKSPACE, workspace->untyped_data(), kWorkspace}});
+  if (error.failure() || !c.relu) return error;
+  KeepNaNs(c, /*read_x=*/false, x.untyped_data(), mean->untyped_data(), variance->untyped_data(),
+           scale.untyped_data(), shift.untyped_data(), y->untyped_data());
+  return error;
 }
 
 ffi::Error Inference(ffi::AnyBuffer x, ffi::AnyBuffer mean, ffi::AnyBuffer variance,
@@ -211,13 +278,17 @@ ffi::Error Inference(ffi::AnyBuffer x, ffi::AnyBuffer mean, ffi::AnyBuffer varia
   NormConfig c;
   ffi::Error error = ConfigFrom(x, epsilon, relu, num_threads, &c);
   if (error.failure()) return error;
-  return Run(kInference, c,
-             {{DNNL_ARG_SRC, x.untyped_data(), kActivation},
-              {DNNL_ARG_DST, y->untyped_data(), kActivation},
-              {DNNL_ARG_MEAN, mean.untyped_data(), kVector},
-              {DNNL_ARG_VARIANCE, variance.untyped_data(), kVector},
-              {DNNL_ARG_SCALE, scale.untyped_data(), kVector},
-              {DNNL_ARG_SHIFT, shift.untyped_data(), kVector}});
+  error = Run(kInference, c,
+              {{DNNL_ARG_SRC, x.untyped_data(), kActivation},
+               {DNNL_ARG_DST, y->untyped_data(), kActivation},
+               {DNNL_ARG_MEAN, mean.untyped_data(), kVector},
+               {DNNL_ARG_VARIANCE, variance.untyped_data(), kVector},
+               {DNNL_ARG_SCALE, scale.untyped_data(), kVector},
+               {DNNL_ARG_SHIFT, shift.untyped_data(), kVector}});
+  if (error.failure() || !c.relu) return error;
+  KeepNaNs(c, /*read_x=*/true, x.untyped_data(), mean.untyped_data(), variance.untyped_data(),
+           scale.untyped_data(), shift.untyped_data(), y->untyped_data());
+  return error;
 }
 
 ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer d_y, ffi::AnyBuffer mean,

@@ -21,6 +21,7 @@ import optax
 import pytest
 
 import zoo
+from zoo import ops
 from zoo.analytic import NoAnalyticRuleError, smallest_square_input
 from zoo.features import extract_features, feature_info, feature_stages
 from zoo.models.base import ImageModel, Stage
@@ -259,6 +260,32 @@ def test_every_model_differentiates_to_second_order_in_both_modes(name):
     scale = max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(h_t))
     chex.assert_trees_all_close(reverse_hvp(params, t), h_t, rtol=1e-4, atol=1e-5 * scale)
     np.testing.assert_allclose(tree_vdot(u, h_t), tree_vdot(hvp(params, u), t), rtol=1e-3)
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=["zoo-kernels", "xla-ops"])
+@pytest.mark.parametrize("name", AUTODIFF_MODELS)
+def test_a_nan_in_one_image_reaches_its_outputs_in_both_modes(name, portable):
+    """A NaN stays a NaN through every layer, as IEEE arithmetic and `jax.nn.relu` define it: in
+    eval mode the outputs of the image holding one have a NaN and the other images' none; in
+    train mode (batch statistics mix the images) that image's have one. oneDNN's fused ReLU, and
+    XLA:CPU's YNNPACK reductions of a ReLU (the global average pool), gave 0 for it: a NaN pixel
+    vanished from a ResNet's outputs, and a diverged ResNet's outputs were finite."""
+    info = zoo.model_info(name)
+    size = AUTODIFF_MODELS[name]
+    height, width, channels = info.input_shape if size is None else (size, size, 3)
+    model = zoo.create_model(name)
+    x = jax.random.normal(jax.random.key(2), (3, height, width, channels))
+    x = x.at[1, height // 2, width // 2, 0].set(jnp.nan)
+    variables = jax.jit(model.init)(RNGS, x)
+
+    def images_with_a_nan(outputs) -> list[bool]:
+        return np.isnan(np.asarray(outputs)).reshape(len(x), -1).any(axis=1).tolist()
+
+    with ops.portable() if portable else contextlib.nullcontext():
+        evaluated = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+        trained = jax.jit(train_outputs, static_argnums=0)(model, variables, variables["params"], x)
+    assert images_with_a_nan(evaluated) == [False, True, False]
+    assert images_with_a_nan(trained)[1]
 
 
 def test_flexible_models_follow_the_formulas_at_other_sizes():

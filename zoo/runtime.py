@@ -41,6 +41,10 @@ from pathlib import Path
 # compute max(NaN, 0) = 0 for arrays of 4,096 elements or more, which would change
 # `jnp.maximum` and `relu` in every program importing zoo. Measured against `eltwise`: no cost
 # on the native path; on XLA's convolutions, ResNet-20's step up to 1.4x (bench/README.md).
+# Its reductions take in the elementwise ops before them and drop a NaN in their max too (in
+# `jnp.max`, or the mean of a relu), as under jaxlib's defaults; without them the steps that run
+# batch norm on XLA (several devices, no extension) took 15-25% longer, so they stay, and the
+# zoo's global average pool sums by a contraction instead (`zoo.models.layers.GlobalAvgPool`).
 YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 XLA_CPU_DEFAULTS: tuple[str, ...] = (f"{YNN_FUSION_FLAG}=individual_dot,reduce",)
 

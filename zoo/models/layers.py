@@ -209,7 +209,13 @@ class AvgPool(nn.Module):
 
 
 class GlobalAvgPool(nn.Module):
-    """Mean over height and width: (N, H, W, C) -> (N, C)."""
+    """Mean over height and width: (N, H, W, C) -> (N, C).
+
+    The sum is a contraction with ones, not a reduction: XLA:CPU hands reductions to YNNPACK
+    (jaxlib's default flags and the zoo's, `zoo.runtime`) together with the elementwise ops
+    before them, and there the ReLU before the pool computes max(NaN, 0) = 0: a NaN feature map
+    averaged to a finite one, so a diverged ResNet's outputs looked sound.
+    """
 
     @nn.nowrap
     def describe(self, input_shape: Shape) -> Counts:
@@ -217,7 +223,12 @@ class GlobalAvgPool(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jnp.mean(x, axis=(1, 2))
+        batch, height, width, channels = x.shape
+        accumulate = jnp.promote_types(x.dtype, jnp.float32)
+        pixels = x.reshape(batch, height * width, channels)
+        ones = jnp.ones((height * width,), accumulate)
+        total = jnp.einsum("npc,p->nc", pixels, ones, preferred_element_type=accumulate)
+        return (total / (height * width)).astype(x.dtype)
 
 
 class Flatten(nn.Module):

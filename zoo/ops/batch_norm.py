@@ -7,7 +7,8 @@ given statistics. Both compute in float32 (`scale`, `bias` and the statistics ar
 return the result in `x`'s dtype (float32 or bfloat16 on oneDNN). With `relu=True` the result
 is `jax.nn.relu` of it, gradient included (zero where the normalised value is not positive),
 fused into oneDNN's kernels where they run: no XLA pass over the activation for the ReLU, nor
-for its gradient's mask, which the training kernel keeps as a bit per element.
+for its gradient's mask, which the training kernel keeps as a bit per element. A NaN stays a
+NaN, as in `jax.nn.relu` (oneDNN's ReLU answers 0 for one; the kernels put it back).
 
 On CPU each runs on oneDNN's batch-normalisation primitives (`csrc/onednn_batch_norm.cc`),
 differentiable to any order in both modes (`zoo.ops.autodiff`): a forward call and a backward

@@ -2,18 +2,18 @@
 ops elsewhere.
 
 `add_relu(x, shortcut)` is `nn.relu(x + shortcut)`, its values and gradient bit for bit (the
-gradient of both operands is the output's where the output is positive, else +0), with one
-deliberate difference: where the sum is NaN the kernels give NaN, as `lax.max` defines it, while
-XLA:CPU's YNNPACK fusions (under the zoo's default XLA flags) give 0 there for arrays of 4,096
-elements or more, so that a diverged block looks like a dead one. On CPU, for two float32 or
-bfloat16 arrays of one shape, it runs two kernels of `csrc/add_relu.cc` (`zoo.ops.autodiff`): a
-forward that adds, rounds once and clamps in one pass, and a backward that masks the gradient by
-the output's sign, reading the output the next layer keeps anyway (no other residual). XLA:CPU
-computes a bf16 join in float32 across several fusions, writing float32 intermediates and
-materialised zeros (bench/README.md has the timings). Under a batch-sharded `jax.jit` each
-device runs its own shard (`zoo.ops.sharding`). Anything else (other dtypes, broadcasting
-operands, no extension, GPU and TPU) is `nn.relu(x + shortcut)`, chosen inside the same jitted
-function (`zoo.ops.on_cpu`).
+gradient of both operands is the output's where the output is positive, else +0), NaN included:
+where the sum is NaN the kernels give NaN, as `lax.max` defines it (XLA:CPU's YNNPACK fusions
+give 0 there for arrays of 4,096 elements or more, so that a diverged block looks like a dead
+one; `import zoo` keeps their elementwise kinds off, `zoo.runtime`). On CPU, for two
+float32 or bfloat16 arrays of one shape, it runs two kernels of `csrc/add_relu.cc`
+(`zoo.ops.autodiff`): a forward that adds, rounds once and clamps in one pass, and a backward
+that masks the gradient by the output's sign, reading the output the next layer keeps anyway
+(no other residual). XLA:CPU computes a bf16 join in float32 across several fusions, writing
+float32 intermediates and materialised zeros (bench/README.md has the timings). Under a
+batch-sharded `jax.jit` each device runs its own shard (`zoo.ops.sharding`). Anything else
+(other dtypes, broadcasting operands, no extension, GPU and TPU) is `nn.relu(x + shortcut)`,
+chosen inside the same jitted function (`zoo.ops.on_cpu`).
 """
 
 from __future__ import annotations
