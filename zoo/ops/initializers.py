@@ -26,10 +26,12 @@ from jax import lax
 
 # A standard normal truncated to [-2, 2] has this standard deviation (JAX's constant).
 _TRUNCATED_NORMAL_STDDEV = 0.87962566103423978
-# With the zoo's XLA defaults, XLA:CPU hands elementwise fusions of YNN_FROM elements and more to
-# YNNPACK, whose erf_inv rounds differently from XLA's own loops (measured on jaxlib 0.10.2). So
-# a draw of that size or more is drawn in chunks of CHUNK elements, computed as JAX's own draw
-# of it is, and a smaller one in chunks of SMALL_CHUNK, computed by XLA's loops as JAX's is.
+# Where XLA:CPU hands elementwise fusions to YNNPACK (the `eltwise` fusion kind: the zoo's XLA
+# default until it kept NaNs, `zoo.runtime`, and still a user's to ask for in XLA_FLAGS), it
+# does so from YNN_FROM elements on, and YNNPACK's erf_inv rounds differently from XLA's own
+# loops (measured on jaxlib 0.10.2). So a draw of that size or more is drawn in chunks of CHUNK
+# elements, computed as JAX's own draw of it is, and a smaller one in chunks of SMALL_CHUNK,
+# computed by XLA's loops as JAX's is.
 YNN_FROM = 4096
 CHUNK = 1 << 16
 SMALL_CHUNK = 1024
