@@ -33,6 +33,7 @@ namespace {
 namespace ffi = xla::ffi;
 using zoo_kernels::BFloat16;
 using zoo_kernels::FromFloat;
+using zoo_kernels::Relu;
 using zoo_kernels::ToFloat;
 
 // Elements per task: large enough to amortise the team's start, small enough to balance.
@@ -57,9 +58,7 @@ class FlushSubnormals {
 template <typename T>
 inline void ForwardSpan(const T* x, const T* shortcut, T* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    const T sum = FromFloat<T>(ToFloat(x[i]) + ToFloat(shortcut[i]));
-    const float value = ToFloat(sum);
-    y[i] = (value > 0.0f || value != value) ? sum : T{};
+    y[i] = Relu(FromFloat<T>(ToFloat(x[i]) + ToFloat(shortcut[i])));
   }
 }
 

@@ -39,6 +39,14 @@ inline T FromFloat(float value) {
   }
 }
 
+// max(value, 0) as `lax.max` and `jax.nn.relu` have it: a NaN stays a NaN (x86's max, and so
+// oneDNN's ReLU, answers 0). Branch-free, so the loops calling it vectorise.
+template <typename T>
+inline T Relu(T value) {
+  const float wide = ToFloat(value);
+  return (wide > 0.0f || wide != wide) ? value : T{};
+}
+
 }  // namespace zoo_kernels
 
 #endif  // ZOO_CSRC_KERNEL_COMMON_H_

@@ -229,9 +229,8 @@ void KeepNaNs(const NormConfig& c, bool read_x, const void* x_data, const float*
       if (!bad[k] && !NonFinite(x_pixel[k])) continue;
       const float inverse_deviation = 1.0f / std::sqrt(variance[k] + epsilon);
       const float normalised = (zoo_kernels::ToFloat(x_pixel[k]) - mean[k]) * inverse_deviation;
-      const T value = zoo_kernels::FromFloat<T>(normalised * scale[k] + shift[k]);
-      const float wide = zoo_kernels::ToFloat(value);
-      y[pixel * channels + k] = (wide > 0.0f || wide != wide) ? value : T{};
+      const float value = normalised * scale[k] + shift[k];
+      y[pixel * channels + k] = zoo_kernels::Relu(zoo_kernels::FromFloat<T>(value));
     }
   }
 }
