@@ -255,11 +255,12 @@ def _planned_for_team(
     )
 
 
-# oneDNN 3.2's direct weight-gradient kernels lose to XLA's from this many input and output
-# channels per group (bench/README.md): on AVX2 from ResNet-18's layer 2 (128), on AVX-512 in
-# its layer 4 (512) only; below, oneDNN's wins. Measured in float32, on AMD Zen 3 (AVX2) and
-# Zen 4 (AVX-512); bf16's kernels and other implementations keep oneDNN.
-XLA_WEIGHT_GRADIENT_FROM = {"jit:avx2": 128, "jit:avx512_core": 512}
+# oneDNN 3.2's direct float32 weight-gradient kernels lose to XLA's from this many input and
+# output channels per group on AVX2 (AMD Zen 3: from ResNet-18's layer 2); below, oneDNN's wins.
+# On AVX-512 XLA's won only at 512 channels and only alone: in a train step it runs beside the
+# extension's calls on the same cores, and the step was no faster on Zen 4 or Intel and slower
+# on Zen 5 (bench/README.md), so oneDNN keeps them. bf16's kernels and the others keep oneDNN.
+XLA_WEIGHT_GRADIENT_FROM = {"jit:avx2": 128}
 
 
 def _xla_is_faster(direction: int, implementation: str, rhs_shape, groups: int) -> bool:
