@@ -67,6 +67,7 @@ setup(
                 "csrc/onednn_batch_norm.cc",
                 "csrc/max_pool.cc",
                 "csrc/add_relu.cc",
+                "csrc/winograd_conv.cc",
             ],
             depends=["csrc/kernel_common.h", "csrc/onednn_common.h", "csrc/max_pool_rows.inc"],
             language="c++",

@@ -8,10 +8,16 @@ differentiable to any order in both modes: `zoo.ops.autodiff`), on GPU and TPU
 real (JIT) kernel for it on this CPU, asked at trace time, and XLA's was not measured faster
 (`XLA_WEIGHT_GRADIENT_FROM`); anything else stays on XLA: layouts other than NHWC/HWIO,
 `lhs_dilation` (transposed convolutions), negative padding, mixed dtypes,
-`preferred_element_type`, `batch_group_count`. `precision` is passed on to XLA and otherwise
-ignored: oneDNN computes float32 in float32 and bf16 with float32 accumulation, on its bf16
-kernels where the CPU has them (AVX512-BF16, AMX), else on its float32 kernels with the bf16
-operands widened exactly and the result rounded once to bf16.
+`preferred_element_type`, `batch_group_count`. oneDNN computes float32 in float32 and bf16
+with float32 accumulation, on its bf16 kernels where the CPU has them (AVX512-BF16, AMX), else
+on its float32 kernels with the bf16 operands widened exactly and the result rounded once to bf16.
+
+`precision` is XLA's and chooses the algorithm of float32 3x3 convolutions, as it chooses TF32
+or bf16 passes on GPUs and TPUs: by default their forward and input-gradient directions run
+Winograd F(4x4, 3x3) (`csrc/winograd_conv.cc`: fewer multiplications than oneDNN's direct
+kernels, a rounding error ~5-10x theirs; where: `_runs_winograd`); `lax.Precision.HIGHEST`
+("highest", "float32"), passed or set with `jax.default_matmul_precision`, keeps them on
+oneDNN's direct kernels.
 
 `Conv` is `flax.linen.Conv` with this op: the same parameters under the same names and the same
 initial values (`zoo.ops.initializers`), so checkpoints move between the two unchanged.
@@ -44,7 +50,7 @@ DIRECTIONS = tuple(native.CONV_TARGETS)
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
-    """A convolution oneDNN can run, with which of its three directions it runs natively."""
+    """A convolution the extension can run, with which of its three directions it runs."""
 
     lhs_shape: tuple[int, ...]  # NHWC
     rhs_shape: tuple[int, ...]  # HWIO
@@ -59,6 +65,9 @@ class _Plan:
     # Per direction (forward, backward data, backward weights): the dtype oneDNN computes it
     # in, None where XLA does.
     kernels: tuple[Any, Any, Any]
+    # Whether the forward and backward-data directions run Winograd F(4x4, 3x3)
+    # (`csrc/winograd_conv.cc`) instead of oneDNN's direct kernels: `_runs_winograd`.
+    winograd: bool
 
     def xla(self, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
         return lax.conv_general_dilated(
@@ -85,10 +94,13 @@ class _Plan:
             self.rhs_dilation,
             self.feature_group_count,
             self.precision,
+            self.winograd,
         )
 
     def ffi(self, direction: int, *operands: jax.Array) -> jax.Array:
         """`direction` on oneDNN, in its kernel's dtype; the result in the convolution's."""
+        if self.winograd and direction != native.BACKWARD_WEIGHTS:
+            return self._winograd(direction, *operands)
         (top, bottom), (left, right) = self.padding
         dtype = self.kernels[direction]
         shape = {
@@ -110,6 +122,18 @@ class _Plan:
             num_threads=np.int64(self.num_threads),
         )
         return sharding.vary_like(result.astype(self.dtype), *operands)
+
+    def _winograd(self, direction: int, a: jax.Array, rhs: jax.Array) -> jax.Array:
+        """The forward convolution of `a` on the Winograd kernel, or for backward data that of
+        the output's gradient `a` with the kernel turned by 180 degrees, its channels swapped
+        (what a 3x3 stride-1 convolution padded by one transposes into)."""
+        kernel = rhs if direction == native.FORWARD else jnp.flip(rhs, (0, 1)).swapaxes(2, 3)
+        call = jax.ffi.ffi_call(
+            native.WINOGRAD_TARGET,
+            jax.ShapeDtypeStruct((*a.shape[:3], kernel.shape[3]), self.dtype),
+            vmap_method="sequential",
+        )
+        return sharding.vary_like(call(a, kernel, num_threads=np.int64(self.num_threads)), a, rhs)
 
 
 def _plan(
@@ -163,10 +187,22 @@ def _plan(
 
 
 def _planned(
-    lhs_shape, rhs_shape, dtype, window_strides, padding, rhs_dilation, groups, precision
+    lhs_shape,
+    rhs_shape,
+    dtype,
+    window_strides,
+    padding,
+    rhs_dilation,
+    groups,
+    precision,
+    winograd_allowed: bool | None = None,
 ) -> _Plan:
     """The plan of a convolution of these shapes: oneDNN's kernel for each direction where it
-    has one and XLA's was not measured faster (`_xla_is_faster`); none for an empty result."""
+    has one and XLA's was not measured faster (`_xla_is_faster`); none for an empty result;
+    Winograd where `_runs_winograd` and `winograd_allowed` (by default, where the caller did
+    not ask for float32 throughout: `asks_for_float32`)."""
+    if winograd_allowed is None:
+        winograd_allowed = not asks_for_float32(precision)
     return _planned_for_team(
         tuple(lhs_shape),
         tuple(rhs_shape),
@@ -177,6 +213,7 @@ def _planned(
         groups,
         tuple(precision) if isinstance(precision, list) else precision,  # a cache key
         backend.team_size(),
+        winograd_allowed,
     )
 
 
@@ -191,7 +228,16 @@ ONE_THREAD_BELOW_MACS = {jnp.dtype(jnp.float32): 24e6, jnp.dtype(jnp.bfloat16): 
 # these arguments alone (bench/README.md: the trace time it saves).
 @functools.lru_cache(maxsize=4096)
 def _planned_for_team(
-    lhs_shape, rhs_shape, dtype, window_strides, padding, rhs_dilation, groups, precision, team
+    lhs_shape,
+    rhs_shape,
+    dtype,
+    window_strides,
+    padding,
+    rhs_dilation,
+    groups,
+    precision,
+    team,
+    winograd_allowed,
 ) -> _Plan:
     out = jax.eval_shape(
         functools.partial(
@@ -252,6 +298,61 @@ def _planned_for_team(
         threads,
         tuple(out),
         kernels,
+        winograd_allowed
+        and dtype == kernels[native.FORWARD] == kernels[native.BACKWARD_DATA] == jnp.float32
+        and _runs_winograd(lhs_shape, rhs_shape, window_strides, padding, rhs_dilation, groups),
+    )
+
+
+def asks_for_float32(precision: Any) -> bool:
+    """Whether a convolution's caller asked for float32 arithmetic throughout: `precision` is
+    `lax.Precision.HIGHEST` ("highest", "float32"), for either operand, or it is None and
+    `jax.default_matmul_precision` is. As on GPUs and TPUs, whose default float32 convolutions
+    round to TF32 or bf16, the default allows a less exact algorithm (`_runs_winograd`)."""
+    requested = jax.config.jax_default_matmul_precision if precision is None else precision
+    values = requested if isinstance(requested, (tuple, list)) else (requested,)
+    return any(_is_highest(value) for value in values if value is not None)
+
+
+def _is_highest(value: Any) -> bool:
+    try:
+        return lax.Precision(value) == lax.Precision.HIGHEST
+    except (ValueError, TypeError):  # a dot algorithm's name: not a precision level
+        return False
+
+
+# Winograd F(4x4, 3x3) was measured faster than oneDNN 3.2's direct float32 kernels at every
+# 3x3 layer of ResNet-18 and ResNet-20, forward and input gradient (bench/README.md, AMD Zen 5),
+# where at least this share of its 4x4 output tiles lies inside the image (7x7: 77%); at 13x13
+# (66%) it was a tie.
+WINOGRAD_TILE_USE = 0.75
+# Measured up to 512 channels (ResNet-18's and ResNet-50's widest 3x3 layers); the transformed
+# kernel it writes every call grows with their product.
+WINOGRAD_CHANNELS = 512
+
+
+def _runs_winograd(lhs_shape, rhs_shape, window_strides, padding, rhs_dilation, groups) -> bool:
+    """Whether a convolution on float32 kernels runs forward and backward data as Winograd
+    F(4x4, 3x3) (Lavin & Gray 2016; `csrc/winograd_conv.cc`): a 3x3 kernel, stride 1, one row
+    and column of zeros around the image, no groups, 16 to 512 channels in multiples of 16,
+    images that fill enough of its tiles, on a CPU it runs on (AVX-512)."""
+    _, height, width, in_channels = lhs_shape
+    kernel_h, kernel_w, _, out_channels = rhs_shape
+
+    def tile_use(size: int) -> float:
+        return size / (4 * -(-size // 4))
+
+    return (
+        (kernel_h, kernel_w) == (3, 3)
+        and window_strides == (1, 1)
+        and rhs_dilation == (1, 1)
+        and padding == ((1, 1), (1, 1))
+        and groups == 1
+        and in_channels % 16 == 0
+        and out_channels % 16 == 0
+        and max(in_channels, out_channels) <= WINOGRAD_CHANNELS
+        and tile_use(height) * tile_use(width) >= WINOGRAD_TILE_USE
+        and native.winograd_available()
     )
 
 

@@ -58,10 +58,13 @@ BATCH_NORM_TARGETS = {
 MAX_POOL_TARGETS = ("zoo_max_pool_forward", "zoo_max_pool_backward")
 # The residual join relu(x + shortcut) (`csrc/add_relu.cc`; no oneDNN, no query either).
 ADD_RELU_TARGETS = ("zoo_add_relu_forward", "zoo_add_relu_backward")
+# The Winograd 3x3 convolution (`csrc/winograd_conv.cc`; its products on oneDNN's matmul).
+WINOGRAD_TARGET = "zoo_winograd_conv3x3"
 TARGETS = (
     *dict.fromkeys([*CONV_TARGETS.values(), *BATCH_NORM_TARGETS.values()]),
     *MAX_POOL_TARGETS,
     *ADD_RELU_TARGETS,
+    WINOGRAD_TARGET,
 )
 HOW_TO_GET_IT = (
     "on Linux x86_64, reinstall jax-zoo with a C++17 compiler available "
@@ -120,6 +123,7 @@ def _load() -> ctypes.CDLL:
             ctypes.c_int64,
         ]
         getattr(lib, f"zoo_onednn_{op}_config_fields").restype = ctypes.c_int64
+    lib.zoo_winograd_conv3x3_available.restype = ctypes.c_int
     workspace = lib.zoo_onednn_batch_norm_workspace_bytes
     workspace.restype = ctypes.c_int64
     workspace.argtypes = [ctypes.c_int64, ctypes.POINTER(ctypes.c_int64), ctypes.c_int64]
@@ -161,6 +165,14 @@ def implementation(op: str, kind: int, config: tuple[int, ...]) -> tuple[bool, s
     query = getattr(lib, f"zoo_onednn_{op}_implementation")
     status = query(kind, values, len(config), name, len(name))
     return status == 1, name.value.decode()
+
+
+@functools.cache
+def winograd_available() -> bool:
+    """Whether the Winograd 3x3 convolution runs here: the extension is loaded, the CPU has
+    AVX-512 (its transforms' ISA, the one it was measured on) and oneDNN a float32 matmul."""
+    lib = library()
+    return lib is not None and lib.zoo_winograd_conv3x3_available() == 1
 
 
 def batch_norm_workspace_bytes(config: tuple[int, ...]) -> int:

@@ -1,0 +1,339 @@
+// Winograd F(4x4, 3x3) convolution for jax-zoo (Lavin & Gray, "Fast Algorithms for
+// Convolutional Neural Networks", CVPR 2016), called from XLA:CPU through the XLA FFI:
+//   zoo_winograd_conv3x3 (x, w) -> y      attribute: num_threads (the OpenMP team)
+//   y[n, h, w, k] = sum over i, j < 3 and c of x[n, h + i - 1, w + j - 1, c] * w[i, j, c, k]
+// on float32 NHWC activations and HWIO weights: a 3x3 kernel, stride 1, one row and column of
+// zeros around the image, channels in multiples of 16. Each 4x4 tile of the output is
+// A^T [U .* (B^T d B)] A, d its 6x6 input patch and U = G w G^T the transformed kernel, the
+// elementwise product summed over the input channels: for each of the 36 points of a
+// transformed tile, a product of the tiles' points (tiles x C) by the kernel's (C x K), all 36
+// as one batched oneDNN matmul. 36 multiplications per 16 outputs and input channel instead of
+// 144; the transforms add and scale by 1/4 ... 8, so the rounding error is ~5-10x a direct
+// convolution's (bench/README.md), which is why zoo.ops.conv runs this only where the caller
+// did not ask for float32 precision throughout.
+//
+// Where the transformed kernel is small (C x K <= 256 x 256) each thread runs all three steps
+// on blocks of tiles that stay in its cache, the matmul on one thread; otherwise the whole team
+// runs each step on chunks of 512 tiles, so that each block of the kernel is read once a chunk.
+// A NaN or an infinity among the inputs spreads over the 4x4 output tiles whose patches hold it
+// (an infinity as NaN: the transforms subtract), where a direct convolution's stays within 3x3. The transforms are compiled for AVX-512 only:
+// zoo_winograd_conv3x3_available() says whether this CPU runs them and oneDNN has a real float32
+// matmul kernel for it.
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+
+#include "onednn_common.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace {
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using namespace zoo_onednn;
+
+constexpr int64_t kLanes = 16;    // channels per vector (AVX-512)
+constexpr int64_t kPoints = 36;   // a transformed tile: 6 x 6
+constexpr int64_t kTile = 4;      // an output tile: 4 x 4
+// The largest transformed kernel (C x K floats) for which threads work on blocks of tiles.
+constexpr int64_t kBlockedUpTo = 256 * 256;
+// A block's transformed inputs and products: about a core's L2.
+constexpr int64_t kBlockBytes = 700 * 1024;
+// Tiles per chunk where the whole team runs each step: bounds the points and the products
+// (38 MB each at 512 channels).
+constexpr int64_t kChunkRows = 512;
+
+struct Shape {
+  int64_t batch, height, width, in_c, out_c;
+  int64_t tiles_h, tiles_w, tiles;
+};
+
+// The batched matmul of `rows` tiles: (36, rows, C) x (36, C, K) -> (36, rows, K), row-major.
+struct GemmConfig {
+  int64_t rows, in_c, out_c;
+  int64_t num_threads;
+};
+
+struct Gemm {
+  dnnl::matmul primitive;
+  memory::desc src, weights, dst, scratchpad;
+  std::string implementation;
+};
+
+std::unique_ptr<Gemm> MakeGemm(int64_t /*kind*/, const GemmConfig& c) {
+  auto desc = [](int64_t rows, int64_t cols) {
+    return memory::desc({kPoints, rows, cols}, memory::data_type::f32, memory::format_tag::abc);
+  };
+  auto gemm = std::make_unique<Gemm>();
+  gemm->src = desc(c.rows, c.in_c);
+  gemm->weights = desc(c.in_c, c.out_c);
+  gemm->dst = desc(c.rows, c.out_c);
+  auto pd = dnnl::matmul::primitive_desc(Engine(), gemm->src, gemm->weights, gemm->dst,
+                                         UserScratchpad());
+  gemm->primitive = dnnl::matmul(pd);
+  gemm->scratchpad = pd.scratchpad_desc();
+  gemm->implementation = pd.impl_info_str();
+  return gemm;
+}
+
+const Gemm& FindGemm(const GemmConfig& c) {
+  const Gemm* gemm = CachedPlan(int64_t{0}, c, &MakeGemm);
+  return *gemm;
+}
+
+// A thread's matmul on its own buffers, with its own scratchpad: run once per block.
+class GemmCall {
+ public:
+  GemmCall(const Gemm& gemm, float* points, float* kernel, float* products)
+      : gemm_(gemm),
+        args_{{DNNL_ARG_SRC, memory(gemm.src, Engine(), points)},
+              {DNNL_ARG_WEIGHTS, memory(gemm.weights, Engine(), kernel)},
+              {DNNL_ARG_DST, memory(gemm.dst, Engine(), products)},
+              {DNNL_ARG_SCRATCHPAD, memory(gemm.scratchpad, Engine())}} {}
+
+  void Run() {
+    dnnl::stream& stream = Stream();
+    gemm_.primitive.execute(stream, args_);
+    stream.wait();
+  }
+
+ private:
+  const Gemm& gemm_;
+  std::unordered_map<int, memory> args_;
+};
+
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
+
+inline Lanes Load(const float* from) {
+  Lanes v;
+  std::memcpy(&v, from, sizeof(v));
+  return v;
+}
+
+inline void Store(float* to, const Lanes& v) { std::memcpy(to, &v, sizeof(v)); }
+
+// B^T of six points `step` apart, written `out_step` apart.
+inline void InputPoints(const Lanes* d, int step, Lanes* out, int out_step) {
+  const Lanes d0 = d[0], d1 = d[step], d2 = d[2 * step], d3 = d[3 * step], d4 = d[4 * step],
+              d5 = d[5 * step];
+  out[0] = 4 * d0 - 5 * d2 + d4;
+  out[out_step] = d3 + d4 - 4 * (d1 + d2);
+  out[2 * out_step] = d4 - d3 + 4 * (d1 - d2);
+  out[3 * out_step] = d4 - d2 - 2 * (d1 - d3);
+  out[4 * out_step] = d4 - d2 + 2 * (d1 - d3);
+  out[5 * out_step] = 4 * d1 - 5 * d3 + d5;
+}
+
+// A^T of six points `step` apart: four, written `out_step` apart.
+inline void OutputPoints(const Lanes* m, int step, Lanes* out, int out_step) {
+  const Lanes m0 = m[0], m1 = m[step], m2 = m[2 * step], m3 = m[3 * step], m4 = m[4 * step],
+              m5 = m[5 * step];
+  const Lanes sum12 = m1 + m2, diff12 = m1 - m2, sum34 = m3 + m4, diff34 = m3 - m4;
+  out[0] = m0 + sum12 + sum34;
+  out[out_step] = diff12 + 2 * diff34;
+  out[2 * out_step] = sum12 + 4 * sum34;
+  out[3 * out_step] = diff12 + 8 * diff34 + m5;
+}
+
+// G of three points `step` apart: six, written `out_step` apart.
+inline void KernelPoints(const Lanes* g, int step, Lanes* out, int out_step) {
+  const Lanes g0 = g[0], g1 = g[step], g2 = g[2 * step];
+  const Lanes outer = g0 + g2;
+  out[0] = g0 * (1.0f / 4);
+  out[out_step] = (outer + g1) * (-1.0f / 6);
+  out[2 * out_step] = (outer - g1) * (-1.0f / 6);
+  out[3 * out_step] = g0 * (1.0f / 24) + g1 * (1.0f / 12) + g2 * (1.0f / 6);
+  out[4 * out_step] = g0 * (1.0f / 24) - g1 * (1.0f / 12) + g2 * (1.0f / 6);
+  out[5 * out_step] = g2;
+}
+
+// u[point][c][k] = (G w[:, :, c, k] G^T)[point] for the HWIO kernel w.
+void TransformKernel(const Shape& s, const float* w, float* u, int64_t num_threads) {
+  const int64_t taps = s.in_c * s.out_c;  // between two kernel positions in HWIO
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+  for (int64_t c = 0; c < s.in_c; ++c) {
+    for (int64_t k = 0; k < s.out_c; k += kLanes) {
+      Lanes g[9], half[18], points[kPoints];
+      for (int tap = 0; tap < 9; ++tap) g[tap] = Load(w + tap * taps + c * s.out_c + k);
+      for (int j = 0; j < 3; ++j) KernelPoints(g + j, 3, half + j, 3);  // 6 x 3
+      for (int i = 0; i < 6; ++i) KernelPoints(half + 3 * i, 1, points + 6 * i, 1);
+      for (int point = 0; point < kPoints; ++point) {
+        Store(u + (point * s.in_c + c) * s.out_c + k, points[point]);
+      }
+    }
+  }
+}
+
+// Tile `tile` of x, transformed, as row `row` of the (36, rows, C) points.
+void TransformInputTile(const Shape& s, const float* x, int64_t tile, int64_t row, int64_t rows,
+                        float* points) {
+  const int64_t n = tile / (s.tiles_h * s.tiles_w);
+  const int64_t top = (tile / s.tiles_w) % s.tiles_h * kTile - 1;
+  const int64_t left = tile % s.tiles_w * kTile - 1;
+  const float* image = x + n * s.height * s.width * s.in_c;
+  for (int64_t c = 0; c < s.in_c; c += kLanes) {
+    Lanes d[kPoints], half[kPoints], v[kPoints];
+    for (int i = 0; i < 6; ++i) {
+      for (int j = 0; j < 6; ++j) {
+        const int64_t h = top + i, w = left + j;
+        const bool inside = h >= 0 && h < s.height && w >= 0 && w < s.width;
+        d[6 * i + j] = inside ? Load(image + (h * s.width + w) * s.in_c + c) : Lanes{};
+      }
+    }
+    for (int j = 0; j < 6; ++j) InputPoints(d + j, 6, half + j, 6);
+    for (int i = 0; i < 6; ++i) InputPoints(half + 6 * i, 1, v + 6 * i, 1);
+    for (int point = 0; point < kPoints; ++point) {
+      Store(points + (point * rows + row) * s.in_c + c, v[point]);
+    }
+  }
+}
+
+// Row `row` of the (36, rows, K) products, transformed back, as output tile `tile` of y.
+void TransformOutputTile(const Shape& s, const float* products, int64_t tile, int64_t row,
+                         int64_t rows, float* y) {
+  const int64_t n = tile / (s.tiles_h * s.tiles_w);
+  const int64_t top = (tile / s.tiles_w) % s.tiles_h * kTile;
+  const int64_t left = tile % s.tiles_w * kTile;
+  float* image = y + n * s.height * s.width * s.out_c;
+  for (int64_t k = 0; k < s.out_c; k += kLanes) {
+    Lanes m[kPoints], half[24], out[16];
+    for (int point = 0; point < kPoints; ++point) {
+      m[point] = Load(products + (point * rows + row) * s.out_c + k);
+    }
+    for (int j = 0; j < 6; ++j) OutputPoints(m + j, 6, half + j, 6);  // 4 x 6
+    for (int i = 0; i < 4; ++i) OutputPoints(half + 6 * i, 1, out + 4 * i, 1);
+    for (int i = 0; i < kTile && top + i < s.height; ++i) {
+      for (int j = 0; j < kTile && left + j < s.width; ++j) {
+        Store(image + ((top + i) * s.width + left + j) * s.out_c + k, out[4 * i + j]);
+      }
+    }
+  }
+}
+
+#pragma GCC pop_options
+
+// Rows [count, rows) of the (36, rows, channels) points: the last block's or chunk's unused
+// rows, which the matmul reads too.
+void ZeroRows(int64_t count, int64_t rows, int64_t channels, float* points) {
+  for (int64_t point = 0; count < rows && point < kPoints; ++point) {
+    std::fill_n(points + (point * rows + count) * channels, (rows - count) * channels, 0.0f);
+  }
+}
+
+// Tiles per block on one thread: about kBlockBytes of points and products, at least 16, and no
+// more than splits the tiles evenly over the team.
+int64_t BlockRows(const Shape& s, int64_t num_threads) {
+  const int64_t fit = kBlockBytes / (kPoints * (s.in_c + s.out_c) * int64_t{sizeof(float)});
+  const int64_t even = (s.tiles + num_threads - 1) / num_threads;
+  return std::max<int64_t>(1, std::min(std::max<int64_t>(16, fit / 8 * 8), even));
+}
+
+void Blocked(const Shape& s, const float* x, float* u, float* y, int64_t num_threads) {
+  const int64_t rows = BlockRows(s, num_threads);
+  const Gemm& gemm = FindGemm({rows, s.in_c, s.out_c, 1});  // one thread per block
+  const int64_t blocks = (s.tiles + rows - 1) / rows;
+  std::atomic<bool> failed{false};
+#pragma omp parallel num_threads(num_threads)
+  {
+    try {
+      std::unique_ptr<float[]> points(new float[kPoints * rows * s.in_c]);
+      std::unique_ptr<float[]> products(new float[kPoints * rows * s.out_c]);
+      GemmCall call(gemm, points.get(), u, products.get());
+#pragma omp for schedule(static)
+      for (int64_t block = 0; block < blocks; ++block) {
+        const int64_t first = block * rows, count = std::min(rows, s.tiles - first);
+        for (int64_t row = 0; row < count; ++row) {
+          TransformInputTile(s, x, first + row, row, rows, points.get());
+        }
+        ZeroRows(count, rows, s.in_c, points.get());
+        if (!failed) call.Run();
+        for (int64_t row = 0; row < count; ++row) {
+          TransformOutputTile(s, products.get(), first + row, row, rows, y);
+        }
+      }
+    } catch (...) {  // nothing may leave an OpenMP region
+      failed = true;
+    }
+  }
+  if (failed) throw std::runtime_error("a block's matmul failed");
+}
+
+void Chunked(const Shape& s, const float* x, float* u, float* y, int64_t num_threads) {
+  const int64_t rows = std::min(s.tiles, kChunkRows);
+  const Gemm& gemm = FindGemm({rows, s.in_c, s.out_c, num_threads});
+  std::unique_ptr<float[]> points(new float[kPoints * rows * s.in_c]);
+  std::unique_ptr<float[]> products(new float[kPoints * rows * s.out_c]);
+  GemmCall call(gemm, points.get(), u, products.get());
+  for (int64_t first = 0; first < s.tiles; first += rows) {
+    const int64_t count = std::min(rows, s.tiles - first);
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+    for (int64_t row = 0; row < count; ++row) {
+      TransformInputTile(s, x, first + row, row, rows, points.get());
+    }
+    ZeroRows(count, rows, s.in_c, points.get());
+    UseThreads(num_threads);
+    call.Run();
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+    for (int64_t row = 0; row < count; ++row) {
+      TransformOutputTile(s, products.get(), first + row, row, rows, y);
+    }
+  }
+}
+
+ffi::Error Conv3x3(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   ffi::ResultBuffer<ffi::F32> y, int64_t num_threads) {
+  const auto in = x.dimensions(), kernel = w.dimensions(), out = y->dimensions();
+  if (in.size() != 4 || kernel.size() != 4 || out.size() != 4 || kernel[0] != 3 ||
+      kernel[1] != 3 || kernel[2] != in[3] || out[0] != in[0] || out[1] != in[1] ||
+      out[2] != in[2] || out[3] != kernel[3] || in[3] % kLanes != 0 || out[3] % kLanes != 0 ||
+      num_threads < 1) {
+    return ffi::Error::InvalidArgument(
+        "zoo_winograd_conv3x3: expects NHWC x, a 3x3 HWIO kernel, channels in multiples of 16");
+  }
+  const int64_t tiles_h = (in[1] + kTile - 1) / kTile, tiles_w = (in[2] + kTile - 1) / kTile;
+  const Shape s{in[0], in[1], in[2], in[3], out[3], tiles_h, tiles_w, in[0] * tiles_h * tiles_w};
+  if (s.tiles == 0) return ffi::Error::Success();
+  try {
+    std::unique_ptr<float[]> u(new float[kPoints * s.in_c * s.out_c]);
+    TransformKernel(s, w.typed_data(), u.get(), num_threads);
+    if (s.in_c * s.out_c <= kBlockedUpTo) {
+      Blocked(s, x.typed_data(), u.get(), y->typed_data(), num_threads);
+    } else {
+      Chunked(s, x.typed_data(), u.get(), y->typed_data(), num_threads);
+    }
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("zoo_winograd_conv3x3: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+ZOO_EXPORT XLA_FFI_Error* zoo_winograd_conv3x3(XLA_FFI_CallFrame* call_frame);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(zoo_winograd_conv3x3, Conv3x3,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("num_threads"));
+
+// 1 where this CPU runs the transforms (AVX-512) and oneDNN a real float32 matmul kernel for
+// the products, else 0.
+ZOO_EXPORT int zoo_winograd_conv3x3_available() {
+  if (!__builtin_cpu_supports("x86-64-v4")) return 0;
+  try {
+    return IsReference(FindGemm({16, kLanes, kLanes, 1}).implementation) ? 0 : 1;
+  } catch (const dnnl::error&) {
+    return 0;
+  }
+}

@@ -1,0 +1,231 @@
+"""Winograd F(4x4, 3x3) (`csrc/winograd_conv.cc`): which convolutions run it, and that they
+equal float64's convolution within its rounding.
+
+Tolerance, relative to the largest magnitude of the float64 result: 5e-5. Measured on AMD Zen 5
+at 16-512 channels: 3e-6 to 1.2e-5 (oneDNN's direct kernels: 4e-7 to 2e-6), growing with the
+channels each output sums.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from test_native_conv import NHWC, relative_error, run_python
+
+import zoo
+from zoo import ops
+from zoo.ops import native
+
+TOLERANCE = 5e-5
+needs_winograd = pytest.mark.skipif(
+    not (ops.native_available() and native.winograd_available()),
+    reason="Winograd runs on CPUs with AVX-512, with the extension built",
+)
+SAME = ((1, 1), (1, 1))
+
+
+def arguments(**overrides) -> dict:
+    return dict(window_strides=(1, 1), padding=SAME, dimension_numbers=NHWC) | overrides
+
+
+def native_targets(fn, *operands) -> set[str]:
+    return {
+        target
+        for target in (native.WINOGRAD_TARGET, *native.CONV_TARGETS.values())
+        if target in jax.jit(fn).lower(*operands).as_text()
+    }
+
+
+def value_and_gradients(conv_fn, x, kernel, **overrides):
+    def loss(x, kernel):
+        y = conv_fn(x, kernel, **arguments(**overrides))
+        return jnp.sum(jnp.sin(y)), y
+
+    (_, y), grads = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(x, kernel)
+    return y, *grads
+
+
+def operands(batch, height, width, channels, features, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, height, width, channels))
+    kernel = rng.standard_normal((3, 3, channels, features)) / np.sqrt(9 * channels)
+    return x, kernel
+
+
+# (batch, height, width, channels, features): a single tile, partial tiles at the bottom and
+# right, several blocks of tiles per thread, and transformed kernels too large for blocks
+# (272 x 272 > 256 x 256), whose steps run on chunks of 512 tiles: one chunk, and two.
+CASES = [
+    (1, 4, 4, 16, 16),
+    (2, 7, 7, 32, 16),
+    (3, 9, 12, 16, 48),
+    (9, 16, 16, 16, 16),
+    (2, 8, 8, 272, 16),
+    (1, 8, 8, 272, 272),
+    (129, 8, 8, 272, 256),
+]
+
+
+@needs_winograd
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_forward_and_both_gradients_equal_float64(case):
+    x, kernel = operands(*case)
+    x32, kernel32 = x.astype(np.float32), kernel.astype(np.float32)
+    targets = native_targets(
+        jax.grad(lambda x, k: jnp.sum(ops.conv_general_dilated(x, k, **arguments()))),
+        x32,
+        kernel32,
+    )
+    assert native.WINOGRAD_TARGET in targets  # the forward and the input gradient
+    assert not targets & {native.CONV_TARGETS[d] for d in (native.FORWARD, native.BACKWARD_DATA)}
+    ours = value_and_gradients(ops.conv_general_dilated, x32, kernel32)
+    # XLA:CPU's float64 convolutions run at a few GFLOP/s: the two-chunk case, 5 G
+    # multiply-adds a direction, takes XLA's float32 ones, within 2e-6 of them, instead.
+    with jax.enable_x64(x.size * kernel.shape[-1] < 2**26):
+        exact = value_and_gradients(lax.conv_general_dilated, x, kernel)
+    for name, a, b in zip(("output", "d_lhs", "d_rhs"), ours, exact, strict=True):
+        assert a.shape == b.shape and a.dtype == jnp.float32, name
+        assert relative_error(a, b) < TOLERANCE, name
+
+
+@needs_winograd
+@pytest.mark.parametrize(
+    "how",
+    ["precision=highest", "precision=float32", "precision=(highest, default)", "config"],
+)
+def test_asking_for_float32_throughout_keeps_the_direct_kernels(how):
+    x, kernel = (jnp.asarray(a, jnp.float32) for a in operands(2, 8, 8, 16, 16))
+    precision = {
+        "precision=highest": "highest",
+        "precision=float32": lax.Precision.HIGHEST,
+        "precision=(highest, default)": (lax.Precision.HIGHEST, lax.Precision.DEFAULT),
+        "config": None,
+    }[how]
+
+    def fn(x, kernel):
+        return ops.conv_general_dilated(x, kernel, precision=precision, **arguments())
+
+    jitted = jax.jit(fn)
+    if how == "config":  # jit's cache key holds the setting: traced again inside it
+        assert native.WINOGRAD_TARGET in jitted.lower(x, kernel).as_text()
+        with jax.default_matmul_precision("float32"):
+            assert native_targets(fn, x, kernel) == {native.CONV_TARGETS[native.FORWARD]}
+            hlo = jitted.lower(x, kernel).as_text()
+    else:
+        hlo = jitted.lower(x, kernel).as_text()
+    assert native.WINOGRAD_TARGET not in hlo
+    assert native.CONV_TARGETS[native.FORWARD] in hlo
+
+
+@needs_winograd
+@pytest.mark.parametrize(
+    "shape, options, runs",
+    [
+        ((2, 7, 7, 16), {}, True),  # 77% of its 4x4 output tiles inside the image
+        ((2, 13, 13, 16), {}, False),  # 66%: measured a tie
+        ((2, 8, 8, 16), {"window_strides": (2, 2)}, False),
+        ((2, 8, 8, 16), {"padding": "VALID"}, False),
+        ((2, 8, 8, 16), {"padding": ((2, 0), (1, 1))}, False),
+        ((2, 8, 8, 16), {"rhs_dilation": (2, 2)}, False),
+        ((2, 8, 8, 16), {"feature_group_count": 2}, False),
+        ((2, 8, 8, 8), {}, False),  # channels not in multiples of 16
+        ((1, 4, 4, 528), {}, False),  # more channels than measured
+        ((2, 8, 8, 16), {"dtype": jnp.bfloat16}, False),  # bf16 keeps oneDNN's bf16 kernels
+    ],
+    ids=str,
+)
+def test_only_3x3_stride_1_same_float32_convolutions_of_16_to_512_channels_run_it(
+    shape, options, runs
+):
+    options = dict(options)
+    dtype = options.pop("dtype", jnp.float32)
+    groups = options.get("feature_group_count", 1)
+    x = jnp.ones(shape, dtype)
+    kernel = jnp.ones((3, 3, shape[3] // groups, 16), dtype)
+
+    def fn(x, kernel):
+        return ops.conv_general_dilated(x, kernel, **arguments(**options))
+
+    assert (native.WINOGRAD_TARGET in native_targets(fn, x, kernel)) == runs
+    ours, theirs = fn(x, kernel), lax.conv_general_dilated(x, kernel, **arguments(**options))
+    assert relative_error(ours, theirs) < (TOLERANCE if dtype == jnp.float32 else 2e-2)
+
+
+@needs_winograd
+def test_vmap_over_an_extra_axis_runs_it_per_slice():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((3, 2, 8, 8, 16)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 16, 32)) / 12, jnp.float32)
+    ours = jax.jit(jax.vmap(lambda x: ops.conv_general_dilated(x, kernel, **arguments())))(x)
+    theirs = jax.vmap(lambda x: lax.conv_general_dilated(x, kernel, **arguments()))(x)
+    assert relative_error(ours, theirs) < TOLERANCE
+
+
+@needs_winograd
+def test_resnet20_trains_on_it_as_float64_does():
+    # Training mode on two images, where this untrained network is well conditioned: float32
+    # gradients 4e-6 (oneDNN's direct kernels) and 9e-6 (Winograd) off float64. Not so in
+    # inference mode, or on four images: there any float32 rounding flips ReLU masks and moves
+    # them by up to 1%, the direct kernels' and XLA's own float32 path's too.
+    model = zoo.create_model("resnet20")
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3))
+    variables = model.init(jax.random.key(0), jnp.asarray(x, jnp.float32))
+
+    def step(model, variables, x):
+        def loss(params):
+            logits, _ = model.apply(
+                {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+            )
+            return jnp.sum(jnp.sin(logits)), logits
+
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+
+    hlo = jax.jit(lambda p: step(model, {**variables, "params": p}, x)).lower(variables["params"])
+    assert native.WINOGRAD_TARGET in hlo.as_text()
+    ours = step(model, variables, jnp.asarray(x, jnp.float32))
+    with jax.enable_x64(True), ops.portable():
+        wide = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
+        model64 = zoo.create_model("resnet20", dtype=jnp.float64, param_dtype=jnp.float64)
+        exact = step(model64, wide, x)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(exact), strict=True):
+        assert relative_error(a, b) < 1e-4
+
+
+EIGHT_DEVICES = """
+    import jax, jax.numpy as jnp, numpy as np
+    from jax import lax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from zoo import ops
+    from zoo.ops import native
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.standard_normal((16, 8, 8, 16)), jnp.float32)
+    weights = jnp.asarray(rng.standard_normal((3, 3, 16, 16)) / 12, jnp.float32)
+
+    def gradients(conv):
+        loss = lambda x, k: jnp.sum(jnp.sin(conv(
+            x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+        return jax.jit(jax.grad(loss, (0, 1)))
+
+    # Auto axes (custom_partitioning) and Explicit ones (jax.make_mesh's default: shard_map).
+    for mesh in (Mesh(np.array(jax.devices()), ("data",)), jax.make_mesh((8,), ("data",))):
+        x = jax.device_put(images, NamedSharding(mesh, P("data")))
+        kernel = jax.device_put(weights, NamedSharding(mesh, P()))
+        hlo = gradients(ops.conv_general_dilated).lower(x, kernel).compile().as_text()
+        assert native.WINOGRAD_TARGET in hlo and "f32[2,8,8,16]{3,2,1,0} custom-call" in hlo
+        ours = gradients(ops.conv_general_dilated)(x, kernel)
+        theirs = gradients(lax.conv_general_dilated)(x, kernel)
+        for a, b in zip(ours, theirs):
+            assert np.max(np.abs(a - b)) <= 5e-5 * np.max(np.abs(b))
+        assert ours[0].sharding.is_equivalent_to(x.sharding, 4)
+    print("eight devices ok")
+"""
+
+
+@needs_winograd
+def test_eight_cpu_devices_run_it_on_their_own_shard_of_the_batch():
+    done = run_python(EIGHT_DEVICES, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    assert done.returncode == 0, done.stderr
+    assert "eight devices ok" in done.stdout
