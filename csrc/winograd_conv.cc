@@ -1,7 +1,11 @@
 // Winograd F(4x4, 3x3) convolution for jax-zoo (Lavin & Gray, "Fast Algorithms for
 // Convolutional Neural Networks", CVPR 2016), called from XLA:CPU through the XLA FFI:
-//   zoo_winograd_conv3x3 (x, w) -> y      attribute: num_threads (the OpenMP team)
+//   zoo_winograd_conv3x3         (x, w) -> y      attribute: num_threads (the OpenMP team)
 //   y[n, h, w, k] = sum over i, j < 3 and c of x[n, h + i - 1, w + j - 1, c] * w[i, j, c, k]
+//   zoo_winograd_conv3x3_weights (x, d_y) -> d_w  its weight gradient: the transpose of the
+//   same transforms in w, G^T [sum over tiles of (B^T d B) .* (A d_y A^T)] G, the sums over
+//   the tiles as the same batched matmul, chunk by chunk (its input gradient is the forward
+//   convolution of d_y with w turned by 180 degrees, its channels swapped)
 // on float32 NHWC activations and HWIO weights: a 3x3 kernel, stride 1, one row and column of
 // zeros around the image, channels in multiples of 16. Each 4x4 tile of the output is
 // A^T [U .* (B^T d B)] A, d its 6x6 input patch and U = G w G^T the transformed kernel, the
@@ -66,24 +70,41 @@ struct Gemm {
   std::string implementation;
 };
 
-std::unique_ptr<Gemm> MakeGemm(int64_t /*kind*/, const GemmConfig& c) {
+// The products of a convolution (kProducts: tiles' points by the kernel's) or of its weight
+// gradient (the tiles' input points, transposed, by their output-gradient points: the kernel's
+// points summed over the tiles), assigned (kKernelPoints) or added to (kMoreKernelPoints).
+enum GemmKind : int64_t { kProducts = 0, kKernelPoints = 1, kMoreKernelPoints = 2 };
+
+std::unique_ptr<Gemm> MakeGemm(int64_t kind, const GemmConfig& c) {
   auto desc = [](int64_t rows, int64_t cols) {
     return memory::desc({kPoints, rows, cols}, memory::data_type::f32, memory::format_tag::abc);
   };
   auto gemm = std::make_unique<Gemm>();
-  gemm->src = desc(c.rows, c.in_c);
-  gemm->weights = desc(c.in_c, c.out_c);
-  gemm->dst = desc(c.rows, c.out_c);
-  auto pd = dnnl::matmul::primitive_desc(Engine(), gemm->src, gemm->weights, gemm->dst,
-                                         UserScratchpad());
+  dnnl::primitive_attr attr = UserScratchpad();
+  if (kind == kProducts) {
+    gemm->src = desc(c.rows, c.in_c);
+    gemm->weights = desc(c.in_c, c.out_c);
+    gemm->dst = desc(c.rows, c.out_c);
+  } else {  // the (36, rows, C) points read as (36, C, rows)
+    gemm->src = memory::desc({kPoints, c.in_c, c.rows}, memory::data_type::f32,
+                             memory::dims{c.rows * c.in_c, 1, c.in_c});
+    gemm->weights = desc(c.rows, c.out_c);
+    gemm->dst = desc(c.in_c, c.out_c);
+    if (kind == kMoreKernelPoints) {
+      dnnl::post_ops sum;
+      sum.append_sum();
+      attr.set_post_ops(sum);
+    }
+  }
+  auto pd = dnnl::matmul::primitive_desc(Engine(), gemm->src, gemm->weights, gemm->dst, attr);
   gemm->primitive = dnnl::matmul(pd);
   gemm->scratchpad = pd.scratchpad_desc();
   gemm->implementation = pd.impl_info_str();
   return gemm;
 }
 
-const Gemm& FindGemm(const GemmConfig& c) {
-  const Gemm* gemm = CachedPlan(int64_t{0}, c, &MakeGemm);
+const Gemm& FindGemm(const GemmConfig& c, GemmKind kind = kProducts) {
+  const Gemm* gemm = CachedPlan(int64_t{kind}, c, &MakeGemm);
   return *gemm;
 }
 
@@ -156,6 +177,28 @@ inline void KernelPoints(const Lanes* g, int step, Lanes* out, int out_step) {
   out[5 * out_step] = g2;
 }
 
+// A of four points `step` apart: six, written `out_step` apart (the transpose of A^T).
+inline void OutputGradientPoints(const Lanes* g, int step, Lanes* out, int out_step) {
+  const Lanes g0 = g[0], g1 = g[step], g2 = g[2 * step], g3 = g[3 * step];
+  const Lanes even = g0 + g2, odd = g1 + g3, even4 = g0 + 4 * g2, odd4 = 2 * g1 + 8 * g3;
+  out[0] = g0;
+  out[out_step] = even + odd;
+  out[2 * out_step] = even - odd;
+  out[3 * out_step] = even4 + odd4;
+  out[4 * out_step] = even4 - odd4;
+  out[5 * out_step] = g3;
+}
+
+// G^T of six points `step` apart: three, written `out_step` apart (the transpose of G).
+inline void KernelGradientPoints(const Lanes* u, int step, Lanes* out, int out_step) {
+  const Lanes u0 = u[0], u1 = u[step], u2 = u[2 * step], u3 = u[3 * step], u4 = u[4 * step],
+              u5 = u[5 * step];
+  const Lanes sum12 = u1 + u2, sum34 = u3 + u4;
+  out[0] = u0 * (1.0f / 4) - sum12 * (1.0f / 6) + sum34 * (1.0f / 24);
+  out[out_step] = (u2 - u1) * (1.0f / 6) + (u3 - u4) * (1.0f / 12);
+  out[2 * out_step] = (sum34 - sum12) * (1.0f / 6) + u5;
+}
+
 // u[point][c][k] = (G w[:, :, c, k] G^T)[point] for the HWIO kernel w.
 void TransformKernel(const Shape& s, const float* w, float* u, int64_t num_threads) {
   const int64_t taps = s.in_c * s.out_c;  // between two kernel positions in HWIO
@@ -193,6 +236,50 @@ void TransformInputTile(const Shape& s, const float* x, int64_t tile, int64_t ro
     for (int i = 0; i < 6; ++i) InputPoints(half + 6 * i, 1, v + 6 * i, 1);
     for (int point = 0; point < kPoints; ++point) {
       Store(points + (point * rows + row) * s.in_c + c, v[point]);
+    }
+  }
+}
+
+// Output tile `tile` of the gradient d_y, zero outside the image, transformed (A d_y A^T) as
+// row `row` of the (36, rows, K) points.
+void TransformOutputGradientTile(const Shape& s, const float* d_y, int64_t tile, int64_t row,
+                                 int64_t rows, float* points) {
+  const int64_t n = tile / (s.tiles_h * s.tiles_w);
+  const int64_t top = (tile / s.tiles_w) % s.tiles_h * kTile;
+  const int64_t left = tile % s.tiles_w * kTile;
+  const float* image = d_y + n * s.height * s.width * s.out_c;
+  for (int64_t k = 0; k < s.out_c; k += kLanes) {
+    Lanes g[16], half[24], v[kPoints];
+    for (int i = 0; i < kTile; ++i) {
+      for (int j = 0; j < kTile; ++j) {
+        const int64_t h = top + i, w = left + j;
+        g[4 * i + j] = h < s.height && w < s.width
+                           ? Load(image + (h * s.width + w) * s.out_c + k)
+                           : Lanes{};
+      }
+    }
+    for (int j = 0; j < 4; ++j) OutputGradientPoints(g + j, 4, half + j, 4);  // 6 x 4
+    for (int i = 0; i < 6; ++i) OutputGradientPoints(half + 4 * i, 1, v + 6 * i, 1);
+    for (int point = 0; point < kPoints; ++point) {
+      Store(points + (point * rows + row) * s.out_c + k, v[point]);
+    }
+  }
+}
+
+// The HWIO kernel gradient d_w from the kernel's points d_u[point][c][k]: G^T d_u G.
+void TransformKernelGradient(const Shape& s, const float* d_u, float* d_w,
+                             int64_t num_threads) {
+  const int64_t taps = s.in_c * s.out_c;
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+  for (int64_t c = 0; c < s.in_c; ++c) {
+    for (int64_t k = 0; k < s.out_c; k += kLanes) {
+      Lanes u[kPoints], half[18], g[9];
+      for (int point = 0; point < kPoints; ++point) {
+        u[point] = Load(d_u + (point * s.in_c + c) * s.out_c + k);
+      }
+      for (int j = 0; j < 6; ++j) KernelGradientPoints(u + j, 6, half + j, 6);  // 3 x 6
+      for (int i = 0; i < 3; ++i) KernelGradientPoints(half + 6 * i, 1, g + 3 * i, 1);
+      for (int tap = 0; tap < 9; ++tap) Store(d_w + tap * taps + c * s.out_c + k, g[tap]);
     }
   }
 }
@@ -289,6 +376,29 @@ void Chunked(const Shape& s, const float* x, float* u, float* y, int64_t num_thr
   }
 }
 
+// The kernel's points of the weight gradient, summed over chunks of tiles on the whole team.
+void SumKernelGradientPoints(const Shape& s, const float* x, const float* d_y, float* d_u,
+                             int64_t num_threads) {
+  const int64_t rows = std::min(s.tiles, kChunkRows);
+  std::unique_ptr<float[]> points(new float[kPoints * rows * s.in_c]);
+  std::unique_ptr<float[]> gradients(new float[kPoints * rows * s.out_c]);
+  const GemmConfig config{rows, s.in_c, s.out_c, num_threads};
+  GemmCall first(FindGemm(config, kKernelPoints), points.get(), gradients.get(), d_u);
+  GemmCall more(FindGemm(config, kMoreKernelPoints), points.get(), gradients.get(), d_u);
+  for (int64_t start = 0; start < s.tiles; start += rows) {
+    const int64_t count = std::min(rows, s.tiles - start);
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+    for (int64_t row = 0; row < count; ++row) {
+      TransformInputTile(s, x, start + row, row, rows, points.get());
+      TransformOutputGradientTile(s, d_y, start + row, row, rows, gradients.get());
+    }
+    ZeroRows(count, rows, s.in_c, points.get());
+    ZeroRows(count, rows, s.out_c, gradients.get());
+    UseThreads(num_threads);
+    (start == 0 ? first : more).Run();
+  }
+}
+
 ffi::Error Conv3x3(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                    ffi::ResultBuffer<ffi::F32> y, int64_t num_threads) {
   const auto in = x.dimensions(), kernel = w.dimensions(), out = y->dimensions();
@@ -316,11 +426,45 @@ ffi::Error Conv3x3(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   return ffi::Error::Success();
 }
 
+ffi::Error Conv3x3Weights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> d_y,
+                          ffi::ResultBuffer<ffi::F32> d_w, int64_t num_threads) {
+  const auto in = x.dimensions(), out = d_y.dimensions(), kernel = d_w->dimensions();
+  if (in.size() != 4 || kernel.size() != 4 || out.size() != 4 || kernel[0] != 3 ||
+      kernel[1] != 3 || kernel[2] != in[3] || out[0] != in[0] || out[1] != in[1] ||
+      out[2] != in[2] || out[3] != kernel[3] || in[3] % kLanes != 0 || out[3] % kLanes != 0 ||
+      num_threads < 1) {
+    return ffi::Error::InvalidArgument(
+        "zoo_winograd_conv3x3_weights: expects NHWC x and d_y, channels in multiples of 16");
+  }
+  const int64_t tiles_h = (in[1] + kTile - 1) / kTile, tiles_w = (in[2] + kTile - 1) / kTile;
+  const Shape s{in[0], in[1], in[2], in[3], out[3], tiles_h, tiles_w, in[0] * tiles_h * tiles_w};
+  if (s.tiles == 0) {
+    std::fill_n(d_w->typed_data(), 9 * s.in_c * s.out_c, 0.0f);
+    return ffi::Error::Success();
+  }
+  try {
+    std::unique_ptr<float[]> d_u(new float[kPoints * s.in_c * s.out_c]);
+    SumKernelGradientPoints(s, x.typed_data(), d_y.typed_data(), d_u.get(), num_threads);
+    TransformKernelGradient(s, d_u.get(), d_w->typed_data(), num_threads);
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("zoo_winograd_conv3x3_weights: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 ZOO_EXPORT XLA_FFI_Error* zoo_winograd_conv3x3(XLA_FFI_CallFrame* call_frame);
+ZOO_EXPORT XLA_FFI_Error* zoo_winograd_conv3x3_weights(XLA_FFI_CallFrame* call_frame);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(zoo_winograd_conv3x3, Conv3x3,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("num_threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(zoo_winograd_conv3x3_weights, Conv3x3Weights,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

@@ -17,7 +17,7 @@ from test_native_conv import NHWC, relative_error, run_python
 
 import zoo
 from zoo import ops
-from zoo.ops import native
+from zoo.ops import conv, native
 
 TOLERANCE = 5e-5
 needs_winograd = pytest.mark.skipif(
@@ -34,7 +34,11 @@ def arguments(**overrides) -> dict:
 def native_targets(fn, *operands) -> set[str]:
     return {
         target
-        for target in (native.WINOGRAD_TARGET, *native.CONV_TARGETS.values())
+        for target in (
+            native.WINOGRAD_TARGET,
+            native.WINOGRAD_WEIGHTS_TARGET,
+            *native.CONV_TARGETS.values(),
+        )
         if target in jax.jit(fn).lower(*operands).as_text()
     }
 
@@ -57,13 +61,14 @@ def operands(batch, height, width, channels, features, seed=0):
 
 # (batch, height, width, channels, features): a single tile, partial tiles at the bottom and
 # right, several blocks of tiles per thread, and transformed kernels too large for blocks
-# (272 x 272 > 256 x 256), whose steps run on chunks of 512 tiles: one chunk, and two.
+# (272 x 272 > 256 x 256), whose steps run on chunks of 512 tiles: one chunk, and two (the
+# weight gradient's sums added up over them). From 64 channels the weight gradient too.
 CASES = [
     (1, 4, 4, 16, 16),
     (2, 7, 7, 32, 16),
-    (3, 9, 12, 16, 48),
+    (3, 9, 12, 64, 80),
     (9, 16, 16, 16, 16),
-    (2, 8, 8, 272, 16),
+    (2, 8, 8, 272, 64),
     (1, 8, 8, 272, 272),
     (129, 8, 8, 272, 256),
 ]
@@ -74,13 +79,19 @@ CASES = [
 def test_forward_and_both_gradients_equal_float64(case):
     x, kernel = operands(*case)
     x32, kernel32 = x.astype(np.float32), kernel.astype(np.float32)
-    targets = native_targets(
-        jax.grad(lambda x, k: jnp.sum(ops.conv_general_dilated(x, k, **arguments()))),
-        x32,
-        kernel32,
+
+    def loss(x, kernel):
+        return jnp.sum(jnp.sin(ops.conv_general_dilated(x, kernel, **arguments())))
+
+    weights = (
+        native.WINOGRAD_WEIGHTS_TARGET
+        if min(case[3:]) >= conv.WINOGRAD_WEIGHT_GRADIENT_CHANNELS
+        else native.CONV_TARGETS[native.BACKWARD_WEIGHTS]
     )
-    assert native.WINOGRAD_TARGET in targets  # the forward and the input gradient
-    assert not targets & {native.CONV_TARGETS[d] for d in (native.FORWARD, native.BACKWARD_DATA)}
+    assert native_targets(jax.grad(loss, (0, 1)), x32, kernel32) == {
+        native.WINOGRAD_TARGET,
+        weights,
+    }
     ours = value_and_gradients(ops.conv_general_dilated, x32, kernel32)
     # XLA:CPU's float64 convolutions run at a few GFLOP/s: the two-chunk case, 5 G
     # multiply-adds a direction, takes XLA's float32 ones, within 2e-6 of them, instead.
@@ -201,8 +212,8 @@ EIGHT_DEVICES = """
     from zoo import ops
     from zoo.ops import native
     rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.standard_normal((16, 8, 8, 16)), jnp.float32)
-    weights = jnp.asarray(rng.standard_normal((3, 3, 16, 16)) / 12, jnp.float32)
+    images = jnp.asarray(rng.standard_normal((16, 8, 8, 64)), jnp.float32)
+    weights = jnp.asarray(rng.standard_normal((3, 3, 64, 64)) / 24, jnp.float32)
 
     def gradients(conv):
         loss = lambda x, k: jnp.sum(jnp.sin(conv(
@@ -214,7 +225,8 @@ EIGHT_DEVICES = """
         x = jax.device_put(images, NamedSharding(mesh, P("data")))
         kernel = jax.device_put(weights, NamedSharding(mesh, P()))
         hlo = gradients(ops.conv_general_dilated).lower(x, kernel).compile().as_text()
-        assert native.WINOGRAD_TARGET in hlo and "f32[2,8,8,16]{3,2,1,0} custom-call" in hlo
+        assert native.WINOGRAD_TARGET in hlo and "f32[2,8,8,64]{3,2,1,0} custom-call" in hlo
+        assert native.WINOGRAD_WEIGHTS_TARGET in hlo and "all-reduce" in hlo  # shards' sums
         ours = gradients(ops.conv_general_dilated)(x, kernel)
         theirs = gradients(lax.conv_general_dilated)(x, kernel)
         for a, b in zip(ours, theirs):

@@ -13,11 +13,10 @@ with float32 accumulation, on its bf16 kernels where the CPU has them (AVX512-BF
 on its float32 kernels with the bf16 operands widened exactly and the result rounded once to bf16.
 
 `precision` is XLA's and chooses the algorithm of float32 3x3 convolutions, as it chooses TF32
-or bf16 passes on GPUs and TPUs: by default their forward and input-gradient directions run
-Winograd F(4x4, 3x3) (`csrc/winograd_conv.cc`: fewer multiplications than oneDNN's direct
-kernels, a rounding error ~5-10x theirs; where: `_runs_winograd`); `lax.Precision.HIGHEST`
-("highest", "float32"), passed or set with `jax.default_matmul_precision`, keeps them on
-oneDNN's direct kernels.
+or bf16 passes on GPUs and TPUs: by default they run Winograd F(4x4, 3x3) (`csrc/winograd_conv.cc`:
+fewer multiplications than oneDNN's direct kernels, a rounding error ~5-10x theirs; which
+directions of which convolutions: `_winograd_directions`); `lax.Precision.HIGHEST` ("highest",
+"float32"), passed or set with `jax.default_matmul_precision`, keeps them on the direct kernels.
 
 `Conv` is `flax.linen.Conv` with this op: the same parameters under the same names and the same
 initial values (`zoo.ops.initializers`), so checkpoints move between the two unchanged.
@@ -65,9 +64,9 @@ class _Plan:
     # Per direction (forward, backward data, backward weights): the dtype oneDNN computes it
     # in, None where XLA does.
     kernels: tuple[Any, Any, Any]
-    # Whether the forward and backward-data directions run Winograd F(4x4, 3x3)
-    # (`csrc/winograd_conv.cc`) instead of oneDNN's direct kernels: `_runs_winograd`.
-    winograd: bool
+    # Per direction: whether it runs Winograd F(4x4, 3x3) (`csrc/winograd_conv.cc`) instead of
+    # oneDNN's direct kernel (`_winograd_directions`).
+    winograd: tuple[bool, bool, bool]
 
     def xla(self, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
         return lax.conv_general_dilated(
@@ -94,12 +93,12 @@ class _Plan:
             self.rhs_dilation,
             self.feature_group_count,
             self.precision,
-            self.winograd,
+            any(self.winograd),
         )
 
     def ffi(self, direction: int, *operands: jax.Array) -> jax.Array:
         """`direction` on oneDNN, in its kernel's dtype; the result in the convolution's."""
-        if self.winograd and direction != native.BACKWARD_WEIGHTS:
+        if self.winograd[direction]:
             return self._winograd(direction, *operands)
         (top, bottom), (left, right) = self.padding
         dtype = self.kernels[direction]
@@ -123,17 +122,21 @@ class _Plan:
         )
         return sharding.vary_like(result.astype(self.dtype), *operands)
 
-    def _winograd(self, direction: int, a: jax.Array, rhs: jax.Array) -> jax.Array:
-        """The forward convolution of `a` on the Winograd kernel, or for backward data that of
-        the output's gradient `a` with the kernel turned by 180 degrees, its channels swapped
+    def _winograd(self, direction: int, a: jax.Array, b: jax.Array) -> jax.Array:
+        """`direction` on the Winograd kernels. Backward data is the forward convolution of the
+        output's gradient `a` with the kernel `b` turned by 180 degrees, its channels swapped
         (what a 3x3 stride-1 convolution padded by one transposes into)."""
-        kernel = rhs if direction == native.FORWARD else jnp.flip(rhs, (0, 1)).swapaxes(2, 3)
+        if direction == native.BACKWARD_WEIGHTS:
+            target, result = native.WINOGRAD_WEIGHTS_TARGET, self.rhs_shape
+            operands = (a, b)
+        else:
+            kernel = b if direction == native.FORWARD else jnp.flip(b, (0, 1)).swapaxes(2, 3)
+            target, result = native.WINOGRAD_TARGET, (*a.shape[:3], kernel.shape[3])
+            operands = (a, kernel)
         call = jax.ffi.ffi_call(
-            native.WINOGRAD_TARGET,
-            jax.ShapeDtypeStruct((*a.shape[:3], kernel.shape[3]), self.dtype),
-            vmap_method="sequential",
+            target, jax.ShapeDtypeStruct(result, self.dtype), vmap_method="sequential"
         )
-        return sharding.vary_like(call(a, kernel, num_threads=np.int64(self.num_threads)), a, rhs)
+        return sharding.vary_like(call(*operands, num_threads=np.int64(self.num_threads)), a, b)
 
 
 def _plan(
@@ -199,8 +202,8 @@ def _planned(
 ) -> _Plan:
     """The plan of a convolution of these shapes: oneDNN's kernel for each direction where it
     has one and XLA's was not measured faster (`_xla_is_faster`); none for an empty result;
-    Winograd where `_runs_winograd` and `winograd_allowed` (by default, where the caller did
-    not ask for float32 throughout: `asks_for_float32`)."""
+    Winograd where `_winograd_directions` and `winograd_allowed` (by default, where the caller
+    did not ask for float32 throughout: `asks_for_float32`)."""
     if winograd_allowed is None:
         winograd_allowed = not asks_for_float32(precision)
     return _planned_for_team(
@@ -298,9 +301,9 @@ def _planned_for_team(
         threads,
         tuple(out),
         kernels,
-        winograd_allowed
-        and dtype == kernels[native.FORWARD] == kernels[native.BACKWARD_DATA] == jnp.float32
-        and _runs_winograd(lhs_shape, rhs_shape, window_strides, padding, rhs_dilation, groups),
+        _winograd_directions(lhs_shape, rhs_shape, window_strides, padding, rhs_dilation, groups)
+        if winograd_allowed and dtype == jnp.float32 and all(k == dtype for k in kernels)
+        else (False,) * len(DIRECTIONS),
     )
 
 
@@ -308,7 +311,7 @@ def asks_for_float32(precision: Any) -> bool:
     """Whether a convolution's caller asked for float32 arithmetic throughout: `precision` is
     `lax.Precision.HIGHEST` ("highest", "float32"), for either operand, or it is None and
     `jax.default_matmul_precision` is. As on GPUs and TPUs, whose default float32 convolutions
-    round to TF32 or bf16, the default allows a less exact algorithm (`_runs_winograd`)."""
+    round to TF32 or bf16, the default allows a less exact algorithm (`_winograd_directions`)."""
     requested = jax.config.jax_default_matmul_precision if precision is None else precision
     values = requested if isinstance(requested, (tuple, list)) else (requested,)
     return any(_is_highest(value) for value in values if value is not None)
@@ -321,28 +324,33 @@ def _is_highest(value: Any) -> bool:
         return False
 
 
-# Winograd F(4x4, 3x3) was measured faster than oneDNN 3.2's direct float32 kernels at every
-# 3x3 layer of ResNet-18 and ResNet-20, forward and input gradient (bench/README.md, AMD Zen 5),
-# where at least this share of its 4x4 output tiles lies inside the image (7x7: 77%); at 13x13
-# (66%) it was a tie.
+# Winograd F(4x4, 3x3) was measured faster than oneDNN 3.2's direct float32 kernels at the 3x3
+# layers of ResNet-18 and ResNet-20 (bench/README.md, AMD Zen 5) where at least this share of
+# its 4x4 output tiles lies inside the image (7x7: 77%); at 13x13 (66%) it was a tie.
 WINOGRAD_TILE_USE = 0.75
 # Measured up to 512 channels (ResNet-18's and ResNet-50's widest 3x3 layers); the transformed
 # kernel it writes every call grows with their product.
 WINOGRAD_CHANNELS = 512
+# Its weight gradient sums over the tiles in products of C x K outputs: from 64 channels it beat
+# the direct kernel (ResNet-18's layers, ResNet-20's last stage); at 16 and 32 it lost.
+WINOGRAD_WEIGHT_GRADIENT_CHANNELS = 64
 
 
-def _runs_winograd(lhs_shape, rhs_shape, window_strides, padding, rhs_dilation, groups) -> bool:
-    """Whether a convolution on float32 kernels runs forward and backward data as Winograd
-    F(4x4, 3x3) (Lavin & Gray 2016; `csrc/winograd_conv.cc`): a 3x3 kernel, stride 1, one row
-    and column of zeros around the image, no groups, 16 to 512 channels in multiples of 16,
-    images that fill enough of its tiles, on a CPU it runs on (AVX-512)."""
+def _winograd_directions(
+    lhs_shape, rhs_shape, window_strides, padding, rhs_dilation, groups
+) -> tuple[bool, bool, bool]:
+    """Per direction, whether a convolution on float32 kernels runs it as Winograd F(4x4, 3x3)
+    (Lavin & Gray 2016; `csrc/winograd_conv.cc`): a 3x3 kernel, stride 1, one row and column
+    of zeros around the image, no groups, 16 to 512 channels in multiples of 16, images that
+    fill enough of its tiles, on a CPU it runs on (AVX-512); the weight gradient from 64
+    channels."""
     _, height, width, in_channels = lhs_shape
     kernel_h, kernel_w, _, out_channels = rhs_shape
 
     def tile_use(size: int) -> float:
         return size / (4 * -(-size // 4))
 
-    return (
+    runs = (
         (kernel_h, kernel_w) == (3, 3)
         and window_strides == (1, 1)
         and rhs_dilation == (1, 1)
@@ -354,6 +362,8 @@ def _runs_winograd(lhs_shape, rhs_shape, window_strides, padding, rhs_dilation, 
         and tile_use(height) * tile_use(width) >= WINOGRAD_TILE_USE
         and native.winograd_available()
     )
+    weights = min(in_channels, out_channels) >= WINOGRAD_WEIGHT_GRADIENT_CHANNELS
+    return runs, runs, runs and weights
 
 
 # oneDNN 3.2's direct float32 weight-gradient kernels lose to XLA's from this many input and

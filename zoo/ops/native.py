@@ -58,13 +58,16 @@ BATCH_NORM_TARGETS = {
 MAX_POOL_TARGETS = ("zoo_max_pool_forward", "zoo_max_pool_backward")
 # The residual join relu(x + shortcut) (`csrc/add_relu.cc`; no oneDNN, no query either).
 ADD_RELU_TARGETS = ("zoo_add_relu_forward", "zoo_add_relu_backward")
-# The Winograd 3x3 convolution (`csrc/winograd_conv.cc`; its products on oneDNN's matmul).
+# The Winograd 3x3 convolution and its weight gradient (`csrc/winograd_conv.cc`; their
+# products on oneDNN's matmul).
 WINOGRAD_TARGET = "zoo_winograd_conv3x3"
+WINOGRAD_WEIGHTS_TARGET = "zoo_winograd_conv3x3_weights"
 TARGETS = (
     *dict.fromkeys([*CONV_TARGETS.values(), *BATCH_NORM_TARGETS.values()]),
     *MAX_POOL_TARGETS,
     *ADD_RELU_TARGETS,
     WINOGRAD_TARGET,
+    WINOGRAD_WEIGHTS_TARGET,
 )
 HOW_TO_GET_IT = (
     "on Linux x86_64, reinstall jax-zoo with a C++17 compiler available "
