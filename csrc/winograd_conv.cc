@@ -16,13 +16,13 @@
 // convolution's (bench/README.md), which is why zoo.ops.conv runs this only where the caller
 // did not ask for float32 precision throughout.
 //
-// Where the transformed kernel is small (C x K <= 256 x 256) each thread runs all three steps
-// on blocks of tiles that stay in its cache, the matmul on one thread; otherwise the whole team
-// runs each step on chunks of 512 tiles, so that each block of the kernel is read once a chunk.
+// Where the transformed kernel is small (C x K <= 256 x 256) each thread of the convolution
+// runs all three steps on blocks of tiles that stay in its cache, the matmul on one thread;
+// otherwise, and for the weight gradient, the whole team runs each step on chunks of 512 tiles.
 // A NaN or an infinity among the inputs spreads over the 4x4 output tiles whose patches hold it
-// (an infinity as NaN: the transforms subtract), where a direct convolution's stays within 3x3. The transforms are compiled for AVX-512 only:
-// zoo_winograd_conv3x3_available() says whether this CPU runs them and oneDNN has a real float32
-// matmul kernel for it.
+// (an infinity as NaN: the transforms subtract), where a direct convolution's stays within 3x3.
+// The transforms are compiled for AVX-512 only: zoo_winograd_conv3x3_available() says whether
+// this CPU runs them and oneDNN has a real float32 matmul kernel for it.
 
 #include <algorithm>
 #include <atomic>
@@ -58,7 +58,7 @@ struct Shape {
   int64_t tiles_h, tiles_w, tiles;
 };
 
-// The batched matmul of `rows` tiles: (36, rows, C) x (36, C, K) -> (36, rows, K), row-major.
+// A batched matmul over `rows` tiles' points (GemmKind says which).
 struct GemmConfig {
   int64_t rows, in_c, out_c;
   int64_t num_threads;
@@ -70,9 +70,10 @@ struct Gemm {
   std::string implementation;
 };
 
-// The products of a convolution (kProducts: tiles' points by the kernel's) or of its weight
-// gradient (the tiles' input points, transposed, by their output-gradient points: the kernel's
-// points summed over the tiles), assigned (kKernelPoints) or added to (kMoreKernelPoints).
+// The products of a convolution (kProducts: (36, rows, C) tiles' points by (36, C, K) kernel's)
+// or of its weight gradient (the (36, rows, C) input points, transposed, by the (36, rows, K)
+// output-gradient points: (36, C, K) kernel's points summed over the tiles), assigned
+// (kKernelPoints) or added to (kMoreKernelPoints). All row-major.
 enum GemmKind : int64_t { kProducts = 0, kKernelPoints = 1, kMoreKernelPoints = 2 };
 
 std::unique_ptr<Gemm> MakeGemm(int64_t kind, const GemmConfig& c) {
@@ -108,14 +109,14 @@ const Gemm& FindGemm(const GemmConfig& c, GemmKind kind = kProducts) {
   return *gemm;
 }
 
-// A thread's matmul on its own buffers, with its own scratchpad: run once per block.
+// A matmul on fixed buffers, with its own scratchpad: run once per block or chunk.
 class GemmCall {
  public:
-  GemmCall(const Gemm& gemm, float* points, float* kernel, float* products)
+  GemmCall(const Gemm& gemm, float* src, float* weights, float* dst)
       : gemm_(gemm),
-        args_{{DNNL_ARG_SRC, memory(gemm.src, Engine(), points)},
-              {DNNL_ARG_WEIGHTS, memory(gemm.weights, Engine(), kernel)},
-              {DNNL_ARG_DST, memory(gemm.dst, Engine(), products)},
+        args_{{DNNL_ARG_SRC, memory(gemm.src, Engine(), src)},
+              {DNNL_ARG_WEIGHTS, memory(gemm.weights, Engine(), weights)},
+              {DNNL_ARG_DST, memory(gemm.dst, Engine(), dst)},
               {DNNL_ARG_SCRATCHPAD, memory(gemm.scratchpad, Engine())}} {}
 
   void Run() {
@@ -399,18 +400,27 @@ void SumKernelGradientPoints(const Shape& s, const float* x, const float* d_y, f
   }
 }
 
-ffi::Error Conv3x3(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                   ffi::ResultBuffer<ffi::F32> y, int64_t num_threads) {
-  const auto in = x.dimensions(), kernel = w.dimensions(), out = y->dimensions();
+// The Shape of the convolution of NHWC `in` by the 3x3 HWIO `kernel` into NHWC `out`; false
+// where they do not fit together or the channels are not in multiples of 16.
+bool ShapeOf(ffi::Span<const int64_t> in, ffi::Span<const int64_t> kernel,
+             ffi::Span<const int64_t> out, Shape* s) {
   if (in.size() != 4 || kernel.size() != 4 || out.size() != 4 || kernel[0] != 3 ||
       kernel[1] != 3 || kernel[2] != in[3] || out[0] != in[0] || out[1] != in[1] ||
-      out[2] != in[2] || out[3] != kernel[3] || in[3] % kLanes != 0 || out[3] % kLanes != 0 ||
-      num_threads < 1) {
+      out[2] != in[2] || out[3] != kernel[3] || in[3] % kLanes != 0 || out[3] % kLanes != 0) {
+    return false;
+  }
+  const int64_t tiles_h = (in[1] + kTile - 1) / kTile, tiles_w = (in[2] + kTile - 1) / kTile;
+  *s = Shape{in[0], in[1], in[2], in[3], out[3], tiles_h, tiles_w, in[0] * tiles_h * tiles_w};
+  return true;
+}
+
+ffi::Error Conv3x3(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   ffi::ResultBuffer<ffi::F32> y, int64_t num_threads) {
+  Shape s;
+  if (!ShapeOf(x.dimensions(), w.dimensions(), y->dimensions(), &s) || num_threads < 1) {
     return ffi::Error::InvalidArgument(
         "zoo_winograd_conv3x3: expects NHWC x, a 3x3 HWIO kernel, channels in multiples of 16");
   }
-  const int64_t tiles_h = (in[1] + kTile - 1) / kTile, tiles_w = (in[2] + kTile - 1) / kTile;
-  const Shape s{in[0], in[1], in[2], in[3], out[3], tiles_h, tiles_w, in[0] * tiles_h * tiles_w};
   if (s.tiles == 0) return ffi::Error::Success();
   try {
     std::unique_ptr<float[]> u(new float[kPoints * s.in_c * s.out_c]);
@@ -428,16 +438,11 @@ ffi::Error Conv3x3(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
 
 ffi::Error Conv3x3Weights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> d_y,
                           ffi::ResultBuffer<ffi::F32> d_w, int64_t num_threads) {
-  const auto in = x.dimensions(), out = d_y.dimensions(), kernel = d_w->dimensions();
-  if (in.size() != 4 || kernel.size() != 4 || out.size() != 4 || kernel[0] != 3 ||
-      kernel[1] != 3 || kernel[2] != in[3] || out[0] != in[0] || out[1] != in[1] ||
-      out[2] != in[2] || out[3] != kernel[3] || in[3] % kLanes != 0 || out[3] % kLanes != 0 ||
-      num_threads < 1) {
+  Shape s;
+  if (!ShapeOf(x.dimensions(), d_w->dimensions(), d_y.dimensions(), &s) || num_threads < 1) {
     return ffi::Error::InvalidArgument(
         "zoo_winograd_conv3x3_weights: expects NHWC x and d_y, channels in multiples of 16");
   }
-  const int64_t tiles_h = (in[1] + kTile - 1) / kTile, tiles_w = (in[2] + kTile - 1) / kTile;
-  const Shape s{in[0], in[1], in[2], in[3], out[3], tiles_h, tiles_w, in[0] * tiles_h * tiles_w};
   if (s.tiles == 0) {
     std::fill_n(d_w->typed_data(), 9 * s.in_c * s.out_c, 0.0f);
     return ffi::Error::Success();

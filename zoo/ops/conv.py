@@ -97,7 +97,7 @@ class _Plan:
         )
 
     def ffi(self, direction: int, *operands: jax.Array) -> jax.Array:
-        """`direction` on oneDNN, in its kernel's dtype; the result in the convolution's."""
+        """`direction` on the extension, in its kernel's dtype; the result in the convolution's."""
         if self.winograd[direction]:
             return self._winograd(direction, *operands)
         (top, bottom), (left, right) = self.padding
@@ -203,9 +203,9 @@ def _planned(
     """The plan of a convolution of these shapes: oneDNN's kernel for each direction where it
     has one and XLA's was not measured faster (`_xla_is_faster`); none for an empty result;
     Winograd where `_winograd_directions` and `winograd_allowed` (by default, where the caller
-    did not ask for float32 throughout: `asks_for_float32`)."""
+    did not ask for float32 throughout: `_asks_for_float32`)."""
     if winograd_allowed is None:
-        winograd_allowed = not asks_for_float32(precision)
+        winograd_allowed = not _asks_for_float32(precision)
     return _planned_for_team(
         tuple(lhs_shape),
         tuple(rhs_shape),
@@ -307,7 +307,7 @@ def _planned_for_team(
     )
 
 
-def asks_for_float32(precision: Any) -> bool:
+def _asks_for_float32(precision: Any) -> bool:
     """Whether a convolution's caller asked for float32 arithmetic throughout: `precision` is
     `lax.Precision.HIGHEST` ("highest", "float32"), for either operand, or it is None and
     `jax.default_matmul_precision` is. As on GPUs and TPUs, whose default float32 convolutions

@@ -69,6 +69,17 @@ TARGETS = (
     WINOGRAD_TARGET,
     WINOGRAD_WEIGHTS_TARGET,
 )
+# Everything the Python side calls in the extension: its FFI targets and plain-C queries.
+SYMBOLS = (
+    *TARGETS,
+    *(
+        f"zoo_onednn_{op}_{query}"
+        for op in ("conv", "batch_norm")
+        for query in ("implementation", "config_fields")
+    ),
+    "zoo_onednn_batch_norm_workspace_bytes",
+    "zoo_winograd_conv3x3_available",
+)
 HOW_TO_GET_IT = (
     "on Linux x86_64, reinstall jax-zoo with a C++17 compiler available "
     "(pip install --force-reinstall --no-deps jax-zoo), which builds it against onednn-cpu-gomp"
@@ -115,6 +126,12 @@ def _load() -> ctypes.CDLL:
         )
     ctypes.CDLL(str(dnnl), mode=ctypes.RTLD_GLOBAL)
     lib = ctypes.CDLL(str(extension))
+    missing = [name for name in SYMBOLS if not hasattr(lib, name)]
+    if missing:  # a build of an older csrc/, kept by an editable install
+        raise OSError(
+            f"the extension {extension.name} was built from another version of csrc/ "
+            f"(it lacks {', '.join(missing)})"
+        )
     for op in (CONV, BATCH_NORM):
         query = getattr(lib, f"zoo_onednn_{op}_implementation")
         query.restype = ctypes.c_int
