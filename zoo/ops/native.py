@@ -74,7 +74,7 @@ SYMBOLS = (
     *TARGETS,
     *(
         f"zoo_onednn_{op}_{query}"
-        for op in ("conv", "batch_norm")
+        for op in (CONV, BATCH_NORM)
         for query in ("implementation", "config_fields")
     ),
     "zoo_onednn_batch_norm_workspace_bytes",
