@@ -58,6 +58,16 @@ struct Shape {
   int64_t tiles_h, tiles_w, tiles;
 };
 
+// Where output tile `tile` lies: its image and its top-left output position.
+struct TilePlace {
+  int64_t image, top, left;
+};
+
+TilePlace PlaceOf(const Shape& s, int64_t tile) {
+  return {tile / (s.tiles_h * s.tiles_w), (tile / s.tiles_w) % s.tiles_h * kTile,
+          tile % s.tiles_w * kTile};
+}
+
 // A batched matmul over `rows` tiles' points (GemmKind says which).
 struct GemmConfig {
   int64_t rows, in_c, out_c;
@@ -220,10 +230,9 @@ void TransformKernel(const Shape& s, const float* w, float* u, int64_t num_threa
 // Tile `tile` of x, transformed, as row `row` of the (36, rows, C) points.
 void TransformInputTile(const Shape& s, const float* x, int64_t tile, int64_t row, int64_t rows,
                         float* points) {
-  const int64_t n = tile / (s.tiles_h * s.tiles_w);
-  const int64_t top = (tile / s.tiles_w) % s.tiles_h * kTile - 1;
-  const int64_t left = tile % s.tiles_w * kTile - 1;
-  const float* image = x + n * s.height * s.width * s.in_c;
+  const TilePlace place = PlaceOf(s, tile);
+  const int64_t top = place.top - 1, left = place.left - 1;  // its 6x6 patch, padding included
+  const float* image = x + place.image * s.height * s.width * s.in_c;
   for (int64_t c = 0; c < s.in_c; c += kLanes) {
     Lanes d[kPoints], half[kPoints], v[kPoints];
     for (int i = 0; i < 6; ++i) {
@@ -245,9 +254,7 @@ void TransformInputTile(const Shape& s, const float* x, int64_t tile, int64_t ro
 // row `row` of the (36, rows, K) points.
 void TransformOutputGradientTile(const Shape& s, const float* d_y, int64_t tile, int64_t row,
                                  int64_t rows, float* points) {
-  const int64_t n = tile / (s.tiles_h * s.tiles_w);
-  const int64_t top = (tile / s.tiles_w) % s.tiles_h * kTile;
-  const int64_t left = tile % s.tiles_w * kTile;
+  const auto [n, top, left] = PlaceOf(s, tile);
   const float* image = d_y + n * s.height * s.width * s.out_c;
   for (int64_t k = 0; k < s.out_c; k += kLanes) {
     Lanes g[16], half[24], v[kPoints];
@@ -288,9 +295,7 @@ void TransformKernelGradient(const Shape& s, const float* d_u, float* d_w,
 // Row `row` of the (36, rows, K) products, transformed back, as output tile `tile` of y.
 void TransformOutputTile(const Shape& s, const float* products, int64_t tile, int64_t row,
                          int64_t rows, float* y) {
-  const int64_t n = tile / (s.tiles_h * s.tiles_w);
-  const int64_t top = (tile / s.tiles_w) % s.tiles_h * kTile;
-  const int64_t left = tile % s.tiles_w * kTile;
+  const auto [n, top, left] = PlaceOf(s, tile);
   float* image = y + n * s.height * s.width * s.out_c;
   for (int64_t k = 0; k < s.out_c; k += kLanes) {
     Lanes m[kPoints], half[24], out[16];
@@ -330,29 +335,39 @@ void Blocked(const Shape& s, const float* x, float* u, float* y, int64_t num_thr
   const Gemm& gemm = FindGemm({rows, s.in_c, s.out_c, 1});  // one thread per block
   const int64_t blocks = (s.tiles + rows - 1) / rows;
   std::atomic<bool> failed{false};
+  // No exception may leave an OpenMP construct, and every thread must reach the `omp for`: a
+  // thread whose buffers or matmul fail marks it and skips its remaining blocks.
 #pragma omp parallel num_threads(num_threads)
   {
+    std::unique_ptr<float[]> points, products;
+    std::unique_ptr<GemmCall> call;
     try {
-      std::unique_ptr<float[]> points(new float[kPoints * rows * s.in_c]);
-      std::unique_ptr<float[]> products(new float[kPoints * rows * s.out_c]);
-      GemmCall call(gemm, points.get(), u, products.get());
-#pragma omp for schedule(static)
-      for (int64_t block = 0; block < blocks; ++block) {
-        const int64_t first = block * rows, count = std::min(rows, s.tiles - first);
-        for (int64_t row = 0; row < count; ++row) {
-          TransformInputTile(s, x, first + row, row, rows, points.get());
-        }
-        ZeroRows(count, rows, s.in_c, points.get());
-        if (!failed) call.Run();
-        for (int64_t row = 0; row < count; ++row) {
-          TransformOutputTile(s, products.get(), first + row, row, rows, y);
-        }
-      }
-    } catch (...) {  // nothing may leave an OpenMP region
+      points.reset(new float[kPoints * rows * s.in_c]);
+      products.reset(new float[kPoints * rows * s.out_c]);
+      call = std::make_unique<GemmCall>(gemm, points.get(), u, products.get());
+    } catch (...) {
       failed = true;
     }
+#pragma omp for schedule(static)
+    for (int64_t block = 0; block < blocks; ++block) {
+      if (failed) continue;
+      const int64_t first = block * rows, count = std::min(rows, s.tiles - first);
+      for (int64_t row = 0; row < count; ++row) {
+        TransformInputTile(s, x, first + row, row, rows, points.get());
+      }
+      ZeroRows(count, rows, s.in_c, points.get());
+      try {
+        call->Run();
+      } catch (...) {
+        failed = true;
+        continue;
+      }
+      for (int64_t row = 0; row < count; ++row) {
+        TransformOutputTile(s, products.get(), first + row, row, rows, y);
+      }
+    }
   }
-  if (failed) throw std::runtime_error("a block's matmul failed");
+  if (failed) throw std::runtime_error("a block's buffers or matmul failed");
 }
 
 void Chunked(const Shape& s, const float* x, float* u, float* y, int64_t num_threads) {
