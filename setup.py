@@ -68,6 +68,7 @@ setup(
                 "csrc/max_pool.cc",
                 "csrc/add_relu.cc",
                 "csrc/winograd_conv.cc",
+                "csrc/bf16_conv3x3_weights.cc",
             ],
             depends=["csrc/kernel_common.h", "csrc/onednn_common.h", "csrc/max_pool_rows.inc"],
             language="c++",

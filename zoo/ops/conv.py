@@ -17,6 +17,9 @@ or bf16 passes on GPUs and TPUs: by default they run Winograd F(4x4, 3x3) (`csrc
 fewer multiplications than oneDNN's direct kernels, a rounding error ~5-10x theirs; which
 directions of which convolutions: `_winograd_directions`); `lax.Precision.HIGHEST` ("highest",
 "float32"), passed or set with `jax.default_matmul_precision`, keeps them on the direct kernels.
+The weight gradient of bf16 3x3 convolutions runs the extension's own AVX512-BF16 kernel where
+`_runs_bf16_weight_gradient` says (`csrc/bf16_conv3x3_weights.cc`): the same float32 sums of the
+same products as oneDNN's bf16 kernel, in another order, rounded once; no precision is lost.
 
 `Conv` is `flax.linen.Conv` with this op: the same parameters under the same names and the same
 initial values (`zoo.ops.initializers`), so checkpoints move between the two unchanged.
@@ -67,6 +70,9 @@ class _Plan:
     # Per direction: whether it runs Winograd F(4x4, 3x3) (`csrc/winograd_conv.cc`) instead of
     # oneDNN's direct kernel (`_winograd_directions`).
     winograd: tuple[bool, bool, bool]
+    # Whether its bf16 weight gradient runs `csrc/bf16_conv3x3_weights.cc` instead of oneDNN's
+    # kernel (`_runs_bf16_weight_gradient`).
+    bf16_weight_gradient: bool
 
     def xla(self, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
         return lax.conv_general_dilated(
@@ -100,6 +106,8 @@ class _Plan:
         """`direction` on the extension, in its kernel's dtype; the result in the convolution's."""
         if self.winograd[direction]:
             return self._winograd(direction, *operands)
+        if direction == native.BACKWARD_WEIGHTS and self.bf16_weight_gradient:
+            return self._bf16_weight_gradient(*operands)
         (top, bottom), (left, right) = self.padding
         dtype = self.kernels[direction]
         shape = {
@@ -137,6 +145,20 @@ class _Plan:
             target, jax.ShapeDtypeStruct(result, self.dtype), vmap_method="sequential"
         )
         return sharding.vary_like(call(*operands, num_threads=np.int64(self.num_threads)), a, b)
+
+    def _bf16_weight_gradient(self, lhs: jax.Array, d_out: jax.Array) -> jax.Array:
+        call = jax.ffi.ffi_call(
+            native.BF16_WEIGHTS_TARGET,
+            jax.ShapeDtypeStruct(self.rhs_shape, jnp.bfloat16),
+            vmap_method="sequential",
+        )
+        result = call(
+            lhs,
+            d_out,
+            stride=np.int64(self.window_strides[0]),
+            num_threads=np.int64(self.num_threads),
+        )
+        return sharding.vary_like(result, lhs, d_out)
 
 
 def _plan(
@@ -256,22 +278,25 @@ def _planned_for_team(
     ).shape
     macs = math.prod(out) * math.prod(rhs_shape[:3])  # rhs_shape[2] is per group
 
+    def onednn_kernel(direction: int, kernel_dtype: Any, threads: int) -> tuple[bool, str]:
+        config = (
+            *lhs_shape,
+            *rhs_shape[:2],
+            rhs_shape[3],
+            *out[1:3],
+            *window_strides,
+            *padding[0],
+            *padding[1],
+            *rhs_dilation,
+            groups,
+            native.PRECISIONS[jnp.dtype(kernel_dtype)],
+            threads,
+        )
+        return native.implementation(native.CONV, direction, config)
+
     def kernels_on(threads: int) -> tuple[Any, Any, Any]:
         def has_kernel(direction: int, kernel_dtype: Any) -> bool:
-            config = (
-                *lhs_shape,
-                *rhs_shape[:2],
-                rhs_shape[3],
-                *out[1:3],
-                *window_strides,
-                *padding[0],
-                *padding[1],
-                *rhs_dilation,
-                groups,
-                native.PRECISIONS[jnp.dtype(kernel_dtype)],
-                threads,
-            )
-            found, name = native.implementation(native.CONV, direction, config)
+            found, name = onednn_kernel(direction, kernel_dtype, threads)
             measured = dtype == jnp.float32  # the convolution's own dtype, not the kernel's
             return found and not (measured and _xla_is_faster(direction, name, rhs_shape, groups))
 
@@ -304,6 +329,15 @@ def _planned_for_team(
         _winograd_directions(lhs_shape, rhs_shape, window_strides, padding, rhs_dilation, groups)
         if winograd_allowed and dtype == jnp.float32 and all(k == dtype for k in kernels)
         else (False,) * len(DIRECTIONS),
+        kernels[native.BACKWARD_WEIGHTS] == jnp.bfloat16 == dtype
+        and _runs_bf16_weight_gradient(
+            rhs_shape,
+            window_strides,
+            padding,
+            rhs_dilation,
+            groups,
+            onednn_kernel(native.BACKWARD_WEIGHTS, dtype, threads)[1],
+        ),
     )
 
 
@@ -364,6 +398,37 @@ def _winograd_directions(
     )
     weights = min(in_channels, out_channels) >= WINOGRAD_WEIGHT_GRADIENT_CHANNELS
     return runs, runs, runs and weights
+
+
+# The extension's bf16 3x3 weight gradient beat oneDNN 3.2's AVX512-BF16 kernel (jit_bf16) on AMD
+# Zen 5 (bench/README.md) from this many output channels: ResNet-18's layers and ResNet-20's 32
+# and 64; at 16 (ResNet-20's first stage) it lost. Not measured against AMX's kernels: those
+# keep oneDNN.
+BF16_WEIGHT_GRADIENT_CHANNELS = 32
+BF16_WEIGHT_GRADIENT_REPLACES = "jit_bf16:avx512_core_bf16"
+
+
+def _runs_bf16_weight_gradient(
+    rhs_shape, window_strides, padding, rhs_dilation, groups, onednn_implementation: str
+) -> bool:
+    """Whether a bf16 convolution's weight gradient runs `csrc/bf16_conv3x3_weights.cc`: a 3x3
+    kernel at stride 1 or 2, one row and column of zeros around the image, no groups, channels
+    in multiples of 16 and at least `BF16_WEIGHT_GRADIENT_CHANNELS` out, where oneDNN's kernel
+    is the one it was measured against. It sums the same products in float32 as oneDNN's
+    kernel, in another order, and rounds once."""
+    kernel_h, kernel_w, in_channels, out_channels = rhs_shape
+    return (
+        onednn_implementation == BF16_WEIGHT_GRADIENT_REPLACES
+        and (kernel_h, kernel_w) == (3, 3)
+        and window_strides in ((1, 1), (2, 2))
+        and rhs_dilation == (1, 1)
+        and padding == ((1, 1), (1, 1))
+        and groups == 1
+        and in_channels % 16 == 0
+        and out_channels % 16 == 0
+        and out_channels >= BF16_WEIGHT_GRADIENT_CHANNELS
+        and native.bf16_weights_available()
+    )
 
 
 # oneDNN 3.2's direct float32 weight-gradient kernels lose to XLA's from this many input and
