@@ -69,6 +69,7 @@ setup(
                 "csrc/add_relu.cc",
                 "csrc/winograd_conv.cc",
                 "csrc/bf16_conv3x3_weights.cc",
+                "csrc/winograd_bf16_conv.cc",
             ],
             depends=["csrc/kernel_common.h", "csrc/onednn_common.h", "csrc/max_pool_rows.inc"],
             language="c++",

@@ -1,12 +1,18 @@
-"""Winograd F(4x4, 3x3) (`csrc/winograd_conv.cc`): which convolutions run it, and that they
-equal float64's convolution within its rounding.
+"""Winograd F(4x4, 3x3) in float32 (`csrc/winograd_conv.cc`) and F(2x2, 3x3) in bf16
+(`csrc/winograd_bf16_conv.cc`): which convolutions run them, and that they equal float64's
+convolution within their rounding.
 
-Tolerance, relative to the largest magnitude of the float64 result: 5e-5. Measured on AMD Zen 5
-at 16-512 channels: 3e-6 to 1.2e-5 (oneDNN's direct kernels: 4e-7 to 2e-6), growing with the
-channels each output sums.
+float32's tolerance, relative to the largest magnitude of the float64 result: 5e-5. Measured on
+AMD Zen 5 at 16-512 channels: 3e-6 to 1.2e-5 (oneDNN's direct kernels: 4e-7 to 2e-6), growing
+with the channels each output sums. bf16's, against float64's convolution of the same bf16
+operands: 6e-3 of the result's RMS (RMS error) and 1e-2 of its largest magnitude (largest
+error). Measured at 16-512 channels: 3.6e-3 to 4.0e-3 and up to 4.7e-3; a direct bf16
+convolution, which rounds only its result to bf16: 1.7e-3 and up to 3e-3.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +29,10 @@ TOLERANCE = 5e-5
 needs_winograd = pytest.mark.skipif(
     not (ops.native_available() and native.winograd_available()),
     reason="Winograd runs on CPUs with AVX-512, with the extension built",
+)
+needs_winograd_bf16 = pytest.mark.skipif(
+    not (ops.native_available() and native.winograd_bf16_available()),
+    reason="bf16 Winograd runs on CPUs with AVX512-BF16, with the extension built",
 )
 SAME = ((1, 1), (1, 1))
 
@@ -144,7 +154,7 @@ def test_asking_for_float32_throughout_keeps_the_direct_kernels(how):
         ((2, 8, 8, 16), {"feature_group_count": 2}, False),
         ((2, 8, 8, 8), {}, False),  # channels not in multiples of 16
         ((1, 4, 4, 528), {}, False),  # more channels than measured
-        ((2, 8, 8, 16), {"dtype": jnp.bfloat16}, False),  # bf16 keeps oneDNN's bf16 kernels
+        ((2, 8, 8, 16), {"dtype": jnp.bfloat16}, False),  # bf16: F(2x2, 3x3) from 64 channels
     ],
     ids=str,
 )
@@ -203,6 +213,61 @@ def test_resnet20_trains_on_it_as_float64_does():
         exact = step(model64, wide, x)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(exact), strict=True):
         assert relative_error(a, b) < 1e-4
+
+
+# (batch, height, width, channels, features) in bf16: a single tile, partial tiles, blocks of
+# tiles per thread, and transformed kernels too large for blocks (272 x 272 > 256 x 256) on one
+# chunk of 1024 tiles and on two.
+BF16_CASES = [
+    (1, 2, 2, 64, 64),
+    (2, 6, 7, 64, 64),
+    (3, 9, 12, 64, 80),
+    (9, 16, 16, 64, 64),
+    (1, 8, 8, 272, 272),
+    (70, 8, 8, 272, 256),
+]
+
+
+def output_and_input_gradient(conv_fn, x, kernel, d_y, **options):
+    y, vjp = jax.vjp(lambda x: conv_fn(x, kernel, **arguments(**options)), x)
+    return y, vjp(d_y)[0]
+
+
+@needs_winograd_bf16
+@pytest.mark.parametrize("case", BF16_CASES, ids=str)
+def test_bf16_forward_and_input_gradient_equal_float64_within_its_rounding(case):
+    x, kernel = (jnp.asarray(a, jnp.bfloat16) for a in operands(*case))
+    d_y = jnp.asarray(np.random.default_rng(1).standard_normal(x.shape[:3] + kernel.shape[3:]))
+    d_y = d_y.astype(jnp.bfloat16)
+    ours = jax.jit(functools.partial(output_and_input_gradient, ops.conv_general_dilated))
+    hlo = ours.lower(x, kernel, d_y).as_text()
+    assert hlo.count(native.WINOGRAD_BF16_TARGET) >= 2 and "stablehlo.convolution" not in hlo
+    with jax.enable_x64(True):
+        wide = (np.asarray(a, np.float64) for a in (x, kernel, d_y))
+        exact = output_and_input_gradient(lax.conv_general_dilated, *wide)
+    for name, a, b in zip(("output", "d_lhs"), ours(x, kernel, d_y), exact, strict=True):
+        assert a.shape == b.shape and a.dtype == jnp.bfloat16, name
+        error = np.asarray(a, np.float64) - np.asarray(b)
+        assert np.sqrt(np.mean(error**2)) < 6e-3 * np.sqrt(np.mean(np.asarray(b) ** 2)), name
+        assert np.max(np.abs(error)) < 1e-2 * np.max(np.abs(b)), name
+
+
+@needs_winograd_bf16
+@pytest.mark.parametrize("precision", [None, "highest"])
+def test_bf16_runs_it_from_64_channels_unless_asked_for_exact_products(precision):
+    def targets(channels):
+        x, kernel = (
+            jnp.ones(shape, jnp.bfloat16) for shape in ((2, 8, 8, channels), (3, 3, channels, 64))
+        )
+        hlo = (
+            jax.jit(lambda x, k: ops.conv_general_dilated(x, k, precision=precision, **arguments()))
+            .lower(x, kernel)
+            .as_text()
+        )
+        return native.WINOGRAD_BF16_TARGET in hlo
+
+    assert targets(64) == (precision is None)
+    assert not targets(32)
 
 
 EIGHT_DEVICES = """

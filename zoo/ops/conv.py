@@ -12,11 +12,13 @@ real (JIT) kernel for it on this CPU, asked at trace time, and XLA's was not mea
 with float32 accumulation, on its bf16 kernels where the CPU has them (AVX512-BF16, AMX), else
 on its float32 kernels with the bf16 operands widened exactly and the result rounded once to bf16.
 
-`precision` is XLA's and chooses the algorithm of float32 3x3 convolutions, as it chooses TF32
-or bf16 passes on GPUs and TPUs: by default they run Winograd F(4x4, 3x3) (`csrc/winograd_conv.cc`:
-fewer multiplications than oneDNN's direct kernels, a rounding error ~5-10x theirs; which
-directions of which convolutions: `_winograd_directions`); `lax.Precision.HIGHEST` ("highest",
-"float32"), passed or set with `jax.default_matmul_precision`, keeps them on the direct kernels.
+`precision` is XLA's and chooses the algorithm of 3x3 convolutions, as it chooses TF32 or bf16
+passes on GPUs and TPUs: by default float32 ones run Winograd F(4x4, 3x3) (`csrc/winograd_conv.cc`:
+fewer multiplications than oneDNN's direct kernels, a rounding error ~5-10x theirs) and bf16
+ones F(2x2, 3x3) with bf16 transformed tiles (`csrc/winograd_bf16_conv.cc`: a rounding error
+~2.5x a direct bf16 convolution's); which directions of which convolutions:
+`_winograd_directions`. `lax.Precision.HIGHEST` ("highest", "float32"), passed or set with
+`jax.default_matmul_precision`, keeps them on the direct kernels.
 The weight gradient of bf16 3x3 convolutions runs the extension's own AVX512-BF16 kernel where
 `_runs_bf16_weight_gradient` says (`csrc/bf16_conv3x3_weights.cc`): the same float32 sums of the
 same products as oneDNN's bf16 kernel, in another order, rounded once; no precision is lost.
@@ -139,7 +141,12 @@ class _Plan:
             operands = (a, b)
         else:
             kernel = b if direction == native.FORWARD else jnp.flip(b, (0, 1)).swapaxes(2, 3)
-            target, result = native.WINOGRAD_TARGET, (*a.shape[:3], kernel.shape[3])
+            target = (
+                native.WINOGRAD_BF16_TARGET
+                if self.dtype == jnp.bfloat16
+                else native.WINOGRAD_TARGET
+            )
+            result = (*a.shape[:3], kernel.shape[3])
             operands = (a, kernel)
         call = jax.ffi.ffi_call(
             target, jax.ShapeDtypeStruct(result, self.dtype), vmap_method="sequential"
@@ -326,8 +333,10 @@ def _planned_for_team(
         threads,
         tuple(out),
         kernels,
-        _winograd_directions(lhs_shape, rhs_shape, window_strides, padding, rhs_dilation, groups)
-        if winograd_allowed and dtype == jnp.float32 and all(k == dtype for k in kernels)
+        _winograd_directions(
+            lhs_shape, rhs_shape, dtype, window_strides, padding, rhs_dilation, groups
+        )
+        if winograd_allowed and all(k == dtype for k in kernels)
         else (False,) * len(DIRECTIONS),
         kernels[native.BACKWARD_WEIGHTS] == jnp.bfloat16 == dtype
         and _runs_bf16_weight_gradient(
@@ -360,7 +369,8 @@ def _is_highest(value: Any) -> bool:
 
 # Winograd F(4x4, 3x3) was measured faster than oneDNN 3.2's direct float32 kernels at the 3x3
 # layers of ResNet-18 and ResNet-20 (bench/README.md, AMD Zen 5) where at least this share of
-# its 4x4 output tiles lies inside the image (7x7: 77%); at 13x13 (66%) it was a tie.
+# its 4x4 output tiles lies inside the image (7x7: 77%); at 13x13 (66%) it was a tie. The same
+# share of F(2x2, 3x3)'s tiles for bf16.
 WINOGRAD_TILE_USE = 0.75
 # Measured up to 512 channels (ResNet-18's and ResNet-50's widest 3x3 layers); the transformed
 # kernel it writes every call grows with their product.
@@ -368,21 +378,28 @@ WINOGRAD_CHANNELS = 512
 # Its weight gradient sums over the tiles in products of C x K outputs: from 64 channels it beat
 # the direct kernel (ResNet-18's layers, ResNet-20's last stage); at 16 and 32 it lost.
 WINOGRAD_WEIGHT_GRADIENT_CHANNELS = 64
+# bf16's F(2x2, 3x3) beat oneDNN 3.2's direct bf16 kernels (AVX512-BF16, AMD Zen 5) at ResNet-18's
+# 3x3 layers (64-512 channels) and tied at 64 channels on 8x8 images; at 16 and 32 it lost.
+WINOGRAD_BF16_CHANNELS = 64
 
 
 def _winograd_directions(
-    lhs_shape, rhs_shape, window_strides, padding, rhs_dilation, groups
+    lhs_shape, rhs_shape, dtype, window_strides, padding, rhs_dilation, groups
 ) -> tuple[bool, bool, bool]:
-    """Per direction, whether a convolution on float32 kernels runs it as Winograd F(4x4, 3x3)
-    (Lavin & Gray 2016; `csrc/winograd_conv.cc`): a 3x3 kernel, stride 1, one row and column
-    of zeros around the image, no groups, 16 to 512 channels in multiples of 16, images that
-    fill enough of its tiles, on a CPU it runs on (AVX-512); the weight gradient from 64
-    channels."""
+    """Per direction, whether a convolution on kernels of its own dtype runs it as Winograd
+    (Lavin & Gray 2016): a 3x3 kernel, stride 1, one row and column of zeros around the image,
+    no groups, 16 to 512 channels in multiples of 16, images that fill enough of its tiles. In
+    float32 F(4x4, 3x3) on AVX-512 (`csrc/winograd_conv.cc`), the weight gradient from 64
+    channels; in bf16 F(2x2, 3x3) on AVX512-BF16 (`csrc/winograd_bf16_conv.cc`) from 64
+    channels, forward and input gradient only (its weight gradient: `csrc/bf16_conv3x3_weights.cc`).
+    """
     _, height, width, in_channels = lhs_shape
     kernel_h, kernel_w, _, out_channels = rhs_shape
+    bf16 = dtype == jnp.bfloat16
+    tile = 2 if bf16 else 4
 
     def tile_use(size: int) -> float:
-        return size / (4 * -(-size // 4))
+        return size / (tile * -(-size // tile))
 
     runs = (
         (kernel_h, kernel_w) == (3, 3)
@@ -394,8 +411,15 @@ def _winograd_directions(
         and out_channels % 16 == 0
         and max(in_channels, out_channels) <= WINOGRAD_CHANNELS
         and tile_use(height) * tile_use(width) >= WINOGRAD_TILE_USE
-        and native.winograd_available()
     )
+    if bf16:
+        runs = (
+            runs
+            and min(in_channels, out_channels) >= WINOGRAD_BF16_CHANNELS
+            and native.winograd_bf16_available()
+        )
+        return runs, runs, False
+    runs = runs and dtype == jnp.float32 and native.winograd_available()
     weights = min(in_channels, out_channels) >= WINOGRAD_WEIGHT_GRADIENT_CHANNELS
     return runs, runs, runs and weights
 

@@ -64,6 +64,9 @@ WINOGRAD_TARGET = "zoo_winograd_conv3x3"
 WINOGRAD_WEIGHTS_TARGET = "zoo_winograd_conv3x3_weights"
 # The weight gradient of bf16 3x3 convolutions on AVX512-BF16 (`csrc/bf16_conv3x3_weights.cc`).
 BF16_WEIGHTS_TARGET = "zoo_bf16_conv3x3_weights"
+# The bf16 Winograd F(2x2, 3x3) convolution (`csrc/winograd_bf16_conv.cc`; its products on
+# oneDNN's bf16 matmul).
+WINOGRAD_BF16_TARGET = "zoo_winograd_bf16_conv3x3"
 TARGETS = (
     *dict.fromkeys([*CONV_TARGETS.values(), *BATCH_NORM_TARGETS.values()]),
     *MAX_POOL_TARGETS,
@@ -71,6 +74,7 @@ TARGETS = (
     WINOGRAD_TARGET,
     WINOGRAD_WEIGHTS_TARGET,
     BF16_WEIGHTS_TARGET,
+    WINOGRAD_BF16_TARGET,
 )
 # Everything the Python side calls in the extension: its FFI targets and plain-C queries.
 SYMBOLS = (
@@ -83,6 +87,7 @@ SYMBOLS = (
     "zoo_onednn_batch_norm_workspace_bytes",
     "zoo_winograd_conv3x3_available",
     "zoo_bf16_conv3x3_weights_available",
+    "zoo_winograd_bf16_conv3x3_available",
 )
 HOW_TO_GET_IT = (
     "on Linux x86_64, reinstall jax-zoo with a C++17 compiler available "
@@ -149,6 +154,7 @@ def _load() -> ctypes.CDLL:
         getattr(lib, f"zoo_onednn_{op}_config_fields").restype = ctypes.c_int64
     lib.zoo_winograd_conv3x3_available.restype = ctypes.c_int
     lib.zoo_bf16_conv3x3_weights_available.restype = ctypes.c_int
+    lib.zoo_winograd_bf16_conv3x3_available.restype = ctypes.c_int
     workspace = lib.zoo_onednn_batch_norm_workspace_bytes
     workspace.restype = ctypes.c_int64
     workspace.argtypes = [ctypes.c_int64, ctypes.POINTER(ctypes.c_int64), ctypes.c_int64]
@@ -206,6 +212,14 @@ def bf16_weights_available() -> bool:
     AVX-512 with AVX512-BF16 (its dot products' instruction)."""
     lib = library()
     return lib is not None and lib.zoo_bf16_conv3x3_weights_available() == 1
+
+
+@functools.cache
+def winograd_bf16_available() -> bool:
+    """Whether the bf16 Winograd 3x3 convolution runs here: the extension is loaded, the CPU has
+    AVX-512 with AVX512-BF16 and oneDNN a bf16 matmul kernel for it."""
+    lib = library()
+    return lib is not None and lib.zoo_winograd_bf16_conv3x3_available() == 1
 
 
 def batch_norm_workspace_bytes(config: tuple[int, ...]) -> int:
