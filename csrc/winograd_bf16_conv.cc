@@ -25,16 +25,14 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <stdexcept>
 #include <string>
-#include <unordered_map>
 
 #include "kernel_common.h"
 #include "onednn_common.h"
+#include "winograd_common.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace {
@@ -43,6 +41,7 @@ namespace ffi = xla::ffi;
 using dnnl::memory;
 using zoo_kernels::BFloat16;
 using namespace zoo_onednn;
+using namespace zoo_winograd;
 
 constexpr int64_t kLanes = 16;   // channels per vector (AVX-512, float32)
 constexpr int64_t kPoints = 16;  // a transformed tile: 4 x 4
@@ -54,36 +53,10 @@ constexpr int64_t kBlockBytes = 768 * 1024;
 // Tiles per chunk where the whole team runs each step.
 constexpr int64_t kChunkRows = 1024;
 
-struct Shape {
-  int64_t batch, height, width, in_c, out_c;
-  int64_t tiles_h, tiles_w, tiles;
-};
-
-// Where output tile `tile` lies: its image and its top-left output position.
-struct TilePlace {
-  int64_t image, top, left;
-};
-
-TilePlace PlaceOf(const Shape& s, int64_t tile) {
-  return {tile / (s.tiles_h * s.tiles_w), (tile / s.tiles_w) % s.tiles_h * kTile,
-          tile % s.tiles_w * kTile};
-}
-
-struct GemmConfig {
-  int64_t rows, in_c, out_c;
-  int64_t num_threads;
-};
-
 // The (16, rows, C) bf16 points by the (16, C, K) bf16 kernel's, in the layout oneDNN picks for
 // them, into (16, rows, K) float32 products.
-struct Gemm {
-  dnnl::matmul primitive;
-  memory::desc src, weights, dst, scratchpad;
-  std::string implementation;
-};
-
-std::unique_ptr<Gemm> MakeGemm(int64_t, const GemmConfig& c) {
-  auto gemm = std::make_unique<Gemm>();
+std::unique_ptr<WinogradGemm> MakeGemm(int64_t, const GemmConfig& c) {
+  auto gemm = std::make_unique<WinogradGemm>();
   gemm->src = memory::desc({kPoints, c.rows, c.in_c}, memory::data_type::bf16,
                            memory::format_tag::abc);
   gemm->dst = memory::desc({kPoints, c.rows, c.out_c}, memory::data_type::f32,
@@ -97,29 +70,6 @@ std::unique_ptr<Gemm> MakeGemm(int64_t, const GemmConfig& c) {
   gemm->implementation = pd.impl_info_str();
   return gemm;
 }
-
-const Gemm& FindGemm(const GemmConfig& c) { return *CachedPlan(int64_t{0}, c, &MakeGemm); }
-
-// A matmul on fixed buffers, with its own scratchpad: run once per block or chunk.
-class GemmCall {
- public:
-  GemmCall(const Gemm& gemm, BFloat16* src, void* weights, float* dst)
-      : gemm_(gemm),
-        args_{{DNNL_ARG_SRC, memory(gemm.src, Engine(), src)},
-              {DNNL_ARG_WEIGHTS, memory(gemm.weights, Engine(), weights)},
-              {DNNL_ARG_DST, memory(gemm.dst, Engine(), dst)},
-              {DNNL_ARG_SCRATCHPAD, memory(gemm.scratchpad, Engine())}} {}
-
-  void Run() {
-    dnnl::stream& stream = Stream();
-    gemm_.primitive.execute(stream, args_);
-    stream.wait();
-  }
-
- private:
-  const Gemm& gemm_;
-  std::unordered_map<int, memory> args_;
-};
 
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v4,avx512bf16")
@@ -170,7 +120,7 @@ inline void KernelPoints(const Lanes* g, int step, Lanes* out, int out_step) {
 }
 
 // u[point][c][k] = (G w[:, :, c, k] G^T)[point] for the HWIO kernel w, rounded to bf16.
-void TransformKernel(const Shape& s, const BFloat16* w, BFloat16* u, int64_t num_threads) {
+void TransformKernel(const WinogradShape& s, const BFloat16* w, BFloat16* u, int64_t num_threads) {
   const int64_t taps = s.in_c * s.out_c;  // between two kernel positions in HWIO
 #pragma omp parallel for schedule(static) num_threads(num_threads)
   for (int64_t c = 0; c < s.in_c; ++c) {
@@ -187,7 +137,7 @@ void TransformKernel(const Shape& s, const BFloat16* w, BFloat16* u, int64_t num
 }
 
 // Tile `tile` of x, transformed, as row `row` of the (16, rows, C) points.
-void TransformInputTile(const Shape& s, const BFloat16* x, int64_t tile, int64_t row,
+void TransformInputTile(const WinogradShape& s, const BFloat16* x, int64_t tile, int64_t row,
                         int64_t rows, BFloat16* points) {
   const TilePlace place = PlaceOf(s, tile);
   const int64_t top = place.top - 1, left = place.left - 1;  // its 4x4 patch, padding included
@@ -210,7 +160,7 @@ void TransformInputTile(const Shape& s, const BFloat16* x, int64_t tile, int64_t
 }
 
 // Row `row` of the (16, rows, K) products, transformed back, as output tile `tile` of y.
-void TransformOutputTile(const Shape& s, const float* products, int64_t tile, int64_t row,
+void TransformOutputTile(const WinogradShape& s, const float* products, int64_t tile, int64_t row,
                          int64_t rows, BFloat16* y) {
   const auto [n, top, left] = PlaceOf(s, tile);
   BFloat16* image = y + n * s.height * s.width * s.out_c;
@@ -231,89 +181,21 @@ void TransformOutputTile(const Shape& s, const float* products, int64_t tile, in
 
 #pragma GCC pop_options
 
-// Rows [count, rows) of the (16, rows, C) points: the last block's or chunk's unused rows,
-// which the matmul reads too.
-void ZeroRows(int64_t count, int64_t rows, int64_t channels, BFloat16* points) {
-  for (int64_t point = 0; count < rows && point < kPoints; ++point) {
-    std::fill_n(points + (point * rows + count) * channels, (rows - count) * channels,
-                BFloat16{0});
+// F(2x2, 3x3) on bf16, for winograd_common.h's Blocked and Chunked.
+struct F2x2 {
+  static constexpr int64_t kTile = ::kTile, kPoints = ::kPoints;
+  using In = BFloat16;
+  using Point = BFloat16;
+  static constexpr auto TransformInputTile = ::TransformInputTile;
+  static constexpr auto TransformOutputTile = ::TransformOutputTile;
+  static const WinogradGemm& FindGemm(const GemmConfig& c) {
+    return *CachedPlan(int64_t{0}, c, &MakeGemm);
   }
-}
-
-// Tiles per block on one thread: about kBlockBytes of points and products, at least 32, and no
-// more than splits the tiles evenly over the team.
-int64_t BlockRows(const Shape& s, int64_t num_threads) {
-  const int64_t fit = kBlockBytes / (kPoints * (2 * s.in_c + 4 * s.out_c));
-  const int64_t even = (s.tiles + num_threads - 1) / num_threads;
-  return std::max<int64_t>(1, std::min(std::max<int64_t>(32, fit / 8 * 8), even));
-}
-
-void Blocked(const Shape& s, const BFloat16* x, void* u, BFloat16* y, int64_t num_threads) {
-  const int64_t rows = BlockRows(s, num_threads);
-  const Gemm& gemm = FindGemm({rows, s.in_c, s.out_c, 1});  // one thread per block
-  const int64_t blocks = (s.tiles + rows - 1) / rows;
-  std::atomic<bool> failed{false};
-  // No exception may leave an OpenMP construct, and every thread must reach the `omp for`: a
-  // thread whose buffers or matmul fail marks it and skips its remaining blocks.
-#pragma omp parallel num_threads(num_threads)
-  {
-    std::unique_ptr<BFloat16[]> points;
-    std::unique_ptr<float[]> products;
-    std::unique_ptr<GemmCall> call;
-    try {
-      points.reset(new BFloat16[kPoints * rows * s.in_c]);
-      products.reset(new float[kPoints * rows * s.out_c]);
-      call = std::make_unique<GemmCall>(gemm, points.get(), u, products.get());
-    } catch (...) {
-      failed = true;
-    }
-#pragma omp for schedule(static)
-    for (int64_t block = 0; block < blocks; ++block) {
-      if (failed) continue;
-      const int64_t first = block * rows, count = std::min(rows, s.tiles - first);
-      for (int64_t row = 0; row < count; ++row) {
-        TransformInputTile(s, x, first + row, row, rows, points.get());
-      }
-      ZeroRows(count, rows, s.in_c, points.get());
-      try {
-        call->Run();
-      } catch (...) {
-        failed = true;
-        continue;
-      }
-      for (int64_t row = 0; row < count; ++row) {
-        TransformOutputTile(s, products.get(), first + row, row, rows, y);
-      }
-    }
-  }
-  if (failed) throw std::runtime_error("a block's buffers or matmul failed");
-}
-
-void Chunked(const Shape& s, const BFloat16* x, void* u, BFloat16* y, int64_t num_threads) {
-  const int64_t rows = std::min(s.tiles, kChunkRows);
-  const Gemm& gemm = FindGemm({rows, s.in_c, s.out_c, num_threads});
-  std::unique_ptr<BFloat16[]> points(new BFloat16[kPoints * rows * s.in_c]);
-  std::unique_ptr<float[]> products(new float[kPoints * rows * s.out_c]);
-  GemmCall call(gemm, points.get(), u, products.get());
-  for (int64_t first = 0; first < s.tiles; first += rows) {
-    const int64_t count = std::min(rows, s.tiles - first);
-#pragma omp parallel for schedule(static) num_threads(num_threads)
-    for (int64_t row = 0; row < count; ++row) {
-      TransformInputTile(s, x, first + row, row, rows, points.get());
-    }
-    ZeroRows(count, rows, s.in_c, points.get());
-    UseThreads(num_threads);
-    call.Run();
-#pragma omp parallel for schedule(static) num_threads(num_threads)
-    for (int64_t row = 0; row < count; ++row) {
-      TransformOutputTile(s, products.get(), first + row, row, rows, y);
-    }
-  }
-}
+};
 
 // The transformed kernel, in the layout the matmul of `gemm` reads.
-std::unique_ptr<uint8_t[]> PackedKernel(const Shape& s, const BFloat16* w, const Gemm& gemm,
-                                        int64_t num_threads) {
+std::unique_ptr<uint8_t[]> PackedKernel(const WinogradShape& s, const BFloat16* w,
+                                        const WinogradGemm& gemm, int64_t num_threads) {
   std::unique_ptr<BFloat16[]> u(new BFloat16[kPoints * s.in_c * s.out_c]);
   TransformKernel(s, w, u.get(), num_threads);
   std::unique_ptr<uint8_t[]> packed(new uint8_t[gemm.weights.get_size()]);
@@ -327,24 +209,11 @@ std::unique_ptr<uint8_t[]> PackedKernel(const Shape& s, const BFloat16* w, const
   return packed;
 }
 
-// The Shape of the convolution of NHWC `in` by the 3x3 HWIO `kernel` into NHWC `out`; false
-// where they do not fit together or the channels are not in multiples of 16.
-bool ShapeOf(ffi::Span<const int64_t> in, ffi::Span<const int64_t> kernel,
-             ffi::Span<const int64_t> out, Shape* s) {
-  if (in.size() != 4 || kernel.size() != 4 || out.size() != 4 || kernel[0] != 3 ||
-      kernel[1] != 3 || kernel[2] != in[3] || out[0] != in[0] || out[1] != in[1] ||
-      out[2] != in[2] || out[3] != kernel[3] || in[3] % kLanes != 0 || out[3] % kLanes != 0) {
-    return false;
-  }
-  const int64_t tiles_h = (in[1] + kTile - 1) / kTile, tiles_w = (in[2] + kTile - 1) / kTile;
-  *s = Shape{in[0], in[1], in[2], in[3], out[3], tiles_h, tiles_w, in[0] * tiles_h * tiles_w};
-  return true;
-}
-
 ffi::Error Conv3x3(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
                    ffi::ResultBuffer<ffi::BF16> y, int64_t num_threads) {
-  Shape s;
-  if (!ShapeOf(x.dimensions(), w.dimensions(), y->dimensions(), &s) || num_threads < 1) {
+  WinogradShape s;
+  if (!WinogradShapeOf(x.dimensions(), w.dimensions(), y->dimensions(), kTile, &s) ||
+      num_threads < 1) {
     return ffi::Error::InvalidArgument(
         "zoo_winograd_bf16_conv3x3: expects NHWC x, a 3x3 HWIO kernel, channels in multiples "
         "of 16");
@@ -355,11 +224,15 @@ ffi::Error Conv3x3(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
   auto* out = reinterpret_cast<BFloat16*>(y->untyped_data());
   try {
     if (s.in_c * s.out_c <= kBlockedUpTo) {
-      const Gemm& gemm = FindGemm({BlockRows(s, num_threads), s.in_c, s.out_c, 1});
-      Blocked(s, in, PackedKernel(s, kernel, gemm, num_threads).get(), out, num_threads);
+      const int64_t rows = BlockRows<F2x2>(s, num_threads, kBlockBytes, 32);
+      const WinogradGemm& gemm = F2x2::FindGemm({rows, s.in_c, s.out_c, 1});
+      Blocked<F2x2>(s, in, PackedKernel(s, kernel, gemm, num_threads).get(), out, rows,
+                    num_threads);
     } else {
-      const Gemm& gemm = FindGemm({std::min(s.tiles, kChunkRows), s.in_c, s.out_c, num_threads});
-      Chunked(s, in, PackedKernel(s, kernel, gemm, num_threads).get(), out, num_threads);
+      const int64_t rows = std::min(s.tiles, kChunkRows);
+      const WinogradGemm& gemm = F2x2::FindGemm({rows, s.in_c, s.out_c, num_threads});
+      Chunked<F2x2>(s, in, PackedKernel(s, kernel, gemm, num_threads).get(), out, rows,
+                    num_threads);
     }
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string("zoo_winograd_bf16_conv3x3: ") + e.what());
@@ -383,7 +256,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(zoo_winograd_bf16_conv3x3, Conv3x3,
 ZOO_EXPORT int zoo_winograd_bf16_conv3x3_available() {
   if (!__builtin_cpu_supports("x86-64-v4") || !__builtin_cpu_supports("avx512bf16")) return 0;
   try {
-    return IsReference(FindGemm({32, kLanes, kLanes, 1}).implementation) ? 0 : 1;
+    return IsReference(F2x2::FindGemm({32, kLanes, kLanes, 1}).implementation) ? 0 : 1;
   } catch (const dnnl::error&) {
     return 0;
   }

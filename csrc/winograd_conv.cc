@@ -25,15 +25,13 @@
 // this CPU runs them and oneDNN has a real float32 matmul kernel for it.
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <stdexcept>
 #include <string>
-#include <unordered_map>
 
 #include "onednn_common.h"
+#include "winograd_common.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace {
@@ -41,6 +39,7 @@ namespace {
 namespace ffi = xla::ffi;
 using dnnl::memory;
 using namespace zoo_onednn;
+using namespace zoo_winograd;
 
 constexpr int64_t kLanes = 16;    // channels per vector (AVX-512)
 constexpr int64_t kPoints = 36;   // a transformed tile: 6 x 6
@@ -53,44 +52,17 @@ constexpr int64_t kBlockBytes = 700 * 1024;
 // (38 MB each at 512 channels).
 constexpr int64_t kChunkRows = 512;
 
-struct Shape {
-  int64_t batch, height, width, in_c, out_c;
-  int64_t tiles_h, tiles_w, tiles;
-};
-
-// Where output tile `tile` lies: its image and its top-left output position.
-struct TilePlace {
-  int64_t image, top, left;
-};
-
-TilePlace PlaceOf(const Shape& s, int64_t tile) {
-  return {tile / (s.tiles_h * s.tiles_w), (tile / s.tiles_w) % s.tiles_h * kTile,
-          tile % s.tiles_w * kTile};
-}
-
-// A batched matmul over `rows` tiles' points (GemmKind says which).
-struct GemmConfig {
-  int64_t rows, in_c, out_c;
-  int64_t num_threads;
-};
-
-struct Gemm {
-  dnnl::matmul primitive;
-  memory::desc src, weights, dst, scratchpad;
-  std::string implementation;
-};
-
 // The products of a convolution (kProducts: (36, rows, C) tiles' points by (36, C, K) kernel's)
 // or of its weight gradient (the (36, rows, C) input points, transposed, by the (36, rows, K)
 // output-gradient points: (36, C, K) kernel's points summed over the tiles), assigned
 // (kKernelPoints) or added to (kMoreKernelPoints). All row-major.
 enum GemmKind : int64_t { kProducts = 0, kKernelPoints = 1, kMoreKernelPoints = 2 };
 
-std::unique_ptr<Gemm> MakeGemm(int64_t kind, const GemmConfig& c) {
+std::unique_ptr<WinogradGemm> MakeGemm(int64_t kind, const GemmConfig& c) {
   auto desc = [](int64_t rows, int64_t cols) {
     return memory::desc({kPoints, rows, cols}, memory::data_type::f32, memory::format_tag::abc);
   };
-  auto gemm = std::make_unique<Gemm>();
+  auto gemm = std::make_unique<WinogradGemm>();
   dnnl::primitive_attr attr = UserScratchpad();
   if (kind == kProducts) {
     gemm->src = desc(c.rows, c.in_c);
@@ -114,31 +86,9 @@ std::unique_ptr<Gemm> MakeGemm(int64_t kind, const GemmConfig& c) {
   return gemm;
 }
 
-const Gemm& FindGemm(const GemmConfig& c, GemmKind kind = kProducts) {
-  const Gemm* gemm = CachedPlan(int64_t{kind}, c, &MakeGemm);
-  return *gemm;
+const WinogradGemm& FindGemm(const GemmConfig& c, GemmKind kind = kProducts) {
+  return *CachedPlan(int64_t{kind}, c, &MakeGemm);
 }
-
-// A matmul on fixed buffers, with its own scratchpad: run once per block or chunk.
-class GemmCall {
- public:
-  GemmCall(const Gemm& gemm, float* src, float* weights, float* dst)
-      : gemm_(gemm),
-        args_{{DNNL_ARG_SRC, memory(gemm.src, Engine(), src)},
-              {DNNL_ARG_WEIGHTS, memory(gemm.weights, Engine(), weights)},
-              {DNNL_ARG_DST, memory(gemm.dst, Engine(), dst)},
-              {DNNL_ARG_SCRATCHPAD, memory(gemm.scratchpad, Engine())}} {}
-
-  void Run() {
-    dnnl::stream& stream = Stream();
-    gemm_.primitive.execute(stream, args_);
-    stream.wait();
-  }
-
- private:
-  const Gemm& gemm_;
-  std::unordered_map<int, memory> args_;
-};
 
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v4")
@@ -211,7 +161,7 @@ inline void KernelGradientPoints(const Lanes* u, int step, Lanes* out, int out_s
 }
 
 // u[point][c][k] = (G w[:, :, c, k] G^T)[point] for the HWIO kernel w.
-void TransformKernel(const Shape& s, const float* w, float* u, int64_t num_threads) {
+void TransformKernel(const WinogradShape& s, const float* w, float* u, int64_t num_threads) {
   const int64_t taps = s.in_c * s.out_c;  // between two kernel positions in HWIO
 #pragma omp parallel for schedule(static) num_threads(num_threads)
   for (int64_t c = 0; c < s.in_c; ++c) {
@@ -228,8 +178,8 @@ void TransformKernel(const Shape& s, const float* w, float* u, int64_t num_threa
 }
 
 // Tile `tile` of x, transformed, as row `row` of the (36, rows, C) points.
-void TransformInputTile(const Shape& s, const float* x, int64_t tile, int64_t row, int64_t rows,
-                        float* points) {
+void TransformInputTile(const WinogradShape& s, const float* x, int64_t tile, int64_t row,
+                        int64_t rows, float* points) {
   const TilePlace place = PlaceOf(s, tile);
   const int64_t top = place.top - 1, left = place.left - 1;  // its 6x6 patch, padding included
   const float* image = x + place.image * s.height * s.width * s.in_c;
@@ -252,8 +202,8 @@ void TransformInputTile(const Shape& s, const float* x, int64_t tile, int64_t ro
 
 // Output tile `tile` of the gradient d_y, zero outside the image, transformed (A d_y A^T) as
 // row `row` of the (36, rows, K) points.
-void TransformOutputGradientTile(const Shape& s, const float* d_y, int64_t tile, int64_t row,
-                                 int64_t rows, float* points) {
+void TransformOutputGradientTile(const WinogradShape& s, const float* d_y, int64_t tile,
+                                 int64_t row, int64_t rows, float* points) {
   const auto [n, top, left] = PlaceOf(s, tile);
   const float* image = d_y + n * s.height * s.width * s.out_c;
   for (int64_t k = 0; k < s.out_c; k += kLanes) {
@@ -275,7 +225,7 @@ void TransformOutputGradientTile(const Shape& s, const float* d_y, int64_t tile,
 }
 
 // The HWIO kernel gradient d_w from the kernel's points d_u[point][c][k]: G^T d_u G.
-void TransformKernelGradient(const Shape& s, const float* d_u, float* d_w,
+void TransformKernelGradient(const WinogradShape& s, const float* d_u, float* d_w,
                              int64_t num_threads) {
   const int64_t taps = s.in_c * s.out_c;
 #pragma omp parallel for schedule(static) num_threads(num_threads)
@@ -293,7 +243,7 @@ void TransformKernelGradient(const Shape& s, const float* d_u, float* d_w,
 }
 
 // Row `row` of the (36, rows, K) products, transformed back, as output tile `tile` of y.
-void TransformOutputTile(const Shape& s, const float* products, int64_t tile, int64_t row,
+void TransformOutputTile(const WinogradShape& s, const float* products, int64_t tile, int64_t row,
                          int64_t rows, float* y) {
   const auto [n, top, left] = PlaceOf(s, tile);
   float* image = y + n * s.height * s.width * s.out_c;
@@ -314,86 +264,18 @@ void TransformOutputTile(const Shape& s, const float* products, int64_t tile, in
 
 #pragma GCC pop_options
 
-// Rows [count, rows) of the (36, rows, channels) points: the last block's or chunk's unused
-// rows, which the matmul reads too.
-void ZeroRows(int64_t count, int64_t rows, int64_t channels, float* points) {
-  for (int64_t point = 0; count < rows && point < kPoints; ++point) {
-    std::fill_n(points + (point * rows + count) * channels, (rows - count) * channels, 0.0f);
-  }
-}
-
-// Tiles per block on one thread: about kBlockBytes of points and products, at least 16, and no
-// more than splits the tiles evenly over the team.
-int64_t BlockRows(const Shape& s, int64_t num_threads) {
-  const int64_t fit = kBlockBytes / (kPoints * (s.in_c + s.out_c) * int64_t{sizeof(float)});
-  const int64_t even = (s.tiles + num_threads - 1) / num_threads;
-  return std::max<int64_t>(1, std::min(std::max<int64_t>(16, fit / 8 * 8), even));
-}
-
-void Blocked(const Shape& s, const float* x, float* u, float* y, int64_t num_threads) {
-  const int64_t rows = BlockRows(s, num_threads);
-  const Gemm& gemm = FindGemm({rows, s.in_c, s.out_c, 1});  // one thread per block
-  const int64_t blocks = (s.tiles + rows - 1) / rows;
-  std::atomic<bool> failed{false};
-  // No exception may leave an OpenMP construct, and every thread must reach the `omp for`: a
-  // thread whose buffers or matmul fail marks it and skips its remaining blocks.
-#pragma omp parallel num_threads(num_threads)
-  {
-    std::unique_ptr<float[]> points, products;
-    std::unique_ptr<GemmCall> call;
-    try {
-      points.reset(new float[kPoints * rows * s.in_c]);
-      products.reset(new float[kPoints * rows * s.out_c]);
-      call = std::make_unique<GemmCall>(gemm, points.get(), u, products.get());
-    } catch (...) {
-      failed = true;
-    }
-#pragma omp for schedule(static)
-    for (int64_t block = 0; block < blocks; ++block) {
-      if (failed) continue;
-      const int64_t first = block * rows, count = std::min(rows, s.tiles - first);
-      for (int64_t row = 0; row < count; ++row) {
-        TransformInputTile(s, x, first + row, row, rows, points.get());
-      }
-      ZeroRows(count, rows, s.in_c, points.get());
-      try {
-        call->Run();
-      } catch (...) {
-        failed = true;
-        continue;
-      }
-      for (int64_t row = 0; row < count; ++row) {
-        TransformOutputTile(s, products.get(), first + row, row, rows, y);
-      }
-    }
-  }
-  if (failed) throw std::runtime_error("a block's buffers or matmul failed");
-}
-
-void Chunked(const Shape& s, const float* x, float* u, float* y, int64_t num_threads) {
-  const int64_t rows = std::min(s.tiles, kChunkRows);
-  const Gemm& gemm = FindGemm({rows, s.in_c, s.out_c, num_threads});
-  std::unique_ptr<float[]> points(new float[kPoints * rows * s.in_c]);
-  std::unique_ptr<float[]> products(new float[kPoints * rows * s.out_c]);
-  GemmCall call(gemm, points.get(), u, products.get());
-  for (int64_t first = 0; first < s.tiles; first += rows) {
-    const int64_t count = std::min(rows, s.tiles - first);
-#pragma omp parallel for schedule(static) num_threads(num_threads)
-    for (int64_t row = 0; row < count; ++row) {
-      TransformInputTile(s, x, first + row, row, rows, points.get());
-    }
-    ZeroRows(count, rows, s.in_c, points.get());
-    UseThreads(num_threads);
-    call.Run();
-#pragma omp parallel for schedule(static) num_threads(num_threads)
-    for (int64_t row = 0; row < count; ++row) {
-      TransformOutputTile(s, products.get(), first + row, row, rows, y);
-    }
-  }
-}
+// F(4x4, 3x3) on float32, for winograd_common.h's Blocked and Chunked.
+struct F4x4 {
+  static constexpr int64_t kTile = ::kTile, kPoints = ::kPoints;
+  using In = float;
+  using Point = float;
+  static constexpr auto TransformInputTile = ::TransformInputTile;
+  static constexpr auto TransformOutputTile = ::TransformOutputTile;
+  static const WinogradGemm& FindGemm(const GemmConfig& c) { return ::FindGemm(c); }
+};
 
 // The kernel's points of the weight gradient, summed over chunks of tiles on the whole team.
-void SumKernelGradientPoints(const Shape& s, const float* x, const float* d_y, float* d_u,
+void SumKernelGradientPoints(const WinogradShape& s, const float* x, const float* d_y, float* d_u,
                              int64_t num_threads) {
   const int64_t rows = std::min(s.tiles, kChunkRows);
   std::unique_ptr<float[]> points(new float[kPoints * rows * s.in_c]);
@@ -408,31 +290,18 @@ void SumKernelGradientPoints(const Shape& s, const float* x, const float* d_y, f
       TransformInputTile(s, x, start + row, row, rows, points.get());
       TransformOutputGradientTile(s, d_y, start + row, row, rows, gradients.get());
     }
-    ZeroRows(count, rows, s.in_c, points.get());
-    ZeroRows(count, rows, s.out_c, gradients.get());
+    ZeroRows(kPoints, count, rows, s.in_c, points.get());
+    ZeroRows(kPoints, count, rows, s.out_c, gradients.get());
     UseThreads(num_threads);
     (start == 0 ? first : more).Run();
   }
 }
 
-// The Shape of the convolution of NHWC `in` by the 3x3 HWIO `kernel` into NHWC `out`; false
-// where they do not fit together or the channels are not in multiples of 16.
-bool ShapeOf(ffi::Span<const int64_t> in, ffi::Span<const int64_t> kernel,
-             ffi::Span<const int64_t> out, Shape* s) {
-  if (in.size() != 4 || kernel.size() != 4 || out.size() != 4 || kernel[0] != 3 ||
-      kernel[1] != 3 || kernel[2] != in[3] || out[0] != in[0] || out[1] != in[1] ||
-      out[2] != in[2] || out[3] != kernel[3] || in[3] % kLanes != 0 || out[3] % kLanes != 0) {
-    return false;
-  }
-  const int64_t tiles_h = (in[1] + kTile - 1) / kTile, tiles_w = (in[2] + kTile - 1) / kTile;
-  *s = Shape{in[0], in[1], in[2], in[3], out[3], tiles_h, tiles_w, in[0] * tiles_h * tiles_w};
-  return true;
-}
-
 ffi::Error Conv3x3(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                    ffi::ResultBuffer<ffi::F32> y, int64_t num_threads) {
-  Shape s;
-  if (!ShapeOf(x.dimensions(), w.dimensions(), y->dimensions(), &s) || num_threads < 1) {
+  WinogradShape s;
+  if (!WinogradShapeOf(x.dimensions(), w.dimensions(), y->dimensions(), kTile, &s) ||
+      num_threads < 1) {
     return ffi::Error::InvalidArgument(
         "zoo_winograd_conv3x3: expects NHWC x, a 3x3 HWIO kernel, channels in multiples of 16");
   }
@@ -441,9 +310,11 @@ ffi::Error Conv3x3(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     std::unique_ptr<float[]> u(new float[kPoints * s.in_c * s.out_c]);
     TransformKernel(s, w.typed_data(), u.get(), num_threads);
     if (s.in_c * s.out_c <= kBlockedUpTo) {
-      Blocked(s, x.typed_data(), u.get(), y->typed_data(), num_threads);
+      const int64_t rows = BlockRows<F4x4>(s, num_threads, kBlockBytes, 16);
+      Blocked<F4x4>(s, x.typed_data(), u.get(), y->typed_data(), rows, num_threads);
     } else {
-      Chunked(s, x.typed_data(), u.get(), y->typed_data(), num_threads);
+      const int64_t rows = std::min(s.tiles, kChunkRows);
+      Chunked<F4x4>(s, x.typed_data(), u.get(), y->typed_data(), rows, num_threads);
     }
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string("zoo_winograd_conv3x3: ") + e.what());
@@ -453,8 +324,9 @@ ffi::Error Conv3x3(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
 
 ffi::Error Conv3x3Weights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> d_y,
                           ffi::ResultBuffer<ffi::F32> d_w, int64_t num_threads) {
-  Shape s;
-  if (!ShapeOf(x.dimensions(), d_w->dimensions(), d_y.dimensions(), &s) || num_threads < 1) {
+  WinogradShape s;
+  if (!WinogradShapeOf(x.dimensions(), d_w->dimensions(), d_y.dimensions(), kTile, &s) ||
+      num_threads < 1) {
     return ffi::Error::InvalidArgument(
         "zoo_winograd_conv3x3_weights: expects NHWC x and d_y, channels in multiples of 16");
   }
