@@ -306,3 +306,24 @@ def test_eight_cpu_devices_run_it_on_their_own_shard_of_the_batch():
     done = run_python(EIGHT_DEVICES, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     assert done.returncode == 0, done.stderr
     assert "eight devices ok" in done.stdout
+
+
+@needs_winograd_bf16
+def test_bf16_keeps_onednn_where_its_forward_kernel_is_amx(monkeypatch):
+    # Measured faster than oneDNN's AVX512-BF16 kernels only, not AMX's.
+    real = native.implementation
+
+    def amx(op, kind, config):
+        found, name = real(op, kind, config)
+        return found, ("brgconv:avx512_core_amx" if kind == native.FORWARD else name)
+
+    def plan():
+        conv._planned_for_team.cache_clear()
+        shape, kernel = (2, 8, 8, 64), (3, 3, 64, 64)
+        return conv._planned(shape, kernel, jnp.bfloat16, (1, 1), SAME, (1, 1), 1, None)
+
+    assert plan().winograd == (True, True, False)
+    monkeypatch.setattr(native, "implementation", amx)
+    assert plan().winograd == (False, False, False)
+    monkeypatch.undo()
+    conv._planned_for_team.cache_clear()

@@ -334,7 +334,14 @@ def _planned_for_team(
         tuple(out),
         kernels,
         _winograd_directions(
-            lhs_shape, rhs_shape, dtype, window_strides, padding, rhs_dilation, groups
+            lhs_shape,
+            rhs_shape,
+            dtype,
+            window_strides,
+            padding,
+            rhs_dilation,
+            groups,
+            onednn_kernel(native.FORWARD, dtype, threads)[1],
         )
         if winograd_allowed and all(k == dtype for k in kernels)
         else (False,) * len(DIRECTIONS),
@@ -379,19 +386,29 @@ WINOGRAD_CHANNELS = 512
 # the direct kernel (ResNet-18's layers, ResNet-20's last stage); at 16 and 32 it lost.
 WINOGRAD_WEIGHT_GRADIENT_CHANNELS = 64
 # bf16's F(2x2, 3x3) beat oneDNN 3.2's direct bf16 kernels (AVX512-BF16, AMD Zen 5) at ResNet-18's
-# 3x3 layers (64-512 channels) and tied at 64 channels on 8x8 images; at 16 and 32 it lost.
+# 3x3 layers (64-512 channels) and tied at 64 channels on 8x8 images; at 16 and 32 it lost. Not
+# measured against AMX's kernels: where oneDNN's forward is another one, it keeps it.
 WINOGRAD_BF16_CHANNELS = 64
+WINOGRAD_BF16_REPLACES = ":avx512_core_bf16"
 
 
 def _winograd_directions(
-    lhs_shape, rhs_shape, dtype, window_strides, padding, rhs_dilation, groups
+    lhs_shape,
+    rhs_shape,
+    dtype,
+    window_strides,
+    padding,
+    rhs_dilation,
+    groups,
+    onednn_forward: str,
 ) -> tuple[bool, bool, bool]:
     """Per direction, whether a convolution on kernels of its own dtype runs it as Winograd
     (Lavin & Gray 2016): a 3x3 kernel, stride 1, one row and column of zeros around the image,
     no groups, 16 to 512 channels in multiples of 16, images that fill enough of its tiles. In
     float32 F(4x4, 3x3) on AVX-512 (`csrc/winograd_conv.cc`), the weight gradient from 64
     channels; in bf16 F(2x2, 3x3) on AVX512-BF16 (`csrc/winograd_bf16_conv.cc`) from 64
-    channels, forward and input gradient only (its weight gradient: `csrc/bf16_conv3x3_weights.cc`).
+    channels where oneDNN's forward kernel (`onednn_forward`) is its AVX512-BF16 one, forward
+    and input gradient only (its weight gradient: `csrc/bf16_conv3x3_weights.cc`).
     """
     _, height, width, in_channels = lhs_shape
     kernel_h, kernel_w, _, out_channels = rhs_shape
@@ -416,6 +433,7 @@ def _winograd_directions(
         runs = (
             runs
             and min(in_channels, out_channels) >= WINOGRAD_BF16_CHANNELS
+            and onednn_forward.endswith(WINOGRAD_BF16_REPLACES)
             and native.winograd_bf16_available()
         )
         return runs, runs, False
