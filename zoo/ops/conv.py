@@ -69,8 +69,8 @@ class _Plan:
     # Per direction (forward, backward data, backward weights): the dtype oneDNN computes it
     # in, None where XLA does.
     kernels: tuple[Any, Any, Any]
-    # Per direction: whether it runs Winograd F(4x4, 3x3) (`csrc/winograd_conv.cc`) instead of
-    # oneDNN's direct kernel (`_winograd_directions`).
+    # Per direction: whether it runs Winograd (F(4x4, 3x3) in float32, F(2x2, 3x3) in bf16)
+    # instead of oneDNN's direct kernel (`_winograd_directions`).
     winograd: tuple[bool, bool, bool]
     # Whether its bf16 weight gradient runs `csrc/bf16_conv3x3_weights.cc` instead of oneDNN's
     # kernel (`_runs_bf16_weight_gradient`).
