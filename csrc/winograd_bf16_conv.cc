@@ -183,7 +183,7 @@ void TransformOutputTile(const WinogradShape& s, const float* products, int64_t 
 
 // F(2x2, 3x3) on bf16, for winograd_common.h's Blocked and Chunked.
 struct F2x2 {
-  static constexpr int64_t kTile = ::kTile, kPoints = ::kPoints;
+  static constexpr int64_t kPoints = ::kPoints;
   using In = BFloat16;
   using Point = BFloat16;
   static constexpr auto TransformInputTile = ::TransformInputTile;

@@ -3,9 +3,9 @@
 // batched oneDNN matmul of the tiles' points by the kernel's, and the two ways a convolution
 // runs it.
 //
-// A `Variant` names its tile and types and transforms one tile each way:
-//   static constexpr int64_t kTile, kPoints;  // output tile side, points of a transformed tile
-//   using In = ...; using Point = ...;         // activations; transformed tiles (matmul src)
+// A `Variant` names its points and types and transforms one tile each way:
+//   static constexpr int64_t kPoints;  // points of a transformed tile
+//   using In = ...; using Point = ...;  // activations; transformed tiles (matmul src)
 //   static void TransformInputTile(const WinogradShape&, const In* x, int64_t tile, int64_t row,
 //                                  int64_t rows, Point* points);
 //   static void TransformOutputTile(const WinogradShape&, const float* products, int64_t tile,

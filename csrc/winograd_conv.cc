@@ -266,7 +266,7 @@ void TransformOutputTile(const WinogradShape& s, const float* products, int64_t 
 
 // F(4x4, 3x3) on float32, for winograd_common.h's Blocked and Chunked.
 struct F4x4 {
-  static constexpr int64_t kTile = ::kTile, kPoints = ::kPoints;
+  static constexpr int64_t kPoints = ::kPoints;
   using In = float;
   using Point = float;
   static constexpr auto TransformInputTile = ::TransformInputTile;
