@@ -375,7 +375,7 @@ def test_drop_path_drops_residual_branches_in_training_only(name):
 
 
 def test_drop_path_keeps_whole_examples_with_the_right_rate_and_scale():
-    from zoo.models.resnet import drop_path, drop_path_rates
+    from zoo.models.layers import drop_path, drop_path_rates
 
     assert drop_path_rates(5, 0.2) == pytest.approx((0.0, 0.05, 0.1, 0.15, 0.2))
     kept = drop_path(jnp.ones((4000, 3, 3, 2)), 0.25, jax.random.key(0))

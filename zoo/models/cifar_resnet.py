@@ -45,7 +45,7 @@ class CifarResNet(ImageModel):
       shortcut: "zero_pad" (option A, the paper's) or "projection" (option B).
       zero_init_residual: start each block's last BatchNorm scale at 0.
       drop_path_rate: stochastic depth in training, rising linearly over the blocks from 0 to
-        this rate (see `zoo.models.resnet.drop_path_rates`). 0 (off) by default.
+        this rate (see `zoo.models.layers.drop_path_rates`). 0 (off) by default.
     """
 
     num_classes: int = 10

@@ -334,3 +334,17 @@ def batch_norm(
         scale_init=scale_init or nn.initializers.ones,
         name=name,
     )
+
+
+def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+    """Stochastic depth (Huang et al. 2016, "Deep Networks with Stochastic Depth"): each
+    example's residual branch is dropped with probability `rate`, and kept ones are scaled by
+    1 / (1 - rate) so the expectation is the eval-mode branch (timm's `drop_path`)."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+
+
+def drop_path_rates(blocks: int, rate: float) -> tuple[float, ...]:
+    """timm's schedule: block i of `blocks` drops with rate * i / (blocks - 1), 0 to `rate`."""
+    return tuple(rate * i / max(blocks - 1, 1) for i in range(blocks))

@@ -37,6 +37,8 @@ from zoo.models.layers import (
     check_choice,
     check_positive,
     check_rate,
+    drop_path,
+    drop_path_rates,
     explicit_padding,
 )
 from zoo.ops import Conv, add_relu, initializers
@@ -118,20 +120,6 @@ class _ResidualBlock(nn.Module):
         if train and self.drop_path_rate > 0:
             residual = drop_path(residual, self.drop_path_rate, self.make_rng("dropout"))
         return add_relu(residual, x)
-
-
-def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
-    """Stochastic depth (Huang et al. 2016, "Deep Networks with Stochastic Depth"): each
-    example's residual branch is dropped with probability `rate`, and kept ones are scaled by
-    1 / (1 - rate) so the expectation is the eval-mode branch (timm's `drop_path`)."""
-    keep = 1.0 - rate
-    mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
-
-
-def drop_path_rates(blocks: int, rate: float) -> tuple[float, ...]:
-    """timm's schedule: block i of `blocks` drops with rate * i / (blocks - 1), 0 to `rate`."""
-    return tuple(rate * i / max(blocks - 1, 1) for i in range(blocks))
 
 
 def needs_projection(in_features: int, out_features: int, stride: int) -> bool:
