@@ -243,9 +243,10 @@ def test_drop_path_rate_reaches_a_model_that_has_it():
     assert zoo.create_model(name, **overrides).drop_path_rate == 0.2
 
 
-def test_mixing_needs_a_classifier():
+@pytest.mark.parametrize("setting", ["mixup", "cutmix", "label_smoothing"])
+def test_class_label_settings_need_a_classifier_and_are_refused_with_the_config(setting):
     with pytest.raises(InvalidValueError, match="conv_autoencoder is a reconstruction model"):
-        recipe.mixing(TrainConfig(model="conv_autoencoder", mixup=0.2), "reconstruction", 10)
+        resolve({"model": "conv_autoencoder", setting: 0.2})
 
 
 @pytest.mark.parametrize(

@@ -99,8 +99,9 @@ def test_a_stopping_callback_ends_the_run_and_its_last_epoch_is_saved(tmp_path):
         batch_size=32,
         max_train_examples=64,
         checkpoint_every=10,
-        registry=str(tmp_path),
+        registry=str(tmp_path / "registry"),  # Not the current folder: runs/ goes there.
         callbacks=[lambda record: record["epoch"] == 2],
         console=Console(quiet=True),
     )
-    assert run.epoch == 2 and hub.load("mlp-synthetic", registry=tmp_path).meta["epoch"] == 2
+    saved = hub.load("mlp-synthetic", registry=tmp_path / "registry")
+    assert run.epoch == 2 and saved.meta["epoch"] == 2

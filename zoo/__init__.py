@@ -6,23 +6,14 @@ model = zoo.create_model("resnet18", num_classes=10)
 print(zoo.summary("lenet5"))
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from zoo import runtime  # noqa: F401  (first: XLA:CPU defaults before any JAX backend)
 from zoo.errors import ZooError
-from zoo.features import FeatureInfo, extract_features, feature_info, feature_stages
-from zoo.models.heads import replace_head
-from zoo.registry import (
-    ModelInfo,
-    UnknownModelError,
-    create_model,
-    list_models,
-    model_info,
-    register,
-)
-from zoo.summary import Summary, summary
 
 if TYPE_CHECKING:
+    from zoo.features import FeatureInfo, extract_features, feature_info, feature_stages
     from zoo.hub import (
         ArchitectureMismatchError,
         CheckpointNotFoundError,
@@ -32,32 +23,60 @@ if TYPE_CHECKING:
         read_metadata,
         save,
     )
+    from zoo.models.heads import replace_head
+    from zoo.registry import (
+        ModelInfo,
+        UnknownModelError,
+        create_model,
+        list_models,
+        model_info,
+        register,
+    )
+    from zoo.summary import Summary, summary
 
-# The registry's names load `zoo.hub` on first use: Orbax takes ~0.4 s to import, which a
-# script that only creates and trains models need not wait for.
-_FROM_HUB = frozenset(
-    {
-        "ArchitectureMismatchError",
-        "CheckpointNotFoundError",
-        "CorruptCheckpointError",
-        "list_checkpoints",
-        "load",
-        "read_metadata",
-        "save",
-    }
-)
+# The public names load their modules on first use, so that `import zoo` imports no JAX: the
+# command line installs its Ctrl-C handling before JAX loads (`zoo.interrupts`), and Orbax
+# (`zoo.hub`, ~0.4 s) loads only for a script that saves or loads.
+_LAZY = {
+    **dict.fromkeys(
+        ("FeatureInfo", "extract_features", "feature_info", "feature_stages"), "zoo.features"
+    ),
+    **dict.fromkeys(
+        (
+            "ArchitectureMismatchError",
+            "CheckpointNotFoundError",
+            "CorruptCheckpointError",
+            "list_checkpoints",
+            "load",
+            "read_metadata",
+            "save",
+        ),
+        "zoo.hub",
+    ),
+    "replace_head": "zoo.models.heads",
+    **dict.fromkeys(
+        ("ModelInfo", "UnknownModelError", "create_model", "list_models", "model_info", "register"),
+        "zoo.registry",
+    ),
+    **dict.fromkeys(("Summary", "summary"), "zoo.summary"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _FROM_HUB:
-        from zoo import hub
-
-        return getattr(hub, name)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    try:  # A submodule not imported yet: `zoo.models`, `zoo.training`, ...
+        return importlib.import_module(f"zoo.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"zoo.{name}":
+            raise
     raise AttributeError(f"module 'zoo' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_FROM_HUB})
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [

@@ -38,10 +38,7 @@ def export_model(
             f"{loaded.name} step {loaded.step} was saved without meta['preprocessing']; "
             "an exported model takes raw images, so it needs one"
         )
-    unknown = sorted(set(platforms) - set(PLATFORMS))
-    if unknown or not platforms:
-        given = ", ".join(platforms) or "none"
-        raise InvalidValueError(f"platforms must be some of {', '.join(PLATFORMS)}, got {given}")
+    check_platforms(platforms)
     variables, module, preprocessing = loaded.variables, loaded.module, loaded.preprocessing
 
     def logits(raw_images: jax.Array) -> jax.Array:
@@ -52,6 +49,19 @@ def export_model(
     images = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"batch, {h}, {w}, {c}"), jnp.uint8)
     with portable():  # No custom call (the oneDNN convolutions): it runs on every platform.
         return jax.export.export(jax.jit(logits), platforms=tuple(platforms))(images)
+
+
+def check_platforms(platforms: Sequence[str]) -> None:
+    """Raises unless `platforms` names some of `PLATFORMS`, each once."""
+    if (
+        not platforms
+        or not set(platforms) <= set(PLATFORMS)
+        or len(set(platforms)) != len(platforms)
+    ):
+        given = ", ".join(map(repr, platforms)) or "none"
+        raise InvalidValueError(
+            f"platforms must be some of {', '.join(PLATFORMS)}, each once, got {given}"
+        )
 
 
 def custom_calls(exported: jax.export.Exported) -> list[str]:

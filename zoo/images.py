@@ -24,7 +24,7 @@ import numpy as np
 import PIL.Image
 
 from zoo.errors import InvalidValueError, NotFoundError
-from zoo.preprocessing import Preprocessing
+from zoo.preprocessing import Preprocessing, check_raw
 
 ImageSource = np.ndarray | str | os.PathLike
 
@@ -111,7 +111,7 @@ def read_npy(path: Path) -> np.ndarray:
             shape, _, dtype = read_header(file)
     except ValueError as error:
         raise InvalidValueError(f"{path}: not a readable .npy file ({error})") from None
-    _check_raw(dtype, str(path))
+    check_raw(dtype, str(path))
     values = math.prod(shape)  # Python ints: a declared shape cannot overflow past the check.
     if values > MAX_NPY_VALUES:
         raise InvalidValueError(
@@ -132,11 +132,13 @@ def image_batch(images: np.ndarray, source_shape: tuple[int, int, int], what: st
     expected shapes; in particular an image of another size is not read as a batch of its rows.
     """
     height, width, channels = source_shape
-    _check_raw(images.dtype, what)
+    check_raw(images.dtype, what)
     one = [(height, width, channels)] + ([(height, width)] if channels == 1 else [])
     if images.shape in one:
         return images.reshape(1, *source_shape)
     if images.shape[1:] in one:
+        if not len(images):
+            raise InvalidValueError(f"{what}: holds no images (a batch of shape {images.shape})")
         return images.reshape(-1, *source_shape)
     ones = " or ".join(str(shape) for shape in one)
     batches = " or ".join(str(("N", *shape)).replace("'", "") for shape in one)
@@ -199,14 +201,9 @@ def _check_size(width: int, height: int, what: str) -> None:
         )
 
 
-def _check_raw(dtype: np.dtype, what: str) -> None:
-    if dtype != np.uint8:
-        raise InvalidValueError(f"{what}: expected raw uint8 images (0..255), got {dtype}")
-
-
 def _checked(image: np.ndarray, what: str) -> np.ndarray:
     """`image` as (H, W, C) uint8 with C = 1 or 3, or a ValueError that says what it is."""
-    _check_raw(image.dtype, what)
+    check_raw(image.dtype, what)
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[-1] not in (1, 3):

@@ -18,6 +18,13 @@ import numpy as np
 from zoo.errors import InvalidValueError
 
 
+def check_raw(dtype: np.dtype, what: str) -> None:
+    """Raises unless `dtype` is that of raw images, uint8 (0..255) as data sets give them: a
+    float image would be scaled by 1/255 a second time, a negative value would wrap around."""
+    if dtype != np.uint8:
+        raise InvalidValueError(f"{what}: expected raw uint8 images (0..255), got {dtype}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
     """Raw `source_shape` images (uint8, 0..255) -> float `input_shape` model inputs.
@@ -49,7 +56,9 @@ class Preprocessing:
 
     def __call__(self, images: np.ndarray | jax.Array) -> jax.Array:
         """(N, H, W[, C]) raw images -> (N, *input_shape) float32, standardised."""
-        x = jnp.asarray(images)
+        x = images if isinstance(images, jax.Array) else np.asarray(images)
+        check_raw(x.dtype, "raw images")
+        x = jnp.asarray(x)
         if x.ndim == 3 and self.source_shape[-1] == 1:
             x = x[..., None]
         if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.source_shape):

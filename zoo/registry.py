@@ -19,6 +19,7 @@ from typing import Any
 import flax.linen as nn
 
 from zoo.errors import InvalidTypeError, InvalidValueError, ZooError
+from zoo.fields import conform_all
 
 
 class UnknownModelError(ZooError, KeyError):
@@ -76,7 +77,11 @@ class ModelInfo:
         return self.module(**self.config()).fixed_input_size
 
     def config(self, **overrides: Any) -> dict[str, Any]:
-        """The full constructor config: module field defaults, variant defaults, overrides."""
+        """The full constructor config: module field defaults, variant defaults, overrides.
+
+        Each value is checked against its field's annotation (`zoo.fields`): a wrong type is an
+        `InvalidValueError` naming the field, before the module is built.
+        """
         fields = _config_fields(self.module)
         unknown = sorted(set(overrides) - set(fields))
         if unknown:
@@ -86,13 +91,12 @@ class ModelInfo:
             )
         config = {k: f.default for k, f in fields.items() if f.default is not dataclasses.MISSING}
         config.update(self.defaults)
-        for key, value in overrides.items():
-            # JSON and the command line give lists where the module wants tuples.
-            config[key] = tuple(value) if isinstance(value, list) else value
+        config.update(overrides)
         missing = sorted(set(fields) - set(config))
         if missing:
             raise InvalidTypeError(f"{self.name}: missing argument(s) {', '.join(missing)}")
-        return config
+        # JSON and the command line give lists where the module wants tuples, names for dtypes.
+        return conform_all(self.name, self.module, config)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}

@@ -3,44 +3,72 @@
 Each module in `COMMANDS` exposes `register(subparsers)`, which adds its subcommands and sets
 `run=<function(args) -> int | None>` as their default. A `ZooError` (bad input: an unknown name,
 a wrong value, a missing or corrupt file) is reported as one line on stderr with exit status 2,
-argparse's convention; `ZOO_DEBUG=1` shows its traceback instead. Any other exception is a bug
-and keeps its traceback.
+argparse's convention, and so is a malformed command line; `ZOO_DEBUG=1` shows the traceback
+instead. Any other exception is a bug and keeps its traceback.
+
+Ctrl-C and SIGTERM stop any command with one line and exit status 130 or 143
+(`zoo.interrupts`): `main` installs their handlers first, then imports the subcommands (and
+with them JAX), so an interrupt while importing is handled like any other.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import re
+import signal
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
-from zoo.cli import convert, export, hub, models, plot, training
+from zoo import interrupts
 from zoo.errors import ZooError
 
-COMMANDS = (models, training, hub, convert, plot, export)
+COMMANDS = ("models", "training", "hub", "convert", "plot", "export")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the zoo's conventions: an error is one line (no usage block), and a value
+    that starts with '-' and a digit is a value, not an option (`--input-shape -1,28,1` reaches
+    the option, which names what is wrong with it; argparse alone takes only plain negative
+    numbers so)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # No zoo option starts with a digit. (argparse keeps the pattern on each parser.)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="zoo", description="jax-zoo: create, inspect, train and load zoo models by name."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS:
-        module.register(subparsers)
+    for name in COMMANDS:
+        importlib.import_module(f"zoo.cli.{name}").register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs `zoo ARGV...` (default: `sys.argv[1:]`); returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except ZooError as error:
-        if os.environ.get("ZOO_DEBUG"):
-            raise
-        print(f"zoo {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    with interrupts.handled("zoo"):
+        try:
+            args = build_parser().parse_args(argv)
+            interrupts.report(lambda signal: f"zoo {args.command}: interrupted ({signal})")
+            return int(args.run(args) or 0)
+        except KeyboardInterrupt as stop:  # `Interrupted`, or Python's own off the main thread.
+            signum = getattr(stop, "signum", signal.SIGINT)
+            print(interrupts.line(signum), file=sys.stderr)
+            return 128 + signum
+        except ZooError as error:
+            if os.environ.get("ZOO_DEBUG"):
+                raise
+            print(f"zoo {args.command}: error: {error}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

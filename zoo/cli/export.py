@@ -6,8 +6,16 @@ import argparse
 from pathlib import Path
 
 from zoo.errors import NotWritableError
-from zoo.export import PLATFORMS, custom_calls, describe, export_model, serialize
-from zoo.hub import load
+from zoo.export import (
+    PLATFORMS,
+    check_platforms,
+    custom_calls,
+    describe,
+    export_model,
+    serialize,
+)
+from zoo.hub import check_outside_registries, load
+from zoo.outputs import write_bytes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,14 +41,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    if args.out.is_dir() or not args.out.parent.is_dir():
+    # Before any work: never into a registry (an export once overwrote a step's manifest).
+    out = check_outside_registries(args.out, "--out", registry=args.registry)
+    if out.is_dir() or not out.parent.is_dir():
         raise NotWritableError(f"--out {args.out}: need a file path in an existing folder")
+    platforms = [p.strip() for p in args.platforms.split(",")]
+    check_platforms(platforms)
     loaded = load(args.name, step=args.step, registry=args.registry)
-    exported = export_model(loaded, platforms=[p.strip() for p in args.platforms.split(",")])
+    exported = export_model(loaded, platforms=platforms)
     if custom_calls(exported):  # Never ship a file that runs only where a kernel is registered.
         raise RuntimeError(f"the export carries custom calls: {custom_calls(exported)}")
     data = serialize(exported)
-    args.out.write_bytes(data)
+    write_bytes(out, data)  # Whole or not at all: an older file survives a failed write.
     info = describe(exported)
     print(
         f"wrote {args.out}: {args.name} step {loaded.step}, {info['input']} images -> "

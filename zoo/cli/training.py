@@ -16,9 +16,9 @@ import types
 import typing
 from typing import Any, Literal
 
-from zoo import hub, multihost, runtime
+from zoo import hub, interrupts, multihost, runtime
 from zoo.training import api, distributed, loop
-from zoo.training.config import PRESETS, field_names, flags, load_config_file
+from zoo.training.config import PRESETS, TrainConfig, field_names, flags, load_config_file
 from zoo.training.evaluate import evaluate_saved
 from zoo.training.report import format_metrics
 
@@ -45,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--config",
         metavar="FILE",
-        help="settings file (.json, .toml, or .py defining a dict `config`)",
+        help="settings file: .json, .toml, or .py defining a dict `config` (a .py file is "
+        "run as Python, with all your rights: use only files you trust)",
     )
     parser.add_argument(
         "--resume",
@@ -189,6 +190,9 @@ def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    interrupts.report(
+        lambda signal: f"zoo train: interrupted ({signal}) before training began; nothing was saved"
+    )
     # First: JAX starts its distributed runtime only before any other JAX use.
     distributed.initialize(launch_settings(args))
     return distributed.run_as_peer(lambda: _train(args), command="zoo train")
@@ -199,20 +203,13 @@ def _train(args: argparse.Namespace) -> int:
     runtime.enable_compilation_cache()
     settings = explicit_settings(args)
     config = api.configure(resume=args.resume, source=args.config or "command line", **settings)
+    before = hub.latest_step(config.run_name, registry=config.registry)
+    interrupts.report(lambda signal: interrupted(config, signal, before, resume=args.resume))
     try:
         result = api.train(config, resume=args.resume)
     except loop.TrainingDiverged as error:
         print(f"zoo train: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        latest = hub.latest_step(config.run_name, registry=config.registry)
-        saved = f"step {latest} is saved" if latest is not None else "nothing was saved"
-        print(
-            f"\nzoo train: interrupted; {saved}: continue with `zoo train --resume "
-            f"--name {config.run_name}` (plus the same --registry)",
-            file=sys.stderr,
-        )
-        return 130
     metrics = result.metrics
     held_out = format_metrics(
         metrics, {"val_accuracy": "val_accuracy", "val_loss": "val_loss"}, sep=", "
@@ -223,6 +220,28 @@ def _train(args: argparse.Namespace) -> int:
             f"{held_out} ({result.wall_seconds:.1f} s)"
         )
     return 0
+
+
+def interrupted(config: TrainConfig, signal: str, before: int | None, *, resume: bool) -> str:
+    """The line of a run stopped by `signal`: the step it saved, and how to continue it, or
+    that it saved none (`before`: the name's latest step when the run began)."""
+    name = config.run_name
+    latest = hub.latest_step(name, registry=config.registry)
+    if latest is not None and (resume or latest != before):
+        registry = f" --registry {config.registry}" if config.registry else ""
+        return (
+            f"zoo train: interrupted ({signal}); step {latest} of {name} is saved: continue "
+            f"with `zoo train --resume --name {name}{registry}`"
+        )
+    if latest is not None:
+        return (
+            f"zoo train: interrupted ({signal}) before this run saved a checkpoint; {name} "
+            f"still loads step {latest}, of an earlier run"
+        )
+    return (
+        f"zoo train: interrupted ({signal}) before its first checkpoint; nothing of {name} "
+        "was saved"
+    )
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -38,7 +38,12 @@ from zoo.hub.errors import (
 )
 from zoo.hub.loaded import LoadedModel
 from zoo.hub.records import CheckpointRecord
-from zoo.hub.roots import check_writable, registry_root, shipped_root
+from zoo.hub.roots import (
+    check_outside_registries,
+    check_writable,
+    registry_root,
+    shipped_root,
+)
 
 __all__ = [
     "ArchitectureMismatchError",
@@ -47,6 +52,7 @@ __all__ = [
     "CorruptCheckpointError",
     "LoadedModel",
     "check_name",
+    "check_outside_registries",
     "check_writable",
     "claim_run",
     "latest_step",

@@ -84,6 +84,11 @@ def step_dir(name_dir: Path, step: int) -> Path:
     return name_dir / f"step_{step}"
 
 
+def is_step_name(name: str) -> bool:
+    """Whether `name` is a committed step's folder name, `step_<N>`."""
+    return _STEP_DIR.fullmatch(name) is not None
+
+
 def committed_steps(name_dir: Path) -> list[int]:
     """The steps under a name folder, ascending; [] when the folder does not exist."""
     if not name_dir.is_dir():

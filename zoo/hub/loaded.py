@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo.errors import InvalidValueError
-from zoo.preprocessing import Preprocessing
+from zoo.preprocessing import Preprocessing, check_raw
 
 
 @dataclasses.dataclass(eq=False)
@@ -58,13 +58,23 @@ class LoadedModel:
         return self._apply(self.variables, inputs)
 
     def logits(self, raw_images: np.ndarray | jax.Array) -> jax.Array:
-        """Logits for raw uint8 images (N, H, W[, C]) of the training data set's shape."""
+        """Logits for raw uint8 images (N, H, W[, C]) of the training data set's shape.
+
+        Images that are not uint8 (floats, negative values) are refused, as `zoo predict` and
+        `zoo.training.arrays` refuse them, and so is an empty batch.
+        """
         if self.preprocessing is None:
             raise InvalidValueError(
                 f"{self.name} step {self.step} was saved without "
                 "meta['preprocessing']; call .apply on preprocessed inputs"
             )
-        return self._logits(self.variables, raw_images)
+        images = raw_images if isinstance(raw_images, jax.Array) else np.asarray(raw_images)
+        if images.ndim >= 1 and images.shape[0] == 0:
+            raise InvalidValueError(
+                f"no images to classify: the batch is empty, shape {images.shape}"
+            )
+        check_raw(images.dtype, "raw images")  # Before jit would make an int64 an int32.
+        return self._logits(self.variables, images)
 
     def predict(self, raw_images: np.ndarray | jax.Array) -> np.ndarray:
         """Class ids (N,) for raw uint8 images (N, H, W[, C])."""

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import zoo
 from zoo.errors import NotAFolderError, NotFoundError, NotWritableError
+from zoo.hub import disk
+from zoo.hub.manifest import MANIFEST_FILE
 from zoo.hub.records import SHIPPED, USER
 
 REGISTRY_ENV = "ZOO_REGISTRY"
@@ -90,6 +92,49 @@ def check_writable(registry: PathLike | None = None) -> Path:
             f"checkpoint registry {root} is not writable ({error.strerror}); {HOW_TO_SET}"
         ) from None
     return root
+
+
+def check_outside_registries(
+    path: PathLike, what: str, *, registry: PathLike | None = None
+) -> Path:
+    """`path`, resolved (symlinks and '..' followed), unless a file written there would land in
+    a checkpoint registry: then `NotWritableError` naming `what` (e.g. "--out").
+
+    Every file the zoo writes other than a checkpoint (an export, a picture, the metrics log, its
+    TensorBoard folder) goes through this one rule, so that nothing ever overwrites or adds to a
+    saved step. A registry is the user's (`registry_root()`), the shipped one, `registry` (the
+    command's `--registry`), or any folder that holds a registry name's lock file or a step's
+    manifest, wherever it is.
+    """
+    resolved = Path(path).expanduser().resolve()
+    roots = [registry_root(), shipped_root()] + ([registry_root(registry)] if registry else [])
+    for root in roots:
+        root = root.resolve()
+        if resolved == root or root in resolved.parents:
+            raise NotWritableError(
+                f"{what} {path}: it is inside the checkpoint registry {root}, where the zoo "
+                "writes checkpoints only; choose a path outside it"
+            )
+    for folder in [resolved, *resolved.parents]:
+        if _is_registry_part(folder, holds_target=folder == resolved.parent):
+            raise NotWritableError(
+                f"{what} {path}: it is inside {folder}, a checkpoint registry's folder, where "
+                "the zoo writes checkpoints only; choose a path outside it"
+            )
+    return resolved
+
+
+def _is_registry_part(folder: Path, *, holds_target: bool) -> bool:
+    """A committed step (its manifest) or a registry name's folder (committed steps in it; only
+    looked for in the target's own folder and in folders with a name's lock file, to keep the
+    walk up from the target cheap); an unreadable folder is neither."""
+    try:
+        if disk.is_step_name(folder.name) and (folder / MANIFEST_FILE).is_file():
+            return True
+        locked = (folder / disk.LOCK_FILE).is_file() or (folder / disk.RUN_FILE).is_file()
+        return (holds_target or locked) and bool(disk.committed_steps(folder))
+    except OSError:
+        return False
 
 
 def _source(root: Path) -> str:

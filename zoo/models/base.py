@@ -17,6 +17,7 @@ import numpy as np
 
 from zoo import analytic
 from zoo.errors import InvalidValueError
+from zoo.fields import FloatDtype, conform, field_hints
 from zoo.models.layers import check_input, check_positive
 from zoo.ops import Dense
 
@@ -60,8 +61,8 @@ class ImageModel(nn.Module):
     num_classes: int = 10
     in_channels: int = 1
     input_size: tuple[int, int] = (28, 28)
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+    dtype: FloatDtype = jnp.float32
+    param_dtype: FloatDtype = jnp.float32
 
     fixed_input_size: ClassVar[bool] = False
     # The module name of the classifier (None: the model has none); its checkpoint key.
@@ -69,17 +70,16 @@ class ImageModel(nn.Module):
 
     def __post_init__(self) -> None:
         model = type(self).__name__
+        # Every field's type, from its annotation (`zoo.fields`; `create_model` checked them
+        # already, a module built directly is checked here), then this class's ranges.
+        for name, hint in field_hints(type(self)).items():
+            if name not in ("parent", "name"):
+                conform(model, name, getattr(self, name), hint)
         check_positive(model, in_channels=self.in_channels, input_size=self.input_size)
-        num_classes = self.num_classes
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+        if self.num_classes < 0:
             raise InvalidValueError(
                 f"{model}: num_classes must be a non-negative integer (0: no classifier), "
-                f"got {num_classes!r}"
-            )
-        if len(self.input_size) != 2:
-            raise InvalidValueError(
-                f"{type(self).__name__}: input_size must be (height, width), "
-                f"got {self.input_size!r}"
+                f"got {self.num_classes!r}"
             )
         super().__post_init__()
 

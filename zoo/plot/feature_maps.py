@@ -59,7 +59,7 @@ def features(
         raise InvalidValueError(f"channels must be a positive int, got {channels!r}")
     model = load(name, step=step, registry=registry)
     stem = "" if isinstance(image, np.ndarray) else f"-{Path(image).stem}"
-    path = output_path(out, checkpoint_picture(model.path, f"features{stem}"))
+    path = output_path(out, checkpoint_picture(model.path, f"features{stem}"), registry=registry)
     if model.preprocessing is None:
         raise InvalidValueError(
             f"{name} step {model.step} was saved without its preprocessing, so an "

@@ -18,6 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
 from zoo.errors import InvalidValueError, NotAFolderError, NotWritableError
+from zoo.hub import check_outside_registries
+from zoo.outputs import write_with
 
 DPI = 100
 PLOTS_DIR = Path("plots")
@@ -39,14 +41,21 @@ def quarter_inches(inches: float) -> float:
     return round(inches * 4) / 4
 
 
-def output_path(out: str | os.PathLike | None, default_name: str) -> Path:
+def output_path(
+    out: str | os.PathLike | None,
+    default_name: str,
+    *,
+    registry: str | os.PathLike | None = None,
+) -> Path:
     """Where a picture goes: `out`, else plots/`default_name` under the current folder.
 
-    Checked before the picture is computed, so a bad name or a folder that cannot be written
-    fails at once. The format follows the suffix: .png, or any other that matplotlib writes
-    (.svg, .pdf, ...).
+    Checked before the picture is computed, so a bad name, a folder that cannot be written or
+    one inside a checkpoint registry (the user's, the shipped one, `registry`, or any other:
+    `zoo.hub.check_outside_registries`) fails at once. The format follows the suffix: .png, or
+    any other that matplotlib writes (.svg, .pdf, ...).
     """
     path = PLOTS_DIR / default_name if out is None else Path(out)
+    check_outside_registries(path, "cannot save a picture as", registry=registry)
     formats = FigureCanvasBase.get_supported_filetypes()
     if path.suffix.lstrip(".").lower() not in formats:
         raise InvalidValueError(
@@ -94,10 +103,12 @@ def _check_writable(path: Path) -> None:
 def save_figure(figure: Figure, path: Path) -> Path:
     """Writes `figure` to `path` (its folder is created) and returns `path`.
 
-    The picture is exactly figsize * DPI pixels: no tight bounding box trims it.
+    The picture is exactly figsize * DPI pixels: no tight bounding box trims it. It is written
+    whole or not at all (`zoo.outputs`): a failed write leaves an older picture as it was.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI)
+    file_format = path.suffix.lstrip(".").lower()
+    write_with(path, lambda file: figure.savefig(file, dpi=DPI, format=file_format))
     return path
 
 

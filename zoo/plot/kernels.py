@@ -62,7 +62,9 @@ def filters(
     model = load(name, step=step, registry=registry)
     layer = layer or first_convolution(model.model_name)
     kernel = conv_kernel(model.variables["params"], layer, model.model_name)
-    path = output_path(out, checkpoint_picture(model.path, f"filters-{layer.replace('/', '_')}"))
+    path = output_path(
+        out, checkpoint_picture(model.path, f"filters-{layer.replace('/', '_')}"), registry=registry
+    )
     height, width, inputs, outputs = kernel.shape
     title = f"{name}: {layer}, {outputs} kernels of {height}x{width}x{inputs}"
     if inputs in (1, 3):

@@ -59,7 +59,7 @@ def latent(
     if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
         raise InvalidValueError(f"grid must be an int of at least 2, got {grid!r}")
     model = load(name, step=step, registry=registry)
-    path = output_path(out, checkpoint_picture(model.path, "latent"))
+    path = output_path(out, checkpoint_picture(model.path, "latent"), registry=registry)
     _check_autoencoder(model)
     dataset = _held_out(model, data_dir)
     images, labels = dataset.test.images[:MAX_POINTS], dataset.test.labels[:MAX_POINTS]

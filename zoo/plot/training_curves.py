@@ -37,11 +37,11 @@ def curves(
     plots/<name>-curves.png for a log.
     """
     if log is not None:
-        path = output_path(out, f"{name}-curves.png")
+        path = output_path(out, f"{name}-curves.png", registry=registry)
         history, source = read_log(log), f"log {log}"
     else:
         folder = saved_step(name, step, registry)
-        path = output_path(out, checkpoint_picture(folder, "curves"))
+        path = output_path(out, checkpoint_picture(folder, "curves"), registry=registry)
         history, source = saved_history(folder, registry), f"the history saved in {folder.name}"
     metrics = [metric for metric in METRICS if _has(history, f"val_{metric}")]
     if not metrics:

@@ -23,7 +23,8 @@ from rich.console import Console
 
 from zoo import hub
 from zoo.data import Dataset, Split
-from zoo.errors import InvalidValueError
+from zoo.errors import InvalidTypeError, InvalidValueError
+from zoo.hub.records import decode_config
 from zoo.training import loop
 from zoo.training.config import TrainConfig, load_config_file, resolve, resumed
 from zoo.training.loop import Callback, FitResult
@@ -57,6 +58,9 @@ def train(
     Returns the `FitResult`: name, registry step, epoch, final metrics, and `.model`, the
     trained model (`predict(raw_uint8_images)`, `module`, `variables`, `meta`).
     """
+    loop.check_arguments(
+        dataset=data, callbacks=callbacks, console=console, dataset_argument="data"
+    )
     if isinstance(model, TrainConfig):
         if config_file is not None or settings:
             raise InvalidValueError("pass settings in the TrainConfig, or a model name with them")
@@ -88,6 +92,7 @@ def configure(
         explicit["model"] = model
     if data is not None:
         explicit.setdefault("dataset", data.name)
+    loop.check_arguments(dataset=data, dataset_argument="data")
     source = source or str(config_file or "train()")
     if not resume:
         return resolve(explicit, source=source)
@@ -95,8 +100,9 @@ def configure(
     name = explicit.get("name")
     if name is None:
         name = resolve(explicit, source=source).run_name
-    saved = hub.read_metadata(name, registry=explicit.get("registry"))["config"]
-    return resumed(saved, explicit)
+    meta = hub.read_metadata(name, registry=explicit.get("registry"))
+    built = decode_config(meta["model_name"], meta["model_config"])
+    return resumed(meta["config"], explicit, built)
 
 
 def arrays(
@@ -111,22 +117,54 @@ def arrays(
     """A data set from arrays: uint8 images (N, H, W[, C]) and integer labels 0..classes-1.
 
     `num_classes` defaults to the largest label plus one. `name` is what the registry records
-    as the run's data set.
+    as the run's data set. Both splits must hold examples; images that are not uint8 (floats,
+    say: raw images are 0..255 as data sets give them) and labels that are not integers are
+    refused, never converted.
     """
-    splits = [
-        Split(_nhwc(images), np.asarray(labels, np.int32))
-        for images, labels in ((train_images, train_labels), (test_images, test_labels))
-    ]
-    classes = num_classes or int(max(s.labels.max(initial=0) for s in splits)) + 1
-    for split in splits:
-        if len(split) and (split.labels.min() < 0 or split.labels.max() >= classes):
-            raise InvalidValueError(f"labels must be in [0, {classes - 1}], got {split.labels}")
-    return Dataset(name, *splits, num_classes=classes)
+    if num_classes is not None and (
+        not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1
+    ):
+        raise InvalidValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    splits = {
+        what: Split(_nhwc(images, what), _labels(labels, what))
+        for what, images, labels in (
+            ("training", train_images, train_labels),
+            ("held-out", test_images, test_labels),
+        )
+    }
+    for what, split in splits.items():
+        if not len(split):
+            raise InvalidValueError(f"the {what} split is empty: it needs at least one image")
+    classes = num_classes or int(max(s.labels.max() for s in splits.values())) + 1
+    for what, split in splits.items():
+        if split.labels.min() < 0 or split.labels.max() >= classes:
+            raise InvalidValueError(
+                f"{what} labels must be in [0, {classes - 1}], got labels from "
+                f"{split.labels.min()} to {split.labels.max()}"
+            )
+    return Dataset(name, splits["training"], splits["held-out"], num_classes=classes)
 
 
-def _nhwc(images: np.ndarray) -> np.ndarray:
+def _nhwc(images: Any, what: str) -> np.ndarray:
     images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise InvalidTypeError(
+            f"{what} images must be raw uint8 (0..255, as data sets give them), got "
+            f"{images.dtype} (convert with `(x * 255).round().astype(np.uint8)` from [0, 1])"
+        )
     return images[..., None] if images.ndim == 3 else images
+
+
+def _labels(labels: Any, what: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer) or labels.ndim != 1:
+        raise InvalidTypeError(
+            f"{what} labels must be a 1-D array of integer class ids, got {labels.dtype} of "
+            f"shape {labels.shape}"
+        )
+    # int32 on the device: clipped, an id beyond it stays out of range instead of wrapping.
+    int32 = np.iinfo(np.int32)
+    return np.clip(labels, int32.min, int32.max).astype(np.int32)
 
 
 @dataclasses.dataclass

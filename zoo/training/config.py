@@ -6,7 +6,13 @@ A resumed run starts from the config it was saved with instead of the defaults a
 may change only `RESUMABLE_FIELDS` (the rest define the run: changing them would not resume it).
 
 Values are checked when a `TrainConfig` is built, whatever their source: an unknown key, a
-wrong type or an out-of-range value raises an error naming it and what is allowed.
+wrong type, a number that is not finite or an out-of-range value raises an error naming it and
+what is allowed. What depends on the model (its name, the types of its `model_args`, settings
+that only a classifier has) is checked as the run's config is resolved (`resolve`, `resumed`,
+`check_for_model`), before any data is loaded.
+
+A Python config file is run as Python: it can do anything the user running `zoo train` can, so
+only use one you trust (as with any Python script).
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import runpy
 import tomllib
+import traceback
 import types
 import typing
 from collections.abc import Mapping
@@ -23,6 +31,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from zoo.errors import InvalidTypeError, InvalidValueError, NotFoundError, UnknownKeyError
+from zoo.registry import model_info
 
 Optimizer = Literal["sgd", "adamw"]
 Precision = Literal["fp32", "bf16"]
@@ -104,8 +113,10 @@ class TrainConfig:
     train_only: Annotated[
         str | None,
         Flag(
-            "train only the parameters matching these comma-separated globs (e.g. 'head/*'); "
-            "the others and their batch statistics stay frozen (default: all train)",
+            "train only the parameters matching these comma-separated globs of module paths "
+            "('fc/*' in a ResNet, 'output/*' in LeNet-5; `head` is any model's classifier, "
+            "'head,stage4_*' a ResNet's last stage too); the others and their batch statistics "
+            "stay frozen (default: all train)",
             "GLOBS",
         ),
     ] = None
@@ -258,18 +269,27 @@ def check_keys(values: Mapping[str, Any], source: str) -> None:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """The settings in a .json, .toml or .py file (a .py file defines a dict named `config`)."""
+    """The settings in a .json, .toml or .py file (a .py file defines a dict named `config`).
+
+    A .py file is run as Python, with every power of the user running it: load only files you
+    trust. Whatever goes wrong in it (a syntax error, an exception, `sys.exit`) is an
+    `InvalidValueError` naming the file and the line.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise NotFoundError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise InvalidValueError(f"config file {path} is not a file")
     if path.suffix in (".json", ".toml"):
         parse = json.loads if path.suffix == ".json" else tomllib.loads
         try:
             values = parse(path.read_text())
-        except ValueError as error:  # JSONDecodeError and TOMLDecodeError both are.
+        except ValueError as error:  # JSONDecodeError, TOMLDecodeError, UnicodeDecodeError.
             raise InvalidValueError(f"config file {path}: {error}") from None
+        except OSError as error:
+            raise InvalidValueError(f"config file {path}: {error.strerror}") from None
     elif path.suffix == ".py":
-        values = runpy.run_path(str(path)).get("config")
+        values = _run_python_config(path).get("config")
     else:
         raise InvalidValueError(
             f"config file {path}: unknown format {path.suffix!r}; use .json, .toml or .py"
@@ -281,6 +301,37 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
+def _run_python_config(path: Path) -> dict[str, Any]:
+    """The globals of Python file `path` once run; its failures as one line naming the line."""
+    try:
+        return runpy.run_path(str(path))
+    except SyntaxError as error:  # Its own line number: the traceback has no frame in the file.
+        where = f", line {error.lineno}" if error.lineno else ""
+        raise InvalidValueError(
+            f"config file {path}{where}: {type(error).__name__}: {error.msg}"
+        ) from None
+    except (Exception, SystemExit) as error:  # sys.exit in a config is not `zoo train` exiting.
+        what = (
+            f"called sys.exit({error.code!r})"
+            if isinstance(error, SystemExit)
+            else f"{type(error).__name__}: {error}".rstrip(": ")
+        )
+        first_line = what.splitlines()[0] if what else type(error).__name__
+        raise InvalidValueError(
+            f"config file {path}{_line_in(path, error)}: {first_line}"
+        ) from None
+
+
+def _line_in(path: Path, error: BaseException) -> str:
+    """', line N': the last line of `path` that the traceback of `error` passed through."""
+    lines = [
+        frame.lineno
+        for frame in traceback.extract_tb(error.__traceback__)
+        if Path(frame.filename).resolve() == path.resolve()
+    ]
+    return f", line {lines[-1]}" if lines else ""
+
+
 def resolve(explicit: Mapping[str, Any], *, source: str = "config") -> TrainConfig:
     """Defaults < the model's preset < `explicit` (a config file's values updated by flags)."""
     check_keys(explicit, source)
@@ -288,14 +339,65 @@ def resolve(explicit: Mapping[str, Any], *, source: str = "config") -> TrainConf
         raise InvalidValueError(
             "no model given: name one (e.g. `zoo train lenet5`) or set `model` in the config file"
         )
-    return TrainConfig.from_dict({**PRESETS.get(explicit["model"], {}), **explicit}, source=source)
+    config = TrainConfig.from_dict(
+        {**PRESETS.get(explicit["model"], {}), **explicit}, source=source
+    )
+    check_for_model(config)
+    return config
 
 
-def resumed(saved: Mapping[str, Any], explicit: Mapping[str, Any]) -> TrainConfig:
-    """The saved run's config updated by `explicit`, which may change `RESUMABLE_FIELDS` only."""
+def resumed(
+    saved: Mapping[str, Any],
+    explicit: Mapping[str, Any],
+    built: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """The saved run's config updated by `explicit`, which may change `RESUMABLE_FIELDS` only.
+
+    `built` is the model config the saved run was built with (its checkpoint's `model_config`,
+    decoded): a model argument given with the value the run was built with changes nothing
+    (`--model-arg num_classes=10` resumes a run trained on 10 classes).
+    """
+    explicit = dict(explicit)
+    if built is not None and isinstance(explicit.get("model_args"), dict):
+        explicit["model_args"] = _unchanged_model_args(saved, explicit["model_args"], built)
     config = TrainConfig.from_dict({**saved, **explicit}, source="resumed config")
+    check_for_model(config)
     check_resumable(TrainConfig.from_dict(saved, source="saved config"), config)
     return config
+
+
+def _unchanged_model_args(
+    saved: Mapping[str, Any], given: Mapping[str, Any], built: Mapping[str, Any]
+) -> dict[str, Any]:
+    """`given` model arguments, as the saved run's wherever they equal what it was built with."""
+    saved_args = dict(saved.get("model_args") or {})
+    info = model_info(saved["model"])
+    # Both through the model's own field types: [2] and (2,) are the same widths.
+    was = info.config(**built)
+    now = info.config(**{**built, **given})
+    return {
+        **saved_args,
+        **{k: v for k, v in given.items() if k in saved_args or now[k] != was.get(k)},
+    }
+
+
+def check_for_model(config: TrainConfig) -> None:
+    """Raises for what `config.model` cannot take, before anything is loaded or compiled: an
+    unknown model (with the closest names), model arguments of the wrong type or out of range
+    (each naming the argument), or a classifier's setting on a model without classes."""
+    info = model_info(config.model)
+    info.module(**info.config(**config.model_args))  # Each model checks its own ranges.
+    if info.task != "classification":
+        for name in CLASS_LABEL_SETTINGS:
+            if getattr(config, name):
+                raise InvalidValueError(
+                    f"{name} works on class labels; {config.model} is a {info.task} model, "
+                    f"which has none (leave {name} at 0), got {getattr(config, name)!r}"
+                )
+
+
+# What only a model trained on class labels has: the autoencoder's reconstruction has none.
+CLASS_LABEL_SETTINGS = ("label_smoothing", "mixup", "cutmix")
 
 
 def check_resumable(saved: TrainConfig, config: TrainConfig) -> None:
@@ -336,6 +438,9 @@ def _checked(name: str, value: Any, hint: Any) -> Any:
     if not any(type(value) is t for t in options):
         wanted = " or ".join("None" if t is type(None) else t.__name__ for t in options)
         raise InvalidTypeError(f"{name} must be {wanted}, got {type(value).__name__} {value!r}")
+    # inf and nan pass many range checks (`mixup >= 0`) but no setting means them.
+    if type(value) is float and not math.isfinite(value):
+        raise InvalidValueError(f"{name} must be a finite number, got {value!r}")
     return value
 
 

@@ -36,6 +36,7 @@ import atexit
 import dataclasses
 import os
 import re
+import signal
 import sys
 import threading
 import traceback
@@ -43,6 +44,7 @@ from collections.abc import Callable
 
 import jax
 
+from zoo import interrupts
 from zoo.errors import InvalidValueError, ZooError
 
 # How long a silent process is waited for before it is declared dead. JAX's default is 100 s;
@@ -232,9 +234,10 @@ def _report_failure(error: BaseException, command: str) -> int:
             file=sys.stderr,
         )
         return 1
-    if isinstance(error, KeyboardInterrupt):
-        print(f"\n{command}: {who} interrupted", file=sys.stderr)
-        return 130
+    if isinstance(error, KeyboardInterrupt):  # `zoo.interrupts.Interrupted`, as `zoo.cli`.
+        signum = getattr(error, "signum", signal.SIGINT)
+        print(f"{interrupts.line(signum)} ({who})", file=sys.stderr)
+        return 128 + signum
     if isinstance(error, ZooError):  # As `zoo.cli` reports them.
         print(f"{command}: error: {who}: {error}", file=sys.stderr)
         return 2

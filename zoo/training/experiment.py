@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 import zoo
@@ -21,11 +22,11 @@ from zoo.data import Dataset, load_dataset
 from zoo.errors import InvalidValueError
 from zoo.preprocessing import Preprocessing
 from zoo.training.augment import AUGMENTATIONS, Augmentation
-from zoo.training.config import TrainConfig, check_resumable
+from zoo.training.config import TrainConfig, check_for_model, check_resumable
 from zoo.training.pipeline import DeviceSplit
 from zoo.training.recipe import model_overrides
 from zoo.training.sharding import check_batch_size, make_mesh, replicate, replicated
-from zoo.training.state import TrainState, create_train_state, make_optimizer
+from zoo.training.state import TrainState, check_train_only, create_train_state, make_optimizer
 
 COMPUTE_DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -64,8 +65,11 @@ class Experiment:
 
 def build_experiment(config: TrainConfig, dataset: Dataset | None = None) -> Experiment:
     """Loads the data (or takes `dataset`) and builds model, mesh and keys; cheap checks first."""
+    check_for_model(config)  # The model and its arguments, for a config built by hand too.
     info = zoo.model_info(config.model)
-    designed = info.config(**config.model_args)  # Unknown model arguments fail here.
+    designed = info.config(**config.model_args)
+    if config.train_only is not None:  # Globs that match nothing would train nothing.
+        check_train_only(info.module(**designed), config.train_only)
     mesh = make_mesh()
     check_batch_size(config.batch_size, mesh)
     model_config: dict[str, Any] = dict(config.model_args)
@@ -88,6 +92,7 @@ def build_experiment(config: TrainConfig, dataset: Dataset | None = None) -> Exp
     train = dataset.train
     if config.max_train_examples is not None:
         train = train.take(config.max_train_examples)
+    check_trainable(dataclasses.replace(dataset, train=train), info.task)
     if len(train) < config.batch_size:
         raise InvalidValueError(
             f"batch size {config.batch_size} is larger than the {len(train)} "
@@ -119,6 +124,32 @@ def build_experiment(config: TrainConfig, dataset: Dataset | None = None) -> Exp
         augmentation=AUGMENTATIONS[dataset.augmentation] if config.augment else None,
         keys=replicate({"init": init, "shuffle": shuffle, "augment": augment}, mesh),
     )
+
+
+def check_trainable(dataset: Dataset, task: str) -> None:
+    """Raises unless `dataset` can train and evaluate a model of `task`: both splits hold
+    examples and, for a classifier, the labels are in range and of at least two classes."""
+    for split, what in ((dataset.train, "training"), (dataset.test, "held-out")):
+        if not len(split):
+            raise InvalidValueError(f"{dataset.name}'s {what} split is empty")
+    if task != "classification":
+        return
+    if dataset.num_classes < 2:
+        raise InvalidValueError(
+            f"{dataset.name} has {dataset.num_classes} class: a classifier needs at least 2"
+        )
+    for split in (dataset.train, dataset.test):
+        low, high = int(split.labels.min()), int(split.labels.max())
+        if low < 0 or high >= dataset.num_classes:
+            raise InvalidValueError(
+                f"{dataset.name}'s labels must be in [0, {dataset.num_classes - 1}], "
+                f"got labels from {low} to {high}"
+            )
+    if len(classes := np.unique(dataset.train.labels)) < 2:
+        raise InvalidValueError(
+            f"{dataset.name}'s training labels are all {int(classes[0])}: a classifier needs "
+            "examples of at least 2 classes (it would learn to answer that one)"
+        )
 
 
 def _input_shape(

@@ -23,9 +23,15 @@ import jax
 import jax.numpy as jnp
 from rich.console import Console
 
-from zoo import hub, multihost
+from zoo import hub, interrupts, multihost
 from zoo.data import Dataset
-from zoo.errors import InvalidValueError, NotAFolderError, NotFoundError, NotWritableError
+from zoo.errors import (
+    InvalidTypeError,
+    InvalidValueError,
+    NotAFolderError,
+    NotFoundError,
+    NotWritableError,
+)
 from zoo.training.config import TrainConfig
 from zoo.training.divergence import TrainingDiverged, divergence, non_finite_losses
 from zoo.training.evaluate import make_evaluator
@@ -39,7 +45,7 @@ from zoo.training.experiment import (
 from zoo.training.finetune import start_from
 from zoo.training.pipeline import DeviceSplit, epoch_order, training_batch
 from zoo.training.recipe import mixing
-from zoo.training.report import Reporter, compiling, host_metrics
+from zoo.training.report import Reporter, compiling, host_metrics, tensorboard_dir
 from zoo.training.sharding import replicate, replicated
 from zoo.training.state import TrainState, learning_rate_at_step
 from zoo.training.step import Metrics, train_step, zero_metrics
@@ -95,11 +101,50 @@ def fit(
     settings, before any training; a second live run under the same name and registry is
     refused (`zoo.hub.claim_run`).
     """
+    check_arguments(config=config, dataset=dataset, callbacks=callbacks, console=console)
+    for flag, value in (("resume", resume), ("save", save)):
+        if not isinstance(value, bool):
+            raise InvalidTypeError(f"{flag} must be True or False, got {value!r}")
     if save:  # Before the claim, which writes there: a read-only registry is one clear line.
         hub.check_writable(config.registry)
     claim = hub.claim_run(config.run_name, registry=config.registry) if save else nullcontext()
     with claim as run_id:
         return _fit(config, resume, console, callbacks, dataset, save, run_id)
+
+
+def check_arguments(
+    *,
+    config: Any = None,
+    dataset: Any = None,
+    callbacks: Any = (),
+    console: Any = None,
+    dataset_argument: str = "dataset",
+) -> None:
+    """`InvalidTypeError`s for what `fit` (or `zoo.training.train`) was given in the wrong form."""
+    if config is not None and not isinstance(config, TrainConfig):
+        raise InvalidTypeError(
+            f"config must be a TrainConfig (zoo.training.configure makes one), got "
+            f"{type(config).__name__}"
+        )
+    if dataset is not None and not isinstance(dataset, Dataset):
+        raise InvalidTypeError(
+            f"{dataset_argument} must be a zoo.data.Dataset (zoo.training.arrays makes one from "
+            f"arrays; a named data set goes in dataset=...), got {type(dataset).__name__} "
+            f"{dataset!r:.80}"
+        )
+    if not isinstance(callbacks, Sequence) or isinstance(callbacks, str):
+        raise InvalidTypeError(
+            f"callbacks must be a list of functions of an epoch's record ([f]), got "
+            f"{type(callbacks).__name__} {callbacks!r:.80}"
+        )
+    for callback in callbacks:
+        if not callable(callback):
+            raise InvalidTypeError(
+                f"each callback must be a function of an epoch's record, got "
+                f"{type(callback).__name__} {callback!r:.80}"
+            )
+    if console is not None and not isinstance(console, Console):
+        raise InvalidTypeError(f"console must be a rich.console.Console, got {console!r:.80}")
 
 
 def _fit(
@@ -116,7 +161,7 @@ def _fit(
     console = (console or Console()) if primary else Console(quiet=True)
     latest = _check_name_state(config, resume) if save or resume else None
     if primary:
-        _check_log_file(config.log_path)
+        _check_log_file(config)
     experiment = build_experiment(config, dataset)
     start = _starting_point(experiment, resume, latest)
     state, start_epoch, history = start.state, start.epoch, list(start.history)
@@ -145,15 +190,20 @@ def _fit(
     # Jitted: evaluated eagerly, the schedule's few ops would each be compiled on their own.
     learning_rate = jax.jit(learning_rate_at_step(config, experiment.steps_per_epoch))
     metrics: dict[str, float] = {}
-    with Reporter(
-        console,
-        config.log_path if primary else None,
-        epochs=config.epochs,
-        start_epoch=start_epoch,
-        steps_per_epoch=experiment.steps_per_epoch,
-        append=resume,
-        tensorboard=config.tensorboard,
-    ) as reporter:
+    # From here on a Ctrl-C stops the run between two steps (`zoo.interrupts`), as any error
+    # does: the metrics log records it, and the last checkpoint saved stays the latest.
+    with (
+        interrupts.responsive(),
+        Reporter(
+            console,
+            config.log_path if primary else None,
+            epochs=config.epochs,
+            start_epoch=start_epoch,
+            steps_per_epoch=experiment.steps_per_epoch,
+            append=resume,
+            tensorboard=config.tensorboard,
+        ) as reporter,
+    ):
         reporter.write(
             "start",
             config=config.to_dict(),
@@ -408,7 +458,14 @@ def _check_writable(folder: Path, what: str) -> None:
         ) from None
 
 
-def _check_log_file(path: Path) -> None:
+def _check_log_file(config: TrainConfig) -> None:
+    """The metrics log (and its TensorBoard folder) can be written, and not into a registry."""
+    path = config.log_path
+    hub.check_outside_registries(path, "metrics log", registry=config.registry)
+    if config.tensorboard:
+        hub.check_outside_registries(
+            tensorboard_dir(path), "TensorBoard folder", registry=config.registry
+        )
     if path.is_dir():
         raise NotAFolderError(f"metrics log {path} is a folder; --log wants a file name")
     _check_writable(path.parent, "metrics log folder")
@@ -420,7 +477,7 @@ TrainFn = Any  # A compiled (state, totals, split, order, key) -> (state, totals
 def _compile_train_step(experiment: Experiment, state: TrainState) -> TrainFn:
     """Compiles the whole training step for these shapes and shardings, once."""
     config = experiment.config
-    batch_mixing = mixing(config, experiment.task, experiment.num_classes)
+    batch_mixing = mixing(config, experiment.num_classes)
 
     def step(
         state: TrainState,
@@ -484,6 +541,7 @@ def _train_epoch(
     reporter.start_epoch(epoch)
     started = time.monotonic()
     for i in range(steps):
+        interrupts.check()  # Between steps: nothing is half-done on the host.
         state, totals = train_fn(state, totals, experiment.train, order, experiment.keys["augment"])
         if (i + 1) % refresh_every == 0 or i + 1 == steps:
             metrics = host_metrics(jax.device_get(totals), "train")

@@ -33,12 +33,8 @@ def model_overrides(config: TrainConfig, info: ModelInfo) -> dict[str, Any]:
     return overrides
 
 
-def mixing(config: TrainConfig, task: str, num_classes: int) -> BatchMixing | None:
-    """The run's mixup/CutMix, or None; only a classifier has labels to mix."""
-    if (config.mixup or config.cutmix) and task != "classification":
-        raise InvalidValueError(
-            f"--mixup and --cutmix mix class labels; {config.model} is a {task} model"
-        )
+def mixing(config: TrainConfig, num_classes: int) -> BatchMixing | None:
+    """The run's mixup/CutMix, or None (only a classifier may set them: `check_for_model`)."""
     return batch_mixing(config.mixup, config.cutmix, num_classes)
 
 

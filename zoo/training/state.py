@@ -12,6 +12,7 @@ applies an update every N of them, and the learning-rate schedule counts those u
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -118,22 +119,59 @@ def leaf_path(path: tuple[Any, ...]) -> str:
     return jax.tree_util.keystr(path, simple=True, separator="/")  # The store's naming too.
 
 
-def frozen_paths(variables: PyTree, train_only: str | None) -> frozenset[str]:
+def frozen_paths(
+    variables: PyTree, train_only: str | None, head_name: str | None = None
+) -> frozenset[str]:
     """The paths of `variables` that `train_only`'s globs leave frozen (none without it).
 
     A glob matches a path without its collection ("conv1/kernel", "bn/mean"), so `bn/*` trains
     a BatchNorm's scale and bias and updates its statistics; anything it does not match keeps
-    its value, the statistics included.
+    its value, the statistics included. The glob `head` is the model's classifier, whatever its
+    module is called (`head_name`: `fc` in a ResNet, `output` in LeNet-5). A glob that matches
+    nothing is an `InvalidValueError` listing what there is: it would train nothing.
     """
     if train_only is None:
         return frozenset()
-    globs = [g.strip() for g in train_only.split(",")]
-    paths = jax.tree_util.tree_flatten_with_path(variables)[0]
+    globs = [_head_glob(g.strip(), head_name) for g in train_only.split(",")]
+    paths = [leaf_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(variables)[0]]
+    local = {full: full.split("/", 1)[1] for full in paths}
+    for glob in globs:
+        if not any(fnmatch.fnmatchcase(path, glob) for path in local.values()):
+            raise InvalidValueError(
+                f"train_only {glob!r} matches no parameter; {_parameter_groups(variables)}"
+                + (f" (`head` is the classifier, {head_name}/*)" if head_name else "")
+            )
     return frozenset(
-        full
-        for full in (leaf_path(path) for path, _ in paths)
-        if not any(fnmatch.fnmatchcase(full.split("/", 1)[1], g) for g in globs)
+        full for full, path in local.items() if not any(fnmatch.fnmatchcase(path, g) for g in globs)
     )
+
+
+def check_train_only(model: nn.Module, train_only: str) -> None:
+    """Raises as `frozen_paths` does for `model`'s variables, found by tracing its `init`."""
+    shape = jax.ShapeDtypeStruct((1, *model.input_size, model.in_channels), jnp.float32)
+    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), shape)
+    frozen_paths(variables, train_only, getattr(model, "head_name", None))
+
+
+# The glob that names a model's classifier, whatever the model calls it.
+HEAD_GLOB = "head"
+# How many parameter groups an error lists before it points to `zoo summary` for the rest.
+_LISTED_GROUPS = 24
+
+
+def _head_glob(glob: str, head_name: str | None) -> str:
+    return f"{head_name}/*" if glob == HEAD_GLOB and head_name is not None else glob
+
+
+def _parameter_groups(variables: PyTree) -> str:
+    """'the parameters are c1/*, c3/*, ...': the top-level modules of the `params`."""
+    groups = [f"{name}/*" for name in variables.get("params", {})]
+    if not groups:
+        return "the model has no parameters"
+    shown = ", ".join(groups[:_LISTED_GROUPS])
+    more = len(groups) - _LISTED_GROUPS
+    rest = f" and {more} more (`zoo summary MODEL` lists every layer)" if more > 0 else ""
+    return f"the parameters are {shown}{rest}"
 
 
 def freeze(
@@ -168,7 +206,7 @@ def create_train_state(
     init_key, dropout_key = jax.random.split(key)
     variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
     params = variables["params"]
-    frozen = frozen_paths(variables, train_only)
+    frozen = frozen_paths(variables, train_only, getattr(model, "head_name", None))
     tx = freeze(tx, frozen)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
