@@ -175,3 +175,29 @@ def test_the_cli_names_an_unknown_source_in_one_line(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error.startswith("zoo train: error: no checkpoint named 'three-clases'")
     assert "three-classes" in error and "\n" not in error
+
+
+def test_replace_head_refuses_a_bad_key_and_variables_that_are_not_the_models():
+    model = zoo.create_model("mlp", hidden=(4,))
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    for key in (None, 0, "seed", jnp.zeros(3, jnp.uint32)):
+        with pytest.raises(TypeError, match=r"key must be a PRNG key such as jax\.random\.key"):
+            zoo.replace_head(model, variables, 3, key)
+    for bad, message in (
+        ({"params": {}}, "params/hidden0/kernel: missing"),
+        ({"params": {"hidden0": {"kernel": jnp.zeros((784, 5))}}}, r"shape \(784, 5\), not"),
+        (
+            {"params": {**variables["params"], "extra": {"w": jnp.zeros(1)}}},
+            "params/extra/w: not a variable of the model",
+        ),
+    ):
+        with pytest.raises(ValueError, match=message) as error:
+            zoo.replace_head(model, bad, 3, jax.random.key(1))
+        assert isinstance(error.value, zoo.ZooError)
+    with pytest.raises(TypeError, match="variables must map collections to trees"):
+        zoo.replace_head(model, [variables], 3, jax.random.key(1))
+    # A raw key works as well as a typed one; a headless result needs no key at all.
+    new, replaced = zoo.replace_head(model, variables, 3, jax.random.PRNGKey(1))
+    assert replaced["params"]["classifier"]["kernel"].shape == (4, 3)
+    headless, kept = zoo.replace_head(new, replaced, 0, None)
+    assert "classifier" not in kept["params"] and headless.num_classes == 0

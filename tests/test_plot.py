@@ -360,3 +360,34 @@ def test_importing_zoo_and_the_cli_leaves_matplotlib_unloaded():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_a_picture_never_lands_in_a_registry_and_a_failed_save_keeps_the_old_one(
+    registry, digit_png, tmp_path, capsys, user_registry, monkeypatch
+):
+    step = hub.step_folder("lenet", registry=registry)
+    targets = [
+        (["curves", "lenet", "--registry", str(registry)], step / "meta.json"),
+        (["curves", "lenet", "--registry", str(registry)], registry / "curves.png"),
+        (["edges", str(digit_png)], step / "edges.png"),  # No --registry: found by its files.
+        (["edges", str(digit_png)], user_registry / "edges.png"),
+        (["edges", str(digit_png)], hub.shipped_root() / "edges.png"),
+    ]
+    manifest = (step / "manifest.json").read_bytes()
+    for argv, out in targets:
+        assert main(["plot", *argv, "--out", str(out)]) == 2, out
+        err = capsys.readouterr().err
+        assert err.startswith(f"zoo plot: error: cannot save a picture as {out}: it is inside ")
+        assert err.count("\n") == 1
+        assert not out.exists() or out.name == "meta.json"
+    assert (step / "manifest.json").read_bytes() == manifest
+    hub.load("lenet", registry=registry)  # Still verifies.
+
+    out = tmp_path / "edges.png"
+    out.write_bytes(b"an older picture")
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "disk full")))
+    assert main(["plot", "edges", str(digit_png), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"zoo plot: error: cannot write {out}: disk full\n"
+    assert out.read_bytes() == b"an older picture" and sorted(tmp_path.iterdir()) == sorted(
+        [out, digit_png]
+    )

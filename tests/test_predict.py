@@ -70,3 +70,29 @@ def test_bad_files_are_one_line_errors_naming_the_file(bad_image_files, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"zoo predict: error: {path}: ") and message in err
         assert err.count("\n") == 1
+
+
+def test_an_empty_npy_is_a_one_line_error(tmp_path, capsys):
+    for name, empty in (("grey", (0, 28, 28)), ("channels", (0, 28, 28, 1)), ("flat", (0,))):
+        np.save(tmp_path / f"{name}.npy", np.zeros(empty, np.uint8))
+        path = tmp_path / f"{name}.npy"
+        assert main(["predict", "lenet5-mnist5k", str(path), "--registry", str(SHIPPED)]) == 2
+        out, err = capsys.readouterr()
+        assert not out and err.startswith(f"zoo predict: error: {path}: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (np.zeros((0, 28, 28), np.uint8), r"no images to classify: the batch is empty"),
+        (np.zeros((2, 28, 28), np.float32), r"expected raw uint8 images \(0..255\), got float32"),
+        (np.full((2, 28, 28), -1), r"expected raw uint8 images \(0..255\), got int64"),
+        (np.zeros((2, 28, 28), np.float64).tolist(), r"got float64"),
+    ],
+)
+def test_predict_refuses_what_zoo_predict_and_arrays_refuse(digits, images, message):
+    model = zoo.load("lenet5-mnist5k", registry=SHIPPED)
+    with pytest.raises(zoo.ZooError, match=message) as error:
+        model.predict(images)
+    assert isinstance(error.value, ValueError)
+    assert (model.predict(digits[0][:8]) == digits[1][:8]).mean() > 0.5  # uint8 still works.

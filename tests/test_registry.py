@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import zoo
@@ -87,3 +88,51 @@ def test_duplicate_registration_is_an_error():
     info = zoo.model_info("lenet5")
     with pytest.raises(ValueError, match="already registered"):
         zoo.registry.register("lenet5", info.module, paper="", description="")
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "value", "expected"),
+    [
+        ("mlp", "hidden", 7, "a sequence of integers"),
+        ("mlp", "hidden", [7, "8"], "a sequence of integers"),
+        ("mlp", "activation", 3, "a string"),
+        ("lenet5", "num_classes", "ten", "an integer"),
+        ("lenet5", "num_classes", True, "an integer"),
+        ("lenet5", "num_classes", 10.0, "an integer"),
+        ("lenet5", "in_channels", [1], "an integer"),
+        ("lenet5", "input_size", (32,), "a sequence of 2 integers"),
+        ("lenet5", "input_size", "32x32", "a sequence of 2 integers"),
+        ("lenet5", "dtype", "banana", "a floating-point dtype"),
+        ("lenet5", "dtype", None, "a floating-point dtype"),
+        ("lenet5", "dtype", jnp.int8, "a floating-point dtype"),
+        ("lenet5", "param_dtype", "int8", "a floating-point dtype"),
+        ("lenet5", "param_dtype", 1.0, "a floating-point dtype"),
+        ("resnet18", "stage_sizes", (2, 2, 2.5, 2), "a sequence of integers"),
+        ("resnet18", "zero_init_residual", 1, "a boolean"),
+        ("resnet18", "drop_path_rate", "0.1", "a number"),
+        ("alexnet", "widths", [96, 256], "a sequence of 5 integers"),
+    ],
+)
+def test_each_field_is_checked_against_its_type_before_anything_is_built(
+    model, field, value, expected
+):
+    with pytest.raises(zoo.errors.InvalidValueError) as error:
+        zoo.create_model(model, **{field: value})
+    message = str(error.value)
+    assert message == f"{model}: {field}={value!r} is not {expected}" or (
+        message.startswith(f"{model}: {field}=") and f"is not {expected}" in message
+    )
+    assert "\n" not in message
+    # A module built directly, not through the registry, is refused too (its own range
+    # checks may come first).
+    with pytest.raises(ValueError, match=field):
+        zoo.model_info(model).module(**{**zoo.model_info(model).config(), field: value})
+
+
+def test_every_floating_dtype_spelling_is_accepted_and_names_become_dtypes():
+    for dtype in (jnp.float32, jnp.bfloat16, "bfloat16", "float16", jnp.dtype("float32")):
+        model = zoo.create_model("lenet5", dtype=dtype, param_dtype=dtype)
+        assert jnp.dtype(model.dtype) == jnp.dtype(dtype)
+    assert zoo.create_model("lenet5", dtype="bfloat16").dtype == jnp.bfloat16
+    labels = np.array([0, 3, 1])  # A NumPy integer, as `labels.max() + 1` gives it.
+    assert zoo.create_model("mlp", hidden=[3], num_classes=labels.max() + 1).num_classes == 4

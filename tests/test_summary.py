@@ -64,3 +64,42 @@ def test_cli_errors_are_one_line_with_exit_status_2(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["summary", "resnet18", "--input-shape", "64x64"])
     assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--input-shape", "99999999999999999999,32,3"],
+        ["--input-shape", "-1,28,1"],  # Once swallowed by argparse as an option.
+        ["--input-shape=-1,28,1"],
+        ["--input-shape", "0,32,3"],
+        ["--input-shape", "65537,32,3"],
+        ["--input-shape", "32,32"],
+        ["--input-shape", "3.5,32,3"],
+    ],
+)
+def test_a_bad_input_shape_is_one_line_naming_what_is_expected(capsys, argv):
+    with pytest.raises(SystemExit) as exit_:
+        main(["summary", "resnet18", *argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("zoo summary: error: argument --input-shape: ")
+    assert "positive integers of at most 65,536" in err or "three integers" in err, err
+
+
+def test_the_python_summary_refuses_the_same_shapes():
+    for shape in ((10**20, 32, 3), (-1, 28, 3), (32, 32), (32.0, 32, 3), "32,32,3"):
+        with pytest.raises(zoo.errors.InvalidValueError, match="at most 65,536"):
+            zoo.summary("resnet18", shape)
+    assert zoo.summary("resnet18", [64, 64, 3]).layers  # A list is a shape too.
+
+
+def test_an_argparse_error_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "mlp", "--epochs", "two"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "zoo train: error: argument --epochs: invalid int value: 'two' (see `zoo train --help`)\n"
+    )

@@ -105,3 +105,63 @@ def test_a_stopping_callback_ends_the_run_and_its_last_epoch_is_saved(tmp_path):
     )
     saved = hub.load("mlp-synthetic", registry=tmp_path / "registry")
     assert run.epoch == 2 and saved.meta["epoch"] == 2
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"data": "mnist5k"}, "data must be a zoo.data.Dataset"),
+        ({"data": np.zeros((4, 28, 28), np.uint8)}, "data must be a zoo.data.Dataset"),
+        ({"callbacks": 5}, "callbacks must be a list of functions"),
+        ({"callbacks": print}, "callbacks must be a list of functions"),
+        ({"callbacks": [5]}, "each callback must be a function"),
+        ({"console": "quiet"}, "console must be a rich.console.Console"),
+        ({"save": "no"}, "save must be True or False"),
+    ],
+)
+def test_arguments_of_the_wrong_kind_are_zoo_errors(arguments, message):
+    with pytest.raises(zoo.ZooError, match=message) as error:
+        zoo.training.train("mlp", epochs=1, **arguments)
+    assert isinstance(error.value, TypeError)
+
+
+def test_a_config_of_the_wrong_kind_is_a_zoo_error():
+    with pytest.raises(TypeError, match="config must be a TrainConfig"):
+        zoo.training.fit("mlp")
+
+
+GREY = np.zeros((8, 28, 28), np.uint8)
+LABELS = np.arange(8) % 2
+
+
+@pytest.mark.parametrize(
+    ("arrays", "error", "message"),
+    [
+        ((GREY, LABELS, GREY[:0], LABELS[:0]), ValueError, "the held-out split is empty"),
+        ((GREY[:0], LABELS[:0], GREY, LABELS), ValueError, "the training split is empty"),
+        ((GREY / 255, LABELS, GREY, LABELS), TypeError, "images must be raw uint8"),
+        ((GREY, LABELS, GREY.astype(np.int64) - 1, LABELS), TypeError, "must be raw uint8"),
+        ((GREY, LABELS + 0.5, GREY, LABELS), TypeError, "labels must be a 1-D array of integer"),
+        ((GREY, LABELS.astype(float), GREY, LABELS), TypeError, "integer class ids, got float64"),
+        ((GREY, LABELS, GREY, -LABELS), ValueError, r"labels must be in \[0, 1\], got .* -1"),
+        # 2**40 would wrap around to 0 in int32.
+        ((GREY, LABELS, GREY, LABELS + 2**40), ValueError, r"labels must be in \[0, 1\]"),
+    ],
+)
+def test_arrays_refuse_what_they_would_otherwise_convert_or_fail_on_later(arrays, error, message):
+    with pytest.raises(error, match=message) as raised:
+        zoo.training.arrays(*arrays, num_classes=2)
+    assert isinstance(raised.value, zoo.ZooError)
+
+
+@pytest.mark.parametrize(
+    ("train_labels", "num_classes", "message"),
+    [
+        (np.zeros(8, np.int64), None, "has 1 class: a classifier needs at least 2"),
+        (np.zeros(8, np.int64), 10, "training labels are all 0: a classifier needs examples"),
+    ],
+)
+def test_one_class_data_is_refused_for_a_classifier(train_labels, num_classes, message):
+    data = zoo.training.arrays(GREY, train_labels, GREY, LABELS * 0, num_classes=num_classes)
+    with pytest.raises(ValueError, match=message):
+        zoo.training.train("mlp", data=data, epochs=1, batch_size=4, save=False)

@@ -9,14 +9,17 @@ import tempfile
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import zoo
 from zoo import cli, hub
 from zoo.data import load_dataset
+from zoo.hub.store import flat_specs
 from zoo.preprocessing import Preprocessing
-from zoo.training import loop
+from zoo.training import experiment, loop
+from zoo.training.state import frozen_paths
 
 
 @pytest.fixture(autouse=True)
@@ -212,3 +215,80 @@ def test_eval_of_an_entry_without_a_data_set_says_to_name_one(tmp_path, capsys):
         capsys, "eval", "imported", "--registry", str(tmp_path), "--dataset", "mnist5k"
     )
     assert code == 0 and "imported step 0 on mnist5k held-out split (1,000 images)" in out, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["lenet5", "--model-arg", "num_classes=ten"], "num_classes='ten' is not an integer"),
+        (["lenet5", "--model-arg", "num_classes={bad"], "num_classes='{bad' is not an integer"),
+        (["mlp", "--model-arg", "hidden=7"], "mlp: hidden=7 is not a sequence of integers"),
+        (["lenet5", "--model-arg", "dtype=banana"], "dtype='banana' is not a floating-point"),
+        (["lenet5", "--model-arg", "param_dtype=int8"], "param_dtype='int8' is not a floating"),
+        (["lenet5", "--mixup", "inf"], "mixup must be a finite number, got inf"),
+        (["lenet5", "--cutmix", "nan"], "cutmix must be a finite number, got nan"),
+        (
+            ["conv_autoencoder", "--label-smoothing", "0.1"],
+            "label_smoothing works on class labels; conv_autoencoder is a reconstruction model",
+        ),
+        (["conv_autoencoder", "--mixup", "0.2"], "mixup works on class labels"),
+        (
+            ["lenet5", "--train-only", "nomatch/*"],
+            "train_only 'nomatch/*' matches no parameter; the parameters are c1/*, c3/*, c5/*, "
+            "f6/*, output/* (`head` is the classifier, output/*)",
+        ),
+        (["lenet5", "--train-only", "["], "train_only '[' matches no parameter"),
+        (["lenet5", "--train-only", "head/*"], "train_only 'head/*' matches no parameter"),
+        (["resnet20", "--train-only", "head,nothing*"], "train_only 'nothing*' matches no"),
+    ],
+)
+def test_settings_are_refused_in_one_line_before_any_data_is_loaded(
+    tmp_path, capsys, monkeypatch, argv, message
+):
+    def no_data(*args, **kwargs):
+        pytest.fail("data was loaded before the settings were checked")
+
+    monkeypatch.setattr(experiment, "load_dataset", no_data)
+    code, _, err = run(capsys, "train", *argv, "--registry", str(tmp_path))
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("zoo train: error: ") and message in err, err
+    assert not any(tmp_path.iterdir())
+
+
+def test_train_only_head_names_the_classifier_of_any_model(tmp_path):
+    for model, head in (("lenet5", "output"), ("resnet20", "fc"), ("mlp", "classifier")):
+        module = zoo.create_model(model)
+        shape = (1, *module.input_size, module.in_channels)
+        variables = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(shape))
+        frozen = frozen_paths(variables, "head", module.head_name)
+        trained = {path for path in flat_specs(variables) if path not in frozen}
+        assert trained and all(path.split("/")[1] == head for path in trained), trained
+
+
+def test_the_metrics_log_and_its_tensorboard_folder_never_land_in_a_registry(
+    tmp_path, capsys, user_registry
+):
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    for log, what in (
+        (registry / "m.jsonl", "metrics log"),
+        (user_registry / "m.jsonl", "metrics log"),
+        (tmp_path / "registry.jsonl", "TensorBoard folder"),  # Its events: registry/ itself.
+    ):
+        code, _, err = run(capsys, "train", "mlp", "--registry", str(registry), "--log", str(log))
+        assert code == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"zoo train: error: {what} ") and "it is inside" in err, err
+    assert not any(registry.iterdir())
+    code, _, err = run(
+        capsys,
+        "train",
+        "mlp",
+        "--registry",
+        str(registry),
+        "--log",
+        str(tmp_path / "registry.jsonl"),
+        "--no-tensorboard",
+        "--train-only",
+        "nomatch",  # The first check after the log's.
+    )
+    assert "train_only 'nomatch' matches no parameter" in err  # Without events, that log is fine.

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 import zoo
 from zoo.cli import training as commands
 from zoo.errors import InvalidValueError
+from zoo.training import configure
 from zoo.training.config import (
     PRESETS,
     RESUMABLE_FIELDS,
@@ -223,3 +228,89 @@ def test_the_help_of_a_flag_a_preset_sets_shows_the_presets_values(capsys):
     assert f"passes over the training split (default: the model's preset ({epochs}," in text
     assert "(default: 10)" not in text
     assert "seed of initialisation, shuffling, augmentation and dropout (default: 0)" in text
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('config = {"model": "mlp",\n  "lr": 0.1\nx = (\n', r"line 2: SyntaxError: "),
+        ("def f():\n    raise RuntimeError('boom')\n\nf()\n", r"line 2: RuntimeError: boom$"),
+        ('config = {"model": "mlp", "lr": undefined}\n', r"line 1: NameError: name 'undefined'"),
+        ("import sys\nsys.exit(0)\n", r"line 2: called sys\.exit\(0\)$"),
+        ("import sys\n\nsys.exit()\nconfig = {}\n", r"line 3: called sys\.exit\(None\)$"),
+        ("raise SystemExit('bye')\n", r"line 1: called sys\.exit\('bye'\)$"),
+    ],
+)
+def test_a_python_config_that_fails_is_one_line_naming_its_file_and_line(tmp_path, text, message):
+    path = tmp_path / "run.py"
+    path.write_text(text)
+    with pytest.raises(InvalidValueError) as error:  # Never SystemExit: zoo train goes on.
+        load_config_file(path)
+    assert str(error.value).startswith(f"config file {path}, ")
+    assert "\n" not in str(error.value)
+    assert re.search(message, str(error.value)), str(error.value)
+
+
+def test_a_folder_named_like_a_config_file_is_not_a_file(tmp_path):
+    (tmp_path / "x.json").mkdir()
+    with pytest.raises(InvalidValueError, match=r"config file .*x\.json is not a file"):
+        load_config_file(tmp_path / "x.json")
+
+
+def test_the_help_says_a_python_config_runs_as_code(capsys):
+    with pytest.raises(SystemExit):
+        parse_train(["--help"])
+    assert "a .py file is run as Python" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("field", ["mixup", "cutmix", "lr", "weight_decay", "warmup_epochs"])
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_a_setting_that_is_not_a_finite_number_is_refused(field, value):
+    with pytest.raises(InvalidValueError, match=f"{field} must be a finite number"):
+        TrainConfig(model="mlp", **{field: value})
+
+
+@pytest.mark.parametrize(
+    ("model_args", "message"),
+    [
+        ({"num_classes": "ten"}, "lenet5: num_classes='ten' is not an integer"),
+        ({"num_classes": "{bad"}, "lenet5: num_classes='{bad' is not an integer"),
+        ({"dtype": "banana"}, "lenet5: dtype='banana' is not a floating-point dtype"),
+        ({"param_dtype": "int8"}, "lenet5: param_dtype='int8' is not a floating-point dtype"),
+        ({"depth": 3}, "lenet5: unknown argument(s) 'depth'"),
+    ],
+)
+def test_model_args_are_checked_as_the_config_is_resolved(model_args, message):
+    with pytest.raises(zoo.ZooError) as error:
+        resolve({"model": "lenet5", "model_args": model_args})
+    assert message in str(error.value)
+
+
+def test_a_model_arg_given_on_resume_with_the_value_the_run_was_built_with_changes_nothing():
+    saved = TrainConfig(model="lenet5", epochs=2).to_dict()
+    built = {"num_classes": 10, "input_size": (32, 32)}  # What the saved run's module had.
+    same = {"model_args": {"num_classes": 10, "input_size": [32, 32]}, "epochs": 4}
+    assert resumed(saved, same, built).model_args == {}
+    with pytest.raises(InvalidValueError, match="cannot change model_args"):
+        resumed(saved, {"model_args": {"num_classes": 26}}, built)
+    with pytest.raises(InvalidValueError, match="num_classes='ten' is not an integer"):
+        resumed(saved, {"model_args": {"num_classes": "ten"}}, built)
+
+
+def test_resume_with_the_saved_runs_own_model_arg_value_is_no_change(tmp_path):
+    model = zoo.create_model("mlp", num_classes=10)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    zoo.hub.save(
+        "run",
+        model_name="mlp",
+        model_config={"num_classes": 10, "input_size": (28, 28)},  # As training builds it.
+        variables=variables,
+        step=4,
+        meta={"config": TrainConfig(model="mlp", epochs=2, name="run").to_dict()},
+        registry=tmp_path,
+    )
+    settings = {"name": "run", "registry": str(tmp_path), "epochs": 3}
+    config = configure(resume=True, model_args={"num_classes": 10}, **settings)
+    assert config.model_args == {} and config.epochs == 3
+    with pytest.raises(InvalidValueError, match=r"cannot change model_args=\{\} -> \{'num_"):
+        configure(resume=True, model_args={"num_classes": 26}, **settings)

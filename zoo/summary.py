@@ -95,7 +95,29 @@ def summary(
     return Summary(info.name, shape, describe(module, shape), reference)
 
 
+# The longest side an input shape may have: 16x the longest image the zoo reads from a file
+# (`zoo.images.MAX_PIXELS` is 4096x4096), far below where a shape's size stops fitting int64.
+MAX_INPUT_SIDE = 65_536
+
+
+def check_input_shape(shape: Any) -> tuple[int, int, int]:
+    """`shape` as (height, width, channels) of positive integers up to `MAX_INPUT_SIDE`, or an
+    `InvalidValueError` saying so."""
+    if (
+        not isinstance(shape, tuple | list)
+        or len(shape) != 3
+        or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+        or not all(1 <= d <= MAX_INPUT_SIDE for d in shape)
+    ):
+        raise InvalidValueError(
+            f"an input shape is (height, width, channels), positive integers of at most "
+            f"{MAX_INPUT_SIDE:,} such as (224, 224, 3), got {shape!r}"
+        )
+    return tuple(shape)  # type: ignore[return-value]
+
+
 def _check_shape(info: ModelInfo, module: nn.Module, shape: tuple[int, ...]) -> None:
+    check_input_shape(shape)
     expected = (*module.input_size, module.in_channels)
     if not fits_input(shape, expected, fixed_size=module.fixed_input_size):
         want = _shape(expected) if module.fixed_input_size else f"HxWx{expected[-1]}"

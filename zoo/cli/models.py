@@ -6,7 +6,7 @@ import argparse
 
 from zoo.errors import InvalidValueError
 from zoo.registry import list_models, model_info
-from zoo.summary import summary
+from zoo.summary import check_input_shape, summary
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,13 +31,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
+    """'H,W,C' as a shape (`zoo.summary.check_input_shape`'s rule); a negative value reaches
+    here too (`zoo.cli.Parser`)."""
     try:
-        shape = tuple(int(part) for part in text.split(","))
+        shape = [int(part) for part in text.split(",")]
     except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"expected H,W,C such as 224,224,3, got {text!r}")
-    return shape  # type: ignore[return-value]
+        raise argparse.ArgumentTypeError(
+            f"expected H,W,C (three integers) such as 224,224,3, got {text!r}"
+        ) from None
+    try:
+        return check_input_shape(tuple(shape))
+    except InvalidValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def run_list(args: argparse.Namespace) -> int:
