@@ -7,6 +7,8 @@ print(zoo.summary("lenet5"))
 """
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from zoo import runtime  # noqa: F401  (first: XLA:CPU defaults before any JAX backend)
@@ -77,6 +79,20 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
+
+
+class _Package(types.ModuleType):
+    """`zoo` itself. `zoo.summary` is the function, also once the module `zoo.summary` (which
+    defines it) is imported: the import system then binds the module to the package's attribute
+    of that name, and an eager `from zoo.summary import summary` used to bind the function back."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == f"zoo.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [

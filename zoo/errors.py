@@ -47,3 +47,10 @@ class NotWritableError(ZooError, PermissionError):
 
 class MissingDependencyError(ZooError, ImportError):
     """An optional extra that is not installed; the message names the pip command."""
+
+
+def brief(value: object, limit: int = 80) -> str:
+    """`value`'s repr on one line and at most `limit` characters, for an error message (an
+    array's repr spans lines)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

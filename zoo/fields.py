@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 import jax.numpy as jnp
 import numpy as np
 
-from zoo.errors import InvalidValueError
+from zoo.errors import InvalidValueError, brief
 
 
 class _Floating:
@@ -60,7 +60,9 @@ def conform(owner: str, name: str, value: Any, hint: Any) -> Any:
     try:
         return _conform(value, hint)
     except _Mismatch as mismatch:
-        raise InvalidValueError(f"{owner}: {name}={value!r} is not {mismatch.expected}") from None
+        raise InvalidValueError(
+            f"{owner}: {name}={brief(value)} is not {mismatch.expected}"
+        ) from None
 
 
 def conform_all(owner: str, module: type, values: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo.analytic import describe
-from zoo.errors import InvalidTypeError, InvalidValueError
+from zoo.errors import InvalidTypeError, InvalidValueError, brief
 from zoo.models.base import ImageModel
 from zoo.registry import create_model
 
@@ -46,7 +46,9 @@ def replace_head(
             f"{type(variables).__name__}"
         )
     if num_classes and not _is_key(key):
-        raise InvalidTypeError(f"key must be a PRNG key such as jax.random.key(0), got {key!r:.80}")
+        raise InvalidTypeError(
+            f"key must be a PRNG key such as jax.random.key(0), got {brief(key)}"
+        )
     new = module.clone(num_classes=num_classes)
     head = module.head_name
     result = {

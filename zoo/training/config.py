@@ -381,6 +381,10 @@ def _unchanged_model_args(
     }
 
 
+# What only a model trained on class labels has: the autoencoder's reconstruction has none.
+CLASS_LABEL_SETTINGS = ("label_smoothing", "mixup", "cutmix")
+
+
 def check_for_model(config: TrainConfig) -> None:
     """Raises for what `config.model` cannot take, before anything is loaded or compiled: an
     unknown model (with the closest names), model arguments of the wrong type or out of range
@@ -394,10 +398,6 @@ def check_for_model(config: TrainConfig) -> None:
                     f"{name} works on class labels; {config.model} is a {info.task} model, "
                     f"which has none (leave {name} at 0), got {getattr(config, name)!r}"
                 )
-
-
-# What only a model trained on class labels has: the autoencoder's reconstruction has none.
-CLASS_LABEL_SETTINGS = ("label_smoothing", "mixup", "cutmix")
 
 
 def check_resumable(saved: TrainConfig, config: TrainConfig) -> None:

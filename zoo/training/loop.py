@@ -31,6 +31,7 @@ from zoo.errors import (
     NotAFolderError,
     NotFoundError,
     NotWritableError,
+    brief,
 )
 from zoo.training.config import TrainConfig
 from zoo.training.divergence import TrainingDiverged, divergence, non_finite_losses
@@ -130,21 +131,21 @@ def check_arguments(
         raise InvalidTypeError(
             f"{dataset_argument} must be a zoo.data.Dataset (zoo.training.arrays makes one from "
             f"arrays; a named data set goes in dataset=...), got {type(dataset).__name__} "
-            f"{dataset!r:.80}"
+            f"{brief(dataset)}"
         )
     if not isinstance(callbacks, Sequence) or isinstance(callbacks, str):
         raise InvalidTypeError(
             f"callbacks must be a list of functions of an epoch's record ([f]), got "
-            f"{type(callbacks).__name__} {callbacks!r:.80}"
+            f"{type(callbacks).__name__} {brief(callbacks)}"
         )
     for callback in callbacks:
         if not callable(callback):
             raise InvalidTypeError(
                 f"each callback must be a function of an epoch's record, got "
-                f"{type(callback).__name__} {callback!r:.80}"
+                f"{type(callback).__name__} {brief(callback)}"
             )
     if console is not None and not isinstance(console, Console):
-        raise InvalidTypeError(f"console must be a rich.console.Console, got {console!r:.80}")
+        raise InvalidTypeError(f"console must be a rich.console.Console, got {brief(console)}")
 
 
 def _fit(
