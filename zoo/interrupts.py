@@ -90,7 +90,8 @@ def handled(command: str) -> Iterator[None]:
     finally:
         signal.set_wakeup_fd(old_wakeup)
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            if handler is not None:  # None: a handler installed outside Python, not restorable.
+                signal.signal(signum, handler)
         _state = None
         os.close(write_end)  # The watcher reads the end of the pipe and stops.
         watcher.join(timeout=1)
