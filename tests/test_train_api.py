@@ -165,3 +165,24 @@ def test_one_class_data_is_refused_for_a_classifier(train_labels, num_classes, m
     data = zoo.training.arrays(GREY, train_labels, GREY, LABELS * 0, num_classes=num_classes)
     with pytest.raises(ValueError, match=message):
         zoo.training.train("mlp", data=data, epochs=1, batch_size=4, save=False)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: EarlyStopping(patience="3"), TypeError, "patience must be an integer"),
+        (lambda: EarlyStopping(metric=3), TypeError, "metric must be a metric's name"),
+        (lambda: EarlyStopping(min_delta="0"), TypeError, "min_delta must be a number"),
+        (lambda: EarlyStopping(min_delta=-1), ValueError, "min_delta must be a finite number"),
+        (lambda: zoo.training.train("mlp", config_file=5), TypeError, "a config file is a path"),
+        (lambda: zoo.training.train(5), TypeError, "model must be str"),
+        (lambda: zoo.create_model(5), TypeError, "a model name is a string"),
+        (lambda: zoo.list_models(5), TypeError, "a model name pattern is a string"),
+        (lambda: configure("mlp", seed=2**32), ValueError, r"seed must be in \[0, 2\*\*32 - 1\]"),
+        (lambda: configure("mlp", seed=-1), ValueError, "seed must be in"),
+    ],
+)
+def test_other_api_mistakes_are_zoo_errors(make, error, message):
+    with pytest.raises(error, match=message) as raised:
+        make()
+    assert isinstance(raised.value, zoo.ZooError)

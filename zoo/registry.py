@@ -18,7 +18,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from zoo.errors import InvalidTypeError, InvalidValueError, ZooError
+from zoo.errors import InvalidTypeError, InvalidValueError, ZooError, brief
 from zoo.fields import conform_all
 
 
@@ -155,12 +155,18 @@ def _ensure_models_imported() -> None:
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching an fnmatch pattern (like `timm.list_models`), sorted."""
+    if not isinstance(pattern, str):
+        raise InvalidTypeError(
+            f"a model name pattern is a string such as 'resnet*', got {pattern!r}"
+        )
     _ensure_models_imported()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
 
 
 def model_info(name: str) -> ModelInfo:
     """The registry record of `name`; raises `UnknownModelError` with close matches."""
+    if not isinstance(name, str):
+        raise InvalidTypeError(f"a model name is a string such as 'resnet18', got {brief(name)}")
     _ensure_models_imported()
     try:
         return _REGISTRY[name]

@@ -181,8 +181,16 @@ class EarlyStopping:
     waited: int = dataclasses.field(default=0, init=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.metric, str):
+            raise InvalidTypeError(f"metric must be a metric's name, got {self.metric!r}")
+        if not isinstance(self.patience, int) or isinstance(self.patience, bool):
+            raise InvalidTypeError(f"patience must be an integer, got {self.patience!r}")
+        if isinstance(self.min_delta, bool) or not isinstance(self.min_delta, int | float):
+            raise InvalidTypeError(f"min_delta must be a number, got {self.min_delta!r}")
         if self.patience < 1:
             raise InvalidValueError(f"patience must be at least 1, got {self.patience}")
+        if not 0 <= self.min_delta < math.inf:
+            raise InvalidValueError(f"min_delta must be a finite number >= 0, got {self.min_delta}")
 
     def __call__(self, record: dict[str, Any]) -> bool:
         if self.metric not in record:

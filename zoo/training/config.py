@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import runpy
 import tomllib
 import traceback
@@ -275,6 +276,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     trust. Whatever goes wrong in it (a syntax error, an exception, `sys.exit`) is an
     `InvalidValueError` naming the file and the line.
     """
+    if not isinstance(path, str | os.PathLike):
+        raise InvalidTypeError(f"a config file is a path, got {type(path).__name__} {path!r}")
     path = Path(path)
     if not path.exists():
         raise NotFoundError(f"config file {path} does not exist")
@@ -472,6 +475,12 @@ def _check_ranges(config: TrainConfig) -> None:
     )
     need(config.max_to_keep >= 1, "max_to_keep must be at least 1", config.max_to_keep)
     need(bool(config.model), "model must be a model name", config.model)
+    need(
+        0 <= config.seed < 2**32,
+        "seed must be in [0, 2**32 - 1] (JAX's keys take 32 bits: a larger seed would repeat "
+        "the randomness of a smaller one)",
+        config.seed,
+    )
     need(
         config.name is None or bool(config.name.strip()),
         "name must not be empty (leave --name out to save as MODEL-DATASET)",
