@@ -12,6 +12,7 @@ user's registry (or the `registry` given), never to the shipped one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -107,7 +108,10 @@ def check_outside_registries(
     manifest, wherever it is.
     """
     resolved = Path(path).expanduser().resolve()
-    roots = [registry_root(), shipped_root()] + ([registry_root(registry)] if registry else [])
+    roots = [shipped_root()]
+    for given in [None] + ([registry] if registry is not None else []):
+        with contextlib.suppress(NotAFolderError):  # A file there holds no checkpoint.
+            roots.append(registry_root(given))
     for root in roots:
         root = root.resolve()
         if resolved == root or root in resolved.parents:
