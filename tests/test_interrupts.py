@@ -246,4 +246,6 @@ def test_a_signal_to_one_of_two_processes_stops_both(tmp_path):
     step = hub.latest_step("run", registry=tmp_path / "registry")
     assert err[-1].startswith(f"zoo train: interrupted (SIGINT); step {step} of run is saved")
     assert "Traceback" not in "".join(err + other_err)
-    assert other_err[-1].startswith("zoo train: error: process 1 of 2 stopped")
+    # The coordination service's own C++ threads may log the lost peer after our line.
+    stopped = [line for line in other_err if line.startswith("zoo train: error: ")]
+    assert stopped and stopped[-1].startswith("zoo train: error: process 1 of 2 stopped"), other_err
