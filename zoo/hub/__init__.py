@@ -6,6 +6,7 @@
                               "metrics": {"val_accuracy": 0.99}}, best=("val_accuracy", "max"))
     model = hub.load("lenet5-mnist")
     model.predict(raw_uint8_images)          # class ids
+    model.classify(raw_uint8_images, top=5)  # [[Prediction(class_id, name, probability), ...]]
     hub.read_metadata("lenet5-mnist")["metrics"]   # no weights read
 
 Cut by reason to change:
@@ -36,16 +37,18 @@ from zoo.hub.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
 )
-from zoo.hub.loaded import LoadedModel
-from zoo.hub.records import CheckpointRecord
+from zoo.hub.loaded import LoadedModel, Prediction, top_predictions
+from zoo.hub.records import CLASS_NAMES, CheckpointRecord
 from zoo.hub.roots import check_writable, registry_root, shipped_root
 
 __all__ = [
+    "CLASS_NAMES",
     "ArchitectureMismatchError",
     "CheckpointNotFoundError",
     "CheckpointRecord",
     "CorruptCheckpointError",
     "LoadedModel",
+    "Prediction",
     "check_name",
     "check_writable",
     "claim_run",
@@ -58,4 +61,5 @@ __all__ = [
     "save",
     "shipped_root",
     "step_folder",
+    "top_predictions",
 ]

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from zoo import hub
 from zoo.data import Dataset, Split
-from zoo.errors import InvalidValueError
+from zoo.errors import InvalidTypeError, InvalidValueError
 from zoo.training import loop
 from zoo.training.config import TrainConfig, load_config_file, resolve, resumed
 from zoo.training.loop import Callback, FitResult
@@ -107,21 +107,35 @@ def arrays(
     *,
     name: str = "arrays",
     num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> Dataset:
     """A data set from arrays: uint8 images (N, H, W[, C]) and integer labels 0..classes-1.
 
-    `num_classes` defaults to the largest label plus one. `name` is what the registry records
-    as the run's data set.
+    `num_classes` defaults to the number of `class_names`, else to the largest label plus one.
+    `class_names[i]` names label i; the saved model keeps them, and `zoo predict` prints them
+    (without, classes are named by their ids). `name` is what the registry records as the run's
+    data set.
     """
     splits = [
         Split(_nhwc(images), np.asarray(labels, np.int32))
         for images, labels in ((train_images, train_labels), (test_images, test_labels))
     ]
-    classes = num_classes or int(max(s.labels.max(initial=0) for s in splits)) + 1
+    names = None if class_names is None else _names(class_names)
+    classes = (
+        num_classes
+        or (len(names) if names is not None else 0)
+        or int(max(s.labels.max(initial=0) for s in splits)) + 1
+    )
     for split in splits:
         if len(split) and (split.labels.min() < 0 or split.labels.max() >= classes):
             raise InvalidValueError(f"labels must be in [0, {classes - 1}], got {split.labels}")
-    return Dataset(name, *splits, num_classes=classes)
+    return Dataset(name, *splits, num_classes=classes, class_names=names)
+
+
+def _names(class_names: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(class_names, str):  # "abc" would otherwise be three classes a, b and c.
+        raise InvalidTypeError(f"class_names must be a sequence of strings, got {class_names!r}")
+    return tuple(class_names)
 
 
 def _nhwc(images: np.ndarray) -> np.ndarray:
