@@ -75,7 +75,9 @@ def save(
     recorded_config = records.encode_config(model_name, config)
     if records.CLASS_NAMES in user_meta:
         records.check_class_names(
-            user_meta[records.CLASS_NAMES], config.get("num_classes"), f"meta of {name!r}"
+            user_meta[records.CLASS_NAMES],
+            records.class_outputs(model_name, config),
+            f"meta of {name!r}",
         )
     _, expected = store.expected_variables(model_name, config)
     store.check_match(expected, variables, f"variables do not fit {model_name} with this config")

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo.errors import InvalidValueError
-from zoo.hub.records import CLASS_NAMES, check_class_names
+from zoo.hub.records import CLASS_NAMES, check_class_names, class_outputs
 from zoo.preprocessing import Preprocessing
 
 
@@ -111,7 +111,9 @@ class LoadedModel:
         return top_predictions(self.probabilities(raw_images), self.class_names, top)
 
     def _class_names(self) -> tuple[str, ...] | None:
-        classes = getattr(self.module, "num_classes", 0)
+        classes = class_outputs(
+            self.model_name, {"num_classes": getattr(self.module, "num_classes", 0)}
+        )
         recorded = self.meta.get(CLASS_NAMES)
         if recorded is None:
             return tuple(map(str, range(classes))) if classes else None

@@ -157,9 +157,17 @@ def jsonable(meta: dict[str, Any] | None) -> dict[str, Any]:
         raise InvalidTypeError(f"meta must be JSON-able: {error}") from None
 
 
-def check_class_names(names: Any, num_classes: int | None, where: str) -> tuple[str, ...]:
+def class_outputs(model_name: str, config: Mapping[str, Any]) -> int:
+    """How many classes a model of `config` scores: its `num_classes` for a classifier (0 for a
+    headless one), 0 for a model with another task (an autoencoder)."""
+    if model_info(model_name).task != "classification":
+        return 0
+    return int(config.get("num_classes") or 0)
+
+
+def check_class_names(names: Any, num_classes: int, where: str) -> tuple[str, ...]:
     """`names` as a tuple, if it is one string per output of a `num_classes`-way classifier
-    (None: a model without classes); else a one-line error naming `where` they come from."""
+    (0: a model without class outputs); else a one-line error naming `where` they come from."""
     if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
         raise InvalidTypeError(f"{where}: class names must be a list of strings, got {names!r}")
     if not num_classes:

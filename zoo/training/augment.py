@@ -97,23 +97,25 @@ class RandomWarp:
         return _bilinear(images, source)
 
     def _affine(self, key: jax.Array, n: int, size: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
-        """(N, 2, 2) inverse linear maps in (y, x) order and (N, 2) translations in pixels."""
-        keys = jax.random.split(key, 4)
-
-        def uniform(key: jax.Array, bound: float, shape: tuple[int, ...] = (n,)) -> jax.Array:
-            return jax.random.uniform(key, shape, minval=-bound, maxval=bound)
-
-        angle = jnp.deg2rad(uniform(keys[0], self.rotate))
-        scale = 1 + uniform(keys[1], self.zoom)
-        shear = jnp.deg2rad(uniform(keys[2], self.shear))
-        shift = uniform(keys[3], self.translate, (n, 2)) * jnp.array(size)
-        cos, sin, zero, one = jnp.cos(angle), jnp.sin(angle), jnp.zeros(n), jnp.ones(n)
-        # In (y, x) coordinates: rotation (counter-clockwise on screen), then the x-shear, then
-        # the scale; the forward map is rotation @ shear * scale.
-        rotation = jnp.stack([jnp.stack([cos, -sin], -1), jnp.stack([sin, cos], -1)], -2)
-        shearing = jnp.stack([jnp.stack([one, zero], -1), jnp.stack([jnp.tan(shear), one], -1)], -2)
-        forward = (rotation @ shearing) * scale[:, None, None]
-        return jnp.linalg.inv(forward), shift
+        """(N, 2, 2) inverse linear maps in (y, x) order, and (N, 2) translations in pixels."""
+        # One draw for all five parameters of an image, each uniform in +-its bound.
+        bounds = jnp.array([self.rotate, self.zoom, self.shear, self.translate, self.translate])
+        draws = jax.random.uniform(key, (n, 5), minval=-1.0, maxval=1.0) * bounds
+        angle, shear = jnp.deg2rad(draws[:, 0]), jnp.deg2rad(draws[:, 2])
+        scale = 1 + draws[:, 1]
+        shift = draws[:, 3:] * jnp.array(size)
+        cos, sin, tan = jnp.cos(angle), jnp.sin(angle), jnp.tan(shear)
+        # In (y, x) coordinates the forward map is scale * rotation @ shearing: the x-shear
+        # [[1, 0], [tan, 1]], then a rotation [[cos, -sin], [sin, cos]] (counter-clockwise on
+        # the screen). Its inverse, written out: shearing^-1 @ rotation^T / scale.
+        inverse = jnp.stack(
+            [
+                jnp.stack([cos, sin], -1),
+                jnp.stack([-sin - tan * cos, cos - tan * sin], -1),
+            ],
+            -2,
+        )
+        return inverse / scale[:, None, None], shift
 
     def _elastic(self, key: jax.Array, n: int, size: tuple[int, int]) -> jax.Array:
         """(N, H, W, 2) smoothed random displacements in pixels."""
