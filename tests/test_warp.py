@@ -193,3 +193,19 @@ def test_the_warp_is_traced_once_into_the_compiled_step(tmp_path, monkeypatch):
     )
     assert traced == [(32, 28, 28, 1)]  # Once, for 8 steps: compiled in, never retraced.
     assert warped.metrics["train_loss"] != plain.metrics["train_loss"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"rotate": -1}, r"rotate must be in \[0, 180\] degrees, got -1.0"),
+        ({"zoom": 1.0}, r"zoom must be in \[0, 1\), got 1.0"),
+        ({"shear": 90}, r"shear must be in \[0, 90\) degrees, got 90.0"),
+        ({"translate": 1.5}, r"translate must be in \[0, 1\], got 1.5"),
+        ({"elastic_alpha": -34}, "elastic_alpha must be >= 0"),
+        ({"elastic_sigma": 0}, "elastic_sigma must be > 0, got 0.0"),
+    ],
+)
+def test_warp_strengths_are_checked_when_the_config_is_built(settings, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(model="lenet5", **settings)

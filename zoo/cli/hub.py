@@ -135,9 +135,14 @@ def run_predict(args: argparse.Namespace) -> int:
         raise InvalidValueError(f"--top must be at least 1, got {args.top}")
     model = load(args.name, step=args.step, registry=args.registry)
     task = model_info(model.model_name).task
-    if task != "classification" or model.class_names is None:
+    if task != "classification":
         raise InvalidValueError(
             f"zoo predict needs a classifier; {model.model_name} is a {task} model"
+        )
+    if model.class_names is None:
+        raise InvalidValueError(
+            f"zoo predict needs a classifier; {args.name} is a headless {model.model_name} "
+            "(num_classes=0): it outputs features, not classes"
         )
     if model.preprocessing is None:
         raise InvalidValueError(

@@ -103,9 +103,9 @@ def metric_sums(
     if num_classes >= TOP5_MIN_CLASSES:
         sums["correct_top5"] = jnp.sum(in_top_k(outputs, labels, 5) * weight)
     if per_class:
-        one_hot = jax.nn.one_hot(labels, num_classes)
-        sums["class_correct"] = correct @ one_hot
-        sums["class_count"] = weight @ one_hot
+        one_hot = jax.nn.one_hot(labels, num_classes)  # Sums, not a matmul: exact anywhere.
+        sums["class_correct"] = jnp.sum(one_hot * correct[:, None], axis=0)
+        sums["class_count"] = jnp.sum(one_hot * weight[:, None], axis=0)
     return sums
 
 
