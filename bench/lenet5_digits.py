@@ -34,18 +34,10 @@ from rich.console import Console
 import zoo.training
 
 # Settings on top of lenet5's preset (zoo/training/config.py). "old" is the preset before the
-# warp settings were added to it.
+# random warp was added to it: 25 epochs of shifts, label smoothing and mixup.
 VARIANTS: dict[str, dict] = {
     "preset": {},
-    "old": {
-        "epochs": 25,
-        "rotate": 0.0,
-        "zoom": 0.0,
-        "shear": 0.0,
-        "translate": 0.0,
-        "elastic_alpha": 0.0,
-        "augment": True,
-    },
+    "old": {"epochs": 25, "rotate": 0.0, "zoom": 0.0, "shear": 0.0, "checkpoint_every": 1},
 }
 
 

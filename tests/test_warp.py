@@ -114,7 +114,7 @@ def test_resampling_is_bilinear_with_zeros_outside():
 def test_elastic_displacements_are_smooth_and_alpha_pixels_times_the_smoothed_noise():
     warp = RandomWarp(elastic_alpha=34, elastic_sigma=4)
     field = np.asarray(
-        jax.jit(warp._elastic, static_argnums=(1, 2))(jax.random.key(5), 64, (28, 28))
+        jax.jit(warp._elastic, static_argnums=(1, 2))(jax.random.key(5), 512, (28, 28))
     )
     # Noise uniform in [-1, 1] (variance 1/3) through a normalised 2-D Gaussian kernel k has, away
     # from the borders, the standard deviation sqrt(sum(k^2) / 3); alpha scales it, in pixels.
