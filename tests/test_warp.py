@@ -51,9 +51,8 @@ def centroids(images: jax.Array) -> np.ndarray:
 WARP = RandomWarp(rotate=15, zoom=0.1, shear=10, translate=0.1, elastic_alpha=34)
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_a_warp_keeps_shape_and_dtype_and_is_a_function_of_its_key(channels):
-    images = digits_like(channels=channels)
+def test_a_warp_keeps_shape_and_dtype_and_is_a_function_of_its_key():
+    images = digits_like(channels=3)  # Grey images go through the other tests.
     warp = jax.jit(WARP)
     once, again = warp(images, jax.random.key(3)), warp(images, jax.random.key(3))
     assert once.shape == images.shape and once.dtype == jnp.uint8
