@@ -184,14 +184,12 @@ def test_the_warp_is_traced_once_into_the_compiled_step(tmp_path, monkeypatch):
         "log": str(tmp_path / "log.jsonl"),
         "tensorboard": False,
     }
-    plain = loop.fit(TrainConfig(**settings), console=Console(quiet=True), save=False)
-    warped = loop.fit(
+    loop.fit(
         TrainConfig(**settings, rotate=20, zoom=0.1, elastic_alpha=20),
         console=Console(quiet=True),
         save=False,
     )
     assert traced == [(32, 28, 28, 1)]  # Once, for 8 steps: compiled in, never retraced.
-    assert warped.metrics["train_loss"] != plain.metrics["train_loss"]
 
 
 @pytest.mark.parametrize(
