@@ -207,8 +207,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # on top of the shifts, which needs the longer run to pay off; mixup keeps the warped model
     # robust on digits of other writers (bench/README.md, "LeNet-5 on mnist5k", has the
     # held-out figures over seeds, and what was tried: elastic distortion did not help it). A
-    # weight average (`ema_decay`) adds little: the cosine decay to 0 already averages. Its
-    # epochs are short, so it saves every 5th, as the main job's minute allows.
+    # weight average (`ema_decay`) adds little: the cosine decay to 0 already averages.
     "lenet5": {
         "epochs": 50,
         "batch_size": 64,
@@ -222,7 +221,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "zoom": 0.15,
         "shear": 15.0,
         "mixup": 0.2,
-        "checkpoint_every": 5,
     },
     # LeCun et al. 1998 train for 20 passes with no weight decay, by stochastic diagonal
     # Levenberg-Marquardt (per-parameter step sizes), which optax does not offer; Adam is the
