@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 
 import jax
 import jax.numpy as jnp
@@ -474,10 +475,11 @@ def test_cli_predict_npy_and_png(tmp_path, capsys):
 
     lines = capsys.readouterr().out.splitlines()
     assert code == 0 and len(lines) == 5
-    predicted = [int(line.split("class ")[1].split()[0]) for line in lines]
-    assert predicted == [*expected, expected[2], expected[1]]
-    assert lines[0].startswith(f"{tmp_path / 'batch.npy'}[0]: class")
-    assert all(0 < float(line.split("p=")[1].rstrip(")")) <= 1 for line in lines)
+    # `FILE: 7 (41.2%)[, 3 (12.0%)...]`: the most probable class first, named by its id.
+    first = [re.match(r".*?: (\d) \((\d+\.\d)%\)", line) for line in lines]
+    assert [int(match[1]) for match in first] == [*expected, expected[2], expected[1]]
+    assert lines[0].startswith(f"{tmp_path / 'batch.npy'}[0]: ")
+    assert all(0 < float(match[2]) <= 100 for match in first)
 
 
 def test_cli_predict_refuses_non_uint8(tmp_path, capsys):

@@ -5,6 +5,7 @@ Uses the shipped lenet5-mnist5k checkpoint, so a prediction can be checked again
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,8 @@ def predict(*files: Path) -> None:
 
 
 def predicted_classes(out: str) -> list[int]:
-    return [int(line.split("class ")[1].split()[0]) for line in out.splitlines()]
+    """The most probable class of each line: `FILE: 7 (98.1%)[, 1 (10.2%)...][ (note)]`."""
+    return [int(re.search(r": (\d) \(\d+\.\d%\)", line)[1]) for line in out.splitlines()]
 
 
 def test_black_on_white_digits_are_inverted_with_a_note(digits, tmp_path, capsys, monkeypatch):

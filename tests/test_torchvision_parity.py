@@ -166,7 +166,8 @@ def test_import_torchvision_cli_round_trip(tmp_path, capsys):
     registry = tmp_path / "registry"
     argv = ["import-torchvision", "resnet18", str(path), "--name", "rn18-tv"]
     assert main([*argv, "--registry", str(registry)]) == 0
-    assert "saved torchvision resnet18 as rn18-tv" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "saved torchvision resnet18 as rn18-tv" in out and "ImageNet's class names" in out
 
     loaded = hub.load("rn18-tv", registry=registry)
     assert loaded.model_name == "resnet18"
@@ -175,9 +176,26 @@ def test_import_torchvision_cli_round_trip(tmp_path, capsys):
     assert loaded.meta["state_dict_file"] == "resnet18-random.pth"
     assert len(loaded.meta["state_dict_sha256"]) == 64
     assert loaded.preprocessing == tv_convert.IMAGENET_PREPROCESSING
+    # ImageNet's categories, as torchvision's weights carry them (nothing downloaded).
+    categories = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+    assert loaded.class_names == tuple(categories) and len(categories) == 1000
+    assert loaded.class_names[:2] == ("tench", "goldfish")
     images = np.random.default_rng(2).standard_normal((2, 3, 64, 64), np.float32)
     ours = np.asarray(loaded.apply(jnp.asarray(images.transpose(0, 2, 3, 1))))
     assert_logits_match(ours, torch_logits(model, images))
+
+    # Names of one's own: a file, one a line; one too few is refused, naming the file.
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(f"thing {i}" for i in range(999)) + "\n")
+    named = [*argv[:-1], "rn18-named", "--class-names", str(names), "--registry", str(registry)]
+    assert main(named) == 2
+    assert capsys.readouterr().err == (
+        f"zoo import-torchvision: error: {names}: 999 class names for a model of 1000 classes\n"
+    )
+    names.write_text("\n".join(f"thing {i}" for i in range(1000)) + "\n\n")
+    assert main(named) == 0
+    assert f"classes named by {names}" in capsys.readouterr().out
+    assert hub.load("rn18-named", registry=registry).class_names[-1] == "thing 999"
 
     assert main(["import-torchvision", "vgg16", str(path), "--name", "x"]) == 2
     assert "unsupported torchvision architecture 'vgg16'" in capsys.readouterr().err

@@ -55,7 +55,9 @@ def test_arrays_train_a_model_that_is_returned_and_saved_on_request(tmp_path):
         digits.test.images[:200],
         digits.test.labels[:200],
         name="mine",
+        class_names=NAMES,
     )
+    assert data.num_classes == 10
     epochs_seen = []
     run = zoo.training.train(
         "mlp",
@@ -74,6 +76,33 @@ def test_arrays_train_a_model_that_is_returned_and_saved_on_request(tmp_path):
     assert (
         accuracy == pytest.approx(run.metrics["val_accuracy"], abs=1e-6) and accuracy > 0.2
     )  # Chance: 10%.
+    # The names travel with the model, saved or not, and name its predictions.
+    assert saved.class_names == run.model.class_names == NAMES
+    assert saved.meta["class_names"] == list(NAMES)
+    ranked = saved.classify(digits.test.images[:3], top=2)
+    for image, predictions in zip(digits.test.images[:3], ranked, strict=True):
+        first, second = predictions
+        assert first.class_id == saved.predict(image[None])[0]
+        assert first.name == NAMES[first.class_id] and second.name == NAMES[second.class_id]
+        assert first.probability >= second.probability
+
+
+NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def test_arrays_take_class_names_one_per_class():
+    images, labels = np.zeros((4, 8, 8), np.uint8), np.array([0, 1, 2, 1])
+    named = zoo.training.arrays(images, labels, images, labels, class_names=["a", "b", "c", "d"])
+    assert (named.num_classes, named.class_names) == (4, ("a", "b", "c", "d"))
+    assert zoo.training.arrays(images, labels, images, labels).class_names is None
+    with pytest.raises(ValueError, match="2 class names for 3 classes; give one per class"):
+        zoo.training.arrays(images, labels, images, labels, num_classes=3, class_names=["a", "b"])
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 1\]"):
+        zoo.training.arrays(images, labels, images, labels, class_names=["a", "b"])
+    with pytest.raises(TypeError, match="class_names must be a sequence of strings, got 'abc'"):
+        zoo.training.arrays(images, labels, images, labels, class_names="abc")
+    with pytest.raises(TypeError, match="class_names must be a sequence of strings"):
+        zoo.training.arrays(images, labels, images, labels, class_names=[0, 1, 2])
 
 
 def test_early_stopping_stops_after_patience_epochs_without_improvement():

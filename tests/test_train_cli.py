@@ -55,16 +55,24 @@ def test_train_then_eval_lenet5_on_the_embedded_digits(tmp_path, capsys):
 
     code, out, err = run(capsys, "eval", "lenet5-mnist5k", "--registry", str(registry))
     assert code == 0, err
-    assert out.strip() == (
+    first, header, *rows = out.strip().splitlines()
+    assert first == (
         f"lenet5-mnist5k step 10 on mnist5k held-out split (1,000 images): "
         f"accuracy {record['val_accuracy']:.2%}, loss {record['val_loss']:.4f}"
     )
 
     loaded = hub.load("lenet5-mnist5k", registry=registry)
+    assert loaded.meta["class_names"] == [str(digit) for digit in range(10)]
     test = load_dataset("mnist5k").test
-    accuracy = np.mean(loaded.predict(test.images) == test.labels)
+    predicted = loaded.predict(test.images)
+    accuracy = np.mean(predicted == test.labels)
     assert accuracy == pytest.approx(record["val_accuracy"])
     assert accuracy > 0.5  # One short epoch on real digits already learns something.
+    # Each digit's accuracy, a line each, by name: 100 held-out images of every digit.
+    assert header.split() == ["class", "accuracy", "images"]
+    for digit, row in enumerate(rows):
+        correct = np.mean(predicted[test.labels == digit] == digit)
+        assert row.split() == [str(digit), f"{correct:.2%}", "100"]
 
 
 @pytest.mark.parametrize(

@@ -252,9 +252,38 @@ def run_eval(args: argparse.Namespace) -> int:
         registry=args.registry,
         data_dir=args.data_dir,
     )
-    held_out = format_metrics(result, {"val_accuracy": "accuracy", "val_loss": "loss"}, sep=", ")
+    top5 = "val_top5_accuracy" in result
+    held_out = format_metrics(
+        result,
+        {
+            "val_accuracy": "top-1" if top5 else "accuracy",
+            "val_top5_accuracy": "top-5",
+            "val_loss": "loss",
+        },
+        sep=", ",
+    )
+    names = result.get("class_names")
+    classes = f", {len(names):,} classes: {_first(names)}" if top5 else ""
     print(
         f"{args.name} step {result['step']} on {result['dataset']} held-out split "
-        f"({result['examples']:,} images): {held_out}"
+        f"({result['examples']:,} images{classes}): {held_out}"
     )
+    if "class_accuracy" in result:
+        print(_per_class_table(names, result["class_accuracy"], result["class_examples"]))
     return 0
+
+
+def _first(names: tuple[str, ...], count: int = 3) -> str:
+    return ", ".join(names[:count]) + (", ..." if len(names) > count else "")
+
+
+def _per_class_table(
+    names: tuple[str, ...], accuracies: list[float | None], examples: list[int]
+) -> str:
+    """Each class's accuracy and images, one class a line, names left-aligned."""
+    width = max(len("class"), *map(len, names))
+    lines = [f"  {'class'.ljust(width)}  accuracy  images"]
+    for name, accuracy, count in zip(names, accuracies, examples, strict=True):
+        shown = "-" if accuracy is None else f"{accuracy:.2%}"
+        lines.append(f"  {name.ljust(width)}  {shown:>8}  {count:>6,}")
+    return "\n".join(lines)

@@ -13,6 +13,7 @@ from zoo.convert.torchvision import (
     IMAGENET_PREPROCESSING,
     ConvertedModel,
     convert_state_dict,
+    imagenet_categories,
     load_state_dict,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "TORCHVISION_ARCHS",
     "ConvertedModel",
     "convert_state_dict",
+    "imagenet_categories",
     "load_state_dict",
 ]

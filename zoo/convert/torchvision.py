@@ -42,6 +42,10 @@ IMAGENET_PREPROCESSING = Preprocessing(
     std=(0.229, 0.224, 0.225),
 )
 
+# A classifier head of this many outputs is ImageNet-1k's, whose category names torchvision's
+# weights carry (`imagenet_categories`).
+IMAGENET_CLASSES = 1000
+
 # (collection, Flax leaf) -> the torch parameter or buffer name.
 LEAF_NAMES = {
     ("params", "kernel"): "weight",
@@ -199,6 +203,19 @@ def _unwrap(loaded: Any, path: Path, tensor_type: type) -> Mapping[str, Any]:
             "(expected a dict of tensors, or one under 'state_dict' or 'model')"
         )
     return loaded
+
+
+def imagenet_categories(arch: str) -> tuple[str, ...]:
+    """ImageNet-1k's 1,000 category names in output order, as torchvision's weights for `arch`
+    record them (`meta["categories"]`, which ships with torchvision: nothing is downloaded)."""
+    torchvision_arch(arch)
+    try:
+        from torchvision.models import get_model_weights
+    except ImportError:
+        raise MissingDependencyError(
+            "ImageNet's category names come with torchvision: pip install 'jax-zoo[torch]'"
+        ) from None
+    return tuple(get_model_weights(arch).DEFAULT.meta["categories"])
 
 
 def torchvision_arch(arch: str) -> TorchvisionArch:

@@ -7,6 +7,9 @@
 - `synthetic`: a noisy random prototype per class, in the model's input shape (for benchmarks
   and tests); held out: 512 more images drawn the same way.
 
+Class names come from each TFDS set's `ClassLabel` (its names, or "0".."N-1" where it has none,
+as for the digit sets); `synthetic` has none.
+
 Every set is read through a TFDS data source (`as_data_source`, which needs no TensorFlow), and
 nothing is ever downloaded implicitly: a public set that is not prepared in the data folder is a
 `FileNotFoundError` that says how to prepare it. The data folder is `--data-dir`, else
@@ -45,7 +48,7 @@ from jax.experimental import multihost_utils
 from tensorflow_datasets.core import file_adapters
 
 from zoo.data.mnist5k import Mnist5k
-from zoo.errors import InvalidValueError, NotFoundError
+from zoo.errors import InvalidTypeError, InvalidValueError, NotFoundError
 
 DATA_DIR_ENV = "ZOO_DATA_DIR"
 DEFAULT_CACHE_DIR = Path("~/.cache/jax-zoo/tensorflow_datasets")
@@ -86,12 +89,30 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """A classification data set: a training split and a held-out split never trained on."""
+    """A classification data set: a training split and a held-out split never trained on.
+
+    `class_names[i]` names label i ("0".."9" for digits, "T-shirt/top" ... for Fashion-MNIST:
+    a TFDS set's `ClassLabel` names); None where the set has none (`synthetic`, arrays given
+    without names). A saved model keeps them (`meta["class_names"]`).
+    """
 
     name: str
     train: Split
     test: Split
     num_classes: int
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.class_names is None:
+            return
+        names = self.class_names
+        if isinstance(names, str) or not all(isinstance(name, str) for name in names):
+            raise InvalidTypeError(f"class_names must be a sequence of strings, got {names!r}")
+        if len(names) != self.num_classes:
+            raise InvalidValueError(
+                f"{len(names)} class names for {self.num_classes} classes; give one per class"
+            )
+        object.__setattr__(self, "class_names", tuple(names))
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -173,8 +194,10 @@ def _load_public(name: str, data_dir: Path | None) -> Dataset:
 
 def _read_builder(builder: tfds.core.DatasetBuilder) -> Dataset:
     splits = {s: _read_split(builder.as_data_source(split=s)) for s in ("train", "test")}
-    num_classes = builder.info.features["label"].num_classes
-    return Dataset(builder.name, splits["train"], splits["test"], num_classes)
+    label = builder.info.features["label"]  # A ClassLabel: ids "0".."N-1" when it has no names.
+    return Dataset(
+        builder.name, splits["train"], splits["test"], label.num_classes, tuple(label.names)
+    )
 
 
 def _read_split(source: Sequence[dict]) -> Split:

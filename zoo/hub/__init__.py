@@ -6,6 +6,7 @@
                               "metrics": {"val_accuracy": 0.99}}, best=("val_accuracy", "max"))
     model = hub.load("lenet5-mnist")
     model.predict(raw_uint8_images)          # class ids
+    model.classify(raw_uint8_images, top=5)  # [[Prediction(class_id, name, probability), ...]]
     hub.read_metadata("lenet5-mnist")["metrics"]   # no weights read
 
 Cut by reason to change:
@@ -36,8 +37,8 @@ from zoo.hub.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
 )
-from zoo.hub.loaded import LoadedModel
-from zoo.hub.records import CheckpointRecord
+from zoo.hub.loaded import LoadedModel, Prediction, top_predictions
+from zoo.hub.records import CLASS_NAMES, CheckpointRecord
 from zoo.hub.roots import (
     check_outside_registries,
     check_writable,
@@ -46,11 +47,13 @@ from zoo.hub.roots import (
 )
 
 __all__ = [
+    "CLASS_NAMES",
     "ArchitectureMismatchError",
     "CheckpointNotFoundError",
     "CheckpointRecord",
     "CorruptCheckpointError",
     "LoadedModel",
+    "Prediction",
     "check_name",
     "check_outside_registries",
     "check_writable",
@@ -64,4 +67,5 @@ __all__ = [
     "save",
     "shipped_root",
     "step_folder",
+    "top_predictions",
 ]

@@ -51,7 +51,8 @@ def save(
         the model's own variables (keys, shapes, dtypes) before anything is written.
       step: the training step; saving a step that exists raises `FileExistsError`.
       meta: JSON-able extras: "dataset", "preprocessing" (`Preprocessing.to_dict()`), "metrics"
-        ({"val_accuracy": ...}), the training config... The store adds name, model name and
+        ({"val_accuracy": ...}), "class_names" (one string per class, checked against the
+        model's `num_classes`), the training config... The store adds name, model name and
         config, parameter count, step, UTC creation time, library versions and sizes.
       train_state: an optional pytree (optimizer state, rng, ...) saved beside the variables for
         `load(..., train_state=...)`.
@@ -72,6 +73,12 @@ def save(
     disk.check_policy(max_to_keep, best, user_meta.get("metrics", {}))
     config = records.full_config(model_name, model_config)
     recorded_config = records.encode_config(model_name, config)
+    if records.CLASS_NAMES in user_meta:
+        records.check_class_names(
+            user_meta[records.CLASS_NAMES],
+            records.class_outputs(model_name, config),
+            f"meta of {name!r}",
+        )
     _, expected = store.expected_variables(model_name, config)
     store.check_match(expected, variables, f"variables do not fit {model_name} with this config")
 

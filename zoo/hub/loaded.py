@@ -1,10 +1,11 @@
-"""`LoadedModel`: a restored checkpoint, ready to classify raw images."""
+"""`LoadedModel`: a restored checkpoint, ready to classify raw images, with its class names."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -12,7 +13,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo.errors import InvalidValueError
+from zoo.hub.records import CLASS_NAMES, check_class_names, class_outputs
 from zoo.preprocessing import Preprocessing, check_raw
+
+
+class Prediction(NamedTuple):
+    """One class of an image's prediction: its id (the output index), name and probability."""
+
+    class_id: int
+    name: str
+    probability: float
+
+
+def top_predictions(
+    probabilities: np.ndarray, class_names: Sequence[str], top: int
+) -> list[list[Prediction]]:
+    """The `top` most probable classes of each row of (N, K) `probabilities`, most probable
+    first (a tie: the lower id first), named by `class_names`."""
+    order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top]
+    return [
+        [Prediction(int(i), class_names[i], float(row[i])) for i in ids]
+        for row, ids in zip(probabilities, order, strict=True)
+    ]
 
 
 @dataclasses.dataclass(eq=False)
@@ -33,6 +55,9 @@ class LoadedModel:
       train_state: the training state restored with it (`load(..., train_state=...)`), or None.
       preprocessing: raw images -> model inputs, from `meta["preprocessing"]`; None if the
         saver recorded none (then only `apply` works).
+      class_names: a classifier's name of each output, from `meta["class_names"]` (the data
+        set's, or ImageNet's for torchvision weights); a step saved without names names its
+        classes by their ids ("0", "1", ...). None for a model without class outputs.
     """
 
     name: str
@@ -45,10 +70,12 @@ class LoadedModel:
     source: str
     train_state: Any = dataclasses.field(default=None, repr=False)
     preprocessing: Preprocessing | None = dataclasses.field(init=False)
+    class_names: tuple[str, ...] | None = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         record = self.meta.get("preprocessing")
         self.preprocessing = Preprocessing.from_dict(record) if record is not None else None
+        self.class_names = self._class_names()
         # One jitted function per instance: compiled once per input shape, then reused.
         self._apply = jax.jit(self._forward)
         self._logits = jax.jit(self._forward_raw)
@@ -77,8 +104,30 @@ class LoadedModel:
         return self._logits(self.variables, images)
 
     def predict(self, raw_images: np.ndarray | jax.Array) -> np.ndarray:
-        """Class ids (N,) for raw uint8 images (N, H, W[, C])."""
+        """Class ids (N,) for raw uint8 images (N, H, W[, C]); `class_names[id]` names them."""
         return np.asarray(jnp.argmax(self.logits(raw_images), axis=-1))
+
+    def probabilities(self, raw_images: np.ndarray | jax.Array) -> np.ndarray:
+        """Class probabilities (N, classes), the softmax of `logits`, in float32."""
+        return np.asarray(jax.nn.softmax(self.logits(raw_images).astype(jnp.float32), axis=-1))
+
+    def classify(self, raw_images: np.ndarray | jax.Array, top: int = 5) -> list[list[Prediction]]:
+        """Each image's `top` most probable classes, most probable first, by id, name and
+        probability: `[[Prediction(class_id=7, name="7", probability=0.98), ...], ...]`."""
+        if self.class_names is None:
+            raise InvalidValueError(f"{self.name} ({self.model_name}) has no class outputs")
+        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+            raise InvalidValueError(f"top must be a positive number of classes, got {top!r}")
+        return top_predictions(self.probabilities(raw_images), self.class_names, top)
+
+    def _class_names(self) -> tuple[str, ...] | None:
+        classes = class_outputs(
+            self.model_name, {"num_classes": getattr(self.module, "num_classes", 0)}
+        )
+        recorded = self.meta.get(CLASS_NAMES)
+        if recorded is None:
+            return tuple(map(str, range(classes))) if classes else None
+        return check_class_names(recorded, classes, f"{self.name} step {self.step}")
 
     def _forward(self, variables: dict[str, Any], inputs: jax.Array) -> jax.Array:
         return self.module.apply(variables, inputs, train=False)

@@ -44,6 +44,10 @@ STORE_KEYS = {
 }
 # Written by the store when a training run saves: the run that owns the step (`zoo.hub.save`).
 RUN_ID = "run_id"
+# A caller's key with a contract: `meta["class_names"][i]` names output i of a classifier. A step
+# without it (saved before names were recorded, or from data without names) names its classes
+# by their ids, "0", "1", ... (`LoadedModel.class_names`).
+CLASS_NAMES = "class_names"
 # Where an entry was found: the read-only models that ship inside the package, or the user's own.
 SHIPPED, USER = "shipped", "user"
 _PACKAGES = {"jax": "jax", "flax": "flax", "optax": "optax", "orbax": "orbax-checkpoint"}
@@ -151,6 +155,28 @@ def jsonable(meta: dict[str, Any] | None) -> dict[str, Any]:
         return json.loads(json.dumps(meta, default=_scalar))
     except TypeError as error:
         raise InvalidTypeError(f"meta must be JSON-able: {error}") from None
+
+
+def class_outputs(model_name: str, config: Mapping[str, Any]) -> int:
+    """How many classes a model of `config` scores: its `num_classes` for a classifier (0 for a
+    headless one), 0 for a model with another task (an autoencoder)."""
+    if model_info(model_name).task != "classification":
+        return 0
+    return int(config.get("num_classes") or 0)
+
+
+def check_class_names(names: Any, num_classes: int, where: str) -> tuple[str, ...]:
+    """`names` as a tuple, if it is one string per output of a `num_classes`-way classifier
+    (0: a model without class outputs); else a one-line error naming `where` they come from."""
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        raise InvalidTypeError(f"{where}: class names must be a list of strings, got {names!r}")
+    if not num_classes:
+        raise InvalidValueError(f"{where}: class names given for a model without class outputs")
+    if len(names) != num_classes:
+        raise InvalidValueError(
+            f"{where}: {len(names)} class names for a model of {num_classes} classes"
+        )
+    return tuple(names)
 
 
 def store_meta(

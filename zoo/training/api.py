@@ -113,13 +113,16 @@ def arrays(
     *,
     name: str = "arrays",
     num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> Dataset:
     """A data set from arrays: uint8 images (N, H, W[, C]) and integer labels 0..classes-1.
 
-    `num_classes` defaults to the largest label plus one. `name` is what the registry records
-    as the run's data set. Both splits must hold examples; images that are not uint8 (floats,
-    say: raw images are 0..255 as data sets give them) and labels that are not integers are
-    refused, never converted.
+    `num_classes` defaults to the number of `class_names`, else to the largest label plus one.
+    `class_names[i]` names label i; the saved model keeps them, and `zoo predict` prints them
+    (without, classes are named by their ids). `name` is what the registry records as the run's
+    data set. Both splits must hold examples; images that are not uint8 (floats, say: raw images
+    are 0..255 as data sets give them) and labels that are not integers are refused, never
+    converted.
     """
     if num_classes is not None and (
         not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1
@@ -135,14 +138,27 @@ def arrays(
     for what, split in splits.items():
         if not len(split):
             raise InvalidValueError(f"the {what} split is empty: it needs at least one image")
-    classes = num_classes or int(max(s.labels.max() for s in splits.values())) + 1
+    names = None if class_names is None else _names(class_names)
+    classes = (
+        num_classes
+        or (len(names) if names is not None else 0)
+        or int(max(s.labels.max() for s in splits.values())) + 1
+    )
     for what, split in splits.items():
         if split.labels.min() < 0 or split.labels.max() >= classes:
             raise InvalidValueError(
                 f"{what} labels must be in [0, {classes - 1}], got labels from "
                 f"{split.labels.min()} to {split.labels.max()}"
             )
-    return Dataset(name, splits["training"], splits["held-out"], num_classes=classes)
+    return Dataset(
+        name, splits["training"], splits["held-out"], num_classes=classes, class_names=names
+    )
+
+
+def _names(class_names: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(class_names, str):  # "abc" would otherwise be three classes a, b and c.
+        raise InvalidTypeError(f"class_names must be a sequence of strings, got {class_names!r}")
+    return tuple(class_names)
 
 
 def _nhwc(images: Any, what: str) -> np.ndarray:

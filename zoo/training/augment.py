@@ -1,10 +1,11 @@
 """On-device data augmentation inside the jitted step: of raw uint8 images, and of whole batches.
 
-Each `AUGMENTATIONS` function maps (images (N, H, W, C), key) -> images of the same shape and
-dtype. Padding is with zeros in raw pixel space, as torchvision's `RandomCrop(padding=...)`
-does: black for natural images, the background for digits. `BatchMixing` (mixup, CutMix) then
-mixes the standardised batch and its labels. Keys come from `fold_in` on the step number, so
-the augmentation of a step is the same however training was interrupted and resumed.
+Each `AUGMENTATIONS` function, and `RandomWarp` (random affine maps and elastic distortion),
+maps (images (N, H, W, C), key) -> images of the same shape and dtype. Padding is with zeros in
+raw pixel space, as torchvision's `RandomCrop(padding=...)` does: black for natural images, the
+background for digits. `BatchMixing` (mixup, CutMix) then mixes the standardised batch and its
+labels. Keys come from `fold_in` on the step number, so the augmentation of a step is the same
+however training was interrupted and resumed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Augmentation = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -48,6 +50,128 @@ def crop_flip(images: jax.Array, key: jax.Array) -> jax.Array:
 
 
 AUGMENTATIONS: dict[str, Augmentation] = {"translate": translate, "crop_flip": crop_flip}
+
+# Where a warp after another augmentation takes its key from: `fold_in(key, WARP_KEY)`, apart
+# from the key the first one uses and from mixing's `fold_in(key, 1)`.
+WARP_KEY = 2
+# The Gaussian that smooths an elastic field is cut off at this many sigmas, as SciPy's
+# `gaussian_filter` (truncate=4.0) does.
+GAUSSIAN_TRUNCATE = 4.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomWarp:
+    """A random affine map and elastic distortion of each image, resampled once, bilinearly.
+
+    The affine part is torchvision's `RandomAffine` about the image centre: a rotation uniform
+    in +-`rotate` degrees, a scale uniform in [1 - `zoom`, 1 + `zoom`], a shear parallel to the
+    x axis uniform in +-`shear` degrees, and a translation uniform in +-`translate` of the
+    height and of the width. The elastic part is Simard et al. 2003, "Best Practices for
+    Convolutional Neural Networks Applied to Visual Document Analysis", Sec. 2: per image, a
+    field of displacements uniform in [-1, 1] in each direction, smoothed by a Gaussian of
+    `elastic_sigma` pixels (zero outside the image, cut off at 4 sigma, as SciPy's
+    `gaussian_filter(mode="constant")`) and scaled by `elastic_alpha` pixels (their MNIST
+    setting: sigma 4, alpha 34). An output pixel at p reads the input at A^-1 (p - t) + d(p)
+    (about the centre), so one interpolation serves both parts; outside the image reads 0, the
+    background of digits. All strengths 0 is the identity, exactly.
+    """
+
+    rotate: float = 0.0
+    zoom: float = 0.0
+    shear: float = 0.0
+    translate: float = 0.0
+    elastic_alpha: float = 0.0
+    elastic_sigma: float = 4.0
+
+    def __call__(self, images: jax.Array, key: jax.Array) -> jax.Array:
+        n, h, w, _ = images.shape
+        affine_key, elastic_key = jax.random.split(key)
+        centre = jnp.array([(h - 1) / 2, (w - 1) / 2])
+        grid = jnp.stack(jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing="ij"), -1)
+        inverse, shift = self._affine(affine_key, n, (h, w))
+        # (N, H, W, 2) source (y, x) of every output pixel.
+        source = jnp.einsum("nij,nhwj->nhwi", inverse, grid - centre - shift[:, None, None])
+        source = source + centre
+        if self.elastic_alpha:
+            source = source + self._elastic(elastic_key, n, (h, w))
+        return _bilinear(images, source)
+
+    def _affine(self, key: jax.Array, n: int, size: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+        """(N, 2, 2) inverse linear maps in (y, x) order, and (N, 2) translations in pixels."""
+        # One draw for all five parameters of an image, each uniform in +-its bound.
+        bounds = jnp.array([self.rotate, self.zoom, self.shear, self.translate, self.translate])
+        draws = jax.random.uniform(key, (n, 5), minval=-1.0, maxval=1.0) * bounds
+        angle, shear = jnp.deg2rad(draws[:, 0]), jnp.deg2rad(draws[:, 2])
+        scale = 1 + draws[:, 1]
+        shift = draws[:, 3:] * jnp.array(size)
+        cos, sin, tan = jnp.cos(angle), jnp.sin(angle), jnp.tan(shear)
+        # In (y, x) coordinates the forward map is scale * rotation @ shearing: the x-shear
+        # [[1, 0], [tan, 1]], then a rotation [[cos, -sin], [sin, cos]] (counter-clockwise on
+        # the screen). Its inverse, written out: shearing^-1 @ rotation^T / scale.
+        inverse = jnp.stack(
+            [
+                jnp.stack([cos, sin], -1),
+                jnp.stack([-sin - tan * cos, cos - tan * sin], -1),
+            ],
+            -2,
+        )
+        return inverse / scale[:, None, None], shift
+
+    def _elastic(self, key: jax.Array, n: int, size: tuple[int, int]) -> jax.Array:
+        """(N, H, W, 2) smoothed random displacements in pixels."""
+        h, w = size
+        field = jax.random.uniform(key, (n, h, w, 2), minval=-1.0, maxval=1.0)
+        rows, cols = gaussian_matrix(h, self.elastic_sigma), gaussian_matrix(w, self.elastic_sigma)
+        return self.elastic_alpha * jnp.einsum("ij,njkc,lk->nilc", rows, field, cols)
+
+
+def gaussian_matrix(size: int, sigma: float) -> np.ndarray:
+    """(size, size) float32 matrix G with G @ v = v smoothed by a Gaussian of `sigma`: the
+    kernel cut at `GAUSSIAN_TRUNCATE` sigma and normalised to sum 1, zeros beyond the ends."""
+    radius = int(GAUSSIAN_TRUNCATE * sigma + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel /= kernel.sum()
+    distance = np.arange(size)[None, :] - np.arange(size)[:, None]
+    taps = kernel[np.clip(distance + radius, 0, 2 * radius)]
+    return np.where(np.abs(distance) <= radius, taps, 0).astype(np.float32)
+
+
+def _bilinear(images: jax.Array, source: jax.Array) -> jax.Array:
+    """`images` (N, H, W, C) read at `source` (N, H, W, 2) (y, x), bilinearly, 0 outside;
+    rounded back to the images' dtype."""
+    n, h, w, c = images.shape
+    top_left = jnp.floor(source)
+    fraction = source - top_left
+    corner = top_left.astype(jnp.int32)
+    values = images.astype(jnp.float32).reshape(n, h * w, c)
+    result = jnp.zeros((n, h, w, c), jnp.float32)
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        y, x = corner[..., 0] + dy, corner[..., 1] + dx
+        weight = (fraction[..., 0] if dy else 1 - fraction[..., 0]) * (
+            fraction[..., 1] if dx else 1 - fraction[..., 1]
+        )
+        inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+        flat = jnp.where(inside, y * w + x, 0).reshape(n, h * w, 1)
+        read = jnp.take_along_axis(values, flat, axis=1).reshape(n, h, w, c)
+        result = result + jnp.where(inside, weight, 0.0)[..., None] * read
+    if jnp.issubdtype(images.dtype, jnp.integer):
+        info = jnp.iinfo(images.dtype)
+        result = jnp.clip(jnp.round(result), info.min, info.max)
+    return result.astype(images.dtype)
+
+
+def then(first: Augmentation | None, second: Augmentation) -> Augmentation:
+    """`second` after `first` (if any): `first` takes the step's key as it would alone, so adding
+    a warp leaves the first augmentation's draws as they were; `second` takes
+    `fold_in(key, WARP_KEY)`."""
+    if first is None:
+        return second
+
+    def augment(images: jax.Array, key: jax.Array) -> jax.Array:
+        return second(first(images, key), jax.random.fold_in(key, WARP_KEY))
+
+    return augment
 
 
 def mixup(

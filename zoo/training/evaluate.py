@@ -2,12 +2,14 @@
 
 The whole split is evaluated by one compiled call: a `lax.scan` over fixed-size batches (the
 last one padded and masked), sharded over the mesh, whose per-batch sums stay on the device.
+Accuracy is top-1, with top-5 beside it for more than 10 classes; `zoo eval` adds each class's
+accuracy for 10 classes or fewer.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -16,13 +18,13 @@ from jax.sharding import Mesh
 
 import zoo
 from zoo import hub
-from zoo.data import load_dataset
+from zoo.data import Dataset, load_dataset
 from zoo.errors import InvalidValueError, NotFoundError
 from zoo.preprocessing import Preprocessing
 from zoo.training.pipeline import DeviceSplit, eval_batch, eval_order
 from zoo.training.report import host_metrics
 from zoo.training.sharding import make_mesh, replicate
-from zoo.training.step import Metrics, eval_step, zero_metrics
+from zoo.training.step import TOP5_MIN_CLASSES, Metrics, eval_step
 
 EVAL_BATCH_SIZE = 256  # `zoo eval`'s batch, rounded to a multiple of the device count.
 
@@ -35,24 +37,34 @@ def make_evaluator(
     batch_size: int,
     mesh: Mesh,
     task: str = "classification",
+    *,
+    per_class: bool = False,
 ) -> Callable[[dict[str, Any]], Metrics]:
-    """A compiled `variables -> {"loss_sum", "count"[, "correct"]}` (device sums) over `split`.
+    """A compiled `variables -> {"loss_sum", "count"[, "correct", ...]}` (device sums) over
+    `split` (`zoo.training.step.metric_sums`; `per_class` adds each class's sums).
 
     `variables` (replicated on `mesh`) fixes the shapes it is compiled for; it is compiled here,
     so that the first epoch's timing measures evaluation, not XLA.
     """
     indices, weights = replicate(eval_order(len(split), batch_size), mesh)
-    step = functools.partial(eval_step, apply_fn=apply_fn, task=task)
+    step = functools.partial(eval_step, apply_fn=apply_fn, task=task, per_class=per_class)
 
     @jax.jit
     def evaluate(
         variables: dict[str, Any], split: DeviceSplit, indices: jax.Array, weights: jax.Array
     ) -> Metrics:
-        def body(totals: Metrics, batch_order: tuple[jax.Array, jax.Array]) -> tuple[Metrics, None]:
-            batch = eval_batch(split, *batch_order, mesh, preprocessing=preprocessing)
-            return jax.tree.map(jnp.add, totals, step(variables, batch)), None
+        def sums(batch_order: tuple[jax.Array, jax.Array]) -> Metrics:
+            return step(
+                variables, eval_batch(split, *batch_order, mesh, preprocessing=preprocessing)
+            )
 
-        return jax.lax.scan(body, zero_metrics(task), (indices, weights))[0]
+        def body(totals: Metrics, batch_order: tuple[jax.Array, jax.Array]) -> tuple[Metrics, None]:
+            return jax.tree.map(jnp.add, totals, sums(batch_order)), None
+
+        # Zeros shaped as one batch's sums: the model's outputs decide which sums there are.
+        shapes = jax.eval_shape(sums, (indices[0], weights[0]))
+        zeros = jax.tree.map(lambda shape: jnp.zeros(shape.shape, shape.dtype), shapes)
+        return jax.lax.scan(body, zeros, (indices, weights))[0]
 
     compiled = evaluate.lower(variables, split, indices, weights).compile()
     return lambda variables: compiled(variables, split, indices, weights)
@@ -66,11 +78,26 @@ def evaluate_split(
     batch_size: int,
     mesh: Mesh,
     task: str = "classification",
-) -> dict[str, float]:
-    """{"val_loss"[, "val_accuracy"]} of `variables` on `split`, fetched to the host."""
+    *,
+    per_class: bool = False,
+) -> dict[str, Any]:
+    """{"val_loss"[, "val_accuracy"[, "val_top5_accuracy"]]} of `variables` on `split`, fetched
+    to the host; `per_class` adds "class_accuracy" (None for a class with no examples) and
+    "class_examples", one per class."""
     variables = replicate(variables, mesh)
-    evaluator = make_evaluator(apply_fn, variables, split, preprocessing, batch_size, mesh, task)
-    return host_metrics(jax.device_get(evaluator(variables)), "val")
+    evaluator = make_evaluator(
+        apply_fn, variables, split, preprocessing, batch_size, mesh, task, per_class=per_class
+    )
+    totals = jax.device_get(evaluator(variables))
+    metrics: dict[str, Any] = host_metrics(totals, "val")
+    if per_class:
+        counts, correct = totals["class_count"], totals["class_correct"]
+        metrics["class_examples"] = [int(count) for count in counts]
+        metrics["class_accuracy"] = [
+            float(hits / count) if count else None
+            for hits, count in zip(correct, counts, strict=True)
+        ]
+    return metrics
 
 
 def evaluate_saved(
@@ -85,7 +112,10 @@ def evaluate_saved(
 
     The model's recorded preprocessing is applied, so the result matches what training logged
     for the same data. Returns {"dataset", "step", "examples", "val_loss"} and, for a
-    classifier, "val_accuracy".
+    classifier, "val_accuracy" (top-1), "class_names", and "val_top5_accuracy" for more than
+    10 classes or "class_accuracy" and "class_examples" (per class) for 10 or fewer.
+    The data set must have the model's number of classes, and the same class names where both
+    record names: otherwise its labels do not mean what the model's outputs do.
     """
     loaded = hub.load(name, step=step, registry=registry)
     if loaded.preprocessing is None:
@@ -111,6 +141,8 @@ def evaluate_saved(
         raise InvalidValueError(
             f"{name} was trained on {source_shape} images; {dataset} has {data.image_shape}"
         )
+    task = zoo.model_info(loaded.model_name).task
+    class_names = _class_names(loaded, data) if task == "classification" else None
     mesh = make_mesh()
     batch_size = mesh.size * max(1, EVAL_BATCH_SIZE // mesh.size)
     metrics = evaluate_split(
@@ -120,6 +152,39 @@ def evaluate_saved(
         loaded.preprocessing,
         batch_size,
         mesh,
-        zoo.model_info(loaded.model_name).task,
+        task,
+        per_class=class_names is not None and len(class_names) < TOP5_MIN_CLASSES,
     )
-    return {"dataset": dataset, "step": loaded.step, "examples": len(data.test), **metrics}
+    named = {} if class_names is None else {"class_names": class_names}
+    return {
+        "dataset": dataset,
+        "step": loaded.step,
+        "examples": len(data.test),
+        **named,
+        **metrics,
+    }
+
+
+def _class_names(loaded: hub.LoadedModel, data: Dataset) -> tuple[str, ...]:
+    """The names of the classes of `loaded` evaluated on `data`: the model's recorded ones, else
+    the data set's, else the ids. Raises `ValueError` where the two cannot be the same classes."""
+    where = f"{loaded.name} step {loaded.step}"
+    if loaded.class_names is None or len(loaded.class_names) != data.num_classes:
+        have = (
+            "no class outputs"
+            if loaded.class_names is None
+            else f"{len(loaded.class_names)} classes"
+        )
+        raise InvalidValueError(f"{where} has {have}; {data.name} has {data.num_classes} classes")
+    recorded = loaded.meta.get(hub.CLASS_NAMES)
+    if None not in (recorded, data.class_names) and tuple(recorded) != data.class_names:
+        raise InvalidValueError(
+            f"{where} was trained on classes {_some(recorded)}, but {data.name}'s are "
+            f"{_some(data.class_names)}: its labels do not mean the model's classes"
+        )
+    return tuple(recorded) if recorded is not None else data.class_names or loaded.class_names
+
+
+def _some(names: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}, ... ({len(names)} in all)"

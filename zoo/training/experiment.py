@@ -21,10 +21,10 @@ from zoo import hub
 from zoo.data import Dataset, load_dataset
 from zoo.errors import InvalidValueError
 from zoo.preprocessing import Preprocessing
-from zoo.training.augment import AUGMENTATIONS, Augmentation
+from zoo.training.augment import Augmentation
 from zoo.training.config import TrainConfig, check_for_model, check_resumable
 from zoo.training.pipeline import DeviceSplit
-from zoo.training.recipe import model_overrides
+from zoo.training.recipe import augmentation, model_overrides
 from zoo.training.sharding import check_batch_size, make_mesh, replicate, replicated
 from zoo.training.state import TrainState, check_train_only, create_train_state, make_optimizer
 
@@ -39,7 +39,9 @@ class Experiment:
       task: the model's objective, "classification" or "reconstruction" (`zoo.training.step`).
       model_config: the `create_model` overrides, as the registry records them.
       input_shape: the model's (H, W, C) input; `preprocessing` maps raw images to it.
-      augmentation: what `--augment` does for this data set, or None without `--augment`.
+      class_names: the data set's names of the classes (`Dataset.class_names`), or None.
+      augmentation: what `--augment` and the warp settings do to this data set's training
+        images (`zoo.training.recipe.augmentation`), or None.
       keys: base PRNG keys "init", "shuffle" and "augment", all from `config.seed`.
     """
 
@@ -53,6 +55,7 @@ class Experiment:
     train: DeviceSplit
     test: DeviceSplit
     num_classes: int
+    class_names: tuple[str, ...] | None
     steps_per_epoch: int
     augmentation: Augmentation | None
     keys: dict[str, jax.Array]
@@ -120,8 +123,9 @@ def build_experiment(config: TrainConfig, dataset: Dataset | None = None) -> Exp
         train=DeviceSplit.from_host(train, mesh),
         test=DeviceSplit.from_host(dataset.test, mesh),
         num_classes=dataset.num_classes,
+        class_names=dataset.class_names if info.task == "classification" else None,
         steps_per_epoch=len(train) // config.batch_size,
-        augmentation=AUGMENTATIONS[dataset.augmentation] if config.augment else None,
+        augmentation=augmentation(config, dataset.augmentation),
         keys=replicate({"init": init, "shuffle": shuffle, "augment": augment}, mesh),
     )
 
@@ -220,6 +224,11 @@ def restore_state(
     return replicate(state, experiment.mesh), loaded.step, loaded.meta
 
 
+def class_names_meta(class_names: tuple[str, ...] | None) -> dict[str, Any]:
+    """{"class_names": [...]} for a checkpoint's metadata, or {} when the data set has none."""
+    return {} if class_names is None else {hub.CLASS_NAMES: list(class_names)}
+
+
 def save_checkpoint(
     experiment: Experiment,
     state: TrainState,
@@ -261,6 +270,7 @@ def save_checkpoint(
             # Which weights `variables` are, and where a fine-tuned run's first ones came from.
             "variables": "ema" if state.ema else "raw",
             **({"init_from": init_from} if init_from else {}),
+            **class_names_meta(experiment.class_names),
         },
         registry=config.registry,
         max_to_keep=config.max_to_keep,

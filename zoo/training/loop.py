@@ -39,6 +39,7 @@ from zoo.training.evaluate import make_evaluator
 from zoo.training.experiment import (
     Experiment,
     build_experiment,
+    class_names_meta,
     initial_state,
     restore_state,
     save_checkpoint,
@@ -291,6 +292,7 @@ def _trained_model(
             "metrics": history[-1] if history else {},
             "config": config.to_dict(),
             "history": history,
+            **class_names_meta(experiment.class_names),
         },
         step=step,
         path=None,
@@ -507,7 +509,7 @@ def _compile_train_step(experiment: Experiment, state: TrainState) -> TrainFn:
 
     jitted = jax.jit(step, donate_argnums=(0, 1), out_shardings=replicated(experiment.mesh))
     order = _epoch_order(experiment, 0)
-    totals = replicate(zero_metrics(experiment.task), experiment.mesh)
+    totals = replicate(zero_metrics(experiment.task, experiment.num_classes), experiment.mesh)
     return jitted.lower(
         state, totals, experiment.train, order, experiment.keys["augment"]
     ).compile()
@@ -537,7 +539,7 @@ def _train_epoch(
     """
     steps = experiment.steps_per_epoch
     order = _epoch_order(experiment, epoch)
-    totals = replicate(zero_metrics(experiment.task), experiment.mesh)
+    totals = replicate(zero_metrics(experiment.task, experiment.num_classes), experiment.mesh)
     refresh_every = max(1, steps // REFRESHES_PER_EPOCH)
     reporter.start_epoch(epoch)
     started = time.monotonic()

@@ -1,8 +1,9 @@
-"""The recipe settings that reach beyond the optimizer: model overrides and batch mixing.
+"""The recipe settings that reach beyond the optimizer: model overrides, augmentation, mixing.
 
 `--drop-path-rate` and `--dropout-rate` become `create_model` overrides for a model with that
-field; `--mixup` and `--cutmix` become a `BatchMixing` for classifiers. Each is an error where
-it cannot apply, never silently ignored.
+field; `--augment` and the warp strengths (`--rotate`, `--elastic-alpha`, ...) the training
+images' augmentation; `--mixup` and `--cutmix` become a `BatchMixing` for classifiers. Each is
+an error where it cannot apply, never silently ignored.
 """
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ from typing import Any
 import zoo
 from zoo.errors import InvalidValueError
 from zoo.registry import ModelInfo
-from zoo.training.augment import BatchMixing, batch_mixing
+from zoo.training.augment import (
+    AUGMENTATIONS,
+    Augmentation,
+    BatchMixing,
+    RandomWarp,
+    batch_mixing,
+    then,
+)
 from zoo.training.config import TrainConfig
 
 MODEL_RATES = ("drop_path_rate", "dropout_rate")
@@ -31,6 +39,22 @@ def model_overrides(config: TrainConfig, info: ModelInfo) -> dict[str, Any]:
                 f"available for it (models with it: {having})"
             )
     return overrides
+
+
+WARP_STRENGTHS = ("rotate", "zoom", "shear", "translate", "elastic_alpha")
+
+
+def augmentation(config: TrainConfig, kind: str) -> Augmentation | None:
+    """The training images' augmentation: the data set's `kind` (`Dataset.augmentation`) with
+    `--augment`, then a `RandomWarp` where any warp strength is set; None for neither."""
+    base = AUGMENTATIONS[kind] if config.augment else None
+    if not any(getattr(config, name) for name in WARP_STRENGTHS):
+        return base
+    warp = RandomWarp(
+        **{name: getattr(config, name) for name in WARP_STRENGTHS},
+        elastic_sigma=config.elastic_sigma,
+    )
+    return then(base, warp)
 
 
 def mixing(config: TrainConfig, num_classes: int) -> BatchMixing | None:

@@ -8,7 +8,8 @@ beside the log, in a folder named after it (runs/NAME.jsonl -> runs/NAME/), so
 
 The log has one JSON object per line, each with an "event": "start" (config, devices, compile
 time), "epoch" (train and held-out metrics, learning rate, images/s, checkpoint step; the
-training loss is the cross-entropy the step minimises, with labels smoothed by
+accuracies are top-1, with top-5 beside them ("val_top5_accuracy") for more than 10 classes;
+the training loss is the cross-entropy the step minimises, with labels smoothed by
 "train_loss_label_smoothing", the held-out loss the plain one) and
 "stopped" (a run ended by an exception: divergence, Ctrl-C). A resumed run appends to the same
 file, so it reads as one history.
@@ -68,11 +69,14 @@ def _summary_writer(folder: Path) -> SummaryWriter:
 
 
 def host_metrics(totals: dict[str, Any], prefix: str) -> dict[str, float]:
-    """Sums fetched from the device -> {prefix_loss[, prefix_accuracy]} means."""
+    """Sums fetched from the device -> {prefix_loss[, prefix_accuracy[, prefix_top5_accuracy]]}
+    means; `prefix_accuracy` is top-1."""
     count = float(totals["count"])
     metrics = {f"{prefix}_loss": float(totals["loss_sum"]) / count}
     if "correct" in totals:  # A classifier's; an autoencoder has a loss only.
         metrics[f"{prefix}_accuracy"] = float(totals["correct"]) / count
+    if "correct_top5" in totals:  # More than 10 classes (`zoo.training.step`).
+        metrics[f"{prefix}_top5_accuracy"] = float(totals["correct_top5"]) / count
     return metrics
 
 
@@ -219,8 +223,10 @@ class Reporter:
                 if smoothing
                 else "train_loss",
                 "train_accuracy": "train_acc",
+                "train_top5_accuracy": "train_top5",
                 "val_loss": "val_loss",
                 "val_accuracy": "val_acc",
+                "val_top5_accuracy": "val_top5",
             },
         )
         self.console.print(
@@ -241,8 +247,10 @@ class Reporter:
 TENSORBOARD_SCALARS = {
     "train_loss": "train/loss",
     "train_accuracy": "train/accuracy",
+    "train_top5_accuracy": "train/top5_accuracy",
     "val_loss": "val/loss",
     "val_accuracy": "val/accuracy",
+    "val_top5_accuracy": "val/top5_accuracy",
     "lr": "lr",
     "images_per_second": "images_per_second",
 }
