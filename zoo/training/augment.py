@@ -1,5 +1,9 @@
 """On-device data augmentation inside the jitted step: of raw uint8 images, and of whole batches.
 
+For images of any size held on the devices (padded), `resized_crops` is the ImageNet protocol
+that `zoo.data.transforms` runs on the host for streamed ones: the same crop distribution and
+resize filter, drawn from JAX keys instead of NumPy generators.
+
 Each `AUGMENTATIONS` function maps (images (N, H, W, C), key) -> images of the same shape and
 dtype. Padding is with zeros in raw pixel space, as torchvision's `RandomCrop(padding=...)`
 does: black for natural images, the background for digits. `BatchMixing` (mixup, CutMix) then
@@ -15,6 +19,13 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+
+from zoo.data.transforms import (
+    RANDOM_CROP_RATIO,
+    RANDOM_CROP_SCALE,
+    RANDOM_CROP_TRIES,
+    eval_resize,
+)
 
 Augmentation = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -116,3 +127,80 @@ def batch_mixing(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> B
     if not (mixup_alpha or cutmix_alpha):
         return None
     return BatchMixing(mixup_alpha, cutmix_alpha, num_classes)
+
+
+def random_crop_boxes(key: jax.Array, sizes: jax.Array) -> jax.Array:
+    """(N, 4) boxes (top, left, height, width) for images of (height, width) `sizes`: torchvision's
+    `RandomResizedCrop.get_params`, its 10 tries drawn at once and the first that fits taken."""
+    n = sizes.shape[0]
+    height, width = (sizes[:, i, None].astype(jnp.float32) for i in (0, 1))
+    scale_key, ratio_key, top_key, left_key = jax.random.split(key, 4)
+    shape = (n, RANDOM_CROP_TRIES)
+    area = (
+        height
+        * width
+        * jax.random.uniform(
+            scale_key, shape, minval=RANDOM_CROP_SCALE[0], maxval=RANDOM_CROP_SCALE[1]
+        )
+    )
+    log_ratio = jnp.log(jnp.asarray(RANDOM_CROP_RATIO))
+    aspect = jnp.exp(jax.random.uniform(ratio_key, shape, minval=log_ratio[0], maxval=log_ratio[1]))
+    w, h = jnp.round(jnp.sqrt(area * aspect)), jnp.round(jnp.sqrt(area / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = jnp.argmax(fits, axis=1)[:, None]
+    w, h = (jnp.take_along_axis(x, first, axis=1)[:, 0] for x in (w, h))
+    height, width = height[:, 0], width[:, 0]
+    # No try fits: the whole image, cut to the nearest ratio in range, centred.
+    ratio = width / height
+    low, high = RANDOM_CROP_RATIO
+    fallback_w = jnp.where(ratio > high, jnp.round(height * high), width)
+    fallback_h = jnp.where(ratio < low, jnp.round(width / low), height)
+    found = fits.any(axis=1)
+    w, h = jnp.where(found, w, fallback_w), jnp.where(found, h, fallback_h)
+    top = jnp.where(
+        found,
+        jnp.floor(jax.random.uniform(top_key, (n,)) * (height - h + 1)),
+        jnp.floor((height - h) / 2),
+    )
+    left = jnp.where(
+        found,
+        jnp.floor(jax.random.uniform(left_key, (n,)) * (width - w + 1)),
+        jnp.floor((width - w) / 2),
+    )
+    return jnp.stack([top, left, h, w], axis=1)
+
+
+def centre_crop_boxes(sizes: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """(N, 4) boxes of the evaluation transform (shorter side to size / 0.875, centre crop), in
+    the images' own pixels."""
+    height, width = (sizes[:, i].astype(jnp.float32) for i in (0, 1))
+    scale = eval_resize(min(size)) / jnp.minimum(height, width)  # Resized pixels per pixel.
+    h, w = size[0] / scale, size[1] / scale
+    return jnp.stack([(height - h) / 2, (width - w) / 2, h, w], axis=1)
+
+
+def resized_crops(
+    images: jax.Array, sizes: jax.Array, key: jax.Array, size: tuple[int, int], *, random: bool
+) -> jax.Array:
+    """Images of any size, padded to (N, H, W, C) uint8 with their (height, width) `sizes`, cut
+    to `size` by the ImageNet protocol: a random-resized crop and a flip (`random`), or the
+    evaluation crop. Resized with antialiased bilinear weights, as Pillow's resize on the host;
+    the padding repeats each image's edge, so a box at the edge reads no foreign pixels."""
+    crop_key, flip_key = jax.random.split(key)
+    boxes = random_crop_boxes(crop_key, sizes) if random else centre_crop_boxes(sizes, size)
+    out = jnp.asarray(size, jnp.float32)
+
+    def crop(image: jax.Array, box: jax.Array) -> jax.Array:
+        scale = out / box[2:]
+        return jax.image.scale_and_translate(
+            image.astype(jnp.float32),
+            (*size, image.shape[-1]),
+            (0, 1),
+            scale,
+            -box[:2] * scale,
+            method="linear",
+            antialias=True,
+        )
+
+    cropped = jnp.clip(jnp.round(jax.vmap(crop)(images, boxes)), 0, 255).astype(jnp.uint8)
+    return random_flip(cropped, flip_key) if random else cropped
