@@ -10,6 +10,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from zoo.data.transforms import centre_crop
 from zoo.errors import InvalidValueError
 from zoo.hub import CheckpointRecord, list_checkpoints, load, registry_root, shipped_root
 from zoo.images import converted, image_batch, is_npy, on_training_background, raw_image, read_npy
@@ -121,7 +122,8 @@ def run_predict(args: argparse.Namespace) -> int:
             "images cannot be turned into its inputs"
         )
     for path in args.files:
-        images = read_images(path, model.preprocessing.source_shape)
+        preprocessing = model.preprocessing
+        images = read_images(path, preprocessing.source_shape, preprocessing.crop_fraction)
         images, inverted = on_training_background(images, model.preprocessing)
         # In slices: the activations of a whole file's batch could take gigabytes.
         for start in range(0, len(images), PREDICT_BATCH):
@@ -133,8 +135,18 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_images(path: Path, source_shape: tuple[int, int, int]) -> np.ndarray:
-    """A batch (N, *source_shape) of raw uint8 images from a .npy file or one image file."""
+def read_images(
+    path: Path, source_shape: tuple[int, int, int], crop_fraction: float | None = None
+) -> np.ndarray:
+    """A batch (N, *source_shape) of raw uint8 images from a .npy file or one image file.
+
+    A picture is cut to `source_shape` as training cut the held-out images: by the ImageNet
+    evaluation transform (resize, centre crop) for a model of natural images of any size (its
+    preprocessing's `crop_fraction`), else by a conversion and a bilinear resize.
+    """
     if is_npy(path):
         return image_batch(read_npy(path), source_shape, str(path))
+    if crop_fraction is not None:
+        size, channels = source_shape[:2], source_shape[-1]
+        return centre_crop(path, size, crop_fraction=crop_fraction, channels=channels)[None]
     return converted(raw_image(path), source_shape)[None]

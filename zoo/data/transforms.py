@@ -60,11 +60,15 @@ class Box:
     height: float
     width: float
 
-    def scaled(self, factor: float) -> Box:
-        return Box(self.top / factor, self.left / factor, self.height / factor, self.width / factor)
-
-    def pil(self) -> tuple[float, float, float, float]:
-        return (self.left, self.top, self.left + self.width, self.top + self.height)
+    def pil(self, scale: tuple[float, float], size: tuple[int, int]) -> tuple[float, ...]:
+        """(left, top, right, bottom) in an image scaled by `scale` (x, y) to `size` (W, H)."""
+        (x, y), (width, height) = scale, size
+        return (
+            self.left * x,
+            self.top * y,
+            min(width, (self.left + self.width) * x),
+            min(height, (self.top + self.height) * y),
+        )
 
 
 def random_crop_box(
@@ -217,8 +221,8 @@ class _Decoder:
             math.ceil(self.height * out_h / box.height),
         )
         image = self._decoded(least)
-        factor = self.width / image.size[0]
-        return self._array(image.resize((out_w, out_h), _BILINEAR, box=box.scaled(factor).pil()))
+        scale = (image.size[0] / self.width, image.size[1] / self.height)
+        return self._array(image.resize((out_w, out_h), _BILINEAR, box=box.pil(scale, image.size)))
 
     def resize(self, size: tuple[int, int]) -> np.ndarray:
         """The whole image resized to `size` (W, H); no resize when it has that size already."""

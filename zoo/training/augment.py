@@ -171,12 +171,17 @@ def random_crop_boxes(key: jax.Array, sizes: jax.Array) -> jax.Array:
 
 
 def centre_crop_boxes(sizes: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """(N, 4) boxes of the evaluation transform (shorter side to size / 0.875, centre crop), in
-    the images' own pixels."""
+    """(N, 4) boxes of the evaluation transform in the images' own pixels: the shorter side
+    resized to size / 0.875 and the centre `size` cut out, with torchvision's roundings (as
+    `zoo.data.transforms.centre_crop`)."""
     height, width = (sizes[:, i].astype(jnp.float32) for i in (0, 1))
-    scale = eval_resize(min(size)) / jnp.minimum(height, width)  # Resized pixels per pixel.
-    h, w = size[0] / scale, size[1] / scale
-    return jnp.stack([(height - h) / 2, (width - w) / 2, h, w], axis=1)
+    shorter = eval_resize(min(size))
+    tall = width <= height
+    new_h = jnp.where(tall, jnp.floor(shorter * height / width), shorter)
+    new_w = jnp.where(tall, shorter, jnp.floor(shorter * width / height))
+    top, left = jnp.round((new_h - size[0]) / 2), jnp.round((new_w - size[1]) / 2)
+    scale_h, scale_w = new_h / height, new_w / width  # Resized pixels per pixel.
+    return jnp.stack([top / scale_h, left / scale_w, size[0] / scale_h, size[1] / scale_w], axis=1)
 
 
 def resized_crops(

@@ -204,10 +204,11 @@ def _fit(
                 experiment,
                 train_fn,
                 state,
-                first,
+                epoch,
                 reporter,
                 start.step_offset,
-                save_inside if save and config.checkpoint_every_steps else None,
+                resume_at=first,
+                save_inside=save_inside if save and config.checkpoint_every_steps else None,
             )
             train_seconds = time.monotonic() - epoch_started
             metrics = {
@@ -513,18 +514,23 @@ def _train_epoch(
     experiment: Experiment,
     train_fn: TrainFn,
     state: TrainState,
-    start: DataPosition,
+    epoch: int,
     reporter: Reporter,
     step_offset: int,
-    save_inside: SaveInside | None,
+    *,
+    resume_at: DataPosition | None = None,
+    save_inside: SaveInside | None = None,
 ) -> tuple[TrainState, dict[str, float]]:
-    """The rest of an epoch from `start`; returns the state and the epoch's mean metrics.
+    """One pass over the training split, or its rest from `resume_at` (a position inside this
+    epoch); returns the state and the epoch's mean metrics.
 
     `step_offset` turns the optimizer's step into the registry's (`StartingPoint`). With
     `save_inside`, a checkpoint is saved every `checkpoint_every_steps` steps (the run's, so
     the interval goes on across epochs) but at the epoch's last, which the epoch's end saves.
     """
-    steps, epoch = experiment.steps_per_epoch, start.epoch
+    steps = experiment.steps_per_epoch
+    start = resume_at if resume_at is not None and resume_at.epoch == epoch else None
+    start = start or DataPosition(epoch, 0)
     every = experiment.config.checkpoint_every_steps
     totals = replicate(_sums(start.totals, experiment.task), experiment.mesh)
     refresh_every = max(1, steps // REFRESHES_PER_EPOCH)
