@@ -271,14 +271,15 @@ def test_crops_on_the_devices_follow_the_host_protocol():
     assert np.all((top >= 0) & (left >= 0) & (top + h <= heights) & (left + w <= widths))
     area = h * w / (heights * widths)
     assert area.min() < 0.2 and area.max() > 0.8 and np.all(area <= 1)
-    # The evaluation crop on the devices: close to the host's (bilinear either way).
+    # The evaluation crop on the devices: the host's, up to rounding.
     photo = np.asarray(PIL.Image.open(PHOTOS[1]).convert("RGB").resize((300, 200)))
-    padded = np.pad(photo, ((0, 40), (0, 10), (0, 0)), mode="edge")[None]
+    padded = np.pad(photo, ((0, 40), (0, 10), (0, 0)), constant_values=255)[None]
     on_device = augment.resized_crops(
         padded, jax.numpy.array([[200, 300]]), jax.random.key(0), (64, 64), random=False
     )
     on_host = centre_crop(photo, (64, 64))
-    assert np.abs(np.asarray(on_device[0], np.int32) - on_host.astype(np.int32)).mean() < 6
+    difference = np.abs(np.asarray(on_device[0], np.int32) - on_host.astype(np.int32))
+    assert difference.max() <= 1 and difference.mean() < 0.2  # Pillow rounds in fixed point.
 
 
 @pytest.mark.parametrize(

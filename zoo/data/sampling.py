@@ -15,7 +15,11 @@ which Grain maps over positions (`zoo.training.streaming`).
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import os
+import signal
+import sys
 from typing import Any, Protocol
 
 import numpy as np
@@ -75,7 +79,10 @@ class BatchPlan:
 
 
 class Transform(Protocol):
-    """Encoded image -> uint8 (H, W, C) of a fixed shape; `rng` for random choices."""
+    """Encoded image -> uint8 `output_shape` (H, W, C); `rng` for random choices."""
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]: ...
 
     def __call__(self, source: Encoded, rng: np.random.Generator, what: str) -> np.ndarray: ...
 
@@ -85,6 +92,10 @@ class Unchanged:
     """Images stored decoded at one `shape`: passed through, the shape checked."""
 
     shape: tuple[int, int, int]
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        return self.shape
 
     def __call__(self, source: Encoded, rng: np.random.Generator, what: str) -> np.ndarray:
         image = np.asarray(source)
@@ -103,6 +114,10 @@ class RandomResizedCrop:
     size: tuple[int, int]
     channels: int
 
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        return (*self.size, self.channels)
+
     def __call__(self, source: Encoded, rng: np.random.Generator, what: str) -> np.ndarray:
         return random_resized_crop(source, self.size, rng, channels=self.channels, what=what)
 
@@ -114,6 +129,10 @@ class CentreCrop:
     size: tuple[int, int]
     channels: int
     crop_fraction: float = CROP_FRACTION
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        return (*self.size, self.channels)
 
     def __call__(self, source: Encoded, rng: np.random.Generator, what: str) -> np.ndarray:
         del rng  # Deterministic.
@@ -149,6 +168,13 @@ class TrainReader:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_order": None}  # Workers draw their own permutations.
 
+    def example_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """{key: (shape, dtype)} of the examples, known without reading one."""
+        return {
+            "image": (self.transform.output_shape, np.dtype(np.uint8)),
+            "label": ((), np.dtype(np.int32)),
+        }
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalReader:
@@ -163,6 +189,14 @@ class EvalReader:
     transform: Transform
     batch_size: int
     rows: tuple[int, ...]
+
+    def example_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """{key: (shape, dtype)} of the examples, known without reading one."""
+        return {
+            "image": (self.transform.output_shape, np.dtype(np.uint8)),
+            "label": ((), np.dtype(np.int32)),
+            "weight": ((), np.dtype(np.float32)),
+        }
 
     @property
     def batches(self) -> int:
@@ -179,3 +213,21 @@ class EvalReader:
         source, label = self.records[index]
         image = self.transform(source, np.random.default_rng(0), self.records.describe(index))
         return {"image": image, "label": np.int32(label), "weight": np.float32(weight)}
+
+
+def die_with_parent(worker: int, workers: int) -> None:
+    """Grain's `worker_init_fn`: the worker process ends when the training process does.
+
+    A worker whose parent is killed (SIGKILL, the out-of-memory killer) would otherwise wait on
+    its full queue for ever; on Linux the kernel sends it SIGKILL too (`PR_SET_PDEATHSIG`).
+    """
+    del worker, workers
+    if sys.platform != "linux":
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # The parent died before the request: follow it now.
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+PR_SET_PDEATHSIG = 1  # <sys/prctl.h>

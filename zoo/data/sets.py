@@ -88,7 +88,7 @@ class Split:
     """One split in host memory: `images` (N, H, W, C) uint8 and `labels` (N,) int32.
 
     `sizes` (N, 2): for images of many sizes, each image's (height, width); the images are then
-    padded to the largest (by repeating their last row and column). None: all are (H, W).
+    padded with zeros to the largest. None: all are (H, W).
     """
 
     images: np.ndarray
@@ -451,10 +451,9 @@ def _padded_reader(source: DataSource, channels: int) -> RowReader:
         else:
             local = sizes.max(axis=0) if len(sizes) else np.zeros(2, np.int32)
             largest = _largest_of_processes(local)
-        padded = np.empty((len(images), *largest, channels), np.uint8)
+        padded = np.zeros((len(images), *largest, channels), np.uint8)
         for i, image in enumerate(images):
-            h, w = image.shape[:2]
-            padded[i] = np.pad(image, ((0, largest[0] - h), (0, largest[1] - w), (0, 0)), "edge")
+            padded[i, : image.shape[0], : image.shape[1]] = image
         return padded, labels, sizes
 
     return read

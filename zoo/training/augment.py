@@ -2,7 +2,7 @@
 
 For images of any size held on the devices (padded), `resized_crops` is the ImageNet protocol
 that `zoo.data.transforms` runs on the host for streamed ones: the same crop distribution and
-resize filter, drawn from JAX keys instead of NumPy generators.
+resize filter, its random draws from JAX keys instead of NumPy generators.
 
 Each `AUGMENTATIONS` function maps (images (N, H, W, C), key) -> images of the same shape and
 dtype. Padding is with zeros in raw pixel space, as torchvision's `RandomCrop(padding=...)`
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 
 import jax
@@ -132,40 +133,37 @@ def batch_mixing(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> B
 def random_crop_boxes(key: jax.Array, sizes: jax.Array) -> jax.Array:
     """(N, 4) boxes (top, left, height, width) for images of (height, width) `sizes`: torchvision's
     `RandomResizedCrop.get_params`, its 10 tries drawn at once and the first that fits taken."""
-    n = sizes.shape[0]
+    return _boxes(_crop_draws(key, sizes.shape[0]), sizes)
+
+
+def _crop_draws(key: jax.Array, n: int) -> jax.Array:
+    """(N, 2 * tries + 3) uniform numbers: each try's area and log-ratio, then the box's top and
+    left, then the flip. One draw: each `jax.random` call costs XLA a compile of its own."""
+    return jax.random.uniform(key, (n, 2 * RANDOM_CROP_TRIES + 3))
+
+
+def _boxes(draws: jax.Array, sizes: jax.Array) -> jax.Array:
+    tries = RANDOM_CROP_TRIES
     height, width = (sizes[:, i, None].astype(jnp.float32) for i in (0, 1))
-    scale_key, ratio_key, top_key, left_key = jax.random.split(key, 4)
-    shape = (n, RANDOM_CROP_TRIES)
-    area = (
-        height
-        * width
-        * jax.random.uniform(
-            scale_key, shape, minval=RANDOM_CROP_SCALE[0], maxval=RANDOM_CROP_SCALE[1]
-        )
-    )
-    log_ratio = jnp.log(jnp.asarray(RANDOM_CROP_RATIO))
-    aspect = jnp.exp(jax.random.uniform(ratio_key, shape, minval=log_ratio[0], maxval=log_ratio[1]))
+    low, high = RANDOM_CROP_SCALE
+    area = height * width * (low + (high - low) * draws[:, :tries])
+    log_low, log_high = (math.log(r) for r in RANDOM_CROP_RATIO)
+    aspect = jnp.exp(log_low + (log_high - log_low) * draws[:, tries : 2 * tries])
     w, h = jnp.round(jnp.sqrt(area * aspect)), jnp.round(jnp.sqrt(area / aspect))
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     first = jnp.argmax(fits, axis=1)[:, None]
     w, h = (jnp.take_along_axis(x, first, axis=1)[:, 0] for x in (w, h))
     height, width = height[:, 0], width[:, 0]
     # No try fits: the whole image, cut to the nearest ratio in range, centred.
-    ratio = width / height
-    low, high = RANDOM_CROP_RATIO
-    fallback_w = jnp.where(ratio > high, jnp.round(height * high), width)
-    fallback_h = jnp.where(ratio < low, jnp.round(width / low), height)
+    ratio, (low, high) = width / height, RANDOM_CROP_RATIO
     found = fits.any(axis=1)
-    w, h = jnp.where(found, w, fallback_w), jnp.where(found, h, fallback_h)
+    w = jnp.where(found, w, jnp.where(ratio > high, jnp.round(height * high), width))
+    h = jnp.where(found, h, jnp.where(ratio < low, jnp.round(width / low), height))
     top = jnp.where(
-        found,
-        jnp.floor(jax.random.uniform(top_key, (n,)) * (height - h + 1)),
-        jnp.floor((height - h) / 2),
+        found, jnp.floor(draws[:, 2 * tries] * (height - h + 1)), jnp.floor((height - h) / 2)
     )
     left = jnp.where(
-        found,
-        jnp.floor(jax.random.uniform(left_key, (n,)) * (width - w + 1)),
-        jnp.floor((width - w) / 2),
+        found, jnp.floor(draws[:, 2 * tries + 1] * (width - w + 1)), jnp.floor((width - w) / 2)
     )
     return jnp.stack([top, left, h, w], axis=1)
 
@@ -189,23 +187,29 @@ def resized_crops(
 ) -> jax.Array:
     """Images of any size, padded to (N, H, W, C) uint8 with their (height, width) `sizes`, cut
     to `size` by the ImageNet protocol: a random-resized crop and a flip (`random`), or the
-    evaluation crop. Resized with antialiased bilinear weights, as Pillow's resize on the host;
-    the padding repeats each image's edge, so a box at the edge reads no foreign pixels."""
-    crop_key, flip_key = jax.random.split(key)
-    boxes = random_crop_boxes(crop_key, sizes) if random else centre_crop_boxes(sizes, size)
-    out = jnp.asarray(size, jnp.float32)
+    evaluation crop. The resize is Pillow's antialiased bilinear one (`bilinear_weights`), as
+    on the host; the padding is never read."""
+    draws = _crop_draws(key, images.shape[0]) if random else None
+    boxes = _boxes(draws, sizes) if random else centre_crop_boxes(sizes, size)
+    rows = bilinear_weights(boxes[:, 0], boxes[:, 2], size[0], sizes[:, 0], images.shape[1])
+    cols = bilinear_weights(boxes[:, 1], boxes[:, 3], size[1], sizes[:, 1], images.shape[2])
+    if random:  # Mirrored: the columns' weights reversed.
+        cols = jnp.where(draws[:, -1, None, None] < 0.5, cols[:, ::-1], cols)
+    resized = jnp.einsum("boh,bhwc,bpw->bopc", rows, images.astype(jnp.float32), cols)
+    return jnp.clip(jnp.round(resized), 0, 255).astype(jnp.uint8)
 
-    def crop(image: jax.Array, box: jax.Array) -> jax.Array:
-        scale = out / box[2:]
-        return jax.image.scale_and_translate(
-            image.astype(jnp.float32),
-            (*size, image.shape[-1]),
-            (0, 1),
-            scale,
-            -box[:2] * scale,
-            method="linear",
-            antialias=True,
-        )
 
-    cropped = jnp.clip(jnp.round(jax.vmap(crop)(images, boxes)), 0, 255).astype(jnp.uint8)
-    return random_flip(cropped, flip_key) if random else cropped
+def bilinear_weights(
+    start: jax.Array, length: jax.Array, out: int, valid: jax.Array, size: int
+) -> jax.Array:
+    """(N, out, size) weights that resize pixels [start, start + length) of an axis of `valid`
+    pixels (of `size` stored) to `out`, as Pillow's `resize(..., BILINEAR, box=...)` does: a
+    triangle filter widened by the downscale factor (antialiasing), cut at the image's edge
+    and normalised to sum to 1."""
+    scale = length / out
+    support = jnp.maximum(scale, 1.0)[:, None, None]
+    centres = start[:, None] + (jnp.arange(out) + 0.5) * scale[:, None]  # In source pixels.
+    pixels = jnp.arange(size) + 0.5
+    weights = jnp.maximum(0.0, 1.0 - jnp.abs(pixels - centres[..., None]) / support)
+    weights = jnp.where(jnp.arange(size) < valid[:, None, None], weights, 0.0)
+    return weights / jnp.sum(weights, axis=-1, keepdims=True)

@@ -35,7 +35,7 @@ import numpy as np
 from absl import flags
 from jax.sharding import Mesh, NamedSharding
 
-from zoo.data.sampling import BatchPlan, EvalReader, TrainReader
+from zoo.data.sampling import BatchPlan, EvalReader, TrainReader, die_with_parent
 from zoo.training.pipeline import RawBatch
 from zoo.training.sharding import batch_sharding, replicate, replicated
 from zoo.training.step import Metrics, eval_step, zero_metrics
@@ -65,15 +65,13 @@ def local_rows(mesh: Mesh, batch_size: int) -> tuple[int, ...]:
 
 
 def abstract_batch(
-    example: dict[str, Any], batch_size: int, mesh: Mesh
+    spec: dict[str, tuple[tuple[int, ...], np.dtype]], batch_size: int, mesh: Mesh
 ) -> dict[str, jax.ShapeDtypeStruct]:
-    """The global batch of `batch_size` examples like `example`, as abstract sharded arrays."""
+    """A global batch of `batch_size` examples of `spec` ({key: (shape, dtype)}), abstract."""
     sharding = batch_sharding(mesh)
     return {
-        key: jax.ShapeDtypeStruct(
-            (batch_size, *np.shape(value)), np.asarray(value).dtype, sharding=sharding
-        )
-        for key, value in example.items()
+        key: jax.ShapeDtypeStruct((batch_size, *shape), dtype, sharding=sharding)
+        for key, (shape, dtype) in spec.items()
     }
 
 
@@ -90,8 +88,8 @@ class StreamFeed:
         return self.plan.steps_per_epoch
 
     def compile_inputs(self) -> dict[str, jax.ShapeDtypeStruct]:
-        """Abstract arrays of a batch (one example read for its shape)."""
-        return abstract_batch(self.reader(0), self.plan.batch_size, self.mesh)
+        """Abstract arrays of a batch: what the step is compiled for."""
+        return abstract_batch(self.reader.example_spec(), self.plan.batch_size, self.mesh)
 
     def epoch(self, epoch: int, first_step: int) -> Iterator[RawBatch]:
         """The batches of steps `first_step`.. of `epoch`, from the run's one stream."""
@@ -130,7 +128,8 @@ def _grain_batches(reader: TrainReader, first: int, workers: int) -> Iterator[di
         if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags the parent must have.
             flags.FLAGS.mark_as_parsed()
         dataset = dataset.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2)
+            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2),
+            worker_init_fn=die_with_parent,
         )
     return iter(dataset)
 
@@ -227,7 +226,7 @@ def make_stream_evaluator(
         return jax.tree.map(jnp.add, totals, sums)
 
     sharding = batch_sharding(mesh)
-    abstract = abstract_batch(reader(0), reader.batch_size, mesh)
+    abstract = abstract_batch(reader.example_spec(), reader.batch_size, mesh)
     zero = replicate(zero_metrics(task), mesh)
     add = jax.jit(add_batch, out_shardings=replicated(mesh)).lower(variables, zero, abstract)
     add = add.compile()
