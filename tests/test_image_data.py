@@ -343,3 +343,18 @@ def test_a_truncated_image_fails_when_decoded_naming_the_file(tmp_path, digits):
     with pytest.raises(ValueError, match=f"{path}: cannot decode the image") as info:
         CentreCrop((8, 8), 3)(str(path), np.random.default_rng(0), str(path))
     assert "\n" not in str(info.value)
+
+
+def test_the_processes_of_a_run_read_disjoint_halves_of_every_batch():
+    halves = [
+        BatchPlan(seed=0, num_examples=50, batch_size=16, rows=rows)
+        for rows in (tuple(range(8)), tuple(range(8, 16)))
+    ]
+    for step in range(7):  # Two epochs of 3 steps, and into the third.
+        read = sorted(
+            plan.locate(plan.first_position(step) + row)
+            for plan in halves
+            for row in range(plan.local_batch)
+        )
+        epoch, first = divmod(step, 3)
+        assert read == [(epoch, first * 16 + row) for row in range(16)]

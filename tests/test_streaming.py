@@ -23,8 +23,10 @@ from rich.console import Console
 from test_image_data import PHOTOS, write_digit_folder
 
 from zoo import cli, hub
+from zoo.cli.hub import read_images
 from zoo.data import load_dataset
 from zoo.data.sampling import RandomResizedCrop
+from zoo.data.transforms import centre_crop
 from zoo.training.config import TrainConfig, resolve
 from zoo.training.experiment import build_experiment
 from zoo.training.loop import fit
@@ -229,3 +231,19 @@ def test_an_image_that_fails_mid_run_is_a_one_line_error_naming_it(tmp_path, fol
     assert status == 2 and "\n" not in error, error
     assert error.startswith(f"zoo train: error: {path}: cannot decode the image")
     assert "(stopped at epoch 1, step" in error
+
+
+def test_zoo_eval_and_predict_cut_pictures_by_the_evaluation_transform(tmp_path, folder, capsys):
+    run = config(tmp_path, folder, "evaluated", data_pipeline="streaming", data_workers=0)
+    result = fit(TrainConfig.from_dict({**run.to_dict(), "epochs": 1}), console=Console(quiet=True))
+    assert cli.main(["eval", "evaluated", "--registry", run.registry]) == 0
+    printed = capsys.readouterr().out
+    assert f"on {run.dataset} held-out split (10 images)" in printed
+    assert f"accuracy {result.metrics['val_accuracy']:.2%}" in printed
+    photo = tmp_path / "photo.png"
+    PIL.Image.open(PHOTOS[0]).save(photo)
+    assert cli.main(["predict", "evaluated", str(photo), "--registry", run.registry]) == 0
+    assert str(photo) in capsys.readouterr().out
+    loaded = hub.load("evaluated", registry=run.registry)
+    picture = read_images(photo, loaded.preprocessing.source_shape, 0.875)
+    np.testing.assert_array_equal(picture[0], centre_crop(photo, (28, 28), channels=1))
