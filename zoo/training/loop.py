@@ -211,6 +211,7 @@ def _fit(
                 save_inside=save_inside if save and config.checkpoint_every_steps else None,
             )
             train_seconds = time.monotonic() - epoch_started
+            data_wait = train_metrics.pop("data_wait_fraction")
             metrics = {
                 **train_metrics,
                 **host_metrics(jax.device_get(evaluate(state.variables)), "val"),
@@ -232,6 +233,7 @@ def _fit(
                 "images_per_second": (experiment.steps_per_epoch - first.step)
                 * config.batch_size
                 / train_seconds,
+                "data_wait_fraction": data_wait,
                 "epoch_seconds": time.monotonic() - epoch_started,
                 "wall_seconds": time.monotonic() - started,
             }
@@ -537,9 +539,12 @@ def _train_epoch(
     reporter.start_epoch(epoch)
     inputs = experiment.feed.epoch(epoch, start.step)
     started = time.monotonic()
+    waited = 0.0  # Blocked on the next batch: the data path is the bottleneck this long.
     for i in range(start.step, steps):
         try:
+            asked = time.monotonic()
             step_inputs = next(inputs)
+            waited += time.monotonic() - asked
         except (ZooError, DataWorkerDied) as error:
             raise _data_failure(error, experiment, epoch, i) from None
         state, totals = train_fn(state, totals, step_inputs, experiment.keys["augment"])
@@ -559,7 +564,7 @@ def _train_epoch(
         if save_inside is not None and (epoch * steps + i + 1) % every == 0 and i + 1 < steps:
             sums = {key: float(value) for key, value in jax.device_get(totals).items()}
             save_inside(state, DataPosition(epoch, i + 1, sums), host_metrics(sums, "train"))
-    return state, metrics
+    return state, {**metrics, "data_wait_fraction": waited / (time.monotonic() - started)}
 
 
 def _sums(saved: dict[str, float] | None, task: str) -> Metrics:

@@ -7,7 +7,8 @@ beside the log, in a folder named after it (runs/NAME.jsonl -> runs/NAME/), so
 `tensorboard --logdir runs` shows every run by name; their steps are the registry's.
 
 The log has one JSON object per line, each with an "event": "start" (config, devices, compile
-time), "epoch" (train and held-out metrics, learning rate, images/s, checkpoint step; the
+time), "epoch" (train and held-out metrics, learning rate, images/s, the fraction of the epoch's
+training time spent waiting for the next batch, checkpoint step; the
 training loss is the cross-entropy the step minimises, with labels smoothed by
 "train_loss_label_smoothing", the held-out loss the plain one) and
 "stopped" (a run ended by an exception: divergence, Ctrl-C). A resumed run appends to the same
@@ -223,9 +224,11 @@ class Reporter:
                 "val_accuracy": "val_acc",
             },
         )
+        waiting = record.get("data_wait_fraction", 0.0)
+        waiting = f" ({waiting:.0%} waiting for data)" if waiting >= 0.01 else ""
         self.console.print(
             f"epoch {record['epoch']}/{self.epochs}  {metrics}  "
-            f"{record['images_per_second']:,.0f} img/s  {record['epoch_seconds']:.1f} s",
+            f"{record['images_per_second']:,.0f} img/s  {record['epoch_seconds']:.1f} s{waiting}",
             highlight=False,
             soft_wrap=True,
         )
@@ -245,4 +248,5 @@ TENSORBOARD_SCALARS = {
     "val_accuracy": "val/accuracy",
     "lr": "lr",
     "images_per_second": "images_per_second",
+    "data_wait_fraction": "data_wait_fraction",
 }
