@@ -247,3 +247,11 @@ def test_zoo_eval_and_predict_cut_pictures_by_the_evaluation_transform(tmp_path,
     loaded = hub.load("evaluated", registry=run.registry)
     picture = read_images(photo, loaded.preprocessing.source_shape, 0.875)
     np.testing.assert_array_equal(picture[0], centre_crop(photo, (28, 28), channels=1))
+
+
+def test_the_python_api_takes_data_sets_by_name_or_path(folder):
+    from zoo.training import configure
+
+    assert configure("mlp", data=f"folder:{folder}").dataset == f"folder:{folder}"
+    with pytest.raises(ValueError, match="name two data sets"):
+        configure("mlp", data=f"folder:{folder}", dataset="mnist5k")

@@ -128,8 +128,8 @@ class TrainConfig:
         DataPipeline,
         Flag(
             "device: the data set held on the devices; streaming: read from storage each "
-            "epoch (Grain); auto: device when the set's images have one shape and it takes "
-            "at most 1 GiB, else streaming",
+            "epoch (Grain); auto: device when the set, as the devices would hold it, takes "
+            "at most 1 GiB (and its size is known without reading it), else streaming",
         ),
     ] = "auto"
     data_workers: Annotated[
