@@ -112,12 +112,12 @@ def zoo_grain(files: list[str], workers: int) -> Callable[[], tuple[int, float]]
     """One pipeline for the whole benchmark: its workers start once, as in a run."""
     from zoo.data.records import FileRecords
     from zoo.data.sampling import BatchPlan, RandomResizedCrop, TrainReader
-    from zoo.training.streaming import _grain_batches
+    from zoo.training.streaming import train_batches
 
     records = FileRecords(tuple(files), np.zeros(len(files), np.int32))
     plan = BatchPlan(0, len(files), BATCH, tuple(range(BATCH)))
     reader = TrainReader(plan, records, RandomResizedCrop((224, 224), 3))
-    batches = _grain_batches(reader, 0, workers)
+    batches = train_batches(reader, 0, workers)
     return lambda: timed_batches(batches)
 
 

@@ -93,8 +93,12 @@ class Experiment:
 
     @property
     def eval_batch_size(self) -> int:
-        # No gradients are kept in evaluation: twice the batch fits where the batch did.
-        return 2 * self.config.batch_size
+        return eval_batch_size(self.config)
+
+
+def eval_batch_size(config: TrainConfig) -> int:
+    # No gradients are kept in evaluation: twice the batch fits where the batch did.
+    return 2 * config.batch_size
 
 
 def build_experiment(config: TrainConfig, dataset: Dataset | None = None) -> Experiment:
@@ -144,7 +148,9 @@ def build_experiment(config: TrainConfig, dataset: Dataset | None = None) -> Exp
             f"batch size {config.batch_size} is larger than the {data.train_examples} "
             f"training examples of {config.dataset}"
         )
-    any_size = source.image_shape is None
+    any_size = source.image_shape is None  # Then cut to size by the ImageNet protocol.
+    augmentation = AUGMENTATIONS[source.augmentation] if config.augment and not any_size else None
+    crops = Crops(input_shape[:2], config.augment) if any_size and pipeline == "device" else None
     init, augment = jax.random.split(jax.random.key(config.seed))
     return Experiment(
         config=config,
@@ -162,10 +168,8 @@ def build_experiment(config: TrainConfig, dataset: Dataset | None = None) -> Exp
         num_classes=source.num_classes,
         class_names=source.class_names if info.task == "classification" else None,
         steps_per_epoch=data.train_examples // config.batch_size,
-        augmentation=AUGMENTATIONS[source.augmentation]
-        if config.augment and not any_size
-        else None,
-        crops=Crops(input_shape[:2], config.augment) if any_size and pipeline == "device" else None,
+        augmentation=augmentation,
+        crops=crops,
         data_fingerprint=source.fingerprint,
         data_summary=source.summary,
         keys=replicate({"init": init, "augment": augment}, mesh),
@@ -230,7 +234,7 @@ def _streaming_data(
         config.seed, len(train), config.batch_size, local_rows(mesh, config.batch_size)
     )
     workers = default_workers() if config.data_workers is None else config.data_workers
-    eval_batch = 2 * config.batch_size
+    eval_batch = eval_batch_size(config)
     return _Data(
         preprocessing,
         StreamFeed(plan, TrainReader(plan, train, transform), mesh, workers),

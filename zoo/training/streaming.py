@@ -94,14 +94,14 @@ class StreamFeed:
     def epoch(self, epoch: int, first_step: int) -> Iterator[RawBatch]:
         """The batches of steps `first_step`.. of `epoch`, from the run's one stream."""
         step = epoch * self.steps_per_epoch + first_step
-        if self._stream is None or step != self._next_step:
+        if self._stream is None or step != self._next_step:  # The first epoch, or a jump.
             self.close()
-            batches = _grain_batches(self.reader, self.plan.first_position(step), self.workers)
+            batches = train_batches(self.reader, self.plan.first_position(step), self.workers)
             self._stream = DeviceStream(batches, batch_sharding(self.mesh), self.plan.batch_size)
         for _ in range(first_step, self.steps_per_epoch):
-            self._next_step = step + 1
-            step += 1
-            yield next(self._stream)
+            batch = next(self._stream)
+            self._next_step = step = step + 1
+            yield batch
 
     @staticmethod
     def raw_batch(inputs: RawBatch, step: jax.Array) -> RawBatch:
@@ -114,10 +114,11 @@ class StreamFeed:
             self._stream = None
 
 
-def _grain_batches(reader: TrainReader, first: int, workers: int) -> Iterator[dict[str, Any]]:
-    """This process's training batches from stream position `first` to the end of time."""
+def train_batches(reader: TrainReader, first: int, workers: int) -> Iterator[dict[str, Any]]:
+    """This process's training batches (numpy) from stream position `first` on, read by
+    `workers` processes (0: threads of this one)."""
     dataset = (
-        grain.MapDataset.range(first, first + 2**62)  # Epochs end where the loop stops reading.
+        grain.MapDataset.range(first, first + 2**62)  # Endless: the run stops reading.
         .map(reader)
         .batch(reader.plan.local_batch, drop_remainder=True)
         .to_iter_dataset(
