@@ -294,6 +294,8 @@ def _read(path: str | os.PathLike, name: str) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         raise NotFoundError(f"{name}: no such file (was it moved or deleted?)") from None
+    except OSError as error:  # Permissions, a dead network mount: not the image's fault.
+        raise InvalidValueError(f"{name}: cannot be read ({error.strerror or error})") from None
 
 
 @contextlib.contextmanager
