@@ -8,6 +8,7 @@ ship; then, in rounds interleaved A, B, A, B, measures images per second of the 
 transform (decode, random-resized crop to 224, flip):
 
 - "zoo 1 core": `zoo.data.sampling`'s reader, one example at a time, in this process;
+- "zoo with Pillow draft": the same crops with Pillow's draft mode in place of simplejpeg;
 - "torchvision 1 core": `ImageFolder`'s loader and the reference recipe's training transform
   (`RandomResizedCrop(224)`, `RandomHorizontalFlip()`, `PILToTensor()`, `ConvertImageDtype`,
   `Normalize`), which also normalises on the host: the zoo does that on the device;
@@ -16,7 +17,9 @@ transform (decode, random-resized crop to 224, flip):
   processes (started once; in each round 6 batches drained, then 16 timed), batches of 32, per
   worker (images/s / W).
 
-Prints medians and the ratios; bench/README.md ("Data loading") records them with the CPU.
+The single-core transforms are measured first, then the pipelines (whose workers would compete
+in the background); each phase rotates its order every round. Prints medians and the ratios;
+bench/README.md ("Data loading") records them with the CPU.
 """
 
 from __future__ import annotations
@@ -71,6 +74,32 @@ def zoo_single(files: list[str]) -> Callable[[], tuple[int, float]]:
         for position in range(count):
             reader(position)
         return count, time.perf_counter() - started
+
+    return run
+
+
+def pillow_draft_single(files: list[str]) -> Callable[[], tuple[int, float]]:
+    """`zoo_single` with JPEGs decoded by Pillow's draft mode (libjpeg's DCT scaling through
+    Pillow) in place of simplejpeg: the alternative `zoo.data.transforms` measured, swapped in
+    for the run, everything else the same."""
+    from zoo.data import transforms
+
+    def draft(decoder: transforms._Decoder, least: tuple[int, int]) -> PIL.Image.Image:
+        mode = "RGB" if decoder.channels == 3 else "L"
+        with decoder._pil() as image:
+            image.draft(mode, least)
+            image.load()
+            return transforms._converted(image, mode)
+
+    zoo = zoo_single(files)
+
+    def run() -> tuple[int, float]:
+        simplejpeg = transforms._Decoder._decoded
+        transforms._Decoder._decoded = draft
+        try:
+            return zoo()
+        finally:
+            transforms._Decoder._decoded = simplejpeg
 
     return run
 
@@ -166,28 +195,45 @@ def main() -> None:
         make_folder(args.folder, args.make)
     files = sorted(str(p) for p in (args.folder / "train").rglob("*.jpg"))
     w = args.workers
-    methods = {
-        "zoo, 1 core": (zoo_single(files), 1),
-        "torchvision, 1 core": (torch_single(files, normalise=True), 1),
-        "torchvision uint8, 1 core": (torch_single(files, normalise=False), 1),
-        f"zoo Grain, {w} worker(s), per worker": (zoo_grain(files, w), w),
-        f"torch DataLoader, {w} worker(s), per worker": (torch_loader(args.folder, w), w),
+    # Two phases: the pipelines' workers keep filling their buffers in the background, so the
+    # single-core transforms are measured before any exists. Within a phase the order rotates.
+    single = {
+        "zoo, 1 core": zoo_single(files),
+        "zoo with Pillow draft, 1 core": pillow_draft_single(files),
+        "torchvision, 1 core": torch_single(files, normalise=True),
+        "torchvision uint8, 1 core": torch_single(files, normalise=False),
     }
-    rates: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(args.rounds):
-        for name, (run, cores) in methods.items():
-            images, seconds = run()
-            rates[name].append(images / seconds / cores)
+    rates = measure(single, args.rounds, cores=1)
+    pipelines = {
+        f"zoo Grain, {w} worker(s), per worker": zoo_grain(files, w),
+        f"torch DataLoader, {w} worker(s), per worker": torch_loader(args.folder, w),
+    }
+    rates.update(measure(pipelines, args.rounds, cores=w))
     medians = {name: statistics.median(values) for name, values in rates.items()}
     print(f"{len(files)} JPEGs, {args.rounds} interleaved rounds, medians (min-max):")
     for name, values in rates.items():
         print(f"  {name:45s} {medians[name]:7.1f} img/s  ({min(values):.1f}-{max(values):.1f})")
-    names = list(medians)
+    zoo, draft, torch_, torch_uint8, grain, loader = medians.values()
+    pairs = zip(rates["zoo, 1 core"], rates["zoo with Pillow draft, 1 core"], strict=True)
+    paired = statistics.median(a / b for a, b in pairs)
     print(
-        f"zoo / torchvision, 1 core: {medians[names[0]] / medians[names[1]]:.2f}x "
-        f"(uint8 torchvision: {medians[names[0]] / medians[names[2]]:.2f}x)"
+        f"simplejpeg / Pillow draft: {zoo / draft:.2f}x (median of per-round ratios {paired:.2f})"
     )
-    print(f"Grain / DataLoader per worker: {medians[names[3]] / medians[names[4]]:.2f}x")
+    print(f"zoo / torchvision, 1 core: {zoo / torch_:.2f}x (uint8: {zoo / torch_uint8:.2f}x)")
+    print(f"Grain / DataLoader per worker: {grain / loader:.2f}x")
+
+
+def measure(
+    methods: dict[str, Callable[[], tuple[int, float]]], rounds: int, cores: int
+) -> dict[str, list[float]]:
+    """images/s per core of each method, `rounds` times, the order rotated every round."""
+    rates: dict[str, list[float]] = {name: [] for name in methods}
+    names = list(methods)
+    for round_ in range(rounds):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            images, seconds = methods[name]()
+            rates[name].append(images / seconds / cores)
+    return rates
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ def random_resized_crop(
         box = random_crop_box(decoder.width, decoder.height, rng)
         image = decoder.crop(box, size)
         flip = rng.random() < 0.5
-    return np.ascontiguousarray(image[:, ::-1]) if flip else image
+    return image[:, ::-1] if flip else image  # A view: batching copies it anyway.
 
 
 def centre_crop(
