@@ -102,7 +102,9 @@ def train_flags(run: TrainConfig) -> list[str]:
 
 
 def untimed(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in record.items() if "second" not in k} for record in history]
+    """Epoch records without their timings (seconds, images/s, the time waiting for data)."""
+    timing = ("second", "data_wait")
+    return [{k: v for k, v in r.items() if not any(t in k for t in timing)} for r in history]
 
 
 def assert_same_leaves(a, b) -> None:
