@@ -6,22 +6,17 @@ dataset = load_dataset("mnist5k")        # 4,000 / 1,000 real MNIST digits, offl
 dataset.train.images, dataset.train.labels, dataset.class_names
 source = open_dataset("folder:~/photos")  # listed and checked, nothing decoded yet
 
-The names load `zoo.data.sets` (and TensorFlow Datasets) on first use, so that the data-loading
-worker processes, which need only `zoo.data.sampling` and `zoo.data.transforms`, start without it.
+The names load their modules on first use, and only `zoo.data.sets` loads TensorFlow Datasets:
+the data-loading worker processes, which need `zoo.data.sampling` and `zoo.data.transforms`,
+start without it.
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from zoo.data.sets import (
-        DATA_DIR_ENV,
-        DATASETS,
         DEVICE_PATH_MAX_BYTES,
-        DIGIT_SETS,
-        PUBLIC_TFDS_SETS,
-        Dataset,
-        DataSource,
-        Split,
         load_dataset,
         make_synthetic,
         open_dataset,
@@ -29,6 +24,15 @@ if TYPE_CHECKING:
         read_dataset,
         resolve_data_dir,
         source_of,
+    )
+    from zoo.data.source import (
+        DATA_DIR_ENV,
+        DATASETS,
+        DIGIT_SETS,
+        PUBLIC_TFDS_SETS,
+        Dataset,
+        DataSource,
+        Split,
     )
 
 __all__ = [
@@ -48,13 +52,23 @@ __all__ = [
     "resolve_data_dir",
     "source_of",
 ]
+# The names' modules: the data set types (`zoo.data.source`) need neither JAX nor TensorFlow
+# Datasets; everything else is `zoo.data.sets`.
+_TYPES = (
+    "DATASETS",
+    "DATA_DIR_ENV",
+    "DIGIT_SETS",
+    "PUBLIC_TFDS_SETS",
+    "DataSource",
+    "Dataset",
+    "Split",
+)
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from zoo.data import sets
-
-        return getattr(sets, name)
+        module = "zoo.data.source" if name in _TYPES else "zoo.data.sets"
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'zoo.data' has no attribute {name!r}")
 
 

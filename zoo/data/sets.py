@@ -40,36 +40,27 @@ process makes the same set from the same seed.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import dataclasses
-import difflib
-import fcntl
-import io
-import logging
 import os
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import numpy as np
-import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
-from tensorflow_datasets.core import file_adapters
 
 from zoo.data.folder import FolderSplit, is_folder_name, list_folder
-from zoo.data.mnist5k import Mnist5k
-from zoo.data.records import ArrayRecords, FileRecords, Records, TfdsRecords
+from zoo.data.prepared import mnist5k_builder, prepared_builder, tfds_source
+from zoo.data.records import ArrayRecords, FileRecords, Records
+from zoo.data.source import (
+    DATA_DIR_ENV,
+    Dataset,
+    DataSource,
+    Split,
+)
 from zoo.data.transforms import centre_crop, decode_full
-from zoo.errors import InvalidValueError, NotFoundError
+from zoo.errors import InvalidValueError
 
-DATA_DIR_ENV = "ZOO_DATA_DIR"
 DEFAULT_CACHE_DIR = Path("~/.cache/jax-zoo/tensorflow_datasets")
-PUBLIC_TFDS_SETS = ("mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100")
-DIGIT_SETS = ("mnist5k", "mnist", "fashion_mnist", "kmnist", "synthetic")
-DATASETS = ("mnist5k", *PUBLIC_TFDS_SETS, "synthetic")
-# The held-out split of a TFDS set: the first of these it has.
-HELD_OUT_SPLITS = ("validation", "test")
 # The input size images of any size are cut to when no model says otherwise: ImageNet's.
 DEFAULT_INPUT_SIZE = (224, 224)
 # The size rule: a set stays on the devices (`zoo.training.pipeline`) when its images have one
@@ -81,111 +72,6 @@ DEVICE_PATH_MAX_BYTES = 1 << 30
 # same held-out images that training did.
 SYNTHETIC_SEED = 1234
 SYNTHETIC_SIZES = {"train": 2048, "test": 512}
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-    """One split in host memory: `images` (N, H, W, C) uint8 and `labels` (N,) int32.
-
-    `sizes` (N, 2): for images of many sizes, each image's (height, width); the images are then
-    padded with zeros to the largest. None: all are (H, W).
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-    sizes: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise InvalidValueError(
-                f"expected uint8 (N, H, W, C) images, got {self.images.dtype} {self.images.shape}"
-            )
-        if self.labels.shape != self.images.shape[:1]:
-            raise InvalidValueError(
-                f"{len(self.images)} images but labels of shape {self.labels.shape}"
-            )
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def take(self, count: int) -> Split:
-        """The first `count` examples (a quick subset for tests and benchmarks)."""
-        sizes = None if self.sizes is None else self.sizes[:count]
-        return Split(self.images[:count], self.labels[:count], sizes)
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-    """A classification data set in memory: a training split and a held-out split never
-    trained on. `class_names[i]` names label i, or None where the set has no names."""
-
-    name: str
-    train: Split
-    test: Split
-    num_classes: int
-    class_names: tuple[str, ...] | None = None
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """The (H, W, C) of the images the model sees (the held-out ones)."""
-        return tuple(int(d) for d in self.test.images.shape[1:])  # type: ignore[return-value]
-
-    @property
-    def augmentation(self) -> str:
-        """What `--augment` applies (`zoo.training.augment`)."""
-        return augmentation_for(self.name, self.train.sizes is not None)
-
-
-def augmentation_for(name: str, any_size: bool) -> str:
-    """Random-resized crops and flips for images of any size (the ImageNet protocol); small
-    shifts for digits; 4-pixel crops and flips for other images of one size (CIFAR's)."""
-    if any_size:
-        return "random_resized_crop"
-    return "translate" if name in DIGIT_SETS else "crop_flip"
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSource:
-    """A data set opened, not read: each split's examples by index (`zoo.data.records`).
-
-    Attributes:
-      image_shape: the (H, W, C) of every image, or None for images of any size.
-      channels: the images' channels (1 or 3); images of any size are decoded to the model's.
-      train_sizes: the training images' (height, width) where the listing knows them (folders).
-      fingerprint: what identifies the data's content and order; a checkpoint records it, and a
-        resume on other data is refused.
-      summary: a line describing what was found (folders), or None.
-      in_memory: the set itself when it lives in memory already (`synthetic`, arrays).
-    """
-
-    name: str
-    train: Records
-    test: Records
-    num_classes: int
-    class_names: tuple[str, ...] | None
-    image_shape: tuple[int, int, int] | None
-    channels: int
-    fingerprint: str
-    train_sizes: np.ndarray | None = None
-    summary: str | None = None
-    in_memory: Dataset | None = None
-
-    @property
-    def augmentation(self) -> str:
-        return augmentation_for(self.name, self.image_shape is None)
-
-    def device_bytes(self, input_size: tuple[int, int], channels: int) -> int | None:
-        """The bytes `load_dataset` holds for this set, or None where only reading it all
-        would tell (images of any size, sizes unknown)."""
-        if self.image_shape is not None:
-            return (len(self.train) + len(self.test)) * int(np.prod(self.image_shape))
-        if self.train_sizes is None:
-            return None
-        largest = self.train_sizes.max(axis=0) if len(self.train_sizes) else (0, 0)
-        return channels * (
-            len(self.train) * int(largest[0]) * int(largest[1])
-            + len(self.test) * input_size[0] * input_size[1]
-        )
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None, default: Path | None) -> Path | None:
@@ -218,8 +104,8 @@ def open_dataset(
             raise InvalidValueError("the synthetic data set needs image_shape and num_classes")
         return source_of(make_synthetic(image_shape, num_classes))
     if name == "mnist5k":
-        return _tfds_source(_mnist5k_builder(resolve_data_dir(data_dir, DEFAULT_CACHE_DIR)))
-    return _tfds_source(_prepared_builder(name, resolve_data_dir(data_dir, None)))
+        return tfds_source(mnist5k_builder(resolve_data_dir(data_dir, DEFAULT_CACHE_DIR)))
+    return tfds_source(prepared_builder(name, resolve_data_dir(data_dir, None)))
 
 
 def load_dataset(
@@ -292,103 +178,6 @@ def _folder_source(name: str) -> DataSource:
         fingerprint=folder.fingerprint(),
         train_sizes=folder.train.sizes,
         summary=folder.summary,
-    )
-
-
-def _mnist5k_builder(data_dir: Path) -> tfds.core.DatasetBuilder:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(data_dir / ".mnist5k.lock"), _quiet_tfds():
-        builder = Mnist5k(data_dir=str(data_dir), file_format="array_record")
-        if not builder.is_prepared():
-            print(f"Preparing mnist5k (once) in {data_dir} ...", file=sys.stderr, flush=True)
-            builder.download_and_prepare()
-    return builder
-
-
-def _prepared_builder(name: str, data_dir: Path | None) -> tfds.core.DatasetBuilder:
-    """The TFDS builder of `name` (`name/config:version` too), prepared as array_record."""
-    with _quiet_tfds():
-        try:
-            builder = tfds.builder(name, data_dir=None if data_dir is None else str(data_dir))
-        except tfds.core.registered.DatasetNotFoundError:
-            raise _unknown_name(name) from None
-        except (ValueError, AssertionError) as error:  # An unknown config or version.
-            raise InvalidValueError(f"dataset {name!r}: {str(error).splitlines()[0]}") from None
-        prepared = builder.is_prepared()
-    where = builder.data_dir
-    if not prepared:
-        raise NotFoundError(
-            f"dataset {name!r} is not prepared in {where} (jax-zoo never downloads implicitly). "
-            f"Prepare it once where there is network and TensorFlow: `tfds build {name} "
-            f"--data_dir DIR --file_format array_record`, then pass --data-dir DIR here "
-            f"(or set ${DATA_DIR_ENV}); or use the offline default `--dataset mnist5k`"
-        )
-    if builder.info.file_format != file_adapters.FileFormat.ARRAY_RECORD:
-        raise InvalidValueError(
-            f"dataset {name!r} in {where} is stored as {builder.info.file_format.value}, which "
-            f"needs TensorFlow to read; rebuild it with `tfds build {name} --data_dir DIR "
-            f"--file_format array_record`"
-        )
-    return builder
-
-
-def _unknown_name(name: str) -> InvalidValueError:
-    known = dict.fromkeys([*DATASETS, *tfds.list_builders(with_community_datasets=False)])
-    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
-    hint = f"did you mean {' or '.join(close)}? " if close else ""
-    return InvalidValueError(
-        f"unknown dataset {name!r}; {hint}valid datasets: {', '.join(DATASETS)}, any TFDS "
-        "image-classification set prepared in the data folder (name or name/config:version), "
-        "or folder:PATH for a folder of class folders"
-    )
-
-
-def _tfds_source(builder: tfds.core.DatasetBuilder) -> DataSource:
-    info = builder.info
-    name = info.full_name.removesuffix(f"/{info.version}")
-    image_key, label_key = info.supervised_keys or ("image", "label")
-    features = info.features
-    present = dict(features.items())  # A FeaturesDict has no `get`.
-    image, label = present.get(image_key), present.get(label_key)
-    image_shape = getattr(image, "shape", None)
-    if (
-        not isinstance(label, tfds.features.ClassLabel)
-        or not isinstance(image, tfds.features.Image | tfds.features.Tensor)
-        or image_shape is None
-        or len(image_shape) != 3
-        or np.dtype(image.np_dtype) != np.uint8
-    ):
-        raise InvalidValueError(
-            f"dataset {name!r} is not an image-classification set: it needs a uint8 (H, W, C) "
-            f"image and a ClassLabel, and has {features}"
-        )
-    # A set whose metadata lists no splits (TFDS's mock data) has the usual two.
-    splits = list(info.splits) or ["train", "test"]
-    held_out = next((s for s in HELD_OUT_SPLITS if s in splits), None)
-    if "train" not in splits or held_out is None:
-        raise InvalidValueError(
-            f"dataset {name!r} has splits {', '.join(splits)}; the zoo trains on 'train' "
-            f"and holds out {' or '.join(map(repr, HELD_OUT_SPLITS))}"
-        )
-    any_size = None in image_shape
-    decoders = {image_key: tfds.decode.SkipDecoding()} if any_size else None
-
-    def records(split: str) -> TfdsRecords:
-        with _quiet_tfds():
-            source = builder.as_data_source(split=split, decoders=decoders)
-        return TfdsRecords(source, f"{name} {split}", image_key, label_key)
-
-    channels = image_shape[-1] or 3
-    train = records("train")
-    return DataSource(
-        name,
-        train,
-        records(held_out),
-        num_classes=label.num_classes,
-        class_names=tuple(label.names),
-        image_shape=None if any_size else tuple(int(d) for d in image_shape),
-        channels=channels,
-        fingerprint=f"{info.full_name}, {len(train)} training examples",
     )
 
 
@@ -514,29 +303,3 @@ def make_synthetic(image_shape: tuple[int, int, int], num_classes: int) -> Datas
     return Dataset(
         "synthetic", split(SYNTHETIC_SIZES["train"]), split(SYNTHETIC_SIZES["test"]), num_classes
     )
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """An flock, so two processes preparing the same folder at once do not collide."""
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-@contextlib.contextmanager
-def _quiet_tfds() -> Iterator[None]:
-    """Hides TFDS's chatter (progress bars, banners, absl warnings about unprepared folders).
-
-    Our own messages say what is happening; TFDS's speak of downloads that never happen.
-    """
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
-    tfds.display_progress_bar(False)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        tfds.display_progress_bar(True)
-        absl_logger.setLevel(level)
