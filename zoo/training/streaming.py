@@ -28,11 +28,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
 from jax.sharding import Mesh, NamedSharding
 
 from zoo.data.sampling import BatchPlan, EvalReader, TrainReader, die_with_parent
@@ -117,6 +115,9 @@ class StreamFeed:
 def train_batches(reader: TrainReader, first: int, workers: int) -> Iterator[dict[str, Any]]:
     """This process's training batches (numpy) from stream position `first` on, read by
     `workers` processes (0: threads of this one)."""
+    import grain  # Here, not at the top: a slow import that `zoo --help` need not wait for.
+    from absl import flags
+
     dataset = (
         grain.MapDataset.range(first, first + 2**62)  # Endless: the run stops reading.
         .map(reader)
@@ -233,6 +234,8 @@ def make_stream_evaluator(
     add = add.compile()
 
     def evaluate(variables: dict[str, Any]) -> Metrics:
+        import grain
+
         dataset = (
             grain.MapDataset.range(len(reader))
             .map(reader)
