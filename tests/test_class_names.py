@@ -19,7 +19,7 @@ import tensorflow_datasets as tfds
 import zoo
 from zoo import hub
 from zoo.cli import main
-from zoo.data import Dataset, Split, load_dataset, sets
+from zoo.data import Dataset, Split, load_dataset, prepared
 from zoo.preprocessing import Preprocessing
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -71,7 +71,7 @@ def test_tfds_sets_name_their_classes_from_their_class_label(mnist5k_dir, tmp_pa
     builder = Shapes(data_dir=str(tmp_path), file_format="array_record")
     builder.download_and_prepare()
     # Read back from the prepared folder alone: the names come from its metadata.
-    shapes = sets._read_builder(tfds.builder_from_directory(builder.data_dir))
+    shapes = prepared.tfds_source(tfds.builder_from_directory(builder.data_dir))
     assert shapes.class_names == ("circle", "square", "triangle") and shapes.num_classes == 3
     synthetic = load_dataset("synthetic", image_shape=(4, 4, 1), num_classes=3)
     assert synthetic.class_names is None

@@ -159,3 +159,11 @@ def test_split_validates_its_arrays():
         data.Split(np.zeros((2, 4, 4, 1), np.float32), np.zeros(2, np.int32))
     with pytest.raises(ValueError, match="labels of shape"):
         data.Split(np.zeros((2, 4, 4, 1), np.uint8), np.zeros(3, np.int32))
+
+
+def test_class_names_travel_with_every_set(mnist5k, tmp_path):
+    # A TFDS set's names: tests/test_image_data.py builds one; a folder's: its class folders.
+    assert mnist5k.class_names == tuple("0123456789")
+    assert data.load_dataset("synthetic", image_shape=(8, 8, 1), num_classes=3).class_names is None
+    with mocked_tfds(file_adapters.FileFormat.ARRAY_RECORD):
+        assert len(data.open_dataset("cifar100", data_dir=tmp_path).class_names) == 100

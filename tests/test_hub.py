@@ -279,7 +279,10 @@ def test_retention_policy():
     [
         ({"max_to_keep": 0}, "max_to_keep must be a positive int"),
         ({"best": ("val_accuracy", "up")}, "best must be"),
-        ({"best": ("val_loss", "min")}, r"needs a number at meta\['metrics'\]\['val_loss'\]"),
+        (
+            {"best": ("val_loss", "min"), "meta": {"metrics": {"val_loss": "low"}}},
+            r"needs a number at meta\['metrics'\]\['val_loss'\], got 'low'",
+        ),
         ({"meta": {"step": 3}}, "meta key.*step.*written by the store"),
         ({"step": -1}, "step must be a non-negative int"),
         ({"name": "../escape"}, "checkpoint name must match"),

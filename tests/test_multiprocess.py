@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 from rich.console import Console
+from test_image_data import write_digit_folder
 
 from zoo import cli, hub
 from zoo.data import load_dataset, process_rows
@@ -145,6 +146,41 @@ def test_two_processes_train_like_one_and_save_one_checkpoint(tmp_path):
     )
     images = load_dataset("mnist5k").test.images[:200]
     np.testing.assert_array_equal(two.predict(images), alone.predict(images))
+    for key, value in alone.meta["metrics"].items():
+        assert two.meta["metrics"][key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_two_processes_streaming_a_folder_train_like_one(tmp_path, mnist5k_dir):
+    """Each process reads, decodes and crops only its half of every batch, with the random
+    choices of each example's position: together, the batches of one process."""
+    digits = load_dataset("mnist5k", data_dir=mnist5k_dir).train
+    folder = write_digit_folder(tmp_path / "digits", digits, 8, held_out=2)
+    streamed = {
+        "dataset": f"folder:{folder}",
+        "batch_size": 16,
+        "epochs": 1,
+        "augment": True,
+        "data_pipeline": "streaming",
+        "data_workers": 0,
+    }
+    flags = [
+        f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}"
+        for k, v in streamed.items()
+    ]
+    workers = start_workers(tmp_path, "two", *flags)
+    registry, log = str(tmp_path / "registry"), str(tmp_path / "one.jsonl")
+    one = {**SAME_RUN, **streamed, "name": "one", "registry": registry, "log": log}
+    fit(resolve(one), console=Console(quiet=True))
+    for process_id, (status, stdout, stderr) in enumerate(map(finish, workers)):
+        assert status == 0, f"process {process_id} failed:\n{stdout}\n{stderr}"
+        assert process_id or "data streamed (threads)" in stdout
+    two, alone = hub.load("two", registry=registry), hub.load("one", registry=registry)
+    assert two.meta["processes"] == 2 and two.step == alone.step == 5
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
+        two.variables,
+        alone.variables,
+    )
     for key, value in alone.meta["metrics"].items():
         assert two.meta["metrics"][key] == pytest.approx(value, abs=1e-4), key
 

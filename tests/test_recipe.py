@@ -153,10 +153,10 @@ def test_ema_is_evaluated_saved_as_the_variables_and_resumed_exactly(tmp_path, m
     again = tiny_config(tmp_path / "again", **recipe_settings)
     train_epoch = loop._train_epoch
 
-    def interrupted(experiment, train_fn, state, epoch, *rest):
+    def interrupted(experiment, train_fn, state, epoch, *rest, **options):
         if epoch == 1:
             raise KeyboardInterrupt
-        return train_epoch(experiment, train_fn, state, epoch, *rest)
+        return train_epoch(experiment, train_fn, state, epoch, *rest, **options)
 
     with monkeypatch.context() as patch:
         patch.setattr(loop, "_train_epoch", interrupted)

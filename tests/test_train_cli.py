@@ -256,7 +256,7 @@ def test_settings_are_refused_in_one_line_before_any_data_is_loaded(
     def no_data(*args, **kwargs):
         pytest.fail("data was loaded before the settings were checked")
 
-    monkeypatch.setattr(experiment, "load_dataset", no_data)
+    monkeypatch.setattr(experiment, "open_dataset", no_data)
     code, _, err = run(capsys, "train", *argv, "--registry", str(tmp_path))
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith("zoo train: error: ") and message in err, err

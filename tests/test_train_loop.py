@@ -63,10 +63,10 @@ def interrupt_in_epoch_2(config: TrainConfig, monkeypatch: pytest.MonkeyPatch) -
     """Runs `config` until Ctrl-C arrives at the start of epoch 2 (after epoch 1 was saved)."""
     train_epoch = loop._train_epoch
 
-    def interrupted(experiment, train_fn, state, epoch, *args):
+    def interrupted(experiment, train_fn, state, epoch, *args, **options):
         if epoch == 1:
             raise KeyboardInterrupt
-        return train_epoch(experiment, train_fn, state, epoch, *args)
+        return train_epoch(experiment, train_fn, state, epoch, *args, **options)
 
     with monkeypatch.context() as patch:
         patch.setattr(loop, "_train_epoch", interrupted)

@@ -27,16 +27,18 @@ from rich.console import Console
 from zoo.training.config import TrainConfig
 from zoo.training.experiment import build_experiment
 from zoo.training.loop import fit
-from zoo.training.pipeline import training_batch
+from zoo.training.pipeline import prepare_batch
 assert jax.local_device_count() == 8, jax.devices()
 config = TrainConfig(**json.loads(sys.argv[1]))
 fit(config, console=Console(quiet=True))
 
 # The batch really is split: each device holds 32 / 8 = 4 of its examples.
 experiment = build_experiment(config)
-batch = jax.jit(lambda split, rows: training_batch(
-    split, rows, jax.random.key(0), experiment.mesh, preprocessing=experiment.preprocessing,
-    augmentation=experiment.augmentation))(experiment.train, jnp.arange(32))
+feed = experiment.feed
+batch = jax.jit(lambda inputs: prepare_batch(
+    feed.raw_batch(inputs, jnp.int32(0)), jax.random.key(0),
+    preprocessing=experiment.preprocessing, augmentation=experiment.augmentation,
+))(feed.compile_inputs())
 shards = batch["image"].addressable_shards
 assert sorted(s.device.id for s in shards) == list(range(8)), shards
 assert {s.data.shape for s in shards} == {(4, 32, 32, 1)}, [s.data.shape for s in shards]

@@ -14,9 +14,8 @@ from rich.console import Console
 from zoo.training import augment, loop
 from zoo.training.augment import RandomWarp, gaussian_matrix, then, translate
 from zoo.training.config import TrainConfig
-from zoo.training.pipeline import DeviceSplit, training_batch
+from zoo.training.pipeline import prepare_batch
 from zoo.training.recipe import augmentation
-from zoo.training.sharding import make_mesh
 
 SIZE = 29  # Odd: the centre (14, 14) is a pixel.
 CENTRE = (SIZE - 1) / 2
@@ -151,14 +150,15 @@ def test_the_config_builds_the_warp_after_the_data_sets_augmentation():
 
 
 def test_labels_pass_through_an_augmented_batch_unchanged():
-    mesh = make_mesh()
     images = digits_like(count=32)
     labels = jnp.arange(32, dtype=jnp.int32) % 10
-    split = DeviceSplit(images, labels)
     rows = jnp.asarray(np.random.default_rng(0).permutation(32)[:16])
     batch = jax.jit(
-        lambda rows, key: training_batch(
-            split, rows, key, mesh, preprocessing=lambda x: x / 255.0, augmentation=WARP
+        lambda rows, key: prepare_batch(
+            {"image": images[rows], "label": labels[rows]},
+            key,
+            preprocessing=lambda x: x / 255.0,
+            augmentation=WARP,
         )
     )(rows, jax.random.key(0))
     np.testing.assert_array_equal(batch["label"], labels[rows])

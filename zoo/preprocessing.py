@@ -4,6 +4,11 @@ A `Preprocessing` is recorded with every saved model, so `zoo.load(name).predict
 applies exactly what training applied: scale uint8 to [0, 1], zero-pad or resize to the model's
 input size (MNIST's 28x28 is padded to LeNet-5's 32x32 as LeCun et al. did), repeat a grey channel
 when the model wants three, then standardise with the training set's per-channel mean and std.
+
+Models of natural images of any size (trained on an image folder or ImageNet, or imported from
+torchvision) record a `crop_fraction`: a picture of any size is first cut to `source_shape` by the
+ImageNet evaluation transform (shorter side resized to size / crop_fraction, centre crop:
+`zoo.data.transforms.centre_crop`), and their mean and std are ImageNet's, as torchvision's.
 """
 
 from __future__ import annotations
@@ -16,6 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo.errors import InvalidValueError
+
+# ImageNet's per-channel mean and std (torchvision's `Normalize` for its ImageNet weights): the
+# normalisation of natural images of any size, so that imported and fine-tuned weights agree.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The evaluation transform's centre crop (224 of 256; `zoo.data.transforms.centre_crop`).
+IMAGENET_CROP_FRACTION = 0.875
 
 
 def check_raw(dtype: np.dtype, what: str) -> None:
@@ -34,12 +46,15 @@ class Preprocessing:
       input_shape: (H, W, C) the model takes.
       mean: per-channel mean of the training images, in [0, 1] units, after channel repeat.
       std: per-channel standard deviation, same units.
+      crop_fraction: for images of any size, the evaluation transform's centre crop that cuts
+        them to `source_shape` (0.875: the centre 224 of 256); None: images come in that shape.
     """
 
     source_shape: tuple[int, int, int]
     input_shape: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    crop_fraction: float | None = None
 
     def __post_init__(self) -> None:
         src_c, dst_c = self.source_shape[-1], self.input_shape[-1]
@@ -53,6 +68,8 @@ class Preprocessing:
             )
         if min(self.std) <= 0:
             raise InvalidValueError(f"std must be positive, got {self.std}")
+        if self.crop_fraction is not None and not 0 < self.crop_fraction <= 1:
+            raise InvalidValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
 
     def __call__(self, images: np.ndarray | jax.Array) -> jax.Array:
         """(N, H, W[, C]) raw images -> (N, *input_shape) float32, standardised."""
@@ -95,11 +112,27 @@ class Preprocessing:
         return x
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) for k, v in dataclasses.asdict(self).items()}
+        record = {k: v for k, v in dataclasses.asdict(self).items() if k != "crop_fraction"}
+        record = {k: list(v) for k, v in record.items()}
+        if self.crop_fraction is not None:  # Absent: what models of one image size record.
+            record["crop_fraction"] = self.crop_fraction
+        return record
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> Preprocessing:
-        return cls(**{f.name: tuple(record[f.name]) for f in dataclasses.fields(cls)})
+        shapes = ("source_shape", "input_shape", "mean", "std")
+        return cls(
+            **{k: tuple(record[k]) for k in shapes}, crop_fraction=record.get("crop_fraction")
+        )
+
+    @classmethod
+    def imagenet(cls, input_shape: tuple[int, int, int]) -> Preprocessing:
+        """Natural images of any size, cut to `input_shape` by the evaluation transform and
+        standardised with ImageNet's mean and std (for a grey model, their averages)."""
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        if input_shape[-1] == 1:
+            mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
+        return cls(tuple(input_shape), tuple(input_shape), mean, std, IMAGENET_CROP_FRACTION)
 
     @classmethod
     def fit(cls, raw_train_images: np.ndarray, input_shape: tuple[int, int, int]) -> Preprocessing:

@@ -9,6 +9,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from zoo.data.transforms import centre_crop
 from zoo.errors import InvalidValueError
 from zoo.hub import (
     CheckpointRecord,
@@ -151,7 +152,8 @@ def run_predict(args: argparse.Namespace) -> int:
         )
     top = args.top or (TOP_CLASSES if len(model.class_names) >= TOP5_MIN_CLASSES else None)
     for path in args.files:
-        images = read_images(path, model.preprocessing.source_shape)
+        preprocessing = model.preprocessing
+        images = read_images(path, preprocessing.source_shape, preprocessing.crop_fraction)
         images, inverted = on_training_background(images, model.preprocessing)
         # In slices: the activations of a whole file's batch could take gigabytes.
         for start in range(0, len(images), PREDICT_BATCH):
@@ -178,8 +180,18 @@ def _percent(probability: float) -> str:
     return "<0.1%" if probability < 0.0005 else f"{probability:.1%}"
 
 
-def read_images(path: Path, source_shape: tuple[int, int, int]) -> np.ndarray:
-    """A batch (N, *source_shape) of raw uint8 images from a .npy file or one image file."""
+def read_images(
+    path: Path, source_shape: tuple[int, int, int], crop_fraction: float | None = None
+) -> np.ndarray:
+    """A batch (N, *source_shape) of raw uint8 images from a .npy file or one image file.
+
+    A picture is cut to `source_shape` as training cut the held-out images: by the ImageNet
+    evaluation transform (resize, centre crop) for a model of natural images of any size (its
+    preprocessing's `crop_fraction`), else by a conversion and a bilinear resize.
+    """
     if is_npy(path):
         return image_batch(read_npy(path), source_shape, str(path))
+    if crop_fraction is not None:
+        size, channels = source_shape[:2], source_shape[-1]
+        return centre_crop(path, size, crop_fraction=crop_fraction, channels=channels)[None]
     return converted(raw_image(path), source_shape)[None]

@@ -21,6 +21,7 @@ from zoo.training import api, distributed, loop
 from zoo.training.config import PRESETS, TrainConfig, field_names, flags, load_config_file
 from zoo.training.evaluate import evaluate_saved
 from zoo.training.report import format_metrics
+from zoo.training.streaming import DataWorkerDied
 
 METAVARS = {int: "N", float: "X", str: "TEXT"}
 
@@ -207,7 +208,7 @@ def _train(args: argparse.Namespace) -> int:
     interrupts.report(lambda signal: interrupted(config, signal, before, resume=args.resume))
     try:
         result = api.train(config, resume=args.resume)
-    except loop.TrainingDiverged as error:
+    except (loop.TrainingDiverged, DataWorkerDied) as error:
         print(f"zoo train: error: {error}", file=sys.stderr)
         return 1
     metrics = result.metrics

@@ -33,14 +33,10 @@ from zoo.preprocessing import Preprocessing
 from zoo.registry import create_model
 from zoo.summary import summary
 
-# What torchvision's ImageNet weights expect: 224x224 RGB, standardised with ImageNet's
-# per-channel mean and std (the `transforms.Normalize` of its reference recipes).
-IMAGENET_PREPROCESSING = Preprocessing(
-    source_shape=(224, 224, 3),
-    input_shape=(224, 224, 3),
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-)
+# What torchvision's ImageNet weights expect: pictures of any size resized to 256 and centre-
+# cropped to 224x224 RGB, standardised with ImageNet's per-channel mean and std (the `Resize`,
+# `CenterCrop` and `Normalize` of its reference recipes' evaluation).
+IMAGENET_PREPROCESSING = Preprocessing.imagenet((224, 224, 3))
 
 # A classifier head of this many outputs is ImageNet-1k's, whose category names torchvision's
 # weights carry (`imagenet_categories`).

@@ -292,7 +292,11 @@ def fsync_dir(folder: Path) -> None:
 def check_policy(
     max_to_keep: int | None, best: tuple[str, str] | None, metrics: Mapping[str, Any]
 ) -> None:
-    """Raises `ValueError` for a bad policy, or when `best` names a metric this save lacks."""
+    """Raises `ValueError` for a bad policy, or when `best`'s metric is there but no number.
+
+    A save without `best`'s metric (a checkpoint taken inside an epoch, before any evaluation)
+    is kept or retired by its step alone; it never counts as the best.
+    """
     if max_to_keep is not None and (
         isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1
     ):
@@ -304,7 +308,7 @@ def check_policy(
     if not (isinstance(best, tuple | list) and len(best) == 2 and best[1] in BEST_MODES):
         raise InvalidValueError(f"best must be (metric name, 'max' or 'min'), got {best!r}")
     value = metrics.get(best[0])
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if best[0] in metrics and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise InvalidValueError(
             f"best={tuple(best)!r} needs a number at meta['metrics'][{best[0]!r}], "
             f"got {value!r} (metrics: {sorted(metrics)})"

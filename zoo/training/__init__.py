@@ -7,18 +7,21 @@
 `train` applies the model's preset, as the command line does; `fit(TrainConfig(...))` is the
 loop itself and applies no preset.
 
-Modules, in the order a run flows through them: `config` (every setting) -> `data` (named data
-sets) -> `experiment` (model, optimizer, mesh) -> `loop` (epochs, checkpoints, NaN guard) ->
-`pipeline` and `step` (the jitted work) -> `report` (progress bar, JSONL log).
+Modules, in the order a run flows through them: `config` (every setting) -> `zoo.data` (data
+sets by name or path) -> `experiment` (model, optimizer, mesh, the data path) -> `loop` (epochs,
+checkpoints, NaN guard) -> `pipeline` (data on the devices) or `streaming` (data read from
+storage) and `step` (the jitted work) -> `report` (progress bar, JSONL log).
 """
 
 from zoo.training.api import EarlyStopping, arrays, configure, train
 from zoo.training.config import TrainConfig
 from zoo.training.evaluate import evaluate_saved
 from zoo.training.loop import Callback, FitResult, TrainingDiverged, fit
+from zoo.training.streaming import DataWorkerDied
 
 __all__ = [
     "Callback",
+    "DataWorkerDied",
     "EarlyStopping",
     "FitResult",
     "TrainConfig",

@@ -33,7 +33,7 @@ from zoo.training.loop import Callback, FitResult
 def train(
     model: str | TrainConfig | None = None,
     *,
-    data: Dataset | None = None,
+    data: Dataset | str | None = None,
     config_file: str | Path | None = None,
     resume: bool = False,
     save: bool = True,
@@ -46,7 +46,8 @@ def train(
     Args:
       model: a registered model name (`zoo.list_models()`; may come from `config_file`), or a
         `TrainConfig` (from `configure`), used as it is.
-      data: a data set in memory (`arrays`) instead of `settings["dataset"]`'s named one.
+      data: a data set in memory (`arrays`), or a data set's name or path as `--dataset` takes
+        it ("cifar10", "imagenet2012", "folder:~/photos"; the same as `dataset=`).
       config_file: a .json, .toml or .py settings file, as `zoo train --config`.
       resume: continue the latest checkpoint of the run's name with its saved settings
         (`settings` may change only how long it trains and where things go).
@@ -67,15 +68,16 @@ def train(
         config = model
     else:
         config = configure(model, data=data, config_file=config_file, resume=resume, **settings)
+    in_memory = data if isinstance(data, Dataset) else None
     return loop.fit(
-        config, resume=resume, console=console, callbacks=callbacks, dataset=data, save=save
+        config, resume=resume, console=console, callbacks=callbacks, dataset=in_memory, save=save
     )
 
 
 def configure(
     model: str | None = None,
     *,
-    data: Dataset | None = None,
+    data: Dataset | str | None = None,
     config_file: str | Path | None = None,
     resume: bool = False,
     source: str | None = None,
@@ -90,7 +92,12 @@ def configure(
     explicit.update(settings)
     if model is not None:
         explicit["model"] = model
-    if data is not None:
+    if isinstance(data, str):
+        if explicit.setdefault("dataset", data) != data:
+            raise InvalidValueError(
+                f"data={data!r} and dataset={explicit['dataset']!r} name two data sets; give one"
+            )
+    elif data is not None:
         explicit.setdefault("dataset", data.name)
     loop.check_arguments(dataset=data, dataset_argument="data")
     source = source or str(config_file or "train()")

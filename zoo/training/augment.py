@@ -1,5 +1,9 @@
 """On-device data augmentation inside the jitted step: of raw uint8 images, and of whole batches.
 
+For images of any size held on the devices (padded), `resized_crops` is the ImageNet protocol
+that `zoo.data.transforms` runs on the host for streamed ones: the same crop distribution and
+resize filter, its random draws from JAX keys instead of NumPy generators.
+
 Each `AUGMENTATIONS` function, and `RandomWarp` (random affine maps and elastic distortion),
 maps (images (N, H, W, C), key) -> images of the same shape and dtype. Padding is with zeros in
 raw pixel space, as torchvision's `RandomCrop(padding=...)` does: black for natural images, the
@@ -12,11 +16,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from zoo.data.transforms import (
+    RANDOM_CROP_RATIO,
+    RANDOM_CROP_SCALE,
+    RANDOM_CROP_TRIES,
+    eval_resize,
+)
 
 Augmentation = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -240,3 +252,88 @@ def batch_mixing(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> B
     if not (mixup_alpha or cutmix_alpha):
         return None
     return BatchMixing(mixup_alpha, cutmix_alpha, num_classes)
+
+
+def random_crop_boxes(key: jax.Array, sizes: jax.Array) -> jax.Array:
+    """(N, 4) boxes (top, left, height, width) for images of (height, width) `sizes`: torchvision's
+    `RandomResizedCrop.get_params`, its 10 tries drawn at once and the first that fits taken."""
+    return _boxes(_crop_draws(key, sizes.shape[0]), sizes)
+
+
+def _crop_draws(key: jax.Array, n: int) -> jax.Array:
+    """(N, 2 * tries + 3) uniform numbers: each try's area and log-ratio, then the box's top and
+    left, then the flip. One draw: each `jax.random` call costs XLA a compile of its own."""
+    return jax.random.uniform(key, (n, 2 * RANDOM_CROP_TRIES + 3))
+
+
+def _boxes(draws: jax.Array, sizes: jax.Array) -> jax.Array:
+    tries = RANDOM_CROP_TRIES
+    height, width = (sizes[:, i, None].astype(jnp.float32) for i in (0, 1))
+    low, high = RANDOM_CROP_SCALE
+    area = height * width * (low + (high - low) * draws[:, :tries])
+    log_low, log_high = (math.log(r) for r in RANDOM_CROP_RATIO)
+    aspect = jnp.exp(log_low + (log_high - log_low) * draws[:, tries : 2 * tries])
+    w, h = jnp.round(jnp.sqrt(area * aspect)), jnp.round(jnp.sqrt(area / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = jnp.argmax(fits, axis=1)[:, None]
+    w, h = (jnp.take_along_axis(x, first, axis=1)[:, 0] for x in (w, h))
+    height, width = height[:, 0], width[:, 0]
+    # No try fits: the whole image, cut to the nearest ratio in range, centred.
+    ratio, (low, high) = width / height, RANDOM_CROP_RATIO
+    found = fits.any(axis=1)
+    w = jnp.where(found, w, jnp.where(ratio > high, jnp.round(height * high), width))
+    h = jnp.where(found, h, jnp.where(ratio < low, jnp.round(width / low), height))
+    top = jnp.where(
+        found, jnp.floor(draws[:, 2 * tries] * (height - h + 1)), jnp.floor((height - h) / 2)
+    )
+    left = jnp.where(
+        found, jnp.floor(draws[:, 2 * tries + 1] * (width - w + 1)), jnp.floor((width - w) / 2)
+    )
+    return jnp.stack([top, left, h, w], axis=1)
+
+
+def centre_crop_boxes(sizes: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """(N, 4) boxes of the evaluation transform in the images' own pixels: the shorter side
+    resized to size / 0.875 and the centre `size` cut out, with torchvision's roundings (as
+    `zoo.data.transforms.centre_crop`)."""
+    height, width = (sizes[:, i].astype(jnp.float32) for i in (0, 1))
+    shorter = eval_resize(min(size))
+    tall = width <= height
+    new_h = jnp.where(tall, jnp.floor(shorter * height / width), shorter)
+    new_w = jnp.where(tall, shorter, jnp.floor(shorter * width / height))
+    top, left = jnp.round((new_h - size[0]) / 2), jnp.round((new_w - size[1]) / 2)
+    scale_h, scale_w = new_h / height, new_w / width  # Resized pixels per pixel.
+    return jnp.stack([top / scale_h, left / scale_w, size[0] / scale_h, size[1] / scale_w], axis=1)
+
+
+def resized_crops(
+    images: jax.Array, sizes: jax.Array, key: jax.Array, size: tuple[int, int], *, random: bool
+) -> jax.Array:
+    """Images of any size, padded to (N, H, W, C) uint8 with their (height, width) `sizes`, cut
+    to `size` by the ImageNet protocol: a random-resized crop and a flip (`random`), or the
+    evaluation crop. The resize is Pillow's antialiased bilinear one (`bilinear_weights`), as
+    on the host; the padding is never read."""
+    draws = _crop_draws(key, images.shape[0]) if random else None
+    boxes = _boxes(draws, sizes) if random else centre_crop_boxes(sizes, size)
+    rows = bilinear_weights(boxes[:, 0], boxes[:, 2], size[0], sizes[:, 0], images.shape[1])
+    cols = bilinear_weights(boxes[:, 1], boxes[:, 3], size[1], sizes[:, 1], images.shape[2])
+    if random:  # Mirrored: the columns' weights reversed.
+        cols = jnp.where(draws[:, -1, None, None] < 0.5, cols[:, ::-1], cols)
+    resized = jnp.einsum("boh,bhwc,bpw->bopc", rows, images.astype(jnp.float32), cols)
+    return jnp.clip(jnp.round(resized), 0, 255).astype(jnp.uint8)
+
+
+def bilinear_weights(
+    start: jax.Array, length: jax.Array, out: int, valid: jax.Array, size: int
+) -> jax.Array:
+    """(N, out, size) weights that resize pixels [start, start + length) of an axis of `valid`
+    pixels (of `size` stored) to `out`, as Pillow's `resize(..., BILINEAR, box=...)` does: a
+    triangle filter widened by the downscale factor (antialiasing), cut at the image's edge
+    and normalised to sum to 1."""
+    scale = length / out
+    support = jnp.maximum(scale, 1.0)[:, None, None]
+    centres = start[:, None] + (jnp.arange(out) + 0.5) * scale[:, None]  # In source pixels.
+    pixels = jnp.arange(size) + 0.5
+    weights = jnp.maximum(0.0, 1.0 - jnp.abs(pixels - centres[..., None]) / support)
+    weights = jnp.where(jnp.arange(size) < valid[:, None, None], weights, 0.0)
+    return weights / jnp.sum(weights, axis=-1, keepdims=True)

@@ -37,6 +37,7 @@ from zoo.registry import model_info
 Optimizer = Literal["sgd", "adamw"]
 Precision = Literal["fp32", "bf16"]
 Schedule = Literal["cosine", "linear", "step", "onecycle"]
+DataPipeline = Literal["auto", "device", "streaming"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +57,9 @@ class TrainConfig:
     dataset: Annotated[
         str,
         Flag(
-            "data set: mnist5k (offline), mnist, fashion_mnist, kmnist, "
-            "cifar10, cifar100 (TFDS, prepared) or synthetic",
+            "data set: mnist5k (offline), any TFDS image-classification set prepared in "
+            "--data-dir (name or name/config:version: cifar10, imagenet2012, ...), "
+            "folder:PATH (a folder of class folders), or synthetic",
             "NAME",
         ),
     ] = "mnist5k"
@@ -155,6 +157,25 @@ class TrainConfig:
         int | None, Flag("train on the first N examples only (a quick subset; default: all)")
     ] = None
     checkpoint_every: Annotated[int, Flag("save every N epochs (and after the last)")] = 1
+    checkpoint_every_steps: Annotated[
+        int | None,
+        Flag("also save every N training steps, inside epochs: --resume continues at that step"),
+    ] = None
+    data_pipeline: Annotated[
+        DataPipeline,
+        Flag(
+            "device: the data set held on the devices; streaming: read from storage each "
+            "epoch (Grain); auto: device when the set, as the devices would hold it, takes "
+            "at most 1 GiB (and its size is known without reading it), else streaming",
+        ),
+    ] = "auto"
+    data_workers: Annotated[
+        int | None,
+        Flag(
+            "streaming: worker processes that read, decode and augment (0: threads of the "
+            "training process; default: one per core beyond two, none on 2 cores)"
+        ),
+    ] = None
     max_to_keep: Annotated[int, Flag("checkpoints kept in the registry per name")] = 3
     name: Annotated[str | None, Flag("registry name (default: MODEL-DATASET)", "NAME")] = None
     registry: Annotated[
@@ -210,7 +231,18 @@ class TrainConfig:
 
 # The fields a resumed run may change: how long it trains and where things go, not what it is.
 RESUMABLE_FIELDS = frozenset(
-    {"epochs", "checkpoint_every", "max_to_keep", "registry", "data_dir", "log", "tensorboard"}
+    {
+        "epochs",
+        "checkpoint_every",
+        "checkpoint_every_steps",
+        "max_to_keep",
+        "registry",
+        "data_dir",
+        "data_pipeline",
+        "data_workers",
+        "log",
+        "tensorboard",
+    }
 )
 
 # Per-model defaults, applied under a config file and flags. Tuned on 2 CPU cores.
@@ -504,6 +536,16 @@ def _check_ranges(config: TrainConfig) -> None:
         config.checkpoint_every >= 1, "checkpoint_every must be at least 1", config.checkpoint_every
     )
     need(config.max_to_keep >= 1, "max_to_keep must be at least 1", config.max_to_keep)
+    need(
+        config.checkpoint_every_steps is None or config.checkpoint_every_steps >= 1,
+        "checkpoint_every_steps must be at least 1 (leave it out to save at epoch ends only)",
+        config.checkpoint_every_steps,
+    )
+    need(
+        config.data_workers is None or config.data_workers >= 0,
+        "data_workers must be >= 0 (0: read in the training process)",
+        config.data_workers,
+    )
     need(bool(config.model), "model must be a model name", config.model)
     need(
         0 <= config.seed < 2**32,

@@ -1,9 +1,12 @@
 """Loss and accuracy of model variables on a held-out split: for training and `zoo eval`.
 
-The whole split is evaluated by one compiled call: a `lax.scan` over fixed-size batches (the
-last one padded and masked), sharded over the mesh, whose per-batch sums stay on the device.
-Accuracy is top-1, with top-5 beside it for more than 10 classes; `zoo eval` adds each class's
-accuracy for 10 classes or fewer.
+A split on the devices is evaluated by one compiled call: a `lax.scan` over fixed-size batches
+(the last one padded and masked), sharded over the mesh, whose per-batch sums stay on the device.
+A streamed split (`zoo.training.streaming`) goes through the same batches, read from storage,
+one compiled call each. Images of any size are cut to the model's input by the evaluation
+transform (`zoo.data.transforms.centre_crop`) on either path. Accuracy is top-1, with top-5
+beside it for more than 10 classes; `zoo eval` adds each class's accuracy for 10 classes or
+fewer.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ from jax.sharding import Mesh
 
 import zoo
 from zoo import hub
-from zoo.data import Dataset, load_dataset
+from zoo.data import DataSource, open_dataset
+from zoo.data.sampling import CentreCrop, EvalReader, Unchanged
 from zoo.errors import InvalidValueError, NotFoundError
 from zoo.preprocessing import Preprocessing
 from zoo.training.pipeline import DeviceSplit, eval_batch, eval_order
 from zoo.training.report import host_metrics
 from zoo.training.sharding import make_mesh, replicate
 from zoo.training.step import TOP5_MIN_CLASSES, Metrics, eval_step
+from zoo.training.streaming import local_rows, make_stream_evaluator
 
 EVAL_BATCH_SIZE = 256  # `zoo eval`'s batch, rounded to a multiple of the device count.
 
@@ -32,7 +37,7 @@ EVAL_BATCH_SIZE = 256  # `zoo eval`'s batch, rounded to a multiple of the device
 def make_evaluator(
     apply_fn: Callable[..., jax.Array],
     variables: dict[str, Any],
-    split: DeviceSplit,
+    split: DeviceSplit | EvalReader,
     preprocessing: Preprocessing,
     batch_size: int,
     mesh: Mesh,
@@ -41,11 +46,16 @@ def make_evaluator(
     per_class: bool = False,
 ) -> Callable[[dict[str, Any]], Metrics]:
     """A compiled `variables -> {"loss_sum", "count"[, "correct", ...]}` (device sums) over
-    `split` (`zoo.training.step.metric_sums`; `per_class` adds each class's sums).
+    `split` (`zoo.training.step.metric_sums`; `per_class` adds each class's sums): on the
+    devices, or streamed (an `EvalReader`, whose batches are its own).
 
     `variables` (replicated on `mesh`) fixes the shapes it is compiled for; it is compiled here,
     so that the first epoch's timing measures evaluation, not XLA.
     """
+    if isinstance(split, EvalReader):
+        return make_stream_evaluator(
+            apply_fn, variables, split, mesh, task, preprocessing, per_class=per_class
+        )
     indices, weights = replicate(eval_order(len(split), batch_size), mesh)
     step = functools.partial(eval_step, apply_fn=apply_fn, task=task, per_class=per_class)
 
@@ -73,7 +83,7 @@ def make_evaluator(
 def evaluate_split(
     apply_fn: Callable[..., jax.Array],
     variables: dict[str, Any],
-    split: DeviceSplit,
+    split: DeviceSplit | EvalReader,
     preprocessing: Preprocessing,
     batch_size: int,
     mesh: Mesh,
@@ -110,12 +120,14 @@ def evaluate_saved(
 ) -> dict[str, Any]:
     """Held-out loss and accuracy of registry model `name` on `dataset` (default: its own).
 
-    The model's recorded preprocessing is applied, so the result matches what training logged
-    for the same data. Returns {"dataset", "step", "examples", "val_loss"} and, for a
-    classifier, "val_accuracy" (top-1), "class_names", and "val_top5_accuracy" for more than
-    10 classes or "class_accuracy" and "class_examples" (per class) for 10 or fewer.
-    The data set must have the model's number of classes, and the same class names where both
-    record names: otherwise its labels do not mean what the model's outputs do.
+    The held-out split is streamed (`zoo.training.streaming`), images of any size cut to the
+    model's input by the evaluation transform; the model's recorded preprocessing is applied,
+    so the result matches what training logged for the same data. Returns {"dataset", "step",
+    "examples", "val_loss"} and, for a classifier, "val_accuracy" (top-1), "class_names", and
+    "val_top5_accuracy" for more than 10 classes or "class_accuracy" and "class_examples" (per
+    class) for 10 or fewer. The data set must have the model's number of classes, and the same
+    class names where both record names: otherwise its labels do not mean what the model's
+    outputs do.
     """
     loaded = hub.load(name, step=step, registry=registry)
     if loaded.preprocessing is None:
@@ -130,26 +142,33 @@ def evaluate_saved(
             f"model, say): name one, e.g. `zoo eval {name} --dataset NAME` with a data set of "
             f"{'x'.join(map(str, loaded.preprocessing.source_shape))} images"
         )
-    source_shape = tuple(loaded.preprocessing.source_shape)
-    data = load_dataset(
+    preprocessing = loaded.preprocessing
+    source_shape = tuple(preprocessing.source_shape)
+    source = open_dataset(
         dataset,
         data_dir=data_dir,
         image_shape=source_shape,
         num_classes=getattr(loaded.module, "num_classes", None),
     )
-    if data.image_shape != source_shape:
+    if source.image_shape is None:  # Images of any size: the evaluation transform.
+        crop_fraction = preprocessing.crop_fraction or CentreCrop.crop_fraction
+        transform = CentreCrop(source_shape[:2], source_shape[-1], crop_fraction)
+    elif source.image_shape == source_shape:
+        transform = Unchanged(source_shape)
+    else:
         raise InvalidValueError(
-            f"{name} was trained on {source_shape} images; {dataset} has {data.image_shape}"
+            f"{name} was trained on {source_shape} images; {dataset} has {source.image_shape}"
         )
     task = zoo.model_info(loaded.model_name).task
-    class_names = _class_names(loaded, data) if task == "classification" else None
+    class_names = _class_names(loaded, source) if task == "classification" else None
     mesh = make_mesh()
     batch_size = mesh.size * max(1, EVAL_BATCH_SIZE // mesh.size)
+    reader = EvalReader(source.test, transform, batch_size, local_rows(mesh, batch_size))
     metrics = evaluate_split(
         loaded.module.apply,
         loaded.variables,
-        DeviceSplit.from_host(data.test, mesh),
-        loaded.preprocessing,
+        reader,
+        preprocessing,
         batch_size,
         mesh,
         task,
@@ -159,13 +178,13 @@ def evaluate_saved(
     return {
         "dataset": dataset,
         "step": loaded.step,
-        "examples": len(data.test),
+        "examples": len(source.test),
         **named,
         **metrics,
     }
 
 
-def _class_names(loaded: hub.LoadedModel, data: Dataset) -> tuple[str, ...]:
+def _class_names(loaded: hub.LoadedModel, data: DataSource) -> tuple[str, ...]:
     """The names of the classes of `loaded` evaluated on `data`: the model's recorded ones, else
     the data set's, else the ids. Raises `ValueError` where the two cannot be the same classes."""
     where = f"{loaded.name} step {loaded.step}"

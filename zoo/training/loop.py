@@ -6,7 +6,11 @@ their sums `REFRESHES_PER_EPOCH` times an epoch for the progress bar, never ever
 each fetch checks the loss is finite. After every epoch the held-out split is evaluated, the
 epoch is judged for divergence (`zoo.training.divergence`: a diverged epoch is never saved) and,
 every `checkpoint_every` epochs and after the last, the state is saved to the registry with
-the optimizer state, so `--resume` continues exactly where the last save left off.
+the optimizer state, so `--resume` continues exactly where the last save left off. With
+`checkpoint_every_steps` the state is also saved inside epochs, with the data stream's position
+(`DataPosition`), and a resume continues at the very next batch, bit for bit as an uninterrupted
+run. The step's inputs come from the run's data path (`Experiment.feed`): the set on the devices,
+or batches streamed from storage.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import dataclasses
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from rich.console import Console
 
 from zoo import hub, interrupts, multihost
@@ -31,12 +36,14 @@ from zoo.errors import (
     NotAFolderError,
     NotFoundError,
     NotWritableError,
+    ZooError,
     brief,
 )
 from zoo.training.config import TrainConfig
 from zoo.training.divergence import TrainingDiverged, divergence, non_finite_losses
 from zoo.training.evaluate import make_evaluator
 from zoo.training.experiment import (
+    DataPosition,
     Experiment,
     build_experiment,
     class_names_meta,
@@ -45,12 +52,13 @@ from zoo.training.experiment import (
     save_checkpoint,
 )
 from zoo.training.finetune import start_from
-from zoo.training.pipeline import DeviceSplit, epoch_order, training_batch
+from zoo.training.pipeline import prepare_batch
 from zoo.training.recipe import mixing
 from zoo.training.report import Reporter, compiling, host_metrics, tensorboard_dir
 from zoo.training.sharding import replicate, replicated
 from zoo.training.state import TrainState, learning_rate_at_step
 from zoo.training.step import Metrics, train_step, zero_metrics
+from zoo.training.streaming import DataWorkerDied
 
 # Progress-bar updates per epoch; each is one device -> host fetch of the metric sums.
 REFRESHES_PER_EPOCH = 10
@@ -168,7 +176,9 @@ def _fit(
     start = _starting_point(experiment, resume, latest)
     state, start_epoch, history = start.state, start.epoch, list(start.history)
 
-    console.print(_describe(experiment, start_epoch), highlight=False, soft_wrap=True)
+    console.print(_describe(experiment, start.position), highlight=False, soft_wrap=True)
+    if experiment.data_summary:
+        console.print(experiment.data_summary, highlight=False, soft_wrap=True)
     if start.summary:
         console.print(start.summary, highlight=False, soft_wrap=True)
     if (adapted := _describe_input(experiment)) is not None:
@@ -192,10 +202,27 @@ def _fit(
     # Jitted: evaluated eagerly, the schedule's few ops would each be compiled on their own.
     learning_rate = jax.jit(learning_rate_at_step(config, experiment.steps_per_epoch))
     metrics: dict[str, float] = {}
+
+    def save_inside(state: TrainState, position: DataPosition, train: dict[str, float]) -> None:
+        """A checkpoint inside an epoch (`checkpoint_every_steps`): no held-out metrics."""
+        save_checkpoint(
+            experiment,
+            state,
+            step=start.step_offset + int(state.step),
+            epoch=position.epoch,
+            metrics=train,
+            history=history,
+            wall_seconds=time.monotonic() - started,
+            run_id=start.run_id or run_id,
+            init_from=start.init_from,
+            position=position,
+        )
+
     # From here on a Ctrl-C stops the run between two steps (`zoo.interrupts`), as any error
     # does: the metrics log records it, and the last checkpoint saved stays the latest.
     with (
         interrupts.responsive(),
+        closing(experiment.feed),
         Reporter(
             console,
             config.log_path if primary else None,
@@ -217,10 +244,19 @@ def _fit(
         )
         for epoch in range(start_epoch, config.epochs):
             epoch_started = time.monotonic()
+            first = start.position if epoch == start_epoch else DataPosition(epoch, 0)
             state, train_metrics = _train_epoch(
-                experiment, train_fn, state, epoch, reporter, start.step_offset
+                experiment,
+                train_fn,
+                state,
+                epoch,
+                reporter,
+                start.step_offset,
+                resume_at=first,
+                save_inside=save_inside if save and config.checkpoint_every_steps else None,
             )
             train_seconds = time.monotonic() - epoch_started
+            data_wait = train_metrics.pop("data_wait_fraction")
             metrics = {
                 **train_metrics,
                 **host_metrics(jax.device_get(evaluate(state.variables)), "val"),
@@ -239,7 +275,10 @@ def _fit(
                 "lr": float(learning_rate(state.step - 1)),
                 **metrics,
                 "train_loss_label_smoothing": config.label_smoothing,
-                "images_per_second": experiment.steps_per_epoch * config.batch_size / train_seconds,
+                "images_per_second": (experiment.steps_per_epoch - first.step)
+                * config.batch_size
+                / train_seconds,
+                "data_wait_fraction": data_wait,
                 "epoch_seconds": time.monotonic() - epoch_started,
                 "wall_seconds": time.monotonic() - started,
             }
@@ -248,7 +287,7 @@ def _fit(
             history.append(record)
             stop = any([bool(callback(dict(record))) for callback in callbacks])  # Call all.
             last = epoch + 1 == config.epochs or stop
-            if save and ((epoch + 1) % config.checkpoint_every == 0 or last):
+            if save and (_due(config, epoch, experiment.steps_per_epoch) or last):
                 record["checkpoint_step"] = start.step_offset + int(state.step)
                 save_checkpoint(
                     experiment,
@@ -314,6 +353,8 @@ class StartingPoint:
         learning rate (`_schedule_change`), or None.
       init_from: where `--init-from` took the first weights from (`zoo.training.finetune`).
       summary: a line saying so, printed before training.
+      position: where in the data the run continues (a checkpoint inside an epoch resumes at
+        its next batch); by default, the start of epoch `epoch`.
     """
 
     state: TrainState
@@ -324,6 +365,11 @@ class StartingPoint:
     schedule_change: dict[str, Any] | None = None
     init_from: dict[str, Any] | None = None
     summary: str = ""
+    position: DataPosition | None = None
+
+    def __post_init__(self) -> None:
+        if self.position is None:
+            object.__setattr__(self, "position", DataPosition(self.epoch, 0))
 
 
 def _starting_point(experiment: Experiment, resume: bool, latest: int | None) -> StartingPoint:
@@ -356,6 +402,7 @@ def _starting_point(experiment: Experiment, resume: bool, latest: int | None) ->
         meta.get("run_id"),
         change,
         init_from=meta.get("init_from"),
+        position=DataPosition.saved(meta, experiment),
     )
 
 
@@ -390,19 +437,30 @@ def _describe_schedule_change(change: dict[str, Any]) -> str:
     )
 
 
-def _describe(experiment: Experiment, start_epoch: int) -> str:
+def _describe(experiment: Experiment, position: DataPosition) -> str:
     config, mesh = experiment.config, experiment.mesh
-    where = (
-        f"resuming {config.run_name} at epoch {start_epoch + 1}"
-        if start_epoch
-        else (f"saving as {config.run_name}")
-    )
+    if position.step:
+        where = (
+            f"resuming {config.run_name} at epoch {position.epoch + 1}, step {position.step + 1}"
+        )
+    elif position.epoch:
+        where = f"resuming {config.run_name} at epoch {position.epoch + 1}"
+    else:
+        where = f"saving as {config.run_name}"
     return (
-        f"{config.model} on {config.dataset}: {len(experiment.train):,} training / "
-        f"{len(experiment.test):,} held-out images, {experiment.steps_per_epoch} steps of "
+        f"{config.model} on {config.dataset}: {experiment.train_examples:,} training / "
+        f"{experiment.test_examples:,} held-out images, {experiment.steps_per_epoch} steps of "
         f"{config.batch_size} per epoch on {mesh.size} {mesh.devices.flat[0].platform} "
-        f"device{'s' if mesh.size > 1 else ''}{_processes()}; {where}"
+        f"device{'s' if mesh.size > 1 else ''}{_processes()}, {_data_path(experiment)}; {where}"
     )
+
+
+def _data_path(experiment: Experiment) -> str:
+    if experiment.pipeline == "device":
+        return "data on the devices"
+    workers = experiment.feed.workers
+    readers = f"{workers} worker process{'es' if workers > 1 else ''}" if workers else "threads"
+    return f"data streamed ({readers})"
 
 
 def _describe_input(experiment: Experiment) -> str | None:
@@ -474,32 +532,27 @@ def _check_log_file(config: TrainConfig) -> None:
     _check_writable(path.parent, "metrics log folder")
 
 
-TrainFn = Any  # A compiled (state, totals, split, order, key) -> (state, totals).
+TrainFn = Any  # A compiled (state, totals, step inputs, key) -> (state, totals).
+# Saves a checkpoint inside an epoch: (state, its data position, the epoch's training metrics).
+SaveInside = Callable[[TrainState, DataPosition, dict[str, float]], None]
 
 
 def _compile_train_step(experiment: Experiment, state: TrainState) -> TrainFn:
     """Compiles the whole training step for these shapes and shardings, once."""
-    config = experiment.config
+    config, feed = experiment.config, experiment.feed
     batch_mixing = mixing(config, experiment.num_classes)
 
     def step(
-        state: TrainState,
-        totals: Metrics,
-        split: DeviceSplit,
-        order: jax.Array,
-        augment_key: jax.Array,
+        state: TrainState, totals: Metrics, inputs: Any, augment_key: jax.Array
     ) -> tuple[TrainState, Metrics]:
-        # Every epoch has the same number of steps, so the state knows which batch is next:
-        # the host sends nothing per step.
-        rows = order[state.step % experiment.steps_per_epoch]
+        raw = feed.raw_batch(inputs, state.step)
         key = jax.random.fold_in(augment_key, state.step)
-        batch = training_batch(
-            split,
-            rows,
+        batch = prepare_batch(
+            raw,
             key,
-            experiment.mesh,
             preprocessing=experiment.preprocessing,
             augmentation=experiment.augmentation,
+            crops=experiment.crops,
             mixing=batch_mixing,
         )
         state, metrics = train_step(
@@ -508,21 +561,8 @@ def _compile_train_step(experiment: Experiment, state: TrainState) -> TrainFn:
         return state, jax.tree.map(jnp.add, totals, metrics)
 
     jitted = jax.jit(step, donate_argnums=(0, 1), out_shardings=replicated(experiment.mesh))
-    order = _epoch_order(experiment, 0)
     totals = replicate(zero_metrics(experiment.task, experiment.num_classes), experiment.mesh)
-    return jitted.lower(
-        state, totals, experiment.train, order, experiment.keys["augment"]
-    ).compile()
-
-
-def _epoch_order(experiment: Experiment, epoch: int) -> jax.Array:
-    order = epoch_order(
-        experiment.keys["shuffle"],
-        epoch,
-        num_examples=len(experiment.train),
-        batch_size=experiment.config.batch_size,
-    )
-    return replicate(order, experiment.mesh)
+    return jitted.lower(state, totals, feed.compile_inputs(), experiment.keys["augment"]).compile()
 
 
 def _train_epoch(
@@ -532,20 +572,36 @@ def _train_epoch(
     epoch: int,
     reporter: Reporter,
     step_offset: int,
+    *,
+    resume_at: DataPosition | None = None,
+    save_inside: SaveInside | None = None,
 ) -> tuple[TrainState, dict[str, float]]:
-    """One pass over the training split; returns the state and the epoch's mean metrics.
+    """One pass over the training split, or its rest from `resume_at` (a position inside this
+    epoch); returns the state and the epoch's mean metrics.
 
-    `step_offset` turns the optimizer's step into the registry's (`StartingPoint`).
+    `step_offset` turns the optimizer's step into the registry's (`StartingPoint`). With
+    `save_inside`, a checkpoint is saved every `checkpoint_every_steps` steps (the run's, so
+    the interval goes on across epochs) but at the epoch's last, which the epoch's end saves.
     """
     steps = experiment.steps_per_epoch
-    order = _epoch_order(experiment, epoch)
-    totals = replicate(zero_metrics(experiment.task, experiment.num_classes), experiment.mesh)
+    start = resume_at if resume_at is not None and resume_at.epoch == epoch else None
+    start = start or DataPosition(epoch, 0)
+    every = experiment.config.checkpoint_every_steps
+    totals = replicate(_sums(start.totals, experiment), experiment.mesh)
     refresh_every = max(1, steps // REFRESHES_PER_EPOCH)
     reporter.start_epoch(epoch)
+    inputs = experiment.feed.epoch(epoch, start.step)
     started = time.monotonic()
-    for i in range(steps):
+    waited = 0.0  # Blocked on the next batch: the data path is the bottleneck this long.
+    for i in range(start.step, steps):
         interrupts.check()  # Between steps: nothing is half-done on the host.
-        state, totals = train_fn(state, totals, experiment.train, order, experiment.keys["augment"])
+        try:
+            asked = time.monotonic()
+            step_inputs = next(inputs)
+            waited += time.monotonic() - asked
+        except (ZooError, DataWorkerDied) as error:
+            raise _data_failure(error, experiment, epoch, i) from None
+        state, totals = train_fn(state, totals, step_inputs, experiment.keys["augment"])
         if (i + 1) % refresh_every == 0 or i + 1 == steps:
             metrics = host_metrics(jax.device_get(totals), "train")
             _check_diverged(
@@ -557,9 +613,43 @@ def _train_epoch(
             reporter.update(
                 i + 1,
                 metrics,
-                (i + 1) * experiment.config.batch_size / (time.monotonic() - started),
+                (i + 1 - start.step) * experiment.config.batch_size / (time.monotonic() - started),
             )
-    return state, metrics
+        if save_inside is not None and (epoch * steps + i + 1) % every == 0 and i + 1 < steps:
+            sums = {key: float(value) for key, value in jax.device_get(totals).items()}
+            save_inside(state, DataPosition(epoch, i + 1, sums), host_metrics(sums, "train"))
+    return state, {**metrics, "data_wait_fraction": waited / (time.monotonic() - started)}
+
+
+def _sums(saved: dict[str, float] | None, experiment: Experiment) -> Metrics:
+    """An epoch's metric sums so far: zero, or those a checkpoint inside it saved (float32, as
+    they were on the device)."""
+    if saved is None:
+        return zero_metrics(experiment.task, experiment.num_classes)
+    return {key: np.float32(value) for key, value in saved.items()}
+
+
+def _due(config: TrainConfig, epoch: int, steps_per_epoch: int) -> bool:
+    """Whether the end of `epoch` (0-based) is saved: every `checkpoint_every` epochs, and where
+    a `checkpoint_every_steps` interval ends on its last step."""
+    every_steps = config.checkpoint_every_steps
+    by_steps = every_steps is not None and (epoch + 1) * steps_per_epoch % every_steps == 0
+    return (epoch + 1) % config.checkpoint_every == 0 or by_steps
+
+
+def _data_failure(
+    error: ZooError | DataWorkerDied, experiment: Experiment, epoch: int, step: int
+) -> BaseException:
+    """The data stream's `error`, of its own type, saying where the run stopped and that its
+    checkpoints are intact."""
+    config = experiment.config
+    latest = hub.latest_step(config.run_name, registry=config.registry)
+    kept = (
+        f"step {latest} of {config.run_name!r} is saved: continue with --resume"
+        if latest is not None
+        else "nothing was saved"
+    )
+    return type(error)(f"{error} (stopped at epoch {epoch + 1}, step {step + 1}; {kept})")
 
 
 def _classes(experiment: Experiment) -> int | None:

@@ -7,9 +7,10 @@ beside the log, in a folder named after it (runs/NAME.jsonl -> runs/NAME/), so
 `tensorboard --logdir runs` shows every run by name; their steps are the registry's.
 
 The log has one JSON object per line, each with an "event": "start" (config, devices, compile
-time), "epoch" (train and held-out metrics, learning rate, images/s, checkpoint step; the
-accuracies are top-1, with top-5 beside them ("val_top5_accuracy") for more than 10 classes;
-the training loss is the cross-entropy the step minimises, with labels smoothed by
+time), "epoch" (train and held-out metrics, learning rate, images/s, the fraction of the epoch's
+training time spent waiting for the next batch, checkpoint step; the accuracies are top-1, with
+top-5 beside them ("val_top5_accuracy") for more than 10 classes; the training loss is the
+cross-entropy the step minimises, with labels smoothed by
 "train_loss_label_smoothing", the held-out loss the plain one) and
 "stopped" (a run ended by an exception: divergence, Ctrl-C). A resumed run appends to the same
 file, so it reads as one history.
@@ -229,9 +230,11 @@ class Reporter:
                 "val_top5_accuracy": "val_top5",
             },
         )
+        waiting = record.get("data_wait_fraction", 0.0)
+        waiting = f" ({waiting:.0%} waiting for data)" if waiting >= 0.01 else ""
         self.console.print(
             f"epoch {record['epoch']}/{self.epochs}  {metrics}  "
-            f"{record['images_per_second']:,.0f} img/s  {record['epoch_seconds']:.1f} s",
+            f"{record['images_per_second']:,.0f} img/s  {record['epoch_seconds']:.1f} s{waiting}",
             highlight=False,
             soft_wrap=True,
         )
@@ -253,4 +256,5 @@ TENSORBOARD_SCALARS = {
     "val_top5_accuracy": "val/top5_accuracy",
     "lr": "lr",
     "images_per_second": "images_per_second",
+    "data_wait_fraction": "data_wait_fraction",
 }
