@@ -9,10 +9,16 @@ import numpy as np
 import PIL.Image
 import pytest
 
+import zoo
 from zoo import runtime
 from zoo.data import DATA_DIR_ENV
 from zoo.images import MAX_PIXELS
 from zoo.ops import conv, native
+
+# The settings `zoo train` runs with, applied before any test starts JAX: the suite then runs
+# each step as the zoo's own entry points do (tests/test_runtime.py checks them in fresh
+# processes).
+zoo.configure_cpu()
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,7 @@
 """jax-zoo: a functional model zoo for JAX.
 
 import zoo
+zoo.configure_cpu()  # optional, first: the CPU settings `zoo train` uses (zoo.runtime)
 zoo.list_models("resnet*")
 model = zoo.create_model("resnet18", num_classes=10)
 print(zoo.summary("lenet5"))
@@ -8,7 +9,6 @@ print(zoo.summary("lenet5"))
 
 from typing import TYPE_CHECKING, Any
 
-from zoo import runtime  # noqa: F401  (first: XLA:CPU defaults before any JAX backend)
 from zoo.errors import ZooError
 from zoo.features import FeatureInfo, extract_features, feature_info, feature_stages
 from zoo.models.heads import replace_head
@@ -20,6 +20,7 @@ from zoo.registry import (
     model_info,
     register,
 )
+from zoo.runtime import CpuSettings, configure_cpu
 from zoo.summary import Summary, summary
 
 if TYPE_CHECKING:
@@ -64,11 +65,13 @@ __all__ = [
     "ArchitectureMismatchError",
     "CheckpointNotFoundError",
     "CorruptCheckpointError",
+    "CpuSettings",
     "FeatureInfo",
     "ModelInfo",
     "Summary",
     "UnknownModelError",
     "ZooError",
+    "configure_cpu",
     "create_model",
     "extract_features",
     "feature_info",

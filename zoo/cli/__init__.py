@@ -4,7 +4,8 @@ Each module in `COMMANDS` exposes `register(subparsers)`, which adds its subcomm
 `run=<function(args) -> int | None>` as their default. A `ZooError` (bad input: an unknown name,
 a wrong value, a missing or corrupt file) is reported as one line on stderr with exit status 2,
 argparse's convention; `ZOO_DEBUG=1` shows its traceback instead. Any other exception is a bug
-and keeps its traceback.
+and keeps its traceback. Before any command runs, `zoo.configure_cpu()` applies the CPU
+settings the zoo's timings were measured with (`zoo.runtime`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from zoo import runtime
 from zoo.cli import convert, export, hub, models, plot, training
 from zoo.errors import ZooError
 
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs `zoo ARGV...` (default: `sys.argv[1:]`); returns the exit status."""
+    runtime.configure_cpu()  # before JAX starts a backend: XLA and malloc read them then
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

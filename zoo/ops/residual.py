@@ -5,7 +5,7 @@ ops elsewhere.
 gradient of both operands is the output's where the output is positive, else +0), NaN included:
 where the sum is NaN the kernels give NaN, as `lax.max` defines it (XLA:CPU's YNNPACK fusions
 give 0 there for arrays of 4,096 elements or more, so that a diverged block looks like a dead
-one; `import zoo` keeps their elementwise kinds off, `zoo.runtime`). On CPU, for two
+one; `zoo.configure_cpu()` keeps their elementwise kinds off). On CPU, for two
 float32 or bfloat16 arrays of one shape, it runs two kernels of `csrc/add_relu.cc`
 (`zoo.ops.autodiff`): a forward that adds, rounds once and clamps in one pass, and a backward
 that masks the gradient by the output's sign, reading the output the next layer keeps anyway

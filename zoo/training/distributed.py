@@ -43,6 +43,7 @@ from collections.abc import Callable
 
 import jax
 
+from zoo import jax_internals
 from zoo.errors import InvalidValueError, ZooError
 
 # How long a silent process is waited for before it is declared dead. JAX's default is 100 s;
@@ -184,9 +185,7 @@ def detected_cluster() -> str | None:
     SLURM, Open MPI, Kubernetes (with the `kubernetes` package). An environment that launched a
     single process (`srun -n 1`, a one-host TPU VM) counts as none: there is no one to join.
     """
-    from jax._src.clusters import ClusterEnv  # Private, but the very list JAX itself consults.
-
-    for environment in ClusterEnv._cluster_types:
+    for environment in jax_internals.cluster_environments():
         if (
             not environment.opt_in_only_method
             and environment.is_env_present()

@@ -93,7 +93,8 @@ def fit(
     Raises `TrainingDiverged` when an epoch diverges (`zoo.training.divergence`; that epoch is
     not saved), and `ValueError`, `TypeError`, `KeyError` or `FileNotFoundError` for bad
     settings, before any training; a second live run under the same name and registry is
-    refused (`zoo.hub.claim_run`).
+    refused (`zoo.hub.claim_run`). Changes nothing process-wide: the zoo's CPU settings are
+    `zoo.configure_cpu()`'s, which `zoo.training.train` applies and a caller of `fit` may.
     """
     if save:  # Before the claim, which writes there: a read-only registry is one clear line.
         hub.check_writable(config.registry)
