@@ -2,8 +2,9 @@
 
 Each round starts one process per framework running a user's own loop: import (the zoo's
 then `zoo.configure_cpu()`), create the model, initialise it (eager `model.init` for the zoo),
-one SGD step with momentum on a random batch (the zoo's jitted: trace, compile, run). Each process reports the time since its start at
-each stage; this prints the medians and the ratio of the totals, zoo / PyTorch.
+one SGD step with momentum on a random batch (the zoo's jitted: trace, compile, run). Each
+process reports the time since its start at each stage; this prints the medians and the ratio
+of the totals, zoo / PyTorch.
 
     python bench/startup.py --model resnet152 --batch 4 --rounds 3
 """
