@@ -16,7 +16,7 @@ import zoo
 from zoo import hub
 from zoo.hub import ArchitectureMismatchError
 from zoo.training.config import TrainConfig
-from zoo.training.finetune import overlay
+from zoo.training.finetune import overlay, start_from
 from zoo.training.loop import fit
 from zoo.training.state import create_train_state, frozen_paths, make_optimizer
 from zoo.training.step import train_step
@@ -175,3 +175,16 @@ def test_the_cli_names_an_unknown_source_in_one_line(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error.startswith("zoo train: error: no checkpoint named 'three-clases'")
     assert "three-classes" in error and "\n" not in error
+
+
+def test_init_from_finds_a_shipped_entry_with_a_registry_of_ones_own(tmp_path):
+    # --registry DIR is where the run saves and what it reads first; the shipped models are
+    # still read after it, as without --registry (it failed: "no checkpoint named ... in DIR").
+    registry = str(tmp_path / "mine")  # not there yet: the run would create it
+    model = zoo.create_model("lenet5")
+    tx = make_optimizer(TrainConfig(model="lenet5", epochs=1), steps_per_epoch=1)
+    state = create_train_state(model, tx, (32, 32, 1), jax.random.key(0))
+    start = start_from(state, "lenet5-mnist5k", num_classes=10, registry=registry)
+    shipped = hub.load("lenet5-mnist5k", registry=registry)
+    assert shipped.source == "shipped" and start.source["step"] == shipped.step
+    jax.tree.map(np.testing.assert_array_equal, start.state.params, shipped.variables["params"])

@@ -14,6 +14,7 @@ from zoo.training.config import (
     PRESETS,
     RESUMABLE_FIELDS,
     TrainConfig,
+    flags,
     load_config_file,
     resolve,
     resumed,
@@ -223,3 +224,11 @@ def test_the_help_of_a_flag_a_preset_sets_shows_the_presets_values(capsys):
     assert f"passes over the training split (default: the model's preset ({epochs}," in text
     assert "(default: 10)" not in text
     assert "seed of initialisation, shuffling, augmentation and dropout (default: 0)" in text
+
+
+def test_the_registry_flag_names_the_user_registry_and_the_shipped_models():
+    # It said the default was "the checkout's checkpoints/", the read-only shipped models.
+    help_ = " ".join(flags()["registry"][1].help.split())
+    assert "checkpoints/" not in help_
+    assert "$ZOO_REGISTRY, else ~/.local/share/jax-zoo/registry" in help_
+    assert "before the shipped models" in help_

@@ -20,7 +20,13 @@ from zoo.hub import disk, manifest, records, store
 from zoo.hub.errors import CheckpointNotFoundError, CorruptCheckpointError
 from zoo.hub.loaded import LoadedModel
 from zoo.hub.records import CheckpointRecord
-from zoo.hub.roots import PathLike, check_writable, registries, registry_root
+from zoo.hub.roots import (
+    PathLike,
+    check_writable,
+    listed_registries,
+    registries,
+    registry_root,
+)
 
 # --- saving -------------------------------------------------------------------------------------
 
@@ -276,7 +282,7 @@ def list_checkpoints(registry: PathLike | None = None) -> list[CheckpointRecord]
     is listed with `damaged` saying why, so one bad step hides nothing else.
     """
     found = []
-    for root, source in registries(registry):
+    for root, source in listed_registries(registry):
         for name_dir in disk.name_folders(root):
             try:
                 with disk.name_lock(name_dir, shared=True):
@@ -325,7 +331,7 @@ def _chosen_step(
                 )
             yield disk.step_dir(name_dir, chosen), source
             return
-    raise _unknown_name(name, [root for root, _ in searched])
+    raise _unknown_name(name, registry, [root for root, _ in searched])
 
 
 @contextlib.contextmanager
@@ -357,7 +363,9 @@ def _earlier_good_step(name: str, bad: Path) -> str:
     return "no earlier step of it verifies either"
 
 
-def _unknown_name(name: str, roots: list[Path]) -> CheckpointNotFoundError:
+def _unknown_name(
+    name: str, registry: PathLike | None, roots: list[Path]
+) -> CheckpointNotFoundError:
     known = sorted({known for root in roots for known in disk.checkpoint_names(root)})
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     hint = (
@@ -365,5 +373,7 @@ def _unknown_name(name: str, roots: list[Path]) -> CheckpointNotFoundError:
         if close
         else f"saved names: {', '.join(known) or 'none'}"
     )
-    where = " or ".join(map(str, roots)) or f"{registry_root()} (which does not exist yet)"
+    user = registry_root(registry)
+    missing = [] if user.is_dir() else [f"{user} (which does not exist yet)"]
+    where = " or ".join([*missing, *map(str, roots)])
     return CheckpointNotFoundError(f"no checkpoint named {name!r} in {where}; {hint}")

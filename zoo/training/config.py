@@ -97,7 +97,8 @@ class TrainConfig:
     init_from: Annotated[
         str | None,
         Flag(
-            "start from this registry entry: matching leaves load, a new head is re-initialised",
+            "start from this registry entry (yours, else a shipped one): matching leaves "
+            "load, a new head is re-initialised",
             "NAME",
         ),
     ] = None
@@ -122,7 +123,11 @@ class TrainConfig:
     name: Annotated[str | None, Flag("registry name (default: MODEL-DATASET)", "NAME")] = None
     registry: Annotated[
         str | None,
-        Flag("registry folder (default: $ZOO_REGISTRY, else the checkout's checkpoints/)", "DIR"),
+        Flag(
+            "your registry: where checkpoints are saved, and names looked up before the "
+            "shipped models (default: $ZOO_REGISTRY, else ~/.local/share/jax-zoo/registry)",
+            "DIR",
+        ),
     ] = None
     data_dir: Annotated[
         str | None,
