@@ -499,6 +499,36 @@ def test_a_layer_without_a_rule_is_named():
         zoo.analytic.describe(Scaled(), (12, 12, 1))
 
 
+def test_a_layer_without_a_rule_stops_only_the_summary():
+    # The README's promise: a layer with parameters and no `describe` stops `zoo summary` and
+    # nothing else. `check_input` described the model on every trace, so the forward pass
+    # failed too.
+    class Scale(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return x * self.param("scale", nn.initializers.ones, (x.shape[-1],))
+
+    class ScaledNet(TinyNet):
+        @nn.compact
+        def __call__(self, x, train=False):
+            self.check_input(x)
+            x = Scale(name="scale")(nn.Conv(self.width, (3, 3), name="conv")(x))
+            return nn.Dense(self.num_classes, name="head")(GlobalAvgPool(name="gap")(x))
+
+    with registered("scaled_net", ScaledNet, paper="this test", description="no rule"):
+        model = zoo.create_model("scaled_net")
+        x = jnp.ones((2, 12, 12, 1))
+        variables = model.init(RNGS, x)
+        logits = jax.jit(model.apply)(variables, x)
+        chex.assert_shape(logits, (2, 3))
+        grads = jax.grad(lambda p: model.apply({"params": p}, x).sum())(variables["params"])
+        assert float(jnp.abs(grads["scale"]["scale"]).sum()) > 0
+        with pytest.raises(ValueError, match="expects NHWC images of shape"):
+            model.init(RNGS, jnp.ones((2, 12, 12, 3)))  # the channel check still holds
+        with pytest.raises(NoAnalyticRuleError, match="scale: Scale creates parameters"):
+            summary("scaled_net")
+
+
 # --- ImageModel.init: the network traced, the variables Flax's --------------------------------
 
 INIT_CASES = [(name, {}, False) for name in SMALL_MODELS] + [

@@ -137,6 +137,9 @@ class ImageModel(nn.Module):
         Beyond the rank and channels (and the size, for `fixed_input_size`), the input must
         fit every layer: the analytic description at its shape (`zoo.analytic`) must hold, so
         a window larger than its input is this error, not a failure deep inside the network.
+        A model that has a layer without an analytic rule (a layer of its own with parameters
+        and no `describe`) gets the rank and channel checks only: the rule is needed by
+        `zoo.summary`, not by the forward pass.
         """
         model = type(self).__name__
         check_input(
@@ -144,6 +147,8 @@ class ImageModel(nn.Module):
         )
         try:
             analytic.describe(self, x.shape[1:])
+        except analytic.NoAnalyticRuleError:
+            return
         except InvalidValueError as error:
             side = analytic.smallest_square_input(self, x.shape[1:])
             raise InvalidValueError(
