@@ -51,9 +51,9 @@ def without_bf16_kernels(monkeypatch: pytest.MonkeyPatch):
         return real(op, kind, config)
 
     monkeypatch.setattr(native, "implementation", implementation)
-    conv._planned_for_team.cache_clear()
+    conv.clear_plans()
     yield
-    conv._planned_for_team.cache_clear()
+    conv.clear_plans()
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ import pytest
 
 import zoo
 from zoo.models import resnet
-from zoo.models.layers import FewChannelConv, MaxPool, explicit_padding
+from zoo.models.layers import MaxPool, explicit_padding
 from zoo.ops import add_relu, backend, max_pool, native
 
 # (window, stride, padding): ResNet's stem pool, AlexNet's, LeNet-style 2x2, stride 1, a stride
@@ -439,10 +439,11 @@ def test_the_zoo_layers_start_from_flaxs_values(ours, theirs, settings, x):
 @pytest.mark.parametrize("portable", [False, True], ids=["as_traced", "portable"])
 @pytest.mark.parametrize(("cin", "cout", "size"), [(1, 6, 32), (6, 16, 14), (16, 120, 5)])
 def test_few_channel_conv_equals_flax_conv(cin, cout, size, portable):
+    # LeNet's convolutions: oneDNN's where it runs all of them, else on CPU one banded matmul.
     x = jax.random.normal(jax.random.key(0), (3, size, size + 2, cin))
     reference = nn.Conv(cout, (5, 5), padding="VALID")
     variables = reference.init(jax.random.key(1), x)
-    fast = FewChannelConv(cout, 5)
+    fast = zoo.ops.Conv(cout, (5, 5), padding="VALID")
     # The same parameters from the same key: checkpoints are interchangeable.
     chex.assert_trees_all_equal(fast.init(jax.random.key(1), x), variables)
 
@@ -466,11 +467,11 @@ def test_few_channel_conv_equals_flax_conv(cin, cout, size, portable):
         )
 
 
-def test_few_channel_conv_adds_its_bias_in_float32():
+def test_conv_adds_its_bias_in_float32():
     # In bf16 the bias gradient is then a float32 sum XLA:CPU fuses; the bf16 one it rewrote into
-    # a slow reduce-window (LeNet-5's bf16 train step 1.7x slower). The sum is rounded once.
+    # a slow reduce-window. The sum is rounded once, as oneDNN's and PyTorch's.
     x = jax.random.normal(jax.random.key(0), (8, 32, 32, 1)).astype(jnp.bfloat16)
-    conv = FewChannelConv(6, 5, dtype=jnp.bfloat16)
+    conv = zoo.ops.Conv(6, (5, 5), padding="VALID", dtype=jnp.bfloat16)
     variables = conv.init(jax.random.key(1), x)
     variables = {"params": {**variables["params"], "bias": jnp.full((6,), 1 / 3, jnp.float32)}}
 
