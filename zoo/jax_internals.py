@@ -7,7 +7,7 @@ Each is here because JAX offers no public way to do the same thing:
   (`jax.devices()`) would start one.
 - `cluster_environments` (`jax._src.clusters`): the cluster launchers
   `jax.distributed.initialize()` detects, to tell beforehand whether there is a cluster to
-  join (`zoo.training.distributed.detected_cluster`).
+  join (`zoo.distributed.detected_cluster`).
 - From `jax.interpreters.ad`, `batching` and `mlir`, the rules of a new primitive's
   derivatives, batching and lowering (`zoo.ops.autodiff`): `jax.extend.core.Primitive` makes a
   primitive, but its transpose, JVP, batching and lowering rules are registered only there.
