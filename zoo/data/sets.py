@@ -18,7 +18,7 @@ The sets are small enough to keep whole on the accelerator, so batching, shuffli
 augmentation happen on device (`zoo.training.pipeline`); this module only gets the pixels to
 the host.
 
-In a multi-process run (`zoo.training.distributed`) each process reads only its own contiguous share
+In a multi-process run (`zoo.distributed`) each process reads only its own contiguous share
 of every TFDS split (`process_rows`, by `jax.process_index()`), and the processes then exchange
 their shares once, so that each holds the whole split like a single process does: storage is
 read once in all, not once per host. `synthetic` is generated, not read: every process makes

@@ -26,7 +26,6 @@ from zoo.hub.api import (
     list_checkpoints,
     load,
     read_metadata,
-    restore_train_state,
     save,
     step_folder,
 )
@@ -54,7 +53,6 @@ __all__ = [
     "load",
     "read_metadata",
     "registry_root",
-    "restore_train_state",
     "save",
     "shipped_root",
     "step_folder",

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from zoo import multihost
+from zoo import distributed
 from zoo.hub import disk, manifest, records, store
 from zoo.hub.errors import CheckpointNotFoundError, CorruptCheckpointError
 from zoo.hub.loaded import LoadedModel
@@ -89,7 +89,7 @@ def save(
         if train_state is not None:
             store.save_tree(folder / disk.TRAIN_STATE, train_state)
         # ...and the primary alone describes, commits and retires.
-        if multihost.is_primary():
+        if distributed.is_primary():
             records.write_meta(
                 folder,
                 records.store_meta(
@@ -106,8 +106,8 @@ def save(
             manifest.write_manifest(folder)  # Last: it covers everything above.
             record = _commit(folder, name_dir, step, max_to_keep, best, run_id)
     # Nobody returns before the step is visible (or the primary has failed, and left).
-    multihost.barrier(f"zoo.hub.save {name} step {step}")
-    if multihost.is_primary():
+    distributed.barrier(f"zoo.hub.save {name} step {step}")
+    if distributed.is_primary():
         return record
     return CheckpointRecord.read(disk.step_dir(name_dir, step))
 
@@ -179,7 +179,7 @@ def claim_run(name: str, *, registry: PathLike | None = None) -> Iterator[str]:
     In a multi-process run only the primary claims (it alone commits and prunes).
     """
     run_id = secrets.token_hex(8)
-    if not multihost.is_primary():
+    if not distributed.is_primary():
         yield run_id
         return
     with disk.run_claim(check_writable(registry) / disk.check_name(name), run_id):
@@ -229,23 +229,6 @@ def load(
         source=source,
         train_state=restored_state,
     )
-
-
-def restore_train_state(
-    name: str,
-    abstract_train_state: Any,
-    *,
-    step: int | None = None,
-    registry: PathLike | None = None,
-) -> Any:
-    """The `train_state` saved with `name` (latest step, or `step`), to resume training.
-
-    `abstract_train_state` gives the structure, shapes and dtypes; the saved tree must match it
-    exactly. Raises `CheckpointNotFoundError` if that step was saved without a train state.
-    `load(..., train_state=...)` restores it together with the variables.
-    """
-    with _verified_step(name, step, registry) as (folder, _, _):
-        return _restore_state(folder, abstract_train_state)
 
 
 def read_metadata(

@@ -15,10 +15,10 @@ never to the shipped one.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import zoo
+from zoo import files
 from zoo.errors import NotAFolderError, NotFoundError, NotWritableError
 from zoo.hub.records import SHIPPED, USER
 
@@ -84,21 +84,15 @@ def listed_registries(registry: PathLike | None = None) -> list[tuple[Path, str]
 
 def check_writable(registry: PathLike | None = None) -> Path:
     """The registry saves would go to, created if missing, after proving a file can be written
-    there: `NotWritableError` naming the folder (the shipped registry is never writable)."""
+    there (`zoo.files.check_writable`; the shipped registry is never writable)."""
     root = registry_root(registry)
     if _source(root) == SHIPPED:
         raise NotWritableError(
             f"{root} holds the shipped models, which are read-only; save to a registry of "
             f"your own ({HOW_TO_SET}; default {registry_root()})"
         )
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=root):  # A unique name: many processes may probe at once.
-            pass
-    except OSError as error:
-        raise NotWritableError(
-            f"checkpoint registry {root} is not writable ({error.strerror}); {HOW_TO_SET}"
-        ) from None
+    files.check_writable(root, "checkpoint registry", HOW_TO_SET)
+    root.mkdir(parents=True, exist_ok=True)
     return root
 
 

@@ -12,7 +12,6 @@ the optimizer state, so `--resume` continues exactly where the last save left of
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -23,9 +22,9 @@ import jax
 import jax.numpy as jnp
 from rich.console import Console
 
-from zoo import hub, multihost
+from zoo import distributed, files, hub
 from zoo.data import Dataset
-from zoo.errors import InvalidValueError, NotAFolderError, NotFoundError, NotWritableError
+from zoo.errors import InvalidValueError, NotAFolderError, NotFoundError
 from zoo.training.config import TrainConfig
 from zoo.training.divergence import TrainingDiverged, divergence, non_finite_losses
 from zoo.training.evaluate import make_evaluator
@@ -112,8 +111,8 @@ def _fit(
     save: bool,
     run_id: str | None,
 ) -> FitResult:
-    # With several processes (`zoo.training.distributed`) only the primary prints and logs.
-    primary = multihost.is_primary()
+    # With several processes (`zoo.distributed`) only the primary prints and logs.
+    primary = distributed.is_primary()
     console = (console or Console()) if primary else Console(quiet=True)
     latest = _check_name_state(config, resume) if save or resume else None
     if primary:
@@ -387,32 +386,10 @@ def _check_name_state(config: TrainConfig, resume: bool) -> int | None:
     return latest
 
 
-def _check_writable(folder: Path, what: str) -> None:
-    """Raises a one-line error unless files can be created in `folder` (or where it would be).
-
-    Checked before data is loaded or anything compiles, so that a run never trains an epoch to
-    find out it cannot save it. Creating a file is the test: permission bits do not show a
-    read-only file system, and root passes them all.
-    """
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise NotAFolderError(f"{what} {folder}: {existing} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as error:
-        where = "" if existing == folder else f" (it would be created in {existing})"
-        raise NotWritableError(
-            f"{what} {folder} is not writable{where}: {error.strerror}"
-        ) from None
-
-
 def _check_log_file(path: Path) -> None:
     if path.is_dir():
         raise NotAFolderError(f"metrics log {path} is a folder; --log wants a file name")
-    _check_writable(path.parent, "metrics log folder")
+    files.check_writable(path.parent, "metrics log folder")
 
 
 TrainFn = Any  # A compiled (state, totals, split, order, key) -> (state, totals).
