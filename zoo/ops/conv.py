@@ -183,12 +183,14 @@ Run = Callable[["_Plan", int, jax.Array, jax.Array], jax.Array]
 class Kernel:
     """One row of a direction's table: where `applies(conditions, direction)`, the direction
     runs `run(plan, direction, a, b)`, or XLA's convolution where `run` is None; `dtype` is
-    the dtype it computes in, where that is not the convolution's."""
+    the dtype it computes in, where that is not the convolution's; an `inexact` kernel rounds
+    more than a direct convolution and runs only where the caller's precision allows it."""
 
     name: str
     applies: Callable[[Conditions, int], bool]
     run: Run | None
     dtype: Any = None
+    inexact: bool = False
 
     def computes_in(self, dtype: Any) -> Any:
         """The dtype this kernel computes a `dtype` convolution in; None for XLA."""
@@ -296,7 +298,6 @@ def _winograd_shape(g: Geometry, tile: int) -> bool:
 def _winograd_float32(c: Conditions, direction: int) -> bool:
     return (
         c.geometry.dtype == _F32
-        and c.inexact_allowed
         and _winograd_shape(c.geometry, 4)
         and native.winograd_available()
         and c.onednn_everywhere()
@@ -313,7 +314,6 @@ def _winograd_bf16(c: Conditions, direction: int) -> bool:
     g = c.geometry
     return (
         g.dtype == _BF16
-        and c.inexact_allowed
         and _winograd_shape(g, 2)
         and min(g.in_channels, g.out_channels) >= WINOGRAD_BF16_CHANNELS
         and (c.onednn(FORWARD) or "").endswith(WINOGRAD_BF16_REPLACES)
@@ -362,11 +362,11 @@ def _onednn_widened(c: Conditions, direction: int) -> bool:
     return c.geometry.dtype != _F32 and c.onednn(direction, _F32) is not None
 
 
-WINOGRAD_FLOAT32 = Kernel("winograd float32", _winograd_float32, _winograd)
+WINOGRAD_FLOAT32 = Kernel("winograd float32", _winograd_float32, _winograd, inexact=True)
 WINOGRAD_FLOAT32_WEIGHTS = Kernel(
-    "winograd float32 weights", _winograd_float32_weights, _winograd_weights
+    "winograd float32 weights", _winograd_float32_weights, _winograd_weights, inexact=True
 )
-WINOGRAD_BF16 = Kernel("winograd bf16", _winograd_bf16, _winograd)
+WINOGRAD_BF16 = Kernel("winograd bf16", _winograd_bf16, _winograd, inexact=True)
 BF16_WEIGHTS = Kernel("bf16 3x3 weights", _bf16_weight_gradient, _bf16_weights)
 XLA_MEASURED_FASTER = Kernel("xla, measured faster", _xla_measured_faster, None)
 ONEDNN = Kernel("onednn", _onednn_own, _onednn)
@@ -390,8 +390,11 @@ KERNELS: dict[int, tuple[Kernel, ...]] = {
 
 def _chosen(conditions: Conditions, direction: int) -> Kernel | None:
     """The first kernel of `direction`'s table that applies; None for XLA."""
-    kernel = next((k for k in KERNELS[direction] if k.applies(conditions, direction)), None)
-    return kernel if kernel is not None and kernel.run is not None else None
+    for kernel in KERNELS[direction]:
+        allowed = conditions.inexact_allowed or not kernel.inexact
+        if allowed and kernel.applies(conditions, direction):
+            return kernel if kernel.run is not None else None
+    return None
 
 
 # --- the plan --------------------------------------------------------------------------------
@@ -407,7 +410,6 @@ class _Plan:
 
     geometry: Geometry
     precision: Any  # XLA's, for the directions it runs
-    inexact_allowed: bool
     threads: int
     kernels: tuple[Kernel | None, Kernel | None, Kernel | None]
 
@@ -422,18 +424,20 @@ class _Plan:
         return self.geometry.xla(lhs, rhs, self.precision)
 
     def for_batch(self, batch: int) -> _Plan | None:
-        """This convolution on `batch` images (one device's shard), its kernels chosen anew."""
+        """This convolution on `batch` images (one device's shard), its kernels chosen anew;
+        an inexact one only where the whole batch's plan has one."""
         if batch == self.geometry.lhs_shape[0]:
             return self
-        return planned(self.geometry.with_batch(batch), self.precision, self.inexact_allowed)
+        inexact = any(kernel is not None and kernel.inexact for kernel in self.kernels)
+        return planned(self.geometry.with_batch(batch), self.precision, inexact)
 
 
 def planned(
     geometry: Geometry, precision: Any = None, inexact_allowed: bool | None = None
 ) -> _Plan | None:
     """The kernels of `geometry`'s directions on this CPU (see the module docstring), or None
-    where XLA runs all three. `inexact_allowed`: Winograd may run; by default where the caller
-    did not ask for float32 throughout (`_asks_for_float32`)."""
+    where XLA runs all three. `inexact_allowed`: an inexact kernel (Winograd) may run; by
+    default where the caller did not ask for float32 throughout (`_asks_for_float32`)."""
     if not backend.native_applies() or geometry.dtype not in native.PRECISIONS:
         return None
     if inexact_allowed is None:
@@ -463,7 +467,7 @@ def _planned_for_team(
     )
     if all(kernel is None for kernel in chosen):
         return None
-    return _Plan(geometry, precision, inexact_allowed, threads, tuple(chosen))
+    return _Plan(geometry, precision, threads, tuple(chosen))
 
 
 clear_plans = _planned_for_team.cache_clear  # after changing what `native` reports
