@@ -34,7 +34,7 @@ if TYPE_CHECKING:
         save,
     )
 
-# The registry's names load `zoo.hub` on first use: Orbax takes ~0.4 s to import, which a
+# The registry's names load `zoo.hub` on first use: Orbax is slow to import, which a
 # script that only creates and trains models need not wait for.
 _FROM_HUB = frozenset(
     {
