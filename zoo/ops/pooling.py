@@ -64,12 +64,11 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
     pool = _Pool.of(x, window, stride, padding)
     if 0 in (*pool.shape, *pool.out_shape):  # nothing to pool (a map smaller than the window)
         return reference(x)
+    if _runs_natively(x, pool):
+        return _native_max_pool(x.astype(pool.dtype), pool).astype(x.dtype)
     # Narrower floats pool as float32 (max is exact in it): XLA:CPU widens their reduce-window
     # anyway, but then cannot fuse the mask gradient's slices.
     wide = jnp.promote_types(x.dtype, _F32)
-
-    if _runs_natively(x, pool):
-        return _native_max_pool(x.astype(pool.dtype), pool).astype(x.dtype)
 
     def cpu(x: jax.Array) -> jax.Array:
         return _mask_max_pool(x.astype(wide), window, stride, padding).astype(x.dtype)
