@@ -32,12 +32,17 @@ def _wide_bias(*args: Any, dtype: Any = None, inexact: bool = True) -> list[Any]
 
 
 class Conv(nn.Conv):
-    """`flax.linen.Conv` through the zoo's convolution, its bias added in float32 (see module)."""
+    """`flax.linen.Conv` through the zoo's convolution, its bias added in float32 (see module).
+
+    What `capture_intermediates` records for it is that float32 sum, before its rounding to
+    `dtype`: Flax records the call of `nn.Conv`'s own `__call__`.
+    """
 
     conv_general_dilated: Any = conv_general_dilated
     kernel_init: Any = initializers.lecun_normal()
     promote_dtype: Any = _wide_bias
 
+    @nn.nowrap  # Flax's `__call__` alone is the layer's call: intercepted and recorded once.
     def __call__(self, inputs: jax.Array) -> jax.Array:
         dtype = self.dtype or jnp.promote_types(inputs.dtype, self.param_dtype)
         return super().__call__(inputs).astype(dtype)
