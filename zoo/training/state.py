@@ -92,6 +92,11 @@ class TrainState(train_state.TrainState):
         )
         return self.replace(batch_stats=kept["batch_stats"])
 
+    def with_average_reset(self) -> TrainState:
+        """The state with its weight average set to its variables, in buffers of its own (a
+        train step donates the state, and one buffer donated twice is an error)."""
+        return self.replace(ema=jax.tree.map(jnp.copy, self.variables))
+
     def advance_average(self) -> TrainState:
         """The state with its weight average moved towards its variables (none: unchanged).
 
@@ -183,7 +188,7 @@ def create_train_state(
         ema_decay=ema_decay,
         frozen=frozen,
     )
-    return state.replace(ema=state.variables) if ema_decay else state
+    return state.with_average_reset() if ema_decay else state
 
 
 def updates_per_epoch(config: TrainConfig, steps_per_epoch: int) -> float:
