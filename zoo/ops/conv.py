@@ -21,10 +21,11 @@ the CPU (which oneDNN kernel it has) and the caller's `precision`:
   the operands widened exactly and the result rounded once where the CPU has no bf16 kernels.
 - XLA, where a rule says XLA's kernel was measured faster, and where nothing else applies.
 
-A new kernel, or a rule for a kind of convolution (grouped, depthwise: `Geometry.groups`), is
-one row of `KERNELS`. On CPU the directions are differentiable to any order in both modes
-(`zoo.ops.autodiff`; every derivative of a convolution is a sum of its three directions), and
-under a batch-sharded `jax.jit` each device runs its own shard (`zoo.ops.sharding`).
+A new kernel, or a rule for a kind of convolution (grouped: `Geometry.groups`; depthwise: also
+`Geometry.in_per_group == 1`), is one row of `KERNELS`. On CPU the directions are
+differentiable to any order in both modes (`zoo.ops.autodiff`; every derivative of a
+convolution is a sum of its three directions), and under a batch-sharded `jax.jit` each device
+runs its own shard (`zoo.ops.sharding`).
 
 Where the extension runs none of it on CPU, a few-channel "VALID" stride-1 convolution runs
 as one banded matrix product (`banded_conv`), which XLA:CPU runs faster than its convolution.
@@ -88,11 +89,6 @@ class Geometry:
     @property
     def out_per_group(self) -> int:
         return self.out_channels // self.groups
-
-    @property
-    def depthwise(self) -> bool:
-        """One input channel per group (MobileNet's, EfficientNet's, ConvNeXt's)."""
-        return self.groups > 1 and self.in_per_group == 1
 
     @functools.cached_property
     def out_shape(self) -> tuple[int, int, int, int]:
