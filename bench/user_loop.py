@@ -10,7 +10,8 @@ Each variant is a zoo source tree (put first on PYTHONPATH) and a setup:
 Every round starts one process per variant and model (in alternating order), each of which
 compiles `jax.jit(step, donate_argnums=...)` (SGD momentum 0.9), runs warm-up steps, then times
 blocks of steps; the figure of a process is the median of its blocks, and the table the median
-over rounds. Minor page faults per step are reported too (`getrusage`).
+over rounds. Also per step: the process's CPU time (user + system, `getrusage`), which a busy
+host inflates far less than wall time, and its minor page faults.
 
     python bench/user_loop.py --variant main=/work/main:import --variant this=.:configure \\
         --models lenet5,resnet20,resnet18 --precisions fp32,bf16 --rounds 4
@@ -70,16 +71,23 @@ def run():
 
 for _ in range(spec["warmup"]):
     run()
-speeds, faults = [], []
+speeds, cpu, faults = [], [], []
 for _ in range(spec["blocks"]):
-    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    before = resource.getrusage(resource.RUSAGE_SELF)
     steps, start = 0, time.perf_counter()
     while steps == 0 or time.perf_counter() - start < spec["block_s"]:
         run()
         steps += 1
+    after = resource.getrusage(resource.RUSAGE_SELF)
     speeds.append(batch * steps / (time.perf_counter() - start))
-    faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / steps)
-print(json.dumps({"img_s": statistics.median(speeds), "faults": statistics.median(faults)}))
+    used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    cpu.append(1000 * used / steps)
+    faults.append((after.ru_minflt - before.ru_minflt) / steps)
+print(json.dumps({
+    "img_s": statistics.median(speeds),
+    "cpu_ms": statistics.median(cpu),
+    "faults": statistics.median(faults),
+}))
 """
 
 
@@ -133,21 +141,22 @@ def main(argv: list[str] | None = None) -> int:
                 figures = run_child(*variants[name], spec)
                 results[f"{model} {precision}"][name].append(figures)
                 print(f"round {r} {model} {precision} {name}: {figures}", file=sys.stderr)
-    print(f"img/s, medians of {args.rounds} rounds (fresh processes; load {os.getloadavg()})")
+    print(f"medians of {args.rounds} rounds (fresh processes; load {os.getloadavg()})")
     names = list(variants)
-    print("| row | " + " | ".join(names) + " | " + " / ".join(names) + " | faults/step |")
-    print("|---|" + "---:|" * (len(names) + 2))
+    each = " / ".join(names)
+    print(f"| row | img/s {each} | CPU ms per step {each} | faults per step {each} |")
+    print("|---|---:|---:|---:|")
     for row, by_variant in results.items():
-        medians = [statistics.median(f["img_s"] for f in by_variant[n]) for n in names]
-        faults = [statistics.median(f["faults"] for f in by_variant[n]) for n in names]
-        ratios = " / ".join(f"{m / medians[0]:.2f}" for m in medians)
-        print(
-            f"| {row} | "
-            + " | ".join(f"{m:,.1f}" for m in medians)
-            + f" | {ratios} | "
-            + " / ".join(f"{f:,.0f}" for f in faults)
-            + " |"
-        )
+
+        def medians(key: str, by_variant: dict = by_variant) -> list[float]:
+            return [statistics.median(f[key] for f in by_variant[n]) for n in names]
+
+        columns = [
+            " / ".join(f"{m:,.1f}" for m in medians("img_s")),
+            " / ".join(f"{m:,.1f}" for m in medians("cpu_ms")),
+            " / ".join(f"{m:,.0f}" for m in medians("faults")),
+        ]
+        print(f"| {row} | " + " | ".join(columns) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
