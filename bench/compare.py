@@ -54,11 +54,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch_models  # noqa: E402
 
-import zoo  # noqa: E402  (applies the XLA:CPU defaults: no JAX backend exists yet)
+import zoo  # noqa: E402
 from zoo.training.config import TrainConfig  # noqa: E402
 from zoo.training.experiment import COMPUTE_DTYPES  # noqa: E402
 from zoo.training.state import create_train_state, make_optimizer  # noqa: E402
 from zoo.training.step import train_step  # noqa: E402
+
+zoo.configure_cpu()  # as `zoo train` does: before any JAX backend exists
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
 

@@ -29,6 +29,8 @@ import torch_models
 import zoo
 import zoo.ops
 
+zoo.configure_cpu()  # the settings of `zoo train`, before any JAX backend exists
+
 SPECS = {
     "lenet5": (128, (32, 32, 1), 10),
     "resnet20": (128, (32, 32, 3), 10),

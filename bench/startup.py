@@ -1,9 +1,10 @@
 """Process start to first train step: the zoo against PyTorch, fresh processes, interleaved.
 
-Each round starts one process per framework running a user's own loop: import, create the
-model, initialise it (eager `model.init` for the zoo), one SGD step with momentum on a random
-batch (the zoo's jitted: trace, compile, run). Each process reports the time since its start at
-each stage; this prints the medians and the ratio of the totals, zoo / PyTorch.
+Each round starts one process per framework running a user's own loop: import (the zoo's
+then `zoo.configure_cpu()`), create the model, initialise it (eager `model.init` for the zoo),
+one SGD step with momentum on a random batch (the zoo's jitted: trace, compile, run). Each
+process reports the time since its start at each stage; this prints the medians and the ratio
+of the totals, zoo / PyTorch.
 
     python bench/startup.py --model resnet152 --batch 4 --rounds 3
 """
@@ -25,6 +26,7 @@ import time
 start = time.perf_counter()
 marks = {}
 import jax, jax.numpy as jnp, optax, zoo
+zoo.configure_cpu()
 marks["import"] = time.perf_counter() - start
 model_name, batch = sys.argv[1], int(sys.argv[2])
 info = zoo.model_info(model_name)

@@ -5,8 +5,8 @@
 // on bf16 NHWC activations, the HWIO result in bf16 (float32 sums, rounded once, as oneDNN's
 // bf16 kernels round): a 3x3 kernel, stride s of 1 or 2, one row and column of zeros around
 // the image, channels in multiples of 16. Without AMX, oneDNN 3.2's kernel for it (jit_bf16)
-// runs at about two thirds of AVX512-BF16's peak, its forward and backward-data kernels above
-// 90%; this one at 80-90% (bench/README.md).
+// runs further from AVX512-BF16's peak than its forward and backward-data kernels; this one
+// comes closer (bench/README.md, "bf16 weight gradient").
 //
 // Each tap d_w[i, j] is a (C x K) matrix product summed over the positions. VDPBF16PS multiplies
 // pairs of bf16 along the summed dimension, so the positions are paired across images: the pair

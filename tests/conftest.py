@@ -9,10 +9,16 @@ import numpy as np
 import PIL.Image
 import pytest
 
+import zoo
 from zoo import runtime
 from zoo.data import DATA_DIR_ENV
 from zoo.images import MAX_PIXELS
 from zoo.ops import conv, native
+
+# The settings `zoo train` runs with, applied before any test starts JAX: the suite then runs
+# each step as the zoo's own entry points do (tests/test_runtime.py checks them in fresh
+# processes).
+zoo.configure_cpu()
 
 
 @pytest.fixture(autouse=True)
@@ -45,9 +51,9 @@ def without_bf16_kernels(monkeypatch: pytest.MonkeyPatch):
         return real(op, kind, config)
 
     monkeypatch.setattr(native, "implementation", implementation)
-    conv._planned_for_team.cache_clear()
+    conv.clear_plans()
     yield
-    conv._planned_for_team.cache_clear()
+    conv.clear_plans()
 
 
 @pytest.fixture(scope="session")

@@ -145,21 +145,24 @@ def test_which_convolutions_run_it(other):
     groups = other.get("groups", 1)
     rhs = (*other.get("kernel", (3, 3)), channels // groups, features)
     stride = other.get("stride", 1)
-    plan = conv._planned(
+    geometry = conv.Geometry(
         (2, 9, 9, channels),
         rhs,
-        other.get("dtype", jnp.bfloat16),
+        jnp.dtype(other.get("dtype", jnp.bfloat16)),
         (stride, stride),
         other.get("padding", PADDING),
         other.get("rhs_dilation", (1, 1)),
         groups,
-        None,
     )
-    assert not plan.bf16_weight_gradient
-    default = conv._planned(
-        (2, 9, 9, 32), (3, 3, 32, 64), jnp.bfloat16, (1, 1), PADDING, (1, 1), 1, None
-    )
-    assert default.bf16_weight_gradient == native.bf16_weights_available()
+    assert weight_gradient_kernel(geometry) is not conv.BF16_WEIGHTS
+    default = conv.Geometry((2, 9, 9, 32), (3, 3, 32, 64), jnp.dtype(jnp.bfloat16), padding=PADDING)
+    ours = weight_gradient_kernel(default) is conv.BF16_WEIGHTS
+    assert ours == native.bf16_weights_available()
+
+
+def weight_gradient_kernel(geometry):
+    plan = conv.planned(geometry)
+    return None if plan is None else plan.kernels[native.BACKWARD_WEIGHTS]
 
 
 @needs_kernel
@@ -179,13 +182,14 @@ def test_where_onednn_has_another_kernel_it_keeps_it(monkeypatch):
         )
 
     def plan():
-        conv._planned_for_team.cache_clear()
-        return conv._planned(
-            (2, 9, 9, 32), (3, 3, 32, 64), jnp.bfloat16, (1, 1), PADDING, (1, 1), 1, None
+        conv.clear_plans()
+        geometry = conv.Geometry(
+            (2, 9, 9, 32), (3, 3, 32, 64), jnp.dtype(jnp.bfloat16), padding=PADDING
         )
+        return weight_gradient_kernel(geometry)
 
-    assert plan().bf16_weight_gradient
+    assert plan() is conv.BF16_WEIGHTS
     monkeypatch.setattr(native, "implementation", amx)
-    assert not plan().bf16_weight_gradient
+    assert plan() is not conv.BF16_WEIGHTS
     monkeypatch.undo()
-    conv._planned_for_team.cache_clear()
+    conv.clear_plans()

@@ -9,19 +9,11 @@
   `nn.relu(x + shortcut)` and its gradient, signed zeros, subnormals, infinities and NaNs
   included, under vmap, a mesh and shard_map; anything else is that expression itself.
 - `zoo.ops.initializers`: bit-for-bit JAX's initial values, in every dtype and fan mode used.
-- `zoo.runtime`: the malloc defaults keep XLA's per-execution buffers mapped and can be
-  switched off; the XLA:CPU flags are applied at `import zoo` (and actually reach XLA), leave
-  a user's own flags alone, can be switched off, and change a train step only within float
-  rounding; the compilation cache honours its folder, its opt-out and a user's own setting.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
-import textwrap
 
 import chex
 import flax.linen as nn
@@ -31,9 +23,8 @@ import numpy as np
 import pytest
 
 import zoo
-from zoo import runtime
 from zoo.models import resnet
-from zoo.models.layers import FewChannelConv, MaxPool, explicit_padding
+from zoo.models.layers import MaxPool, explicit_padding
 from zoo.ops import add_relu, backend, max_pool, native
 
 # (window, stride, padding): ResNet's stem pool, AlexNet's, LeNet-style 2x2, stride 1, a stride
@@ -445,229 +436,14 @@ def test_the_zoo_layers_start_from_flaxs_values(ours, theirs, settings, x):
     chex.assert_trees_all_equal(ours(**settings).init(key, x), theirs(**settings).init(key, x))
 
 
-# --- zoo.runtime -----------------------------------------------------------------------------
-
-
-@pytest.mark.skipif(
-    os.environ.get("ZOO_XLA_DEFAULTS") == "0", reason="the XLA:CPU defaults are switched off"
-)
-def test_xla_defaults_applied_at_import():
-    # This process imported zoo before any JAX computation: the flags are in XLA_FLAGS.
-    for flag in runtime.XLA_CPU_DEFAULTS:
-        name = flag.split("=")[0]
-        assert any(t.split("=")[0] == name for t in os.environ.get("XLA_FLAGS", "").split())
-
-
-def test_xla_defaults_keep_nans_in_maxima():
-    # The zoo's flags once handed YNNPACK elementwise ops and dots with fused epilogues, which
-    # compute max(NaN, 0) = 0 from 4,096 elements on: relu hid a NaN in every program that
-    # imported zoo. Their NaN stays a NaN, as in XLA's own kernels.
-    x = jax.random.normal(jax.random.key(0), (64, 128)).at[3, 5].set(jnp.nan)
-    w = jnp.full((128, 256), 0.01)
-    maxima = {
-        "relu": nn.relu,
-        "maximum": lambda x: jnp.maximum(x, 0.0),
-        "minimum": lambda x: jnp.minimum(x, 0.0),
-        "relu of a dense layer": lambda x: nn.relu(x @ w + 0.1),
-    }
-    for name, f in maxima.items():
-        assert jnp.isnan(jax.jit(f)(x)).any(), name
-
-
-def test_xla_defaults_respect_user_flags_and_opt_out(monkeypatch):
-    monkeypatch.setattr(runtime, "_backends_initialised", lambda: False)
-    user = f"{runtime.YNN_FUSION_FLAG}=dot --xla_force_host_platform_device_count=2"
-    monkeypatch.setenv("XLA_FLAGS", user)
-    assert runtime.apply_xla_defaults() == []
-    assert os.environ["XLA_FLAGS"] == user  # the user's own value wins
-
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-    assert runtime.apply_xla_defaults() == list(runtime.XLA_CPU_DEFAULTS)
-    assert os.environ["XLA_FLAGS"].split() == [
-        "--xla_force_host_platform_device_count=2",
-        *runtime.XLA_CPU_DEFAULTS,
-    ]
-
-    for env, value in (("ZOO_XLA_DEFAULTS", "0"), ("JAX_PLATFORMS", "cuda")):
-        with monkeypatch.context() as m:
-            m.setenv("XLA_FLAGS", "")
-            m.setenv(env, value)
-            assert runtime.apply_xla_defaults() == []
-            assert os.environ["XLA_FLAGS"] == ""
-
-
-def test_xla_defaults_not_applied_after_backend_start(monkeypatch):
-    monkeypatch.setattr(runtime, "_backends_initialised", lambda: True)
-    monkeypatch.setenv("XLA_FLAGS", "")
-    with pytest.warns(RuntimeWarning, match="import zoo first"):
-        assert runtime.apply_xla_defaults() == []
-
-
-REFAULT_PROBE = textwrap.dedent(
-    """
-    import resource
-    import jax, jax.numpy as jnp
-    import zoo
-    run = jax.jit(lambda x: (jnp.sin(x).T @ jnp.ones(4096)).sum())  # a 64 MiB temporary
-    x = jnp.ones((4096, 4096))
-    pages = 64 * 2**20 // resource.getpagesize()
-    refaulted = []
-    for _ in range(20):
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        run(x).block_until_ready()
-        refaulted.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before > pages // 2)
-    print(zoo.runtime.APPLIED_MALLOC_DEFAULTS, sum(refaulted[10:]))
-    """
-)
-
-
-@pytest.mark.skipif(
-    sys.platform != "linux" or not os.confstr("CS_GNU_LIBC_VERSION"), reason="glibc only"
-)
-def test_malloc_defaults_stop_each_execution_faulting_its_buffers_in_again():
-    # Before: every execution's 64 MiB temporary was a fresh mmap, faulted in page by page.
-    # With the defaults the heap grows a few times while its layout settles, then is reused.
-    environment = {k: v for k, v in os.environ.items() if k != "ZOO_MALLOC_DEFAULTS"}
-    for opt_out, applied, refaulting in ((None, "True", range(6)), ("0", "False", [10])):
-        env = environment if opt_out is None else {**environment, "ZOO_MALLOC_DEFAULTS": opt_out}
-        done = subprocess.run(
-            [sys.executable, "-c", REFAULT_PROBE], env=env, capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr
-        flag, count = done.stdout.split()[-2:]
-        assert flag == applied and int(count) in refaulting, done.stdout
-
-
-def test_malloc_defaults_respect_the_opt_out_and_a_started_backend(monkeypatch):
-    monkeypatch.setattr(runtime, "_backends_initialised", lambda: False)
-    monkeypatch.setenv("ZOO_MALLOC_DEFAULTS", "0")
-    assert runtime.apply_malloc_defaults() is False
-    monkeypatch.delenv("ZOO_MALLOC_DEFAULTS")
-    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
-    assert runtime.apply_malloc_defaults() is False
-    monkeypatch.delenv("JAX_PLATFORMS")
-    monkeypatch.setattr(runtime, "_accelerator_plugin_installed", lambda: False)
-    monkeypatch.setattr(runtime, "_backends_initialised", lambda: True)
-    if sys.platform == "linux" and os.confstr("CS_GNU_LIBC_VERSION"):
-        with pytest.warns(RuntimeWarning, match="malloc defaults"):
-            assert runtime.apply_malloc_defaults() is False
-
-
-PROBE = textwrap.dedent(
-    """
-    import jax, jax.numpy as jnp
-    import zoo
-    x, w = jnp.ones((8, 32, 32, 64)), jnp.ones((3, 3, 64, 64))
-    nhwc = ("NHWC", "HWIO", "NHWC")
-    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=nhwc)
-    print(jax.jit(conv).lower(x, w).compile().as_text().count("ynn_fusion"))
-    """
-)
-
-
-def ynn_fusions_in_fresh_process(**env: str) -> int:
-    environment = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",)}
-    environment.update(env)
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE], env=environment, capture_output=True, text=True, check=True
-    )
-    return int(done.stdout.split()[-1])
-
-
-def test_xla_defaults_reach_the_compiler():
-    # XLA reads XLA_FLAGS once, when the backend starts: set at `import zoo`, after `import jax`,
-    # XLA's convolution stays in its own kernels; opted out (jaxlib's defaults) YNNPACK gets it.
-    assert ynn_fusions_in_fresh_process() == 0
-    assert ynn_fusions_in_fresh_process(ZOO_XLA_DEFAULTS="0") >= 1
-
-
-def test_xla_defaults_change_a_train_step_only_within_rounding():
-    # The same lowered CIFAR ResNet step, on XLA's convolutions (where the flags differ from
-    # jaxlib's), compiled with the zoo's flags (this process) and with jaxlib's default library
-    # fusions: loss and new parameters agree to float32 rounding.
-    from zoo.training.config import TrainConfig
-    from zoo.training.state import create_train_state, make_optimizer
-    from zoo.training.step import train_step
-
-    model = zoo.create_model("resnet20", stage_sizes=(1, 1, 1))  # ResNet-8: compiles faster
-    tx = make_optimizer(TrainConfig(model="resnet20", epochs=1), steps_per_epoch=10)
-    # Random values in the state's shapes (initialising for real takes seconds on 2 cores).
-    rng = np.random.default_rng(0)
-    shapes = jax.eval_shape(lambda: create_train_state(model, tx, (16, 16, 3), jax.random.key(0)))
-    state = jax.tree.map(
-        lambda s: (
-            jnp.asarray(0.2 * rng.standard_normal(s.shape), s.dtype)
-            if jnp.issubdtype(s.dtype, jnp.floating)
-            else jnp.zeros(s.shape, s.dtype)
-        ),
-        shapes,
-    )
-    batch = {
-        "image": jnp.asarray(rng.standard_normal((8, 16, 16, 3)), jnp.float32),
-        "label": jnp.asarray(rng.integers(0, 10, 8), jnp.int32),
-    }
-    with backend.portable():
-        lowered = jax.jit(train_step).lower(state, batch)
-    plain = lowered.compile(
-        {
-            "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
-            "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_REDUCE"
-        }
-    )
-    fast = lowered.compile()
-    assert fast.as_text() != plain.as_text()
-    fast_state, fast_metrics = fast(state, batch)
-    plain_state, plain_metrics = plain(state, batch)
-    assert np.isfinite(plain_metrics["loss_sum"])
-    np.testing.assert_allclose(fast_metrics["loss_sum"], plain_metrics["loss_sum"], rtol=1e-5)
-    for got, want in zip(
-        jax.tree.leaves((fast_state.params, fast_state.batch_stats)),
-        jax.tree.leaves((plain_state.params, plain_state.batch_stats)),
-        strict=True,
-    ):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
-
-
-def test_compilation_cache_folder_and_opt_outs(monkeypatch, tmp_path):
-    saved = (
-        jax.config.jax_compilation_cache_dir,
-        jax.config.jax_persistent_cache_min_compile_time_secs,
-        jax.config.jax_compilation_cache_max_size,
-    )
-    try:
-        jax.config.update("jax_compilation_cache_dir", None)
-        monkeypatch.setenv("ZOO_COMPILATION_CACHE", "0")
-        assert runtime.enable_compilation_cache(tmp_path) is None
-        assert jax.config.jax_compilation_cache_dir is None
-
-        monkeypatch.delenv("ZOO_COMPILATION_CACHE")
-        monkeypatch.setenv("ZOO_COMPILATION_CACHE_DIR", str(tmp_path / "env"))
-        assert runtime.default_cache_dir() == tmp_path / "env"
-        assert runtime.enable_compilation_cache() == tmp_path / "env"
-        assert (tmp_path / "env").is_dir()
-        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "env")
-        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
-        assert jax.config.jax_compilation_cache_max_size == runtime.CACHE_MAX_BYTES
-
-        # A folder already configured in JAX (by the user) is kept.
-        assert runtime.enable_compilation_cache(tmp_path / "other") == tmp_path / "env"
-
-        monkeypatch.delenv("ZOO_COMPILATION_CACHE_DIR")
-        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-        assert runtime.default_cache_dir() == tmp_path / "xdg" / "jax-zoo" / "xla"
-    finally:
-        jax.config.update("jax_compilation_cache_dir", saved[0])
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
-        jax.config.update("jax_compilation_cache_max_size", saved[2])
-
-
 @pytest.mark.parametrize("portable", [False, True], ids=["as_traced", "portable"])
 @pytest.mark.parametrize(("cin", "cout", "size"), [(1, 6, 32), (6, 16, 14), (16, 120, 5)])
 def test_few_channel_conv_equals_flax_conv(cin, cout, size, portable):
+    # LeNet's convolutions: oneDNN's where it runs all of them, else on CPU one banded matmul.
     x = jax.random.normal(jax.random.key(0), (3, size, size + 2, cin))
     reference = nn.Conv(cout, (5, 5), padding="VALID")
     variables = reference.init(jax.random.key(1), x)
-    fast = FewChannelConv(cout, 5)
+    fast = zoo.ops.Conv(cout, (5, 5), padding="VALID")
     # The same parameters from the same key: checkpoints are interchangeable.
     chex.assert_trees_all_equal(fast.init(jax.random.key(1), x), variables)
 
@@ -691,11 +467,11 @@ def test_few_channel_conv_equals_flax_conv(cin, cout, size, portable):
         )
 
 
-def test_few_channel_conv_adds_its_bias_in_float32():
+def test_conv_adds_its_bias_in_float32():
     # In bf16 the bias gradient is then a float32 sum XLA:CPU fuses; the bf16 one it rewrote into
-    # a slow reduce-window (LeNet-5's bf16 train step 1.7x slower). The sum is rounded once.
+    # a slow reduce-window. The sum is rounded once, as oneDNN's and PyTorch's.
     x = jax.random.normal(jax.random.key(0), (8, 32, 32, 1)).astype(jnp.bfloat16)
-    conv = FewChannelConv(6, 5, dtype=jnp.bfloat16)
+    conv = zoo.ops.Conv(6, (5, 5), padding="VALID", dtype=jnp.bfloat16)
     variables = conv.init(jax.random.key(1), x)
     variables = {"params": {**variables["params"], "bias": jnp.full((6,), 1 / 3, jnp.float32)}}
 

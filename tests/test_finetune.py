@@ -16,7 +16,7 @@ import zoo
 from zoo import hub
 from zoo.hub import ArchitectureMismatchError
 from zoo.training.config import TrainConfig
-from zoo.training.finetune import overlay
+from zoo.training.finetune import overlay, start_from
 from zoo.training.loop import fit
 from zoo.training.state import create_train_state, frozen_paths, make_optimizer
 from zoo.training.step import train_step
@@ -201,3 +201,32 @@ def test_replace_head_refuses_a_bad_key_and_variables_that_are_not_the_models():
     assert replaced["params"]["classifier"]["kernel"].shape == (4, 3)
     headless, kept = zoo.replace_head(new, replaced, 0, None)
     assert "classifier" not in kept["params"] and headless.num_classes == 0
+
+
+def test_init_from_finds_a_shipped_entry_with_a_registry_of_ones_own(tmp_path):
+    # --registry DIR is where the run saves and what it reads first; the shipped models are
+    # still read after it, as without --registry (it failed: "no checkpoint named ... in DIR").
+    registry = str(tmp_path / "mine")  # not there yet: the run would create it
+    model = zoo.create_model("lenet5")
+    tx = make_optimizer(TrainConfig(model="lenet5", epochs=1), steps_per_epoch=1)
+    state = create_train_state(model, tx, (32, 32, 1), jax.random.key(0))
+    start = start_from(state, "lenet5-mnist5k", num_classes=10, registry=registry)
+    shipped = hub.load("lenet5-mnist5k", registry=registry)
+    assert shipped.source == "shipped" and start.source["step"] == shipped.step
+    jax.tree.map(np.testing.assert_array_equal, start.state.params, shipped.variables["params"])
+
+
+def test_the_weight_average_has_buffers_of_its_own(tmp_path):
+    # A train step donates the state: an average sharing the parameters' buffers was donated
+    # twice ("Attempt to donate the same buffer twice"), fresh or after --init-from.
+    model = zoo.create_model("lenet5")
+    tx = make_optimizer(TrainConfig(model="lenet5", epochs=1), steps_per_epoch=1)
+    state = create_train_state(model, tx, (32, 32, 1), jax.random.key(0), ema_decay=0.9)
+    tuned = start_from(state, "lenet5-mnist5k", num_classes=10, registry=str(tmp_path)).state
+
+    def buffers(tree):
+        leaves = jax.tree.leaves(tree)
+        return {leaf.unsafe_buffer_pointer() for leaf in leaves if isinstance(leaf, jax.Array)}
+
+    for fresh in (state, tuned):
+        assert buffers(fresh.ema) and not buffers(fresh.variables) & buffers(fresh.ema)

@@ -173,7 +173,8 @@ def test_train_state_round_trip(tmp_path):
         "opt_state": tx.init(variables["params"]),
         "key": jax.random.key(0),
     }
-    restored = hub.restore_train_state("l", jax.eval_shape(lambda: fresh), registry=tmp_path)
+    restored = hub.load("l", registry=tmp_path, train_state=jax.eval_shape(lambda: fresh))
+    restored = restored.train_state
 
     assert_trees_equal(restored["opt_state"], opt_state)
     assert int(restored["step"]) == 300
@@ -181,13 +182,13 @@ def test_train_state_round_trip(tmp_path):
         jax.random.key_data(restored["key"]), jax.random.key_data(train_state["key"])
     )
     with pytest.raises(hub.ArchitectureMismatchError, match="step: expected float32"):
-        hub.restore_train_state("l", {**fresh, "step": jnp.float32(0)}, registry=tmp_path)
+        hub.load("l", registry=tmp_path, train_state={**fresh, "step": jnp.float32(0)})
 
 
-def test_restore_train_state_of_a_step_saved_without_one(tmp_path):
+def test_restoring_the_train_state_of_a_step_saved_without_one(tmp_path):
     save_lenet(tmp_path)
     with pytest.raises(hub.CheckpointNotFoundError, match="without a train_state"):
-        hub.restore_train_state("lenet5-mnist", {}, registry=tmp_path)
+        hub.load("lenet5-mnist", registry=tmp_path, train_state={})
 
 
 # --- listing and retention --------------------------------------------------------------------
@@ -398,7 +399,10 @@ def test_unknown_name_lists_close_matches(tmp_path):
     with pytest.raises(hub.CheckpointNotFoundError, match="did you mean: lenet5-mnist") as error:
         hub.load("lenet5-mnst", registry=tmp_path)
     assert isinstance(error.value, KeyError)
-    with pytest.raises(KeyError, match="saved names: lenet5-mnist, resnet20-cifar"):
+    # The shipped models are looked up after the registry given, and listed too.
+    with pytest.raises(
+        KeyError, match=r"saved names: .*lenet5-mnist, lenet5-mnist5k, resnet20-cifar"
+    ):
         hub.load("zzz", registry=tmp_path)
 
 
@@ -411,9 +415,11 @@ def test_unknown_step_lists_saved_steps(tmp_path):
 
 def test_missing_registry_root_says_how_to_set_it(tmp_path):
     missing = tmp_path / "nowhere"
-    for read in (lambda: hub.load("x", registry=missing), lambda: hub.list_checkpoints(missing)):
-        with pytest.raises(FileNotFoundError, match=f"{missing} does not exist.*ZOO_REGISTRY"):
-            read()
+    with pytest.raises(FileNotFoundError, match=f"{missing} does not exist.*ZOO_REGISTRY"):
+        hub.list_checkpoints(missing)
+    # A name is looked up in the shipped models too, so a missing registry is not an error.
+    with pytest.raises(KeyError, match=f"'x' in {missing} \\(which does not exist yet\\) or "):
+        hub.load("x", registry=missing)
 
 
 def test_registry_path_that_is_a_file(tmp_path):

@@ -133,4 +133,4 @@ def test_train_state_is_verified_too(tmp_path):
     save_lenet(tmp_path, step=1, train_state={"count": random_variables("lenet5")["params"]})
     flip_byte(step_dir(tmp_path, 1) / "train_state" / "_METADATA", offset=10)
     with pytest.raises(hub.CorruptCheckpointError, match="train_state/_METADATA"):
-        hub.restore_train_state("lenet5-mnist", {}, registry=tmp_path)
+        hub.load("lenet5-mnist", registry=tmp_path, train_state={})

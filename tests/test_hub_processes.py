@@ -78,11 +78,10 @@ def reported(process):
 def assert_every_listed_step_loads(registry, blob_size):
     steps = [record.step for record in hub.list_checkpoints(registry)]
     for step in steps:
-        loaded = hub.load(NAME, step=step, registry=registry)
-        assert all((np.asarray(leaf) == step).all() for leaf in jax.tree.leaves(loaded.variables))
         blob = jax.ShapeDtypeStruct((blob_size,), np.float32)
-        state = hub.restore_train_state(NAME, {"blob": blob}, step=step, registry=registry)
-        assert (np.asarray(state["blob"]) == step).all()
+        loaded = hub.load(NAME, step=step, registry=registry, train_state={"blob": blob})
+        assert all((np.asarray(leaf) == step).all() for leaf in jax.tree.leaves(loaded.variables))
+        assert (np.asarray(loaded.train_state["blob"]) == step).all()
     return steps
 
 

@@ -23,8 +23,8 @@ from test_image_data import write_digit_folder
 
 from zoo import cli, hub
 from zoo.data import load_dataset, process_rows
+from zoo.distributed import detected_cluster
 from zoo.training.config import resolve
-from zoo.training.distributed import detected_cluster
 from zoo.training.loop import fit
 
 # `zoo train` (`zoo.cli.main`) plus two test hooks: each checkpoint's parameters as this process

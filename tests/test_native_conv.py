@@ -131,17 +131,17 @@ def test_wide_weight_gradients_run_on_xla_where_it_was_measured_faster(dtype, ch
 
     hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, kernel).as_text()
     pads = ((1, 1), (1, 1))
-    plan = conv._planned(x.shape, kernel.shape, dtype, (1, 1), pads, (1, 1), 1, None)
-    config = (2, 6, 6, channels, 3, 3, channels, 6, 6, *(1,) * 9, 0, plan.num_threads)
+    plan = conv.planned(conv.Geometry(x.shape, kernel.shape, jnp.dtype(dtype), padding=pads))
+    config = (2, 6, 6, channels, 3, 3, channels, 6, 6, *(1,) * 9, 0, plan.threads)
     _, name = native.implementation(native.CONV, native.BACKWARD_WEIGHTS, config)
     from_channels = conv.XLA_WEIGHT_GRADIENT_FROM.get(name, np.inf)
     on_xla = dtype == jnp.float32 and channels >= from_channels
     weights = native.CONV_TARGETS[native.BACKWARD_WEIGHTS]
-    if plan.bf16_weight_gradient:  # tests/test_bf16_weight_gradient.py
+    if plan.kernels[native.BACKWARD_WEIGHTS] is conv.BF16_WEIGHTS:  # test_bf16_weight_gradient
         weights = native.BF16_WEIGHTS_TARGET
     assert (weights not in hlo) == on_xla, name
     data = [native.CONV_TARGETS[native.FORWARD], native.CONV_TARGETS[native.BACKWARD_DATA]]
-    if plan.winograd[native.FORWARD]:  # tests/test_winograd.py
+    if plan.kernels[native.FORWARD] in (conv.WINOGRAD_FLOAT32, conv.WINOGRAD_BF16):  # test_winograd
         data = [native.WINOGRAD_BF16_TARGET if dtype == jnp.bfloat16 else native.WINOGRAD_TARGET]
     assert all(target in hlo for target in data)
     ours = value_and_gradients(ops.conv_general_dilated, case, x, kernel)
@@ -153,16 +153,17 @@ def test_wide_weight_gradients_run_on_xla_where_it_was_measured_faster(dtype, ch
 def planned(batch: int, channels: int, dtype) -> conv._Plan:
     """The plan of a 3x3 "SAME" convolution of batch x 32 x 32 x channels to channels."""
     shape, pads = (batch, 32, 32, channels), ((1, 1), (1, 1))
-    return conv._planned(shape, (3, 3, channels, channels), dtype, (1, 1), pads, (1, 1), 1, None)
+    geometry = conv.Geometry(shape, (3, 3, channels, channels), jnp.dtype(dtype), padding=pads)
+    return conv.planned(geometry)
 
 
 @needs_native
 def test_bfloat16_on_float32_kernels_takes_float32s_thread_line(monkeypatch, without_bf16_kernels):
     monkeypatch.setattr(conv.backend, "team_size", lambda: 2)
     plan = planned(4, 32, jnp.bfloat16)  # 38 M multiply-adds: below bf16's line, above float32's
-    assert plan.kernels == (jnp.float32,) * 3
-    assert plan.num_threads == 2
-    assert planned(2, 16, jnp.bfloat16).num_threads == 1  # 0.3 M: below both
+    assert plan.dtypes == (jnp.float32,) * 3
+    assert plan.threads == 2
+    assert planned(2, 16, jnp.bfloat16).threads == 1  # 0.3 M: below both
 
 
 @needs_native
@@ -170,13 +171,11 @@ def test_short_convolutions_run_on_one_thread_long_ones_on_the_team(monkeypatch)
     monkeypatch.setattr(conv.backend, "team_size", lambda: 2)
 
     # 2x8x8x16 -> 16: 0.3 M multiply-adds; 4x32x32x32 -> 32: 38 M; 32x32x32x64 -> 64: 1.2 G.
-    assert planned(2, 16, jnp.float32).num_threads == planned(2, 16, jnp.bfloat16).num_threads == 1
-    assert planned(4, 32, jnp.float32).num_threads == 2
+    assert planned(2, 16, jnp.float32).threads == planned(2, 16, jnp.bfloat16).threads == 1
+    assert planned(4, 32, jnp.float32).threads == 2
     bf16 = planned(4, 32, jnp.bfloat16)  # on bf16 kernels below their line, float32's above it
-    assert bf16.num_threads == (1 if bf16.kernels[0] == jnp.bfloat16 else 2)
-    assert (
-        planned(32, 64, jnp.float32).num_threads == planned(32, 64, jnp.bfloat16).num_threads == 2
-    )
+    assert bf16.threads == (1 if bf16.dtypes[0] == jnp.bfloat16 else 2)
+    assert planned(32, 64, jnp.float32).threads == planned(32, 64, jnp.bfloat16).threads == 2
 
     x, kernel = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 16, 16))
     same = functools.partial(

@@ -19,6 +19,7 @@ from zoo.training.config import (
     PRESETS,
     RESUMABLE_FIELDS,
     TrainConfig,
+    flags,
     load_config_file,
     resolve,
     resumed,
@@ -314,3 +315,11 @@ def test_resume_with_the_saved_runs_own_model_arg_value_is_no_change(tmp_path):
     assert config.model_args == {} and config.epochs == 3
     with pytest.raises(InvalidValueError, match=r"cannot change model_args=\{\} -> \{'num_"):
         configure(resume=True, model_args={"num_classes": 26}, **settings)
+
+
+def test_the_registry_flag_names_the_user_registry_and_the_shipped_models():
+    # It said the default was "the checkout's checkpoints/", the read-only shipped models.
+    help_ = " ".join(flags()["registry"][1].help.split())
+    assert "checkpoints/" not in help_
+    assert "$ZOO_REGISTRY, else ~/.local/share/jax-zoo/registry" in help_
+    assert "before the shipped models" in help_

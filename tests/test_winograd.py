@@ -318,12 +318,14 @@ def test_bf16_keeps_onednn_where_its_forward_kernel_is_amx(monkeypatch):
         return found, ("brgconv:avx512_core_amx" if kind == native.FORWARD else name)
 
     def plan():
-        conv._planned_for_team.cache_clear()
-        shape, kernel = (2, 8, 8, 64), (3, 3, 64, 64)
-        return conv._planned(shape, kernel, jnp.bfloat16, (1, 1), SAME, (1, 1), 1, None)
+        conv.clear_plans()
+        geometry = conv.Geometry(
+            (2, 8, 8, 64), (3, 3, 64, 64), jnp.dtype(jnp.bfloat16), padding=SAME
+        )
+        return [kernel.name for kernel in conv.planned(geometry).kernels]
 
-    assert plan().winograd == (True, True, False)
+    assert plan()[:2] == ["winograd bf16"] * 2
     monkeypatch.setattr(native, "implementation", amx)
-    assert plan().winograd == (False, False, False)
+    assert plan()[:2] == ["onednn"] * 2
     monkeypatch.undo()
-    conv._planned_for_team.cache_clear()
+    conv.clear_plans()

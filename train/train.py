@@ -4,7 +4,8 @@
     python train/train.py lenet5 --epochs 5          # any `zoo train` flag works here too
 
 It is `zoo train` with the same flags and the same precedence (defaults < the model's preset <
---config FILE < flags): the library does the work, so a job script stays one line. This folder is
+--config FILE < flags) and the same CPU settings (`zoo.configure_cpu()`, which `zoo.cli.main`
+applies first): the library does the work, so a job script stays one line. This folder is
 not installed with the package; it is what you copy to a cluster beside your own configs.
 """
 

@@ -1,6 +1,7 @@
 """jax-zoo: a functional model zoo for JAX.
 
 import zoo
+zoo.configure_cpu()  # optional, first: the CPU settings `zoo train` uses (zoo.runtime)
 zoo.list_models("resnet*")
 model = zoo.create_model("resnet18", num_classes=10)
 print(zoo.summary("lenet5"))
@@ -11,7 +12,6 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-from zoo import runtime  # noqa: F401  (first: XLA:CPU defaults before any JAX backend)
 from zoo.errors import ZooError
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         model_info,
         register,
     )
+    from zoo.runtime import CpuSettings, configure_cpu
     from zoo.summary import Summary, summary
 
 # The public names load their modules on first use, so that `import zoo` imports no JAX: the
@@ -60,6 +61,7 @@ _LAZY = {
         ("ModelInfo", "UnknownModelError", "create_model", "list_models", "model_info", "register"),
         "zoo.registry",
     ),
+    **dict.fromkeys(("CpuSettings", "configure_cpu"), "zoo.runtime"),
     **dict.fromkeys(("Summary", "summary"), "zoo.summary"),
 }
 
@@ -99,11 +101,13 @@ __all__ = [
     "ArchitectureMismatchError",
     "CheckpointNotFoundError",
     "CorruptCheckpointError",
+    "CpuSettings",
     "FeatureInfo",
     "ModelInfo",
     "Summary",
     "UnknownModelError",
     "ZooError",
+    "configure_cpu",
     "create_model",
     "extract_features",
     "feature_info",

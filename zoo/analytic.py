@@ -264,10 +264,8 @@ def _describe(model: nn.Module, input_shape: Shape) -> tuple[Layer, ...]:
 
 
 def _placeholder(x: jax.Array, shape: Shape) -> jax.Array:
-    """Zeros of `shape` and `x`'s dtype, computed from the traced `x` so that they stay traced
-    under `jax.ensure_compile_time_eval` too (`ImageModel.init` traces with it): a constant
-    would run eagerly through every layer after it."""
-    return jnp.broadcast_to(x.ravel()[0] * 0, shape)
+    """Zeros of `shape` and `x`'s dtype: the next layer's input, shaped as the formulas say."""
+    return jnp.zeros(shape, x.dtype)
 
 
 def _apply(rule: Callable[[Shape], Counts | None], name: str, shape: Shape) -> Counts | None:

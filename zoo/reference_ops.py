@@ -198,8 +198,8 @@ def _offset_views(
     for u in range(kh):
         for v in range(kw):
             # A dynamic slice takes (u, v) as values, not as part of the op, so eager mode
-            # compiles one slice for all K*K offsets instead of one per offset (10x faster on
-            # CPU); under jit the offsets are constants and it is a plain slice.
+            # compiles one slice for all K*K offsets instead of one per offset; under jit the
+            # offsets are constants and it is a plain slice.
             block = jax.lax.dynamic_slice(x_nhwc, (0, u, v, 0), span)
             yield (u, v), block[:, ::stride, ::stride, :]
 

@@ -1,30 +1,28 @@
-"""jax-zoo's XLA:CPU and malloc defaults, and the persistent compilation cache of the CLI.
+"""The CPU settings the zoo's own entry points apply, and the CLI's compilation cache.
 
-`apply_xla_defaults()` runs at `import zoo`, before any JAX backend exists: it appends to
-`XLA_FLAGS` the XLA:CPU options measured to train the zoo's networks fastest on CPU of those
-that keep XLA's semantics (see `bench/README.md` for the numbers). XLA reads `XLA_FLAGS` once,
-when the first backend initialises, so the options only take effect if `zoo` is imported before
-JAX computes anything. They change which kernels XLA:CPU runs, not what is computed (the
-results agree to float rounding, and a NaN stays a NaN), and they touch only the CPU compiler:
-GPU and TPU compilations ignore them.
+Nothing here runs at `import zoo`: a library must not change its host process. The zoo's entry
+points (the `zoo` command, `train/train.py`, `zoo.training.train`) call `configure_cpu()` first;
+anyone else may, as the first line of their program:
 
-- A flag the user already put in `XLA_FLAGS` is never overridden.
-- `ZOO_XLA_DEFAULTS=0` opts out (the environment variable must be set before `import zoo`).
-- Nothing is applied when `JAX_PLATFORMS` names no CPU, or when the installed jaxlib is not a
-  version they were verified on: XLA aborts the process on a flag it does not know.
+- XLA:CPU's library fusions (`XLA_CPU_DEFAULTS`), appended to `XLA_FLAGS`: which kernels
+  XLA:CPU runs, not what they compute (results agree to float rounding, a NaN stays a NaN).
+  XLA reads `XLA_FLAGS` once, when the first backend starts.
+- glibc malloc options (`malloc_options`) that keep XLA:CPU's per-step temporaries mapped
+  between steps instead of faulting them in again every step.
 
-`apply_malloc_defaults()` also runs at `import zoo`, under the same conditions (and not where a
-GPU or TPU plugin is installed): it makes glibc's malloc keep XLA:CPU's per-execution buffers
-mapped from one step to the next (`MALLOC_DEFAULTS` below says why). `ZOO_MALLOC_DEFAULTS=0`
-opts out.
+A flag the user already put in `XLA_FLAGS` is never overridden; `ZOO_XLA_DEFAULTS=0` and
+`ZOO_MALLOC_DEFAULTS=0` switch either off; nothing is applied where `JAX_PLATFORMS` names no CPU,
+and the malloc options not where a GPU or TPU plugin is installed (the CPU only stages data
+there). bench/README.md, "CPU settings", has what each is worth.
 
-`enable_compilation_cache()` turns on JAX's persistent compilation cache, so a second run of the
-same training job skips XLA compilation (ResNet-152's train step: 7-12 s on 2 cores).
+`enable_compilation_cache()` turns on JAX's persistent compilation cache (the CLI does), so a
+second run of the same job skips XLA compilation.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import importlib.metadata
 import importlib.util
 import os
@@ -33,43 +31,97 @@ import sys
 import warnings
 from pathlib import Path
 
+from zoo import jax_internals
+
 # --xla_cpu_experimental_ynn_fusion_type picks the ops XLA:CPU hands to the YNNPACK library.
-# jaxlib 0.10's default is individual_dot,individual_convolution,reduce. The zoo keeps
-# convolutions in XLA's own (Eigen) kernels, faster than YNNPACK's on its networks where XLA
-# runs them (the fallback paths), and hands YNNPACK single dots and reductions as jaxlib does,
-# but no more: its fused elementwise kernels (`eltwise`) and dots with fused epilogues (`dot`)
-# compute max(NaN, 0) = 0 for arrays of 4,096 elements or more, which would change
-# `jnp.maximum` and `relu` in every program importing zoo. Measured against `eltwise`: no cost
-# on the native path; on XLA's convolutions, ResNet-20's step up to 1.4x (bench/README.md).
-# Its reductions take in the elementwise ops before them and drop a NaN in their max too (in
-# `jnp.max`, or the mean of a relu), as under jaxlib's defaults; without them the steps that run
-# batch norm on XLA (several devices, no extension) took 15-25% longer, so they stay, and the
-# zoo's global average pool sums by a contraction instead (`zoo.models.layers.GlobalAvgPool`).
+# jaxlib 0.10's default is individual_dot,individual_convolution,reduce. The zoo keeps the
+# convolutions XLA runs (its fallback paths) in XLA's own kernels, faster on its networks, and
+# adds no other kind: YNNPACK's fused elementwise kernels (`eltwise`) and dots with fused
+# epilogues (`dot`) compute max(NaN, 0) = 0 from 4,096 elements on, which would change `relu`
+# in every program of the process (bench/README.md, "CPU settings").
 YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 XLA_CPU_DEFAULTS: tuple[str, ...] = (f"{YNN_FUSION_FLAG}=individual_dot,reduce",)
-
-# glibc's malloc gives each block above 32 MiB its own mmap and unmaps it when it is freed, and
-# each thread its own arena (whose big blocks are mmaps too). XLA:CPU allocates an execution's
-# temporaries as one block (ResNet-20's train step at batch 128: 292 MB), so every step had the
-# kernel fault in and zero all of it again: 71k page faults, a quarter of the step's CPU time
-# (bench/README.md). One arena that grows with brk and is never trimmed keeps the block mapped
-# and reused: the process keeps its peak heap instead of returning it between steps.
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # <malloc.h>
-MALLOC_DEFAULTS: tuple[tuple[int, int], ...] = (
-    (M_ARENA_MAX, 1),
-    (M_MMAP_MAX, 0),
-    (M_TRIM_THRESHOLD, -1),  # -1: never trim (mallopt(3))
-)
-MALLOC_OPT_OUT_ENV = "ZOO_MALLOC_DEFAULTS"
-
-OPT_OUT_ENV = "ZOO_XLA_DEFAULTS"
-# The jaxlib releases the flags were verified on: 0.10.2 measured here, 0.12 in the project's
-# notes (the flag is experimental: a later XLA may rename it, and XLA aborts on an unknown flag).
+XLA_OPT_OUT_ENV = "ZOO_XLA_DEFAULTS"
+# The jaxlib releases the flag was verified on (it is experimental: a later XLA may rename it,
+# and XLA aborts the process on a flag it does not know).
 VERIFIED_JAXLIB = ((0, 10), (0, 12))
+
+# mallopt(3) parameters, <malloc.h>.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+MALLOC_OPT_OUT_ENV = "ZOO_MALLOC_DEFAULTS"
+# mallopt takes a C int: 2 GiB - 1 is the largest bound it can set.
+MALLOC_KEEP_LIMIT = 2**31 - 1
 
 CACHE_DIR_ENV = "ZOO_COMPILATION_CACHE_DIR"
 CACHE_OPT_OUT_ENV = "ZOO_COMPILATION_CACHE"
 CACHE_MAX_BYTES = 2 * 2**30  # least recently used entries go beyond this
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuSettings:
+    """What one `configure_cpu()` call set: the flags it appended to `XLA_FLAGS`, and the
+    `mallopt` (parameter name, value) pairs it applied. Empty where it set nothing."""
+
+    xla_flags: tuple[str, ...] = ()
+    malloc: tuple[tuple[str, int], ...] = ()
+
+
+def malloc_options(physical_memory: int) -> tuple[tuple[str, int, int], ...]:
+    """(name, mallopt parameter, value) of the zoo's malloc options on a machine with this
+    many bytes of memory.
+
+    XLA:CPU allocates an execution's temporaries as one block (ResNet-20's train step at batch
+    128: 190 MB), from its worker threads. glibc gives each thread an arena whose heaps hold at
+    most 64 MiB, and serves any larger block with a fresh `mmap` that it unmaps on `free`: every
+    step the kernel then faults in and zeroes the whole block again. So:
+
+    - one arena (`M_ARENA_MAX` 1): the main one, whose heap can hold a block of any size;
+    - blocks up to `keep` bytes from that heap, not `mmap` (`M_MMAP_THRESHOLD`);
+    - freed memory at the heap's top returned to the system only beyond `keep` bytes
+      (`M_TRIM_THRESHOLD`): a step's freed temporaries stay for the next step.
+
+    `keep` is a quarter of the machine's memory, at most `MALLOC_KEEP_LIMIT`: a block larger
+    than that is mapped and unmapped per use as glibc's defaults do, and the heap keeps at most
+    that much free memory.
+    """
+    keep = max(0, min(physical_memory // 4, MALLOC_KEEP_LIMIT))
+    return (
+        ("M_ARENA_MAX", M_ARENA_MAX, 1),
+        ("M_MMAP_THRESHOLD", M_MMAP_THRESHOLD, keep),
+        ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD, keep),
+    )
+
+
+def opted_out(env: str) -> bool:
+    """Whether the environment variable `env` is 0/false/no/off (any case): a zoo switch off."""
+    return os.environ.get(env, "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def configure_cpu(*, xla_flags: bool = True, malloc: bool = True) -> CpuSettings:
+    """Applies the zoo's CPU settings to this process; returns what it set.
+
+    Call it first, before any JAX computation: XLA reads `XLA_FLAGS`, and its threads take
+    their malloc arenas, when the first JAX backend starts. Called later, it warns and sets
+    nothing. `xla_flags=False` or `ZOO_XLA_DEFAULTS=0` leaves `XLA_FLAGS` alone, `malloc=False`
+    or `ZOO_MALLOC_DEFAULTS=0` leaves malloc alone. Calling it again sets nothing new. See the
+    module docstring for what each setting does and where it is not applied.
+    """
+    flags = _missing_xla_flags() if xla_flags else []
+    options = _pending_malloc_options() if malloc else ()
+    if not (flags or options):
+        return CpuSettings()
+    if _backends_initialised():
+        warnings.warn(
+            "zoo.configure_cpu() was called after JAX started its backend, so it set nothing "
+            f"({' '.join(flags)}{'; ' if flags and options else ''}"
+            f"{', '.join(name for name, _, _ in options)}); call it before any JAX computation",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return CpuSettings()
+    if flags:
+        os.environ["XLA_FLAGS"] = " ".join([*os.environ.get("XLA_FLAGS", "").split(), *flags])
+    return CpuSettings(tuple(flags), _apply_malloc(options))
 
 
 def _flag_name(flag: str) -> str:
@@ -90,16 +142,7 @@ def _platform_may_be_cpu() -> bool:
 
 
 def _backends_initialised() -> bool:
-    if "jax" not in sys.modules:
-        return False
-    from jax._src import xla_bridge
-
-    return xla_bridge.backends_are_initialized()
-
-
-def opted_out(env: str) -> bool:
-    """Whether the environment variable `env` is 0/false/no/off (any case): a zoo switch off."""
-    return os.environ.get(env, "1").strip().lower() in ("0", "false", "no", "off")
+    return "jax" in sys.modules and jax_internals.backends_are_initialized()
 
 
 def _accelerator_plugin_installed() -> bool:
@@ -107,63 +150,40 @@ def _accelerator_plugin_installed() -> bool:
     return any(importlib.util.find_spec(name) is not None for name in ("jax_plugins", "libtpu"))
 
 
-def apply_malloc_defaults() -> bool:
-    """Sets `MALLOC_DEFAULTS` with glibc's `mallopt`; returns whether it did.
-
-    Does nothing when opted out (`ZOO_MALLOC_DEFAULTS=0`), off Linux/glibc, when `JAX_PLATFORMS`
-    excludes the CPU or a GPU/TPU plugin is installed (the CPU then only stages data). Warns,
-    and does nothing, when a JAX backend already exists: its threads have their arenas.
-    """
-    if opted_out(MALLOC_OPT_OUT_ENV) or not _platform_may_be_cpu():
-        return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    if _accelerator_plugin_installed():
-        return False
-    if _backends_initialised():
-        warnings.warn(
-            "jax-zoo: a JAX backend was initialised before `import zoo`, so its malloc "
-            "defaults cannot take effect (each train step re-faults XLA's buffers); import zoo "
-            f"first, or set {MALLOC_OPT_OUT_ENV}=0 to silence this.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return False
-    mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return all(mallopt(parameter, value) == 1 for parameter, value in MALLOC_DEFAULTS)
-
-
-def apply_xla_defaults() -> list[str]:
-    """Appends the zoo's XLA:CPU flags to `XLA_FLAGS`; returns the flags it added.
-
-    Adds nothing when opted out (`ZOO_XLA_DEFAULTS=0`), when `JAX_PLATFORMS` excludes the CPU,
-    when jaxlib is not a verified version, or for a flag `XLA_FLAGS` already sets. Warns, and
-    adds nothing, when a JAX backend already exists (it would not read them any more).
-    """
-    if opted_out(OPT_OUT_ENV):
-        return []
+def _missing_xla_flags() -> list[str]:
+    """The zoo's XLA:CPU flags `XLA_FLAGS` lacks, where they apply (module docstring)."""
     version = _jaxlib_version()
-    if not _platform_may_be_cpu() or version is None:
+    if opted_out(XLA_OPT_OUT_ENV) or not _platform_may_be_cpu() or version is None:
         return []
     if not VERIFIED_JAXLIB[0] <= version <= VERIFIED_JAXLIB[1]:
         return []
-    current = os.environ.get("XLA_FLAGS", "")
-    present = {_flag_name(token) for token in current.split()}
-    missing = [flag for flag in XLA_CPU_DEFAULTS if _flag_name(flag) not in present]
-    if not missing:
-        return []
-    if _backends_initialised():
-        warnings.warn(
-            "jax-zoo: a JAX backend was initialised before `import zoo`, so its XLA:CPU "
-            f"defaults ({' '.join(missing)}) cannot take effect; import zoo first or put "
-            "them in XLA_FLAGS yourself.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return []
-    os.environ["XLA_FLAGS"] = " ".join([*current.split(), *missing])
-    return missing
+    present = {_flag_name(token) for token in os.environ.get("XLA_FLAGS", "").split()}
+    return [flag for flag in XLA_CPU_DEFAULTS if _flag_name(flag) not in present]
+
+
+_applied_malloc: tuple[tuple[str, int], ...] = ()  # set once per process
+
+
+def _pending_malloc_options() -> tuple[tuple[str, int, int], ...]:
+    """`malloc_options` not yet applied in this process, where they apply (module docstring)."""
+    if _applied_malloc or opted_out(MALLOC_OPT_OUT_ENV) or not _platform_may_be_cpu():
+        return ()
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return ()
+    if _accelerator_plugin_installed():
+        return ()
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return malloc_options(memory)
+
+
+def _apply_malloc(options: tuple[tuple[str, int, int], ...]) -> tuple[tuple[str, int], ...]:
+    global _applied_malloc
+    mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    _applied_malloc = tuple(
+        (name, value) for name, parameter, value in options if mallopt(parameter, value) == 1
+    )
+    return _applied_malloc
 
 
 def default_cache_dir() -> Path:
@@ -206,8 +226,3 @@ def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> Path
     if jax.config.jax_compilation_cache_max_size == -1:  # unbounded: evict beyond CACHE_MAX_BYTES
         jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     return folder
-
-
-# Applied when `zoo` is imported (zoo/__init__.py imports this module first).
-APPLIED_XLA_FLAGS: list[str] = apply_xla_defaults()
-APPLIED_MALLOC_DEFAULTS: bool = apply_malloc_defaults()

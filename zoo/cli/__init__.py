@@ -4,7 +4,9 @@ Each module in `COMMANDS` exposes `register(subparsers)`, which adds its subcomm
 `run=<function(args) -> int | None>` as their default. A `ZooError` (bad input: an unknown name,
 a wrong value, a missing or corrupt file) is reported as one line on stderr with exit status 2,
 argparse's convention, and so is a malformed command line; `ZOO_DEBUG=1` shows the traceback
-instead. Any other exception is a bug and keeps its traceback.
+instead. Any other exception is a bug and keeps its traceback. Before any command runs,
+`zoo.configure_cpu()` applies the CPU settings the zoo's timings were measured with
+(`zoo.runtime`).
 
 Ctrl-C and SIGTERM stop any command with one line and exit status 130 or 143
 (`zoo.interrupts`): `main` installs their handlers first, then imports the subcommands (and
@@ -22,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from zoo import interrupts
+from zoo import interrupts, runtime
 from zoo.errors import ZooError
 
 COMMANDS = ("models", "training", "hub", "convert", "plot", "export")
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs `zoo ARGV...` (default: `sys.argv[1:]`); returns the exit status."""
     with interrupts.handled("zoo"):
+        runtime.configure_cpu()  # before JAX starts a backend: XLA and malloc read them then
         try:
             args = build_parser().parse_args(argv)
             interrupts.report(lambda signal: f"zoo {args.command}: interrupted ({signal})")

@@ -4,7 +4,7 @@ Every `TrainConfig` field is a flag (`batch_size` -> `--batch-size`), generated 
 dataclass so the two cannot drift apart. Flags left out do not override anything: a value
 comes from the flag, else the `--config` file, else the model's preset, else the default.
 `--coordinator`, `--num-processes`, `--process-id` and `--heartbeat-timeout` say how this process
-joins a multi-process run (`zoo.training.distributed`); they are launch settings, not config.
+joins a multi-process run (`zoo.distributed`); they are launch settings, not config.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import types
 import typing
 from typing import Any, Literal
 
-from zoo import hub, interrupts, multihost, runtime
-from zoo.training import api, distributed, loop
+from zoo import distributed, hub, interrupts, runtime
+from zoo.training import api, loop
 from zoo.training.config import PRESETS, TrainConfig, field_names, flags, load_config_file
 from zoo.training.evaluate import evaluate_saved
 from zoo.training.report import format_metrics
@@ -215,7 +215,7 @@ def _train(args: argparse.Namespace) -> int:
     held_out = format_metrics(
         metrics, {"val_accuracy": "val_accuracy", "val_loss": "val_loss"}, sep=", "
     )
-    if multihost.is_primary():
+    if distributed.is_primary():
         print(
             f"saved {result.name} step {result.step} to {hub.registry_root(config.registry)}: "
             f"{held_out} ({result.wall_seconds:.1f} s)"

@@ -33,7 +33,7 @@ $ZOO_DATA_DIR, else `~/.cache/jax-zoo/tensorflow_datasets` for `mnist5k` (prepar
 first use, ~3 s) and TFDS's own default (`$TFDS_DATA_DIR` or `~/tensorflow_datasets`) for the
 others. Reading needs no TensorFlow: TFDS's array_record data sources.
 
-In a multi-process run (`zoo.training.distributed`) `load_dataset` has each process read only its
+In a multi-process run (`zoo.distributed`) `load_dataset` has each process read only its
 own contiguous share of every split (`process_rows`, by `jax.process_index()`), and the processes
 then exchange their shares once, so that each holds the whole split like a single process does:
 storage is read once in all, not once per host. `synthetic` is generated, not read: every

@@ -27,7 +27,6 @@ from zoo.hub.api import (
     list_checkpoints,
     load,
     read_metadata,
-    restore_train_state,
     save,
     step_folder,
 )
@@ -63,7 +62,6 @@ __all__ = [
     "load",
     "read_metadata",
     "registry_root",
-    "restore_train_state",
     "save",
     "shipped_root",
     "step_folder",

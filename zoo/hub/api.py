@@ -15,12 +15,18 @@ from typing import Any
 import jax
 import numpy as np
 
-from zoo import multihost
+from zoo import distributed
 from zoo.hub import disk, manifest, records, store
 from zoo.hub.errors import CheckpointNotFoundError, CorruptCheckpointError
 from zoo.hub.loaded import LoadedModel
 from zoo.hub.records import CheckpointRecord
-from zoo.hub.roots import PathLike, check_writable, registries, registry_root
+from zoo.hub.roots import (
+    PathLike,
+    check_writable,
+    listed_registries,
+    registries,
+    registry_root,
+)
 
 # --- saving -------------------------------------------------------------------------------------
 
@@ -90,7 +96,7 @@ def save(
         if train_state is not None:
             store.save_tree(folder / disk.TRAIN_STATE, train_state)
         # ...and the primary alone describes, commits and retires.
-        if multihost.is_primary():
+        if distributed.is_primary():
             records.write_meta(
                 folder,
                 records.store_meta(
@@ -107,8 +113,8 @@ def save(
             manifest.write_manifest(folder)  # Last: it covers everything above.
             record = _commit(folder, name_dir, step, max_to_keep, best, run_id)
     # Nobody returns before the step is visible (or the primary has failed, and left).
-    multihost.barrier(f"zoo.hub.save {name} step {step}")
-    if multihost.is_primary():
+    distributed.barrier(f"zoo.hub.save {name} step {step}")
+    if distributed.is_primary():
         return record
     return CheckpointRecord.read(disk.step_dir(name_dir, step))
 
@@ -180,7 +186,7 @@ def claim_run(name: str, *, registry: PathLike | None = None) -> Iterator[str]:
     In a multi-process run only the primary claims (it alone commits and prunes).
     """
     run_id = secrets.token_hex(8)
-    if not multihost.is_primary():
+    if not distributed.is_primary():
         yield run_id
         return
     with disk.run_claim(check_writable(registry) / disk.check_name(name), run_id):
@@ -232,23 +238,6 @@ def load(
     )
 
 
-def restore_train_state(
-    name: str,
-    abstract_train_state: Any,
-    *,
-    step: int | None = None,
-    registry: PathLike | None = None,
-) -> Any:
-    """The `train_state` saved with `name` (latest step, or `step`), to resume training.
-
-    `abstract_train_state` gives the structure, shapes and dtypes; the saved tree must match it
-    exactly. Raises `CheckpointNotFoundError` if that step was saved without a train state.
-    `load(..., train_state=...)` restores it together with the variables.
-    """
-    with _verified_step(name, step, registry) as (folder, _, _):
-        return _restore_state(folder, abstract_train_state)
-
-
 def read_metadata(
     name: str, *, step: int | None = None, registry: PathLike | None = None
 ) -> dict[str, Any]:
@@ -283,7 +272,7 @@ def list_checkpoints(registry: PathLike | None = None) -> list[CheckpointRecord]
     is listed with `damaged` saying why, so one bad step hides nothing else.
     """
     found = []
-    for root, source in registries(registry):
+    for root, source in listed_registries(registry):
         for name_dir in disk.name_folders(root):
             try:
                 with disk.name_lock(name_dir, shared=True):
@@ -332,7 +321,7 @@ def _chosen_step(
                 )
             yield disk.step_dir(name_dir, chosen), source
             return
-    raise _unknown_name(name, [root for root, _ in searched])
+    raise _unknown_name(name, registry, [root for root, _ in searched])
 
 
 @contextlib.contextmanager
@@ -364,7 +353,9 @@ def _earlier_good_step(name: str, bad: Path) -> str:
     return "no earlier step of it verifies either"
 
 
-def _unknown_name(name: str, roots: list[Path]) -> CheckpointNotFoundError:
+def _unknown_name(
+    name: str, registry: PathLike | None, roots: list[Path]
+) -> CheckpointNotFoundError:
     known = sorted({known for root in roots for known in disk.checkpoint_names(root)})
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     hint = (
@@ -372,5 +363,7 @@ def _unknown_name(name: str, roots: list[Path]) -> CheckpointNotFoundError:
         if close
         else f"saved names: {', '.join(known) or 'none'}"
     )
-    where = " or ".join(map(str, roots)) or f"{registry_root()} (which does not exist yet)"
+    user = registry_root(registry)
+    missing = [] if user.is_dir() else [f"{user} (which does not exist yet)"]
+    where = " or ".join([*missing, *map(str, roots)])
     return CheckpointNotFoundError(f"no checkpoint named {name!r} in {where}; {hint}")

@@ -41,7 +41,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from zoo import multihost
+from zoo import distributed
 from zoo.errors import AlreadyExistsError, InvalidValueError
 
 VARIABLES = "variables"
@@ -210,8 +210,8 @@ def staging(name_dir: Path, step: int) -> Iterator[Path]:
 
     Every process of a multi-process run must enter it (the others get the primary's folder).
     """
-    if not multihost.is_primary():
-        token = multihost.from_primary(_FAILED)
+    if not distributed.is_primary():
+        token = distributed.from_primary(_FAILED)
         if token == _FAILED:
             raise RuntimeError(
                 f"the primary process could not stage step {step} in {name_dir}; its error says why"
@@ -228,7 +228,7 @@ def staging(name_dir: Path, step: int) -> Iterator[Path]:
             folder.mkdir()
             claim_fd = _claim(folder)
     finally:  # Even on failure: the other processes wait for word.
-        multihost.from_primary(token)
+        distributed.from_primary(token)
     try:
         yield folder
     finally:

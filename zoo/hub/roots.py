@@ -1,23 +1,25 @@
-"""Where registries are, in the order a lookup reads them, and which of them may be written.
+"""Where registries are, in the order a name is looked up, and which of them may be written.
 
-A `registry` argument names the one folder to use. Without one, the user's registry
-(`registry_root`: $ZOO_REGISTRY, else $XDG_DATA_HOME/jax-zoo/registry) comes first and the
-models shipped inside the package (`shipped_root`, read-only) second; a name is taken whole from
-the first registry that holds it. The user's registry goes first so that a run of one's own is
-what its name loads, even under a shipped name (the default name of `zoo train lenet5` is the
-shipped `lenet5-mnist5k`); every record and loaded model says which registry it came from, and
-`load(name, registry=shipped_root())` still reaches the shipped one. Saves only ever go to the
-user's registry (or the `registry` given), never to the shipped one.
+A name is looked up first in the user's registry: the `registry` argument (`--registry DIR`)
+where one is given, else `registry_root()`'s default ($ZOO_REGISTRY, else
+$XDG_DATA_HOME/jax-zoo/registry); then in the models shipped inside the package
+(`shipped_root`, read-only, always readable). It is taken whole from the first registry that
+holds it. The user's registry goes first so that a run of one's own is what its name loads,
+even under a shipped name (the default name of `zoo train lenet5` is the shipped
+`lenet5-mnist5k`); every record and loaded model says which registry it came from, and
+`load(name, registry=shipped_root())` reaches the shipped one alone. Listing a registry given
+by name lists that registry (`listed_registries`). Saves only ever go to the user's registry,
+never to the shipped one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 import zoo
+from zoo import files
 from zoo.errors import NotAFolderError, NotFoundError, NotWritableError
 from zoo.hub import disk
 from zoo.hub.manifest import MANIFEST_FILE
@@ -62,36 +64,38 @@ def shipped_root() -> Path:
 
 
 def registries(registry: PathLike | None = None) -> list[tuple[Path, str]]:
-    """(root, source) of every registry a lookup reads, in order; see the module docstring."""
-    if registry is not None:
-        root = registry_root(registry)
-        if not root.is_dir():
-            raise NotFoundError(
-                f"checkpoint registry {root} does not exist (nothing saved there yet?); "
-                f"{HOW_TO_SET}"
-            )
-        return [(root, _source(root))]
-    found = dict.fromkeys(root for root in (registry_root(), shipped_root()) if root.is_dir())
+    """(root, source) of the registries a name is looked up in, in order (see the module
+    docstring): the user's, where it exists, then the shipped one."""
+    found = dict.fromkeys(
+        root for root in (registry_root(registry), shipped_root()) if root.is_dir()
+    )
     return [(root, _source(root)) for root in found]
+
+
+def listed_registries(registry: PathLike | None = None) -> list[tuple[Path, str]]:
+    """(root, source) of the registries a listing shows: `registry` alone where one is given
+    (`NotFoundError` where it does not exist), else every registry of `registries()`."""
+    if registry is None:
+        return registries()
+    root = registry_root(registry)
+    if not root.is_dir():
+        raise NotFoundError(
+            f"checkpoint registry {root} does not exist (nothing saved there yet?); {HOW_TO_SET}"
+        )
+    return [(root, _source(root))]
 
 
 def check_writable(registry: PathLike | None = None) -> Path:
     """The registry saves would go to, created if missing, after proving a file can be written
-    there: `NotWritableError` naming the folder (the shipped registry is never writable)."""
+    there (`zoo.files.check_writable`; the shipped registry is never writable)."""
     root = registry_root(registry)
     if _source(root) == SHIPPED:
         raise NotWritableError(
             f"{root} holds the shipped models, which are read-only; save to a registry of "
             f"your own ({HOW_TO_SET}; default {registry_root()})"
         )
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=root):  # A unique name: many processes may probe at once.
-            pass
-    except OSError as error:
-        raise NotWritableError(
-            f"checkpoint registry {root} is not writable ({error.strerror}); {HOW_TO_SET}"
-        ) from None
+    files.check_writable(root, "checkpoint registry", HOW_TO_SET)
+    root.mkdir(parents=True, exist_ok=True)
     return root
 
 

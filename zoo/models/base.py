@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from zoo import analytic
 from zoo.errors import InvalidValueError
@@ -36,10 +35,6 @@ class Stage:
     name: str
     module: str
     activation: Callable[[jax.Array], jax.Array] | None = None
-
-
-def _any_traced(tree: Any) -> bool:
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
 
 
 class ImageModel(nn.Module):
@@ -84,42 +79,6 @@ class ImageModel(nn.Module):
         super().__post_init__()
 
     @nn.nowrap
-    def init(self, rngs: Any, *args: Any, **kwargs: Any) -> Any:
-        """`flax.linen.Module.init`: the same variables, bit for bit, without running the network.
-
-        Flax's `init` runs the forward pass to create the variables and drops its output. Run
-        eagerly, every operation of that pass is compiled and run on its own, only to learn the
-        layers' shapes (bench/README.md has the time it took). Here the pass is traced instead
-        (`jax.eval_shape`), and whatever does not depend on the inputs' values runs eagerly
-        while it is traced (`jax.ensure_compile_time_eval`): every key split, draw and constant
-        of the initialisation, the same operations on the same concrete values as in Flax's own
-        eager `init`.
-
-        Flax's `init` itself runs where the result is not a constant of that trace: under a JAX
-        transformation (traced keys or inputs; `jax.jit(model.init)` compiles one program
-        anyway), or where a variable depends on the inputs' values (a sown intermediate, a
-        subclass's data-dependent initialiser).
-        """
-        leaves, tree = jax.tree.flatten((args, kwargs))
-        if _any_traced((rngs, leaves)):
-            return super().init(rngs, *args, **kwargs)
-        arrays = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.Array | np.ndarray)]
-        constant: list[Any] = []  # the variables, where they are constants of the trace
-
-        def trace(*values: jax.Array) -> None:
-            inputs = list(leaves)
-            for i, value in zip(arrays, values, strict=True):
-                inputs[i] = value
-            inner_args, inner_kwargs = jax.tree.unflatten(tree, inputs)
-            with jax.ensure_compile_time_eval():
-                variables = super(ImageModel, self).init(rngs, *inner_args, **inner_kwargs)
-            if not _any_traced(variables):  # a tracer kept past its trace would leak
-                constant.append(variables)
-
-        jax.eval_shape(trace, *(leaves[i] for i in arrays))
-        return constant[0] if constant else super().init(rngs, *args, **kwargs)
-
-    @nn.nowrap
     def head(self) -> nn.Module:
         """The classifier on the features: a dense layer to `num_classes`, named `head_name`."""
         return Dense(
@@ -137,6 +96,9 @@ class ImageModel(nn.Module):
         Beyond the rank and channels (and the size, for `fixed_input_size`), the input must
         fit every layer: the analytic description at its shape (`zoo.analytic`) must hold, so
         a window larger than its input is this error, not a failure deep inside the network.
+        A model that has a layer without an analytic rule (a layer of its own with parameters
+        and no `describe`) gets the rank and channel checks only: the rule is needed by
+        `zoo.summary`, not by the forward pass.
         """
         model = type(self).__name__
         check_input(
@@ -144,6 +106,8 @@ class ImageModel(nn.Module):
         )
         try:
             analytic.describe(self, x.shape[1:])
+        except analytic.NoAnalyticRuleError:
+            return
         except InvalidValueError as error:
             side = analytic.smallest_square_input(self, x.shape[1:])
             raise InvalidValueError(

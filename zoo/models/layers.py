@@ -20,15 +20,7 @@ from jax import lax
 from zoo import analytic
 from zoo.analytic import Counts, Shape
 from zoo.errors import InvalidValueError
-from zoo.ops import (
-    batch_norm_inference,
-    batch_norm_training,
-    conv_general_dilated,
-    initializers,
-    max_pool,
-    on_cpu,
-    runs_on_onednn,
-)
+from zoo.ops import batch_norm_inference, batch_norm_training, max_pool, spatial_mean
 
 Dtype = Any
 
@@ -92,9 +84,8 @@ def explicit_padding(padding: int) -> tuple[tuple[int, int], tuple[int, int]]:
 class MaxPool(nn.Module):
     """Max pooling over a `window` x `window` patch; padding counts as -inf.
 
-    Values and gradients are those of `nn.max_pool` (for bf16, of `nn.max_pool` in float32),
-    computed by the native extension or, on XLA:CPU, without its slow select-and-scatter
-    (`zoo.ops.max_pool`).
+    Values and gradients are those of `nn.max_pool` (for bf16, of `nn.max_pool` in float32):
+    `zoo.ops.max_pool`.
     """
 
     window: int
@@ -110,83 +101,15 @@ class MaxPool(nn.Module):
         return max_pool(x, self.window, self.stride, self.padding)
 
 
-def row_gemm_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """VALID, stride-1 convolution of NHWC `x` with an HWIO `kernel`, as one matmul.
-
-    The `kh` kernel-row-shifted image rows, concatenated, times a banded (Toeplitz) matrix built
-    from the kernel: (N*Ho, kh*W*Cin) @ (kh*W*Cin, Wo*Cout). The band multiplies zeros (6.4x the
-    useful MACs for LeNet's c1, 2.8x for c3), but on XLA:CPU a matmul of that shape runs ~10x
-    faster than a convolution with so few channels, and its gradients are matmuls too.
-    """
-    n, h, w, cin = x.shape
-    kh, kw, _, cout = kernel.shape
-    out_h, out_w = h - kh + 1, w - kw + 1
-    # band[j, a, b] = 1 where input column a = output column b + j.
-    band = np.zeros((kw, w, out_w), np.float32)
-    for j in range(kw):
-        band[j, np.arange(out_w) + j, np.arange(out_w)] = 1.0
-    # toeplitz[i, a, c, b, d] = kernel[i, a - b, c, d] (zero off the band).
-    toeplitz = jnp.einsum("jab,ijcd->iacbd", jnp.asarray(band, kernel.dtype), kernel)
-    toeplitz = toeplitz.reshape(kh * w * cin, out_w * cout)
-    rows = x.reshape(n, h, w * cin)
-    shifted = jnp.concatenate([rows[:, i : i + out_h] for i in range(kh)], axis=-1)
-    y = shifted.reshape(n * out_h, kh * w * cin) @ toeplitz
-    return y.reshape(n, out_h, out_w, cout)
-
-
-def _valid_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    return conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_NHWC)
-
-
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-class FewChannelConv(nn.Module):
-    """`nn.Conv(features, (k, k), padding="VALID")` for the small, few-channel convolutions of
-    LeNet-5: oneDNN's kernels where they run it, else `row_gemm_conv` on XLA:CPU (faster there
-    than XLA's convolution), the plain convolution on GPU and TPU (bench/README.md).
-
-    The same parameters (names, shapes, initialisers), so checkpoints are interchangeable, and
-    the same values to float rounding.
-    """
-
-    features: int
-    kernel_size: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.nowrap
-    def describe(self, input_shape: Shape) -> Counts:
-        return analytic.conv(input_shape, self.features, (self.kernel_size,) * 2)
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
-        kernel = self.param("kernel", initializers.lecun_normal(), shape, self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        if runs_on_onednn(x, kernel, (1, 1), "VALID", _NHWC):
-            y = _valid_conv(x, kernel)
-        else:
-            y = on_cpu(row_gemm_conv, _valid_conv, x, kernel)
-        # The bias is added in float32 (at least) and the sum rounded once, as oneDNN and
-        # PyTorch's bf16 convolutions add theirs: the bias gradient is then a float32 sum,
-        # which XLA:CPU fuses, where for bf16 it ran a slow reduce-window (bench/README.md).
-        wide = jnp.promote_types(self.dtype, jnp.float32)
-        return (y.astype(wide) + bias.astype(wide)).astype(self.dtype)
-
-
 def window_sum(
     x: jax.Array,
     window: Sequence[int],
     strides: Sequence[int],
     padding: str | Sequence[tuple[int, int]] = "VALID",
 ) -> jax.Array:
-    """`lax.reduce_window` sum of `x`, accumulated and returned in float32 for narrower floats.
-
-    PyTorch accumulates bf16 pooling in float32 too. XLA:CPU adds bf16 windows one rounded
-    partial sum at a time, and so does the sum's transpose in the gradient: LeNet-5's bf16 train
-    step spent a third of its time there (bench/README.md). Callers round the result once.
+    """`lax.reduce_window` sum of `x`, accumulated and returned in float32 for narrower floats,
+    as PyTorch accumulates bf16 pooling; callers round the result once. A bf16 sum would round
+    each partial sum, and XLA:CPU runs it slowly (bench/README.md, "Banded matmul").
     """
     acc = jnp.promote_types(x.dtype, jnp.float32)
     return lax.reduce_window(x.astype(acc), np.zeros((), acc), lax.add, window, strides, padding)
@@ -209,13 +132,7 @@ class AvgPool(nn.Module):
 
 
 class GlobalAvgPool(nn.Module):
-    """Mean over height and width: (N, H, W, C) -> (N, C).
-
-    The sum is a contraction with ones, not a reduction: XLA:CPU hands reductions to YNNPACK
-    (jaxlib's default flags and the zoo's, `zoo.runtime`) together with the elementwise ops
-    before them, and there the ReLU before the pool computes max(NaN, 0) = 0: a NaN feature map
-    averaged to a finite one, so a diverged ResNet's outputs looked sound.
-    """
+    """Mean over height and width: (N, H, W, C) -> (N, C), summed in float32 (`spatial_mean`)."""
 
     @nn.nowrap
     def describe(self, input_shape: Shape) -> Counts:
@@ -223,12 +140,7 @@ class GlobalAvgPool(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        batch, height, width, channels = x.shape
-        accumulate = jnp.promote_types(x.dtype, jnp.float32)
-        pixels = x.reshape(batch, height * width, channels)
-        ones = jnp.ones((height * width,), accumulate)
-        total = jnp.einsum("npc,p->nc", pixels, ones, preferred_element_type=accumulate)
-        return (total / (height * width)).astype(x.dtype)
+        return spatial_mean(x)
 
 
 class Flatten(nn.Module):

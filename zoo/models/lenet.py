@@ -30,7 +30,7 @@ import numpy as np
 from zoo import analytic, formulas
 from zoo.analytic import Counts, Shape
 from zoo.models.base import ImageModel, Stage
-from zoo.models.layers import AvgPool, FewChannelConv, Flatten, window_sum
+from zoo.models.layers import AvgPool, Flatten, window_sum
 from zoo.ops import Conv, Dense, conv_general_dilated, initializers
 from zoo.registry import register
 
@@ -82,9 +82,9 @@ class LeNet5(ImageModel):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(x)
 
-        def conv(features: int, name: str) -> FewChannelConv:
-            # nn.Conv's parameters and values; on CPU faster kernels for so few channels.
-            return FewChannelConv(features, 5, self.dtype, self.param_dtype, name=name)
+        def conv(features: int, name: str) -> Conv:
+            dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+            return Conv(features, (5, 5), padding="VALID", name=name, **dtypes)
 
         x = AvgPool(2, 2, name="s2")(jnp.tanh(conv(6, "c1")(x)))
         x = AvgPool(2, 2, name="s4")(jnp.tanh(conv(16, "c3")(x)))
@@ -233,8 +233,8 @@ class RBFOutput(nn.Module):
     (Eq. 7), n the input width (84).
 
     Dividing by sqrt(n) is a fixed softmax temperature, a deliberate deviation: each of the 84
-    units adds up to (1.7159 + 1)^2 to a distance, so the logits soon span hundreds, the softmax
-    saturates and the preset stops at 97.3% held out on mnist5k (98.3-98.8% with it, seeds 0-2).
+    units adds up to (1.7159 + 1)^2 to a distance, so the logits soon span hundreds and the
+    softmax saturates, which stops training early (bench/README.md, "Presets").
 
     The centres are constants, not parameters (the paper keeps them fixed): a +-1 code per
     class drawn once from a fixed seed, so every instance of the model has the same ones.

@@ -37,7 +37,8 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import zero_from_primal
 from jax.extend import core
-from jax.interpreters import ad, batching, mlir
+
+from zoo import jax_internals  # a primitive's rules: JAX has no public API for them
 
 Arrays = tuple[jax.Array, ...]
 Forward = Callable[..., tuple[Arrays, Arrays]]
@@ -90,7 +91,7 @@ class _Op:
         self, primals: Arrays, given: Arrays, present: tuple[bool, ...]
     ) -> Arrays:
         cotangents = tuple(
-            ad.zeros_like_aval(aval) if c is None else c
+            jax_internals.zeros_like_aval(aval) if c is None else c
             for c, aval in zip(_spread(given, present), self.output_avals, strict=True)
         )
         return tuple(jax.vjp(self.reference, *primals)[1](cotangents))
@@ -132,22 +133,27 @@ for _primitive, _evaluate, _result_avals in (
             aval.to_tangent_aval() for aval in _result_avals(op)
         ]
     )
-    mlir.register_lowering(_primitive, mlir.lower_fun(_evaluate, multiple_results=True))
+    jax_internals.register_lowering(
+        _primitive, jax_internals.lower_fun(_evaluate, multiple_results=True)
+    )
 
 
 def _for_undefined(values: Sequence[Any], operands: Sequence[Any]) -> list:
     """A transpose's results: `values` where the operand is linear, None where it is known."""
-    return [v if ad.is_undefined_primal(x) else None for v, x in zip(values, operands, strict=True)]
+    return [
+        v if jax_internals.is_undefined_primal(x) else None
+        for v, x in zip(values, operands, strict=True)
+    ]
 
 
 def _in_primals(op: _Op, operands: Sequence[Any]) -> bool:
     """Whether a bilinear op's map is linear in its primals here (derivatives of its maps)."""
-    return any(map(ad.is_undefined_primal, op.split(operands)[0]))
+    return any(map(jax_internals.is_undefined_primal, op.split(operands)[0]))
 
 
 def _tangent_transpose(cotangents, *operands, op: _Op):
     primals, residuals, tangents = op.split(operands)
-    present = tuple(type(ct) is not ad.Zero for ct in cotangents)
+    present = tuple(type(ct) is not jax_internals.Zero for ct in cotangents)
     if not any(present):
         return [None] * len(operands)
     given = _present(cotangents, present)
@@ -160,9 +166,9 @@ def _tangent_transpose(cotangents, *operands, op: _Op):
 
 def _cotangent_transpose(cotangents, *operands, op: _Op, present: tuple[bool, ...]):
     primals, residuals, given = op.split(operands)
-    if all(type(ct) is ad.Zero for ct in cotangents):
+    if all(type(ct) is jax_internals.Zero for ct in cotangents):
         return [None] * len(operands)
-    cotangents = [ad.instantiate_zeros(ct) for ct in cotangents]
+    cotangents = [jax_internals.instantiate_zeros(ct) for ct in cotangents]
     if op.bilinear and _in_primals(op, operands):  # C(.; g) transposes into C(.; g)
         d_primals = cotangent_p.bind(*cotangents, *given, op=op, present=present)
         return [*_for_undefined(d_primals, primals), *(None for _ in given)]
@@ -170,8 +176,8 @@ def _cotangent_transpose(cotangents, *operands, op: _Op, present: tuple[bool, ..
     return [*(None for _ in (*primals, *residuals)), *_for_undefined(d_given, given)]
 
 
-ad.primitive_transposes[tangent_p] = _tangent_transpose
-ad.primitive_transposes[cotangent_p] = _cotangent_transpose
+jax_internals.primitive_transposes[tangent_p] = _tangent_transpose
+jax_internals.primitive_transposes[cotangent_p] = _cotangent_transpose
 
 
 def _bilinear_jvp(primitive: core.Primitive, operands, operand_tangents, **params):
@@ -182,8 +188,10 @@ def _bilinear_jvp(primitive: core.Primitive, operands, operand_tangents, **param
     outputs = primitive.bind(*operands, **params)
     terms = []
     for first, second in ((primals, d_rest), (d_primals, rest)):
-        if any(type(t) is not ad.Zero for t in (*first, *second)):
-            terms.append(primitive.bind(*map(ad.instantiate_zeros, (*first, *second)), **params))
+        if any(type(t) is not jax_internals.Zero for t in (*first, *second)):
+            terms.append(
+                primitive.bind(*map(jax_internals.instantiate_zeros, (*first, *second)), **params)
+            )
     return outputs, [sum(term) for term in zip(*terms, strict=True)]
 
 
@@ -191,7 +199,9 @@ def _tangent_jvp(operands, operand_tangents, *, op: _Op):
     if op.bilinear:
         return _bilinear_jvp(tangent_p, operands, operand_tangents, op=op)
     primals, _, tangents = op.split(operands)
-    d_primals, _, d_tangents = op.split([ad.instantiate_zeros(t) for t in operand_tangents])
+    d_primals, _, d_tangents = op.split(
+        [jax_internals.instantiate_zeros(t) for t in operand_tangents]
+    )
     outputs = tangent_p.bind(*operands, op=op)
     _, d_outputs = jax.jvp(op.reference_tangents, (primals, tangents), (d_primals, d_tangents))
     return outputs, list(d_outputs)
@@ -201,7 +211,7 @@ def _cotangent_jvp(operands, operand_tangents, *, op: _Op, present: tuple[bool, 
     if op.bilinear:
         return _bilinear_jvp(cotangent_p, operands, operand_tangents, op=op, present=present)
     primals, _, given = op.split(operands)
-    d_primals, _, d_given = op.split([ad.instantiate_zeros(t) for t in operand_tangents])
+    d_primals, _, d_given = op.split([jax_internals.instantiate_zeros(t) for t in operand_tangents])
     outputs = cotangent_p.bind(*operands, op=op, present=present)
     _, d_outputs = jax.jvp(
         lambda p, g: op.reference_cotangents(p, g, present), (primals, given), (d_primals, d_given)
@@ -209,8 +219,8 @@ def _cotangent_jvp(operands, operand_tangents, *, op: _Op, present: tuple[bool, 
     return outputs, list(d_outputs)
 
 
-ad.primitive_jvps[tangent_p] = _tangent_jvp
-ad.primitive_jvps[cotangent_p] = _cotangent_jvp
+jax_internals.primitive_jvps[tangent_p] = _tangent_jvp
+jax_internals.primitive_jvps[cotangent_p] = _cotangent_jvp
 
 
 def _per_example(primitive: core.Primitive):
@@ -231,8 +241,8 @@ def _per_example(primitive: core.Primitive):
     return rule
 
 
-batching.primitive_batchers[tangent_p] = _per_example(tangent_p)
-batching.primitive_batchers[cotangent_p] = _per_example(cotangent_p)
+jax_internals.primitive_batchers[tangent_p] = _per_example(tangent_p)
+jax_internals.primitive_batchers[cotangent_p] = _per_example(cotangent_p)
 
 
 def differentiable(

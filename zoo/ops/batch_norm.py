@@ -12,13 +12,13 @@ NaN, as in `jax.nn.relu` (oneDNN's ReLU answers 0 for one; the kernels put it ba
 
 On CPU each runs on oneDNN's batch-normalisation primitives (`csrc/onednn_batch_norm.cc`),
 differentiable to any order in both modes (`zoo.ops.autodiff`): a forward call and a backward
-one that gives the gradients of `x`, `scale` and `bias` in one pass. XLA:CPU's fusions of the
-same arithmetic (the reference here, and what GPU and TPU run) first materialise each
-per-channel vector at the activation's full size (YNNPACK takes no broadcast operands). Each
-kind runs on oneDNN only where it has a real (JIT) kernel for it, asked at trace time: bf16
-without one (no AVX-512) widens to oneDNN's float32 kernel where that exists, anything else
-stays on XLA. Cotangents of the returned statistics (zero in a train step, where they only
-update the running averages) are added in XLA only where they are nonzero.
+one that gives the gradients of `x`, `scale` and `bias` in one pass, reading each per-channel
+vector in place where XLA:CPU's fusions of the same arithmetic (the reference here, and what
+GPU and TPU run) materialise it at the activation's size. Each kind runs on oneDNN only where
+it has a real (JIT) kernel for it, asked at trace time: bf16 without one widens to oneDNN's
+float32 kernel where that exists, anything else stays on XLA. Cotangents of the returned
+statistics (zero in a train step, where they only update the running averages) are added in XLA
+only where they are nonzero.
 
 Where oneDNN is kept out altogether (`portable()`, several devices: the statistics span the
 batch, and XLA partitions its own reductions): `zoo.ops.backend`.
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zoo.ops import autodiff, backend, native, sharding
+from zoo.ops import backend, native, sharding
 
 _F32 = jnp.float32
 KINDS = tuple(native.BATCH_NORM_TARGETS)
@@ -82,23 +82,20 @@ class _Plan:
                 return a.dtype
             return dtype if a.shape == self.shape else _F32
 
-        call = jax.ffi.ffi_call(
+        attributes = {}
+        if kind in (native.TRAINING_BACKWARD, native.INFERENCE_BACKWARD):
+            attributes["use_global_stats"] = kind == native.INFERENCE_BACKWARD
+        outputs = backend.call(
             native.BATCH_NORM_TARGETS[kind],
             tuple(jax.ShapeDtypeStruct(r.shape, in_kernel_dtype(r)) for r in results),
-            vmap_method="sequential",
+            *(a.astype(in_kernel_dtype(a)) for a in operands),
+            batch=sharding.whole_batch,
+            epsilon=self.epsilon,
+            relu=self.relu_in(kind),
+            num_threads=self.num_threads,
+            **attributes,
         )
-        attributes = dict(
-            epsilon=np.float32(self.epsilon),
-            relu=np.int64(self.relu_in(kind)),
-            num_threads=np.int64(self.num_threads),
-        )
-        if kind in (native.TRAINING_BACKWARD, native.INFERENCE_BACKWARD):
-            attributes["use_global_stats"] = np.int64(kind == native.INFERENCE_BACKWARD)
-        outputs = call(*(a.astype(in_kernel_dtype(a)) for a in operands), **attributes)
-        return tuple(
-            sharding.vary_like(o.astype(r.dtype), *operands)
-            for o, r in zip(outputs, results, strict=True)
-        )
+        return tuple(o.astype(r.dtype) for o, r in zip(outputs, results, strict=True))
 
     def relu_in(self, kind: int) -> bool:
         return _fuses_relu(self.relu, kind)
@@ -107,11 +104,7 @@ class _Plan:
         """`kind` on oneDNN where this plan has a kernel for it, else `xla_fn`."""
         if self.kernels[kind] is None:
             return xla_fn(*operands)
-        return backend.on_cpu(
-            lambda *args: sharding.whole_batch(functools.partial(self.ffi, kind, results), *args),
-            xla_fn,
-            *operands,
-        )
+        return self.ffi(kind, results, *operands)
 
 
 def _fuses_relu(relu: bool, kind: int) -> bool:
@@ -239,9 +232,9 @@ def _native_training(x, scale, bias, plan: _Plan):
     def reference(x, scale, bias):
         return _reference_training(x, scale, bias, plan.epsilon, plan.relu)
 
-    return autodiff.differentiable(
-        forward, reference, cotangent=cotangent, tangent=tangent, name="batch_norm_training"
-    )(x, scale, bias)
+    return backend.native_op("batch_norm_training", reference, forward, cotangent, tangent=tangent)(
+        x, scale, bias
+    )
 
 
 # Inference mode: (x, mean, var, scale, bias) -> y.
@@ -296,9 +289,9 @@ def _native_inference(x, mean, var, scale, bias, plan: _Plan):
     def reference(*primals):
         return (_normalise(*primals, plan.epsilon, plan.relu),)
 
-    return autodiff.differentiable(
-        forward, reference, cotangent=cotangent, name="batch_norm_inference"
-    )(x, mean, var, scale, bias)[0]
+    return backend.native_op("batch_norm_inference", reference, forward, cotangent)(
+        x, mean, var, scale, bias
+    )[0]
 
 
 def _as_nhwc(x: jax.Array, plan: _Plan) -> jax.Array:

@@ -1,33 +1,34 @@
-"""The zoo's convolution: oneDNN kernels on CPU, XLA's convolution everywhere else.
+"""The zoo's convolution: the extension's kernels on CPU, XLA's convolution everywhere else.
 
 `conv_general_dilated` takes `jax.lax.conv_general_dilated`'s arguments and computes the same
-thing. Inside one jitted function, `jax.lax.platform_dependent` picks per backend: on CPU the
-oneDNN kernels of `csrc/onednn_conv.cc` (forward, backward-data and backward-weights FFI calls,
-differentiable to any order in both modes: `zoo.ops.autodiff`), on GPU and TPU
-`lax.conv_general_dilated`. Each of the three directions runs on oneDNN only where oneDNN has a
-real (JIT) kernel for it on this CPU, asked at trace time, and XLA's was not measured faster
-(`XLA_WEIGHT_GRADIENT_FROM`); anything else stays on XLA: layouts other than NHWC/HWIO,
-`lhs_dilation` (transposed convolutions), negative padding, mixed dtypes,
-`preferred_element_type`, `batch_group_count`. oneDNN computes float32 in float32 and bf16
-with float32 accumulation, on its bf16 kernels where the CPU has them (AVX512-BF16, AMX), else
-on its float32 kernels with the bf16 operands widened exactly and the result rounded once to bf16.
+thing. A convolution the extension can take (NHWC x HWIO, float32 or bfloat16, no
+`lhs_dilation`, no negative padding, no `batch_group_count`, no other `preferred_element_type`)
+is one `Geometry`; each of its three directions (forward, backward data, backward weights) runs
+the first kernel of that direction's table, `KERNELS`, whose rule holds for it, and XLA's
+convolution where none does. The rules are asked at trace time, from the geometry, the dtype,
+the CPU (which oneDNN kernel it has) and the caller's `precision`:
 
-`precision` is XLA's and chooses the algorithm of 3x3 convolutions, as it chooses TF32 or bf16
-passes on GPUs and TPUs: by default float32 ones run Winograd F(4x4, 3x3) (`csrc/winograd_conv.cc`:
-fewer multiplications than oneDNN's direct kernels, a rounding error ~5-10x theirs) and bf16
-ones F(2x2, 3x3) with bf16 transformed tiles (`csrc/winograd_bf16_conv.cc`: a rounding error
-~2.5x a direct bf16 convolution's); which directions of which convolutions:
-`_winograd_directions`. `lax.Precision.HIGHEST` ("highest", "float32"), passed or set with
-`jax.default_matmul_precision`, keeps them on the direct kernels.
-The weight gradient of bf16 3x3 convolutions runs the extension's own AVX512-BF16 kernel where
-`_runs_bf16_weight_gradient` says (`csrc/bf16_conv3x3_weights.cc`): the same float32 sums of the
-same products as oneDNN's bf16 kernel, in another order, rounded once; no precision is lost.
+- Winograd, F(4x4, 3x3) in float32 (`csrc/winograd_conv.cc`) and F(2x2, 3x3) in bf16
+  (`csrc/winograd_bf16_conv.cc`), for 3x3 stride-1 "SAME" convolutions: fewer multiplications,
+  a larger rounding error (float32: ~5-10x a direct convolution's; bf16: ~2.5x, its tiles
+  rounded to bf16). `precision=lax.Precision.HIGHEST` ("highest", "float32"), passed or set with
+  `jax.default_matmul_precision`, keeps the direct kernels, as it keeps GPUs and TPUs off TF32
+  and bf16 passes.
+- The extension's bf16 3x3 weight gradient (`csrc/bf16_conv3x3_weights.cc`): the same float32
+  sums of the same products as oneDNN's bf16 kernel, in another order, rounded once.
+- oneDNN's direct kernels (`csrc/onednn_conv.cc`) where oneDNN has a real (JIT) one: float32
+  in float32, bf16 with float32 accumulation on its bf16 kernels, or on its float32 kernels with
+  the operands widened exactly and the result rounded once where the CPU has no bf16 kernels.
+- XLA, where a rule says XLA's kernel was measured faster, and where nothing else applies.
 
-`Conv` is `flax.linen.Conv` with this op: the same parameters under the same names and the same
-initial values (`zoo.ops.initializers`), so checkpoints move between the two unchanged.
+A new kernel, or a rule for a kind of convolution (grouped: `Geometry.groups`; depthwise: also
+`Geometry.in_per_group == 1`), is one row of `KERNELS`. On CPU the directions are
+differentiable to any order in both modes (`zoo.ops.autodiff`; every derivative of a
+convolution is a sum of its three directions), and under a batch-sharded `jax.jit` each device
+runs its own shard (`zoo.ops.sharding`).
 
-Under a batch-sharded `jax.jit` each device runs oneDNN on its own shard (`zoo.ops.sharding`);
-where oneDNN is kept out altogether (`portable()`, `ZOO_NATIVE=0`): `zoo.ops.backend`.
+Where the extension runs none of it on CPU, a few-channel "VALID" stride-1 convolution runs
+as one banded matrix product (`banded_conv`), which XLA:CPU runs faster than its convolution.
 """
 
 from __future__ import annotations
@@ -35,333 +36,444 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zoo.ops import autodiff, backend, initializers, native, sharding
+from zoo.ops import backend, native, sharding
 
 NHWC_HWIO = lax.ConvDimensionNumbers(
     lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
 )
-DIRECTIONS = tuple(native.CONV_TARGETS)
+FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS = (
+    native.FORWARD,
+    native.BACKWARD_DATA,
+    native.BACKWARD_WEIGHTS,
+)
+DIRECTIONS = (FORWARD, BACKWARD_DATA, BACKWARD_WEIGHTS)
+_F32, _BF16 = jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """One NHWC x HWIO convolution: what every kernel rule reads."""
+
+    lhs_shape: tuple[int, int, int, int]  # N, H, W, C
+    rhs_shape: tuple[int, int, int, int]  # KH, KW, C / groups, K
+    dtype: Any
+    strides: tuple[int, int] = (1, 1)
+    padding: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return self.rhs_shape[0], self.rhs_shape[1]
+
+    @property
+    def in_channels(self) -> int:
+        return self.lhs_shape[3]
+
+    @property
+    def out_channels(self) -> int:
+        return self.rhs_shape[3]
+
+    @property
+    def in_per_group(self) -> int:
+        return self.rhs_shape[2]
+
+    @property
+    def out_per_group(self) -> int:
+        return self.out_channels // self.groups
+
+    @functools.cached_property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        sizes = []
+        for size, kernel, stride, (low, high), dilation in zip(
+            self.lhs_shape[1:3],
+            self.kernel_size,
+            self.strides,
+            self.padding,
+            self.dilation,
+            strict=True,
+        ):
+            span = (kernel - 1) * dilation + 1
+            sizes.append(max(0, (size + low + high - span) // stride + 1))
+        return (self.lhs_shape[0], *sizes, self.out_channels)
+
+    @property
+    def macs(self) -> int:
+        return math.prod(self.out_shape) * math.prod(self.rhs_shape[:3])
+
+    def with_batch(self, batch: int) -> Geometry:
+        return dataclasses.replace(self, lhs_shape=(batch, *self.lhs_shape[1:]))
+
+    def shape_of(self, direction: int) -> tuple[int, ...]:
+        """The shape of `direction`'s result: the output, the input's or the kernel's gradient."""
+        return {FORWARD: self.out_shape, BACKWARD_DATA: self.lhs_shape}.get(
+            direction, self.rhs_shape
+        )
+
+    def onednn_config(self, kernel_dtype: Any, threads: int) -> tuple[int, ...]:
+        """`ConvConfig`'s fields in `csrc/onednn_conv.cc`."""
+        return (
+            *self.lhs_shape,
+            *self.kernel_size,
+            self.out_channels,
+            *self.out_shape[1:3],
+            *self.strides,
+            *self.padding[0],
+            *self.padding[1],
+            *self.dilation,
+            self.groups,
+            native.PRECISIONS[jnp.dtype(kernel_dtype)],
+            threads,
+        )
+
+    def xla(self, lhs: jax.Array, rhs: jax.Array, precision: Any = None) -> jax.Array:
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            self.strides,
+            self.padding,
+            rhs_dilation=self.dilation,
+            dimension_numbers=NHWC_HWIO,
+            feature_group_count=self.groups,
+            precision=precision,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Conditions:
+    """What a kernel rule may ask about a convolution: its geometry, the threads of its calls,
+    whether its caller allows a less exact algorithm (`precision`), and oneDNN's kernels."""
+
+    geometry: Geometry
+    threads: int
+    inexact_allowed: bool
+
+    def onednn(self, direction: int, dtype: Any = None) -> str | None:
+        """The name of oneDNN's JIT kernel for `direction` in `dtype` (default: the
+        convolution's), or None where oneDNN has only its reference kernel or none."""
+        dtype = self.geometry.dtype if dtype is None else dtype
+        config = self.geometry.onednn_config(dtype, self.threads)
+        found, name = native.implementation(native.CONV, direction, config)
+        return name if found else None
+
+    def onednn_everywhere(self) -> bool:
+        """Whether oneDNN's direct kernels run every direction in the convolution's own dtype,
+        none of them measured slower than XLA's."""
+        return all(
+            self.onednn(d) is not None and not _xla_measured_faster(self, d) for d in DIRECTIONS
+        )
+
+
+Run = Callable[["_Plan", int, jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """One row of a direction's table: where `applies(conditions, direction)`, the direction
+    runs `run(plan, direction, a, b)`, or XLA's convolution where `run` is None; `dtype` is
+    the dtype it computes in, where that is not the convolution's; an `inexact` kernel rounds
+    more than a direct convolution and runs only where the caller's precision allows it."""
+
+    name: str
+    applies: Callable[[Conditions, int], bool]
+    run: Run | None
+    dtype: Any = None
+    inexact: bool = False
+
+    def computes_in(self, dtype: Any) -> Any:
+        """The dtype this kernel computes a `dtype` convolution in; None for XLA."""
+        return None if self.run is None else jnp.dtype(self.dtype or dtype)
+
+
+# --- the kernels' calls ----------------------------------------------------------------------
+
+
+def _onednn(
+    plan: _Plan, direction: int, a: jax.Array, b: jax.Array, dtype: Any = None
+) -> jax.Array:
+    """oneDNN's direct kernel for `direction`, in `dtype` (default: the convolution's)."""
+    g = plan.geometry
+    dtype = g.dtype if dtype is None else dtype
+    (top, bottom), (left, right) = g.padding
+    result = backend.call(
+        native.CONV_TARGETS[direction],
+        jax.ShapeDtypeStruct(g.shape_of(direction), dtype),
+        a.astype(dtype),
+        b.astype(dtype),
+        window_strides=g.strides,
+        padding=(top, bottom, left, right),
+        rhs_dilation=g.dilation,
+        feature_group_count=g.groups,
+        num_threads=plan.threads,
+    )
+    return result.astype(g.dtype)
+
+
+def _winograd(plan: _Plan, direction: int, a: jax.Array, b: jax.Array) -> jax.Array:
+    """Winograd's forward convolution of `a` with the kernel `b`, or its input gradient: the
+    forward convolution of the output's gradient `a` with `b` turned by 180 degrees and its
+    channels swapped (what a 3x3 stride-1 convolution padded by one transposes into)."""
+    g = plan.geometry
+    kernel = b if direction == FORWARD else jnp.flip(b, (0, 1)).swapaxes(2, 3)
+    target = native.WINOGRAD_BF16_TARGET if g.dtype == _BF16 else native.WINOGRAD_TARGET
+    result = jax.ShapeDtypeStruct((*a.shape[:3], kernel.shape[3]), g.dtype)
+    return backend.call(target, result, a, kernel, num_threads=plan.threads)
+
+
+def _winograd_weights(plan: _Plan, direction: int, lhs: jax.Array, d_out: jax.Array) -> jax.Array:
+    g = plan.geometry
+    result = jax.ShapeDtypeStruct(g.rhs_shape, g.dtype)
+    return backend.call(
+        native.WINOGRAD_WEIGHTS_TARGET, result, lhs, d_out, num_threads=plan.threads
+    )
+
+
+def _bf16_weights(plan: _Plan, direction: int, lhs: jax.Array, d_out: jax.Array) -> jax.Array:
+    g = plan.geometry
+    return backend.call(
+        native.BF16_WEIGHTS_TARGET,
+        jax.ShapeDtypeStruct(g.rhs_shape, _BF16),
+        lhs,
+        d_out,
+        stride=g.strides[0],
+        num_threads=plan.threads,
+    )
+
+
+# --- the rules -------------------------------------------------------------------------------
+
+# Winograd runs where at least this share of its output tiles lies inside the image (7x7 maps:
+# 77%; 13x13: 66% was measured a tie): bench/README.md, "Winograd".
+WINOGRAD_TILE_USE = 0.75
+# Channels it was measured up to; the transformed kernel it writes every call grows with them.
+WINOGRAD_CHANNELS = 512
+# Channels from which its float32 weight gradient (sums of C x K products over the tiles) and its
+# bf16 forward and input gradient beat oneDNN's direct kernels (bench/README.md, "Winograd").
+WINOGRAD_WEIGHT_GRADIENT_CHANNELS = 64
+WINOGRAD_BF16_CHANNELS = 64
+# The only oneDNN bf16 forward kernel bf16 Winograd was measured against (not AMX's).
+WINOGRAD_BF16_REPLACES = ":avx512_core_bf16"
+# The extension's bf16 weight gradient beats oneDNN's AVX512-BF16 kernel from this many output
+# channels, and was measured against that kernel only (bench/README.md, "bf16 weight gradient").
+BF16_WEIGHT_GRADIENT_CHANNELS = 32
+BF16_WEIGHT_GRADIENT_REPLACES = "jit_bf16:avx512_core_bf16"
+# Per oneDNN float32 weight-gradient kernel, the channels per group from which XLA's was
+# measured faster in a train step (bench/README.md, "XLA's weight gradient").
+XLA_WEIGHT_GRADIENT_FROM = {"jit:avx2": 128}
+
+
+def _winograd_shape(g: Geometry, tile: int) -> bool:
+    """A 3x3 stride-1 convolution padded by one, no groups, 16 to `WINOGRAD_CHANNELS` channels
+    in multiples of 16, on images that fill enough of Winograd's `tile` x `tile` output tiles."""
+
+    def tile_use(size: int) -> float:
+        return size / (tile * -(-size // tile))
+
+    _, height, width, _ = g.lhs_shape
+    return (
+        g.kernel_size == (3, 3)
+        and g.strides == (1, 1)
+        and g.dilation == (1, 1)
+        and g.padding == ((1, 1), (1, 1))
+        and g.groups == 1
+        and g.in_channels % 16 == 0
+        and g.out_channels % 16 == 0
+        and max(g.in_channels, g.out_channels) <= WINOGRAD_CHANNELS
+        and tile_use(height) * tile_use(width) >= WINOGRAD_TILE_USE
+    )
+
+
+def _winograd_float32(c: Conditions, direction: int) -> bool:
+    return (
+        c.geometry.dtype == _F32
+        and _winograd_shape(c.geometry, 4)
+        and native.winograd_available()
+        and c.onednn_everywhere()
+    )
+
+
+def _winograd_float32_weights(c: Conditions, direction: int) -> bool:
+    g = c.geometry
+    wide = min(g.in_channels, g.out_channels) >= WINOGRAD_WEIGHT_GRADIENT_CHANNELS
+    return wide and _winograd_float32(c, direction)
+
+
+def _winograd_bf16(c: Conditions, direction: int) -> bool:
+    g = c.geometry
+    return (
+        g.dtype == _BF16
+        and _winograd_shape(g, 2)
+        and min(g.in_channels, g.out_channels) >= WINOGRAD_BF16_CHANNELS
+        and (c.onednn(FORWARD) or "").endswith(WINOGRAD_BF16_REPLACES)
+        and native.winograd_bf16_available()
+        and c.onednn_everywhere()
+    )
+
+
+def _bf16_weight_gradient(c: Conditions, direction: int) -> bool:
+    """A bf16 3x3 convolution at stride 1 or 2 padded by one, no groups, channels in multiples
+    of 16, at least `BF16_WEIGHT_GRADIENT_CHANNELS` out, where oneDNN's kernel is the one the
+    extension's was measured against."""
+    g = c.geometry
+    return (
+        g.dtype == _BF16
+        and g.kernel_size == (3, 3)
+        and g.strides in ((1, 1), (2, 2))
+        and g.dilation == (1, 1)
+        and g.padding == ((1, 1), (1, 1))
+        and g.groups == 1
+        and g.in_channels % 16 == 0
+        and g.out_channels % 16 == 0
+        and g.out_channels >= BF16_WEIGHT_GRADIENT_CHANNELS
+        and c.onednn(BACKWARD_WEIGHTS) == BF16_WEIGHT_GRADIENT_REPLACES
+        and native.bf16_weights_available()
+    )
+
+
+def _xla_measured_faster(c: Conditions, direction: int) -> bool:
+    """A float32 weight gradient whose oneDNN kernel lost to XLA's from
+    `XLA_WEIGHT_GRADIENT_FROM` channels per group, in and out."""
+    if direction != BACKWARD_WEIGHTS or c.geometry.dtype != _F32:
+        return False
+    channels = XLA_WEIGHT_GRADIENT_FROM.get(c.onednn(direction) or "")
+    g = c.geometry
+    return channels is not None and min(g.in_per_group, g.out_per_group) >= channels
+
+
+def _onednn_own(c: Conditions, direction: int) -> bool:
+    return c.onednn(direction) is not None
+
+
+def _onednn_widened(c: Conditions, direction: int) -> bool:
+    """A bf16 convolution on a CPU without oneDNN bf16 kernels: float32's, on the exactly
+    widened operands, the result rounded once (bf16 with float32 accumulation)."""
+    return c.geometry.dtype != _F32 and c.onednn(direction, _F32) is not None
+
+
+WINOGRAD_FLOAT32 = Kernel("winograd float32", _winograd_float32, _winograd, inexact=True)
+WINOGRAD_FLOAT32_WEIGHTS = Kernel(
+    "winograd float32 weights", _winograd_float32_weights, _winograd_weights, inexact=True
+)
+WINOGRAD_BF16 = Kernel("winograd bf16", _winograd_bf16, _winograd, inexact=True)
+BF16_WEIGHTS = Kernel("bf16 3x3 weights", _bf16_weight_gradient, _bf16_weights)
+XLA_MEASURED_FASTER = Kernel("xla, measured faster", _xla_measured_faster, None)
+ONEDNN = Kernel("onednn", _onednn_own, _onednn)
+ONEDNN_WIDENED = Kernel(
+    "onednn float32", _onednn_widened, functools.partial(_onednn, dtype=_F32), _F32
+)
+
+# Per direction, the kernels in order of preference; XLA where none applies.
+KERNELS: dict[int, tuple[Kernel, ...]] = {
+    FORWARD: (WINOGRAD_FLOAT32, WINOGRAD_BF16, ONEDNN, ONEDNN_WIDENED),
+    BACKWARD_DATA: (WINOGRAD_FLOAT32, WINOGRAD_BF16, ONEDNN, ONEDNN_WIDENED),
+    BACKWARD_WEIGHTS: (
+        XLA_MEASURED_FASTER,
+        WINOGRAD_FLOAT32_WEIGHTS,
+        BF16_WEIGHTS,
+        ONEDNN,
+        ONEDNN_WIDENED,
+    ),
+}
+
+
+def _chosen(conditions: Conditions, direction: int) -> Kernel | None:
+    """The first kernel of `direction`'s table that applies; None for XLA."""
+    for kernel in KERNELS[direction]:
+        allowed = conditions.inexact_allowed or not kernel.inexact
+        if allowed and kernel.applies(conditions, direction):
+            return kernel if kernel.run is not None else None
+    return None
+
+
+# --- the plan --------------------------------------------------------------------------------
+
+# Below this many multiply-adds a call runs on one thread (`backend.call_team`), by the dtype
+# its kernel computes in (bench/README.md, "Threads per call").
+ONE_THREAD_BELOW_MACS = {_F32: 24e6, _BF16: 48e6}
 
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
-    """A convolution the extension can run, with which of its three directions it runs."""
+    """A convolution with the kernel of each of its directions (None: XLA's)."""
 
-    lhs_shape: tuple[int, ...]  # NHWC
-    rhs_shape: tuple[int, ...]  # HWIO
-    dtype: Any
-    window_strides: tuple[int, int]
-    padding: tuple[tuple[int, int], tuple[int, int]]
-    rhs_dilation: tuple[int, int]
-    feature_group_count: int
-    precision: Any  # for XLA's path
-    num_threads: int
-    out_shape: tuple[int, ...]  # the forward result's, NHWC
-    # Per direction (forward, backward data, backward weights): the dtype oneDNN computes it
-    # in, None where XLA does.
-    kernels: tuple[Any, Any, Any]
-    # Per direction: whether it runs Winograd (F(4x4, 3x3) in float32, F(2x2, 3x3) in bf16)
-    # instead of oneDNN's direct kernel (`_winograd_directions`).
-    winograd: tuple[bool, bool, bool]
-    # Whether its bf16 weight gradient runs `csrc/bf16_conv3x3_weights.cc` instead of oneDNN's
-    # kernel (`_runs_bf16_weight_gradient`).
-    bf16_weight_gradient: bool
+    geometry: Geometry
+    precision: Any  # XLA's, for the directions it runs
+    threads: int
+    kernels: tuple[Kernel | None, Kernel | None, Kernel | None]
+
+    @property
+    def dtypes(self) -> tuple[Any, Any, Any]:
+        """Per direction, the dtype its kernel computes in; None where XLA runs it."""
+        return tuple(
+            None if k is None else k.computes_in(self.geometry.dtype) for k in self.kernels
+        )
 
     def xla(self, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
-        return lax.conv_general_dilated(
-            lhs,
-            rhs,
-            self.window_strides,
-            self.padding,
-            rhs_dilation=self.rhs_dilation,
-            dimension_numbers=NHWC_HWIO,
-            feature_group_count=self.feature_group_count,
-            precision=self.precision,
-        )
+        return self.geometry.xla(lhs, rhs, self.precision)
 
-    def for_batch(self, batch: int) -> _Plan:
-        """This convolution on `batch` images (one device's shard), its kernels chosen anew."""
-        if batch == self.lhs_shape[0]:
+    def for_batch(self, batch: int) -> _Plan | None:
+        """This convolution on `batch` images (one device's shard), its kernels chosen anew;
+        an inexact one only where the whole batch's plan has one."""
+        if batch == self.geometry.lhs_shape[0]:
             return self
-        return _planned(
-            (batch, *self.lhs_shape[1:]),
-            self.rhs_shape,
-            self.dtype,
-            self.window_strides,
-            self.padding,
-            self.rhs_dilation,
-            self.feature_group_count,
-            self.precision,
-            any(self.winograd),
-        )
-
-    def ffi(self, direction: int, *operands: jax.Array) -> jax.Array:
-        """`direction` on the extension, in its kernel's dtype; the result in the convolution's."""
-        if self.winograd[direction]:
-            return self._winograd(direction, *operands)
-        if direction == native.BACKWARD_WEIGHTS and self.bf16_weight_gradient:
-            return self._bf16_weight_gradient(*operands)
-        (top, bottom), (left, right) = self.padding
-        dtype = self.kernels[direction]
-        shape = {
-            native.FORWARD: self.out_shape,
-            native.BACKWARD_DATA: self.lhs_shape,
-            native.BACKWARD_WEIGHTS: self.rhs_shape,
-        }[direction]
-        call = jax.ffi.ffi_call(
-            native.CONV_TARGETS[direction],
-            jax.ShapeDtypeStruct(shape, dtype),
-            vmap_method="sequential",
-        )
-        result = call(
-            *(operand.astype(dtype) for operand in operands),
-            window_strides=np.array(self.window_strides, np.int64),
-            padding=np.array([top, bottom, left, right], np.int64),
-            rhs_dilation=np.array(self.rhs_dilation, np.int64),
-            feature_group_count=np.int64(self.feature_group_count),
-            num_threads=np.int64(self.num_threads),
-        )
-        return sharding.vary_like(result.astype(self.dtype), *operands)
-
-    def _winograd(self, direction: int, a: jax.Array, b: jax.Array) -> jax.Array:
-        """`direction` on the Winograd kernels. Backward data is the forward convolution of the
-        output's gradient `a` with the kernel `b` turned by 180 degrees, its channels swapped
-        (what a 3x3 stride-1 convolution padded by one transposes into)."""
-        if direction == native.BACKWARD_WEIGHTS:
-            target, result = native.WINOGRAD_WEIGHTS_TARGET, self.rhs_shape
-            operands = (a, b)
-        else:
-            kernel = b if direction == native.FORWARD else jnp.flip(b, (0, 1)).swapaxes(2, 3)
-            target = (
-                native.WINOGRAD_BF16_TARGET
-                if self.dtype == jnp.bfloat16
-                else native.WINOGRAD_TARGET
-            )
-            result = (*a.shape[:3], kernel.shape[3])
-            operands = (a, kernel)
-        call = jax.ffi.ffi_call(
-            target, jax.ShapeDtypeStruct(result, self.dtype), vmap_method="sequential"
-        )
-        return sharding.vary_like(call(*operands, num_threads=np.int64(self.num_threads)), a, b)
-
-    def _bf16_weight_gradient(self, lhs: jax.Array, d_out: jax.Array) -> jax.Array:
-        call = jax.ffi.ffi_call(
-            native.BF16_WEIGHTS_TARGET,
-            jax.ShapeDtypeStruct(self.rhs_shape, jnp.bfloat16),
-            vmap_method="sequential",
-        )
-        result = call(
-            lhs,
-            d_out,
-            stride=np.int64(self.window_strides[0]),
-            num_threads=np.int64(self.num_threads),
-        )
-        return sharding.vary_like(result, lhs, d_out)
+        inexact = any(kernel is not None and kernel.inexact for kernel in self.kernels)
+        return planned(self.geometry.with_batch(batch), self.precision, inexact)
 
 
-def _plan(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation,
-    rhs_dilation,
-    dimension_numbers,
-    feature_group_count,
-    batch_group_count,
-    precision,
-    preferred_element_type,
+def planned(
+    geometry: Geometry, precision: Any = None, inexact_allowed: bool | None = None
 ) -> _Plan | None:
-    """The oneDNN plan of a call, or None where it must run on XLA in every direction."""
-    if not backend.native_applies():
+    """The kernels of `geometry`'s directions on this CPU (see the module docstring), or None
+    where XLA runs all three. `inexact_allowed`: an inexact kernel (Winograd) may run; by
+    default where the caller did not ask for float32 throughout (`_asks_for_float32`)."""
+    if not backend.native_applies() or geometry.dtype not in native.PRECISIONS:
         return None
-    if jnp.ndim(lhs) != 4 or jnp.ndim(rhs) != 4:
-        return None
-    dtype = jnp.result_type(lhs)
-    if dtype != jnp.result_type(rhs) or dtype not in native.PRECISIONS or batch_group_count != 1:
-        return None
-    if preferred_element_type is not None and jnp.dtype(preferred_element_type) != dtype:
-        return None
-    if lhs_dilation is not None and tuple(lhs_dilation) != (1, 1):
-        return None
-    if lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != NHWC_HWIO:
-        return None
-    if isinstance(padding, str):
-        padding = lax.padtype_to_pads(
-            lhs.shape[1:3], _dilated(rhs.shape[:2], rhs_dilation), window_strides, padding
-        )
-    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if any(p < 0 for pair in padding for p in pair) or 0 in lhs.shape or 0 in rhs.shape:
-        return None
-    rhs_dilation = tuple(rhs_dilation or (1, 1))
-    plan = _planned(
-        lhs.shape,
-        rhs.shape,
-        dtype,
-        tuple(window_strides),
-        padding,
-        rhs_dilation,
-        feature_group_count,
-        precision,
-    )
-    if all(kernel is None for kernel in plan.kernels):
-        return None
-    return plan
-
-
-def _planned(
-    lhs_shape,
-    rhs_shape,
-    dtype,
-    window_strides,
-    padding,
-    rhs_dilation,
-    groups,
-    precision,
-    winograd_allowed: bool | None = None,
-) -> _Plan:
-    """The plan of a convolution of these shapes: oneDNN's kernel for each direction where it
-    has one and XLA's was not measured faster (`_xla_is_faster`); none for an empty result;
-    Winograd where `_winograd_directions` and `winograd_allowed` (by default, where the caller
-    did not ask for float32 throughout: `_asks_for_float32`)."""
-    if winograd_allowed is None:
-        winograd_allowed = not _asks_for_float32(precision)
-    return _planned_for_team(
-        tuple(lhs_shape),
-        tuple(rhs_shape),
-        jnp.dtype(dtype),
-        window_strides,
-        padding,
-        rhs_dilation,
-        groups,
-        tuple(precision) if isinstance(precision, list) else precision,  # a cache key
-        backend.team_size(),
-        winograd_allowed,
-    )
-
-
-# Below this many multiply-adds a call runs on one thread (`backend.call_team`), by the dtype its
-# kernels compute in (`backend.threads_for_kernels`). Measured on an Intel Xeon with AMX
-# (bench/README.md): ResNet-20 and LeNet-5 steps at batches 8-128 on one and on two threads;
-# bf16's kernels are faster, so its calls stay short up to more work.
-ONE_THREAD_BELOW_MACS = {jnp.dtype(jnp.float32): 24e6, jnp.dtype(jnp.bfloat16): 48e6}
+    if inexact_allowed is None:
+        inexact_allowed = not _asks_for_float32(precision)
+    precision = tuple(precision) if isinstance(precision, list) else precision  # a cache key
+    return _planned_for_team(geometry, precision, inexact_allowed, backend.team_size())
 
 
 # A train step plans again every convolution its `init` planned, and a plan is a function of
-# these arguments alone (bench/README.md: the trace time it saves).
+# these arguments alone.
 @functools.lru_cache(maxsize=4096)
 def _planned_for_team(
-    lhs_shape,
-    rhs_shape,
-    dtype,
-    window_strides,
-    padding,
-    rhs_dilation,
-    groups,
-    precision,
-    team,
-    winograd_allowed,
-) -> _Plan:
-    out = jax.eval_shape(
-        functools.partial(
-            lax.conv_general_dilated,
-            window_strides=window_strides,
-            padding=padding,
-            rhs_dilation=rhs_dilation,
-            dimension_numbers=NHWC_HWIO,
-            feature_group_count=groups,
-        ),
-        jax.ShapeDtypeStruct(lhs_shape, dtype),
-        jax.ShapeDtypeStruct(rhs_shape, dtype),
-    ).shape
-    macs = math.prod(out) * math.prod(rhs_shape[:3])  # rhs_shape[2] is per group
+    geometry: Geometry, precision: Any, inexact_allowed: bool, team: int
+) -> _Plan | None:
+    if 0 in geometry.out_shape:
+        return None
 
-    def onednn_kernel(direction: int, kernel_dtype: Any, threads: int) -> tuple[bool, str]:
-        config = (
-            *lhs_shape,
-            *rhs_shape[:2],
-            rhs_shape[3],
-            *out[1:3],
-            *window_strides,
-            *padding[0],
-            *padding[1],
-            *rhs_dilation,
-            groups,
-            native.PRECISIONS[jnp.dtype(kernel_dtype)],
-            threads,
-        )
-        return native.implementation(native.CONV, direction, config)
+    def kernels_on(threads: int) -> tuple[Kernel | None, ...]:
+        conditions = Conditions(geometry, threads, inexact_allowed)
+        return tuple(_chosen(conditions, d) for d in DIRECTIONS)
 
-    def kernels_on(threads: int) -> tuple[Any, Any, Any]:
-        def has_kernel(direction: int, kernel_dtype: Any) -> bool:
-            found, name = onednn_kernel(direction, kernel_dtype, threads)
-            measured = dtype == jnp.float32  # the convolution's own dtype, not the kernel's
-            return found and not (measured and _xla_is_faster(direction, name, rhs_shape, groups))
+    def threads_for(dtype: Any) -> int:
+        return backend.call_team(team, geometry.macs, ONE_THREAD_BELOW_MACS[jnp.dtype(dtype)])
 
-        return tuple(
-            None
-            if 0 in out
-            else native.kernel_dtype(dtype, functools.partial(has_kernel, direction))
-            for direction in DIRECTIONS
-        )
-
-    threads, kernels = backend.threads_for_kernels(
-        dtype,
-        lambda kernel_dtype: backend.call_team(
-            team, macs, ONE_THREAD_BELOW_MACS[jnp.dtype(kernel_dtype)]
-        ),
-        kernels_on,
+    threads, chosen = backend.threads_for_kernels(
+        geometry.dtype, threads_for, kernels_on, lambda kernel: kernel.computes_in(geometry.dtype)
     )
-    return _Plan(
-        lhs_shape,
-        rhs_shape,
-        dtype,
-        window_strides,
-        padding,
-        rhs_dilation,
-        groups,
-        precision,
-        threads,
-        tuple(out),
-        kernels,
-        _winograd_directions(
-            lhs_shape,
-            rhs_shape,
-            dtype,
-            window_strides,
-            padding,
-            rhs_dilation,
-            groups,
-            onednn_kernel(native.FORWARD, dtype, threads)[1],
-        )
-        if winograd_allowed and all(k == dtype for k in kernels)
-        else (False,) * len(DIRECTIONS),
-        kernels[native.BACKWARD_WEIGHTS] == jnp.bfloat16 == dtype
-        and _runs_bf16_weight_gradient(
-            rhs_shape,
-            window_strides,
-            padding,
-            rhs_dilation,
-            groups,
-            onednn_kernel(native.BACKWARD_WEIGHTS, dtype, threads)[1],
-        ),
-    )
+    if all(kernel is None for kernel in chosen):
+        return None
+    return _Plan(geometry, precision, threads, tuple(chosen))
+
+
+clear_plans = _planned_for_team.cache_clear  # after changing what `native` reports
 
 
 def _asks_for_float32(precision: Any) -> bool:
     """Whether a convolution's caller asked for float32 arithmetic throughout: `precision` is
     `lax.Precision.HIGHEST` ("highest", "float32"), for either operand, or it is None and
     `jax.default_matmul_precision` is. As on GPUs and TPUs, whose default float32 convolutions
-    round to TF32 or bf16, the default allows a less exact algorithm (`_winograd_directions`)."""
+    round to TF32 or bf16, the default allows a less exact algorithm (Winograd)."""
     requested = jax.config.jax_default_matmul_precision if precision is None else precision
     values = requested if isinstance(requested, (tuple, list)) else (requested,)
     return any(_is_highest(value) for value in values if value is not None)
@@ -374,189 +486,158 @@ def _is_highest(value: Any) -> bool:
         return False
 
 
-# Winograd F(4x4, 3x3) was measured faster than oneDNN 3.2's direct float32 kernels at the 3x3
-# layers of ResNet-18 and ResNet-20 (bench/README.md, AMD Zen 5) where at least this share of
-# its 4x4 output tiles lies inside the image (7x7: 77%); at 13x13 (66%) it was a tie. The same
-# share of F(2x2, 3x3)'s tiles for bf16.
-WINOGRAD_TILE_USE = 0.75
-# Measured up to 512 channels (ResNet-18's and ResNet-50's widest 3x3 layers); the transformed
-# kernel it writes every call grows with their product.
-WINOGRAD_CHANNELS = 512
-# Its weight gradient sums over the tiles in products of C x K outputs: from 64 channels it beat
-# the direct kernel (ResNet-18's layers, ResNet-20's last stage); at 16 and 32 it lost.
-WINOGRAD_WEIGHT_GRADIENT_CHANNELS = 64
-# bf16's F(2x2, 3x3) beat oneDNN 3.2's direct bf16 kernels (AVX512-BF16, AMD Zen 5) at ResNet-18's
-# 3x3 layers (64-512 channels) and tied at 64 channels on 8x8 images; at 16 and 32 it lost. Not
-# measured against AMX's kernels: where oneDNN's forward is another one, it keeps it.
-WINOGRAD_BF16_CHANNELS = 64
-WINOGRAD_BF16_REPLACES = ":avx512_core_bf16"
-
-
-def _winograd_directions(
-    lhs_shape,
-    rhs_shape,
-    dtype,
-    window_strides,
-    padding,
-    rhs_dilation,
-    groups,
-    onednn_forward: str,
-) -> tuple[bool, bool, bool]:
-    """Per direction, whether a convolution on kernels of its own dtype runs it as Winograd
-    (Lavin & Gray 2016): a 3x3 kernel, stride 1, one row and column of zeros around the image,
-    no groups, 16 to 512 channels in multiples of 16, images that fill enough of its tiles. In
-    float32 F(4x4, 3x3) on AVX-512 (`csrc/winograd_conv.cc`), the weight gradient from 64
-    channels; in bf16 F(2x2, 3x3) on AVX512-BF16 (`csrc/winograd_bf16_conv.cc`) from 64
-    channels where oneDNN's forward kernel (`onednn_forward`) is its AVX512-BF16 one, forward
-    and input gradient only (its weight gradient: `csrc/bf16_conv3x3_weights.cc`).
-    """
-    _, height, width, in_channels = lhs_shape
-    kernel_h, kernel_w, _, out_channels = rhs_shape
-    bf16 = dtype == jnp.bfloat16
-    tile = 2 if bf16 else 4
-
-    def tile_use(size: int) -> float:
-        return size / (tile * -(-size // tile))
-
-    runs = (
-        (kernel_h, kernel_w) == (3, 3)
-        and window_strides == (1, 1)
-        and rhs_dilation == (1, 1)
-        and padding == ((1, 1), (1, 1))
-        and groups == 1
-        and in_channels % 16 == 0
-        and out_channels % 16 == 0
-        and max(in_channels, out_channels) <= WINOGRAD_CHANNELS
-        and tile_use(height) * tile_use(width) >= WINOGRAD_TILE_USE
-    )
-    if bf16:
-        runs = (
-            runs
-            and min(in_channels, out_channels) >= WINOGRAD_BF16_CHANNELS
-            and onednn_forward.endswith(WINOGRAD_BF16_REPLACES)
-            and native.winograd_bf16_available()
-        )
-        return runs, runs, False
-    runs = runs and dtype == jnp.float32 and native.winograd_available()
-    weights = min(in_channels, out_channels) >= WINOGRAD_WEIGHT_GRADIENT_CHANNELS
-    return runs, runs, runs and weights
-
-
-# The extension's bf16 3x3 weight gradient beat oneDNN 3.2's AVX512-BF16 kernel (jit_bf16) on AMD
-# Zen 5 (bench/README.md) from this many output channels: ResNet-18's layers and ResNet-20's 32
-# and 64; at 16 (ResNet-20's first stage) it lost. Not measured against AMX's kernels: those
-# keep oneDNN.
-BF16_WEIGHT_GRADIENT_CHANNELS = 32
-BF16_WEIGHT_GRADIENT_REPLACES = "jit_bf16:avx512_core_bf16"
-
-
-def _runs_bf16_weight_gradient(
-    rhs_shape, window_strides, padding, rhs_dilation, groups, onednn_implementation: str
-) -> bool:
-    """Whether a bf16 convolution's weight gradient runs `csrc/bf16_conv3x3_weights.cc`: a 3x3
-    kernel at stride 1 or 2, one row and column of zeros around the image, no groups, channels
-    in multiples of 16 and at least `BF16_WEIGHT_GRADIENT_CHANNELS` out, where oneDNN's kernel
-    is the one it was measured against. It sums the same products in float32 as oneDNN's
-    kernel, in another order, and rounds once."""
-    kernel_h, kernel_w, in_channels, out_channels = rhs_shape
-    return (
-        onednn_implementation == BF16_WEIGHT_GRADIENT_REPLACES
-        and (kernel_h, kernel_w) == (3, 3)
-        and window_strides in ((1, 1), (2, 2))
-        and rhs_dilation == (1, 1)
-        and padding == ((1, 1), (1, 1))
-        and groups == 1
-        and in_channels % 16 == 0
-        and out_channels % 16 == 0
-        and out_channels >= BF16_WEIGHT_GRADIENT_CHANNELS
-        and native.bf16_weights_available()
-    )
-
-
-# oneDNN 3.2's direct float32 weight-gradient kernels lose to XLA's from this many input and
-# output channels per group on AVX2 (AMD Zen 3: from ResNet-18's layer 2); below, oneDNN's wins.
-# On AVX-512 XLA's won only at 512 channels and only alone: in a train step it runs beside the
-# extension's calls on the same cores, and the step was no faster on Zen 4 or Intel and slower
-# on Zen 5 (bench/README.md), so oneDNN keeps them. bf16's kernels and the others keep oneDNN.
-XLA_WEIGHT_GRADIENT_FROM = {"jit:avx2": 128}
-
-
-def _xla_is_faster(direction: int, implementation: str, rhs_shape, groups: int) -> bool:
-    """Where XLA's kernel for `direction` was measured faster than oneDNN's `implementation`."""
-    channels = XLA_WEIGHT_GRADIENT_FROM.get(implementation)
-    if direction != native.BACKWARD_WEIGHTS or channels is None:
-        return False
-    in_per_group, out_per_group = rhs_shape[2], rhs_shape[3] // groups
-    return in_per_group >= channels and out_per_group >= channels
-
-
-def _dilated(kernel: Sequence[int], dilation: Sequence[int] | None) -> tuple[int, ...]:
-    return tuple(
-        (k - 1) * d + 1 for k, d in zip(kernel, dilation or (1,) * len(kernel), strict=True)
-    )
-
+# --- running it ------------------------------------------------------------------------------
 
 # Per direction: which operands carry the batch, and whether the result sums over it.
 _BATCHED = {
-    native.FORWARD: ((True, False), False),  # (lhs, rhs) -> out
-    native.BACKWARD_DATA: ((True, False), False),  # (d_out, rhs) -> d_lhs
-    native.BACKWARD_WEIGHTS: ((True, True), True),  # (lhs, d_out) -> d_rhs
+    FORWARD: sharding.split(batched=(True, False), summed=False),  # (lhs, rhs) -> out
+    BACKWARD_DATA: sharding.split(batched=(True, False), summed=False),  # (d_out, rhs) -> d_lhs
+    BACKWARD_WEIGHTS: sharding.split(batched=(True, True), summed=True),  # (lhs, d_out) -> d_rhs
 }
 
 
-def _xla_direction(plan: _Plan, direction: int, a: jax.Array, b: jax.Array) -> jax.Array:
-    """`direction` of `plan`'s convolution on XLA; the linear maps' transposes for gradients."""
-    if direction == native.FORWARD:
-        return plan.xla(a, b)
-    if direction == native.BACKWARD_DATA:
-        lhs = jax.ShapeDtypeStruct(plan.lhs_shape, plan.dtype)
-        return jax.linear_transpose(lambda x: plan.xla(x, b), lhs)(a)[0]
-    rhs = jax.ShapeDtypeStruct(plan.rhs_shape, plan.dtype)
-    return jax.linear_transpose(lambda w: plan.xla(a, w), rhs)(b)[0]
+def _xla_direction(
+    geometry: Geometry, precision: Any, direction: int, a: jax.Array, b: jax.Array
+) -> jax.Array:
+    """`direction` of the convolution on XLA; the linear maps' transposes for gradients."""
+    conv = functools.partial(geometry.xla, precision=precision)
+    if direction == FORWARD:
+        return conv(a, b)
+    if direction == BACKWARD_DATA:
+        lhs = jax.ShapeDtypeStruct(geometry.lhs_shape, geometry.dtype)
+        return jax.linear_transpose(lambda x: conv(x, b), lhs)(a)[0]
+    rhs = jax.ShapeDtypeStruct(geometry.rhs_shape, geometry.dtype)
+    return jax.linear_transpose(lambda w: conv(a, w), rhs)(b)[0]
 
 
 def _on_shard(plan: _Plan, direction: int, a: jax.Array, b: jax.Array) -> jax.Array:
     """`direction` on the batch `a` holds (the whole batch, or one device's shard of it)."""
     local = plan.for_batch(a.shape[0])
-    if local.kernels[direction] is None:
-        return _xla_direction(local, direction, a, b)
-    return local.ffi(direction, a, b)
+    if local is None or local.kernels[direction] is None:
+        geometry = plan.geometry.with_batch(a.shape[0])
+        return _xla_direction(geometry, plan.precision, direction, a, b)
+    return local.kernels[direction].run(local, direction, a, b)
 
 
 def _direction(plan: _Plan, direction: int, a: jax.Array, b: jax.Array) -> jax.Array:
-    """One direction of the convolution: oneDNN's kernel where `plan` has one, else XLA's."""
+    """One direction of the convolution on CPU: its kernel, per batch shard, or XLA's."""
     if plan.kernels[direction] is None:
-        return _xla_direction(plan, direction, a, b)
-    batched, summed = _BATCHED[direction]
-
-    def cpu(a, b):
-        kernel = functools.partial(_on_shard, plan, direction)
-        return sharding.over_batch(kernel, a, b, batched=batched, summed=summed)
-
-    return backend.on_cpu(cpu, functools.partial(_xla_direction, plan, direction), a, b)
+        return _xla_direction(plan.geometry, plan.precision, direction, a, b)
+    return _BATCHED[direction](functools.partial(_on_shard, plan, direction), a, b)
 
 
 def _native_conv(lhs: jax.Array, rhs: jax.Array, plan: _Plan) -> jax.Array:
-    """The convolution on `plan`'s kernels, differentiable to any order (`zoo.ops.autodiff`):
-    a bilinear map, so every derivative of it is a sum of its three directions."""
+    """The convolution on `plan`'s kernels: a bilinear map, so every derivative of it is a sum
+    of its three directions (`zoo.ops.autodiff`)."""
 
     def forward(lhs, rhs):
-        return (_direction(plan, native.FORWARD, lhs, rhs),), ()
+        return (_direction(plan, FORWARD, lhs, rhs),), ()
 
     def cotangent(primals, residuals, cotangents):
         (lhs, rhs), (d_out,) = primals, cotangents
-        d_lhs = _direction(plan, native.BACKWARD_DATA, d_out, rhs)
-        d_rhs = _direction(plan, native.BACKWARD_WEIGHTS, lhs, d_out)
+        d_lhs = _direction(plan, BACKWARD_DATA, d_out, rhs)
+        d_rhs = _direction(plan, BACKWARD_WEIGHTS, lhs, d_out)
         return sharding.cotangent_like(d_lhs, lhs), sharding.cotangent_like(d_rhs, rhs)
 
-    conv = autodiff.differentiable(
-        forward,
+    conv = backend.native_op(
+        "conv_general_dilated",
         lambda lhs, rhs: (plan.xla(lhs, rhs),),
-        cotangent=cotangent,
+        forward,
+        cotangent,
         bilinear=True,
-        name="conv_general_dilated",
     )
     return conv(lhs, rhs)[0]
+
+
+# The banded product's matrix may have at most this many entries, and its input this many
+# channels: LeNet-5's convolutions (bench/README.md, "Banded matmul").
+BANDED_MAX_ENTRIES = 2**20
+BANDED_MAX_CHANNELS = 16
+
+
+def _runs_banded(g: Geometry) -> bool:
+    """A few-channel "VALID" stride-1 convolution without dilation or groups, whose banded
+    matrix is small."""
+    _, _, width, _ = g.lhs_shape
+    kernel_h, _ = g.kernel_size
+    entries = kernel_h * width * g.in_channels * g.out_shape[2] * g.out_channels
+    return (
+        g.padding == ((0, 0), (0, 0))
+        and g.strides == (1, 1)
+        and g.dilation == (1, 1)
+        and g.groups == 1
+        and g.in_channels <= BANDED_MAX_CHANNELS
+        and 0 < entries <= BANDED_MAX_ENTRIES
+    )
+
+
+def banded_conv(x: jax.Array, kernel: jax.Array, precision: Any = None) -> jax.Array:
+    """A "VALID", stride-1 convolution of NHWC `x` with an HWIO `kernel`, as one matmul: the
+    `kh` kernel-row-shifted image rows, concatenated, times a banded (Toeplitz) matrix built
+    from the kernel, (N*Ho, kh*W*Cin) @ (kh*W*Cin, Wo*Cout). The band multiplies zeros (W / kw
+    times the useful work), but for few channels XLA:CPU runs a matmul of that shape faster
+    than its convolution, and its gradients are matmuls too."""
+    n, h, w, cin = x.shape
+    kh, kw, _, cout = kernel.shape
+    out_h, out_w = h - kh + 1, w - kw + 1
+    # band[j, a, b] = 1 where input column a = output column b + j.
+    band = np.zeros((kw, w, out_w), np.float32)
+    for j in range(kw):
+        band[j, np.arange(out_w) + j, np.arange(out_w)] = 1.0
+    # toeplitz[i, a, c, b, d] = kernel[i, a - b, c, d] (zero off the band).
+    toeplitz = jnp.einsum("jab,ijcd->iacbd", jnp.asarray(band, kernel.dtype), kernel)
+    toeplitz = toeplitz.reshape(kh * w * cin, out_w * cout)
+    rows = x.reshape(n, h, w * cin)
+    shifted = jnp.concatenate([rows[:, i : i + out_h] for i in range(kh)], axis=-1)
+    y = jnp.matmul(shifted.reshape(n * out_h, kh * w * cin), toeplitz, precision=precision)
+    return y.reshape(n, out_h, out_w, cout)
+
+
+# --- the public op ---------------------------------------------------------------------------
+
+
+def _geometry(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    preferred_element_type,
+) -> Geometry | None:
+    """The call as a `Geometry`, or None where it is no convolution the zoo's kernels take."""
+    if jnp.ndim(lhs) != 4 or jnp.ndim(rhs) != 4:
+        return None
+    dtype = jnp.result_type(lhs)
+    if dtype != jnp.result_type(rhs) or not jnp.issubdtype(dtype, jnp.floating):
+        return None
+    if batch_group_count != 1:
+        return None
+    if preferred_element_type is not None and jnp.dtype(preferred_element_type) != dtype:
+        return None
+    if lhs_dilation is not None and tuple(lhs_dilation) != (1, 1):
+        return None
+    if lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != NHWC_HWIO:
+        return None
+    rhs_dilation = tuple(rhs_dilation or (1, 1))
+    if isinstance(padding, str):
+        dilated = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], rhs_dilation, strict=True)]
+        padding = lax.padtype_to_pads(lhs.shape[1:3], dilated, window_strides, padding)
+    padding = tuple((int(low), int(high)) for low, high in padding)
+    if any(p < 0 for pair in padding for p in pair) or 0 in lhs.shape or 0 in rhs.shape:
+        return None
+    return Geometry(
+        tuple(lhs.shape),
+        tuple(rhs.shape),
+        jnp.dtype(dtype),
+        tuple(window_strides),
+        padding,
+        rhs_dilation,
+        feature_group_count,
+    )
 
 
 def conv_general_dilated(
@@ -572,8 +653,8 @@ def conv_general_dilated(
     precision: Any = None,
     preferred_element_type: Any = None,
 ) -> jax.Array:
-    """`jax.lax.conv_general_dilated`, on oneDNN's kernels where the computation runs on a CPU
-    that has them for this configuration (see the module docstring), on XLA otherwise."""
+    """`jax.lax.conv_general_dilated`, on the extension's kernels where the computation runs on
+    a CPU that has them for this configuration (see the module docstring), on XLA otherwise."""
     arguments = dict(
         window_strides=window_strides,
         padding=padding,
@@ -582,13 +663,24 @@ def conv_general_dilated(
         dimension_numbers=dimension_numbers,
         feature_group_count=feature_group_count,
         batch_group_count=batch_group_count,
-        precision=precision,
         preferred_element_type=preferred_element_type,
     )
-    plan = _plan(lhs, rhs, **arguments)
-    if plan is None:
-        return lax.conv_general_dilated(lhs, rhs, **arguments)
-    return _native_conv(lhs, rhs, plan)
+    geometry = _geometry(lhs, rhs, **arguments)
+    if geometry is None:
+        return lax.conv_general_dilated(lhs, rhs, precision=precision, **arguments)
+    plan = planned(geometry, precision)
+    if plan is not None and (None in plan.kernels) and _runs_banded(geometry):
+        plan = None  # on CPU all of it as a banded matmul, rather than some of it on XLA
+    if plan is not None:
+        return _native_conv(lhs, rhs, plan)
+    if _runs_banded(geometry):
+        return backend.on_cpu(
+            functools.partial(banded_conv, precision=precision),
+            functools.partial(geometry.xla, precision=precision),
+            lhs,
+            rhs,
+        )
+    return lax.conv_general_dilated(lhs, rhs, precision=precision, **arguments)
 
 
 def runs_on_onednn(
@@ -599,29 +691,19 @@ def runs_on_onednn(
     dimension_numbers: Any = None,
     feature_group_count: int = 1,
 ) -> bool:
-    """Whether `conv_general_dilated` with these arguments runs on oneDNN's kernels in all three
-    directions where it runs on CPU; asked at trace time, from shapes and dtypes alone."""
-    plan = _plan(
+    """Whether `conv_general_dilated` with these arguments runs on the extension's kernels in
+    all three directions where it runs on CPU; asked at trace time, from shapes and dtypes."""
+    geometry = _geometry(
         lhs,
         rhs,
         window_strides,
         padding,
-        lhs_dilation=None,
-        rhs_dilation=None,
-        dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count,
-        batch_group_count=1,
-        precision=None,
-        preferred_element_type=None,
+        None,
+        None,
+        dimension_numbers,
+        feature_group_count,
+        1,
+        None,
     )
+    plan = None if geometry is None else planned(geometry)
     return plan is not None and None not in plan.kernels
-
-
-class Conv(nn.Conv):
-    """`flax.linen.Conv` through the zoo's convolution (`conv_general_dilated` above).
-
-    Same fields, parameters and parameter names as `nn.Conv`: checkpoints are interchangeable.
-    """
-
-    conv_general_dilated: Any = conv_general_dilated
-    kernel_init: Any = initializers.lecun_normal()  # nn.Conv's, drawn flat: faster to compile

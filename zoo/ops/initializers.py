@@ -5,10 +5,10 @@ partitionable counters (JAX's default) the bits of element `i` of a draw depend 
 and on `i`, its row-major index, so a draw of any shape is the concatenation of fixed-size
 chunks drawn at counters `0, c, 2c, ...`, reshaped (`c` is `CHUNK` or `SMALL_CHUNK`, below).
 One compiled program per chunk size, distribution and dtype then serves every kernel of every
-model, where JAX compiles a draw for each distinct kernel shape: on 2 cores 0.4-1.4 s each,
-most of an eager `init` of a deep ResNet. Keys of another implementation, other counter schemes
-and traced keys (an `init` under `jit`, which compiles one program anyway) take JAX's own draw,
-flat.
+model, where JAX compiles a draw for each distinct kernel shape, which is most of an eager
+`init` of a deep network (bench/README.md, "Initializers"). Keys of another implementation,
+other counter schemes and traced keys (an `init` under `jit`, which compiles one program
+anyway) take JAX's own draw, flat.
 """
 
 from __future__ import annotations
@@ -26,12 +26,11 @@ from jax import lax
 
 # A standard normal truncated to [-2, 2] has this standard deviation (JAX's constant).
 _TRUNCATED_NORMAL_STDDEV = 0.87962566103423978
-# Where XLA:CPU hands elementwise fusions to YNNPACK (the `eltwise` fusion kind: the zoo's XLA
-# default until it kept NaNs, `zoo.runtime`, and still a user's to ask for in XLA_FLAGS), it
-# does so from YNN_FROM elements on, and YNNPACK's erf_inv rounds differently from XLA's own
-# loops (measured on jaxlib 0.10.2). So a draw of that size or more is drawn in chunks of CHUNK
-# elements, computed as JAX's own draw of it is, and a smaller one in chunks of SMALL_CHUNK,
-# computed by XLA's loops as JAX's is.
+# Where XLA:CPU hands elementwise fusions to YNNPACK (the `eltwise` fusion kind, a user's to
+# ask for in XLA_FLAGS), it does so from YNN_FROM elements on, and YNNPACK's erf_inv rounds
+# differently from XLA's own loops (bench/README.md, "Initializers"). So a draw of that size or
+# more is drawn in chunks of CHUNK elements, computed as JAX's own draw of it is, and a smaller
+# one in chunks of SMALL_CHUNK, computed by XLA's loops as JAX's is.
 YNN_FROM = 4096
 CHUNK = 1 << 16
 SMALL_CHUNK = 1024
@@ -148,7 +147,7 @@ def variance_scaling(
             factor = jnp.sqrt(3 * variance)
         size = math.prod(shape)
         flat = _chunked_draw(key, size, dtype, distribution)
-        if flat is None:  # drawn flat all the same: XLA:CPU compiles a 4-D draw 3-6x slower
+        if flat is None:  # drawn flat all the same: XLA:CPU compiles a 4-D draw more slowly
             return _sample(key, (size,), dtype, distribution).reshape(shape) * factor
         # NumPy rounds the product as XLA does (one IEEE multiply), without a compile per shape.
         values = (flat * np.asarray(factor)).reshape(shape)

@@ -1,4 +1,5 @@
-"""Max pooling of NHWC activations: the extension's kernels on CPU, XLA's ops elsewhere.
+"""Pooling of NHWC activations: max pooling on the extension's kernels on CPU and XLA's ops
+elsewhere, and the mean over height and width (`spatial_mean`).
 
 `max_pool(x, window, stride, padding)` is `nn.max_pool(x, (window,) * 2, (stride,) * 2,
 explicit_padding(padding))`, padding counting as -inf. The values are always its values (NaN
@@ -18,11 +19,11 @@ On CPU the pooling runs as, in order of preference:
    for windows of up to 16 x 16. oneDNN's max pooling is not used: it skips NaNs and turns a
    window of -inf into -FLT_MAX.
 2. XLA, with a gradient built from elementwise masks of each window's choice, summed per
-   stride phase and interleaved once, which XLA:CPU runs about 2x faster than its
-   select-and-scatter.
-bench/README.md has the timings. GPU and TPU compilers have their own fast select-and-scatter:
-there (and for inputs that are not floating-point NHWC arrays, or maps smaller than the window)
-it is `nn.max_pool` unchanged, chosen inside the same jitted function (`zoo.ops.on_cpu`); under
+   stride phase and interleaved once, which XLA:CPU runs faster than its select-and-scatter
+   (bench/README.md, "Max pool's mask gradient").
+GPU and TPU compilers have their own fast select-and-scatter: there (and for inputs that are
+not floating-point NHWC arrays, or maps smaller than the window) it is `nn.max_pool`
+unchanged, chosen inside the same jitted function (`zoo.ops.on_cpu`); under
 `zoo.ops.portable()` it is `nn.max_pool` everywhere, what an exported function runs best on
 any backend. Both CPU paths differentiate to any order in both modes (`zoo.ops.autodiff`):
 their own gradient first, XLA's derivatives of `nn.max_pool` beyond it.
@@ -36,7 +37,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from zoo.ops import autodiff, backend, native, sharding
 
@@ -64,16 +64,33 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
     pool = _Pool.of(x, window, stride, padding)
     if 0 in (*pool.shape, *pool.out_shape):  # nothing to pool (a map smaller than the window)
         return reference(x)
+    if _runs_natively(x, pool):
+        return _native_max_pool(x.astype(pool.dtype), pool).astype(x.dtype)
     # Narrower floats pool as float32 (max is exact in it): XLA:CPU widens their reduce-window
-    # anyway, but then cannot fuse the mask gradient's slices (bench/README.md).
+    # anyway, but then cannot fuse the mask gradient's slices.
     wide = jnp.promote_types(x.dtype, _F32)
 
     def cpu(x: jax.Array) -> jax.Array:
-        if _runs_natively(x, pool):
-            return _native_max_pool(x.astype(pool.dtype), pool).astype(x.dtype)
         return _mask_max_pool(x.astype(wide), window, stride, padding).astype(x.dtype)
 
     return backend.on_cpu(cpu, reference, x)
+
+
+def spatial_mean(x: jax.Array) -> jax.Array:
+    """The mean of NHWC `x` over height and width, (N, H, W, C) -> (N, C), summed in float32
+    (at least) and rounded once to `x`'s dtype.
+
+    The sum is a contraction with ones, not a reduction: XLA:CPU hands a reduction to YNNPACK
+    together with the elementwise ops before it, and there a ReLU before the mean computes
+    max(NaN, 0) = 0, so a NaN feature map would average to a finite one. A contraction keeps
+    the NaN on every backend.
+    """
+    batch, height, width, channels = x.shape
+    accumulate = jnp.promote_types(x.dtype, _F32)
+    pixels = x.reshape(batch, height * width, channels)
+    ones = jnp.ones((height * width,), accumulate)
+    total = jnp.einsum("npc,p->nc", pixels, ones, preferred_element_type=accumulate)
+    return (total / (height * width)).astype(x.dtype)
 
 
 # --- the extension's kernels -----------------------------------------------------------------
@@ -101,24 +118,17 @@ class _Pool:
         return cls(x.shape, out, dtype, window, stride, padding, threads, sharding.varying(x))
 
     def ffi(self, target: str, results: tuple[tuple[tuple[int, ...], Any], ...], *operands):
-        """`target` on `operands`, its results of those (shape, dtype), typed as the operands
-        are (sharding, manual axes)."""
-
-        def call(*operands: jax.Array) -> tuple[jax.Array, ...]:
-            outputs = jax.ffi.ffi_call(
-                target,
-                tuple(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in results),
-                vmap_method="sequential",
-            )(
-                *operands,
-                window=np.int64(self.window),
-                stride=np.int64(self.stride),
-                padding=np.int64(self.padding),
-                num_threads=np.int64(self.num_threads),
-            )
-            return tuple(sharding.vary_like(output, *operands) for output in outputs)
-
-        return sharding.whole_batch(call, *operands)
+        """`target` on `operands` (the whole batch), its results of those (shape, dtype)."""
+        return backend.call(
+            target,
+            tuple(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in results),
+            *operands,
+            batch=sharding.whole_batch,
+            window=self.window,
+            stride=self.stride,
+            padding=self.padding,
+            num_threads=self.num_threads,
+        )
 
 
 def _runs_natively(x: jax.Array, pool: _Pool) -> bool:
@@ -146,7 +156,7 @@ def _native_max_pool(x: jax.Array, pool: _Pool) -> jax.Array:
     def reference(x):
         return (reference_max_pool(x, pool.window, pool.stride, pool.padding),)
 
-    return autodiff.differentiable(forward, reference, cotangent=cotangent, name="max_pool")(x)[0]
+    return backend.native_op("max_pool", reference, forward, cotangent)(x)[0]
 
 
 def _native_forward(x: jax.Array, pool: _Pool) -> tuple[jax.Array, jax.Array]:

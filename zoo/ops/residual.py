@@ -3,17 +3,14 @@ ops elsewhere.
 
 `add_relu(x, shortcut)` is `nn.relu(x + shortcut)`, its values and gradient bit for bit (the
 gradient of both operands is the output's where the output is positive, else +0), NaN included:
-where the sum is NaN the kernels give NaN, as `lax.max` defines it (XLA:CPU's YNNPACK fusions
-give 0 there for arrays of 4,096 elements or more, so that a diverged block looks like a dead
-one; `import zoo` keeps their elementwise kinds off, `zoo.runtime`). On CPU, for two
-float32 or bfloat16 arrays of one shape, it runs two kernels of `csrc/add_relu.cc`
-(`zoo.ops.autodiff`): a forward that adds, rounds once and clamps in one pass, and a backward
-that masks the gradient by the output's sign, reading the output the next layer keeps anyway
-(no other residual). XLA:CPU computes a bf16 join in float32 across several fusions, writing
-float32 intermediates and materialised zeros (bench/README.md has the timings). Under a
-batch-sharded `jax.jit` each device runs its own shard (`zoo.ops.sharding`). Anything else
-(other dtypes, broadcasting operands, no extension, GPU and TPU) is `nn.relu(x + shortcut)`,
-chosen inside the same jitted function (`zoo.ops.on_cpu`).
+where the sum is NaN the kernels give NaN, as `lax.max` defines it. On CPU, for two float32 or
+bfloat16 arrays of one shape, it runs two kernels of `csrc/add_relu.cc` (`zoo.ops.autodiff`):
+a forward that adds, rounds once and clamps in one pass, and a backward that masks the gradient
+by the output's sign, reading the output the next layer keeps anyway (no other residual), where
+XLA:CPU computes a bf16 join in float32 across several fusions. Under a batch-sharded
+`jax.jit` each device runs its own shard (`zoo.ops.sharding`). Anything else (other dtypes,
+broadcasting operands, no extension, GPU and TPU) is `nn.relu(x + shortcut)`, chosen inside
+the same jitted function (`zoo.ops.on_cpu`).
 """
 
 from __future__ import annotations
@@ -21,9 +18,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from zoo.ops import autodiff, backend, native, sharding
+from zoo.ops import backend, native, sharding
 
 # The dtypes the kernels read and write.
 NATIVE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
@@ -42,27 +38,23 @@ def add_relu(x: jax.Array, shortcut: jax.Array) -> jax.Array:
         and x.dtype == shortcut.dtype
         and x.dtype in NATIVE_DTYPES
         and backend.native_applies()
+        and native.library() is not None
     ):
         return reference_add_relu(x, shortcut)
-
-    def cpu(x: jax.Array, shortcut: jax.Array) -> jax.Array:
-        if native.library() is None:
-            return reference_add_relu(x, shortcut)
-        return _native_add_relu(x, shortcut, backend.pass_team(x))
-
-    return backend.on_cpu(cpu, reference_add_relu, x, shortcut)
+    return _native_add_relu(x, shortcut, backend.pass_team(x))
 
 
 def _kernel(target: str, a: jax.Array, b: jax.Array, num_threads: int) -> jax.Array:
     """`target` on two arrays of one shape, per batch shard; its result shaped as they are."""
-
-    def call(a: jax.Array, b: jax.Array) -> jax.Array:
-        result = jax.ffi.ffi_call(
-            target, jax.ShapeDtypeStruct(a.shape, a.dtype), vmap_method="broadcast_all"
-        )(a, b, num_threads=np.int64(num_threads))
-        return sharding.vary_like(result, a, b)
-
-    return sharding.over_batch(call, a, b, batched=(True, True), summed=False)
+    return backend.call(
+        target,
+        lambda a, b: jax.ShapeDtypeStruct(a.shape, a.dtype),
+        a,
+        b,
+        batch=sharding.split(batched=(True, True), summed=False),
+        vmap_method="broadcast_all",
+        num_threads=num_threads,
+    )
 
 
 def _native_add_relu(x: jax.Array, shortcut: jax.Array, num_threads: int) -> jax.Array:
@@ -82,5 +74,5 @@ def _native_add_relu(x: jax.Array, shortcut: jax.Array, num_threads: int) -> jax
     def reference(x, shortcut):
         return (reference_add_relu(x, shortcut),)
 
-    join = autodiff.differentiable(evaluate, reference, cotangent=cotangent, name="add_relu")
+    join = backend.native_op("add_relu", reference, evaluate, cotangent)
     return join(x, shortcut)[0]

@@ -37,6 +37,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 Kernel = Callable[..., jax.Array]
 
 
+def split(*, batched: Sequence[bool], summed: bool) -> Callable[..., Any]:
+    """`over_batch` with these `batched` operands and `summed` result, as a `batch` rule for
+    `zoo.ops.backend.call`."""
+    return lambda fn, *operands: over_batch(fn, *operands, batched=batched, summed=summed)
+
+
 def over_batch(fn: Kernel, *operands: jax.Array, batched: Sequence[bool], summed: bool):
     """`fn(*operands)`, partitioned over the batch when the computation is (see module)."""
     batched = tuple(batched)
@@ -146,7 +152,7 @@ def _partition(fn: Kernel, batched, summed: bool, mesh, args):
     return mesh, _on_each_shard(fn, summed, axes), _result_sharding(summed, mesh, axes), shardings
 
 
-def whole_batch(fn: Callable[..., tuple[jax.Array, ...]], *operands: jax.Array):
+def whole_batch(fn: Callable[..., Any], *operands: jax.Array) -> Any:
     """`fn(*operands)` for a kernel over the whole batch (batch norm's statistics, a pooling's
     images) on one device whose types may carry a (trivial) sharding: it runs on the operands
     typed as replicated, and each result of the first operand's rank and batch (its leading
@@ -162,7 +168,7 @@ def whole_batch(fn: Callable[..., tuple[jax.Array, ...]], *operands: jax.Array):
     def batched(r: jax.Array) -> bool:
         return r.ndim == len(batch_shape) and r.shape[:1] == batch_shape[:1]
 
-    return tuple(jax.sharding.reshard(r, like) if batched(r) else r for r in results)
+    return jax.tree.map(lambda r: jax.sharding.reshard(r, like) if batched(r) else r, results)
 
 
 def varying(x: jax.Array) -> frozenset:

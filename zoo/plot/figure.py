@@ -8,7 +8,6 @@ pyplot's global list after it is saved.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +16,8 @@ from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
-from zoo.errors import InvalidValueError, NotAFolderError, NotWritableError
+from zoo import files
+from zoo.errors import InvalidValueError
 from zoo.hub import check_outside_registries
 from zoo.outputs import write_with
 
@@ -78,26 +78,10 @@ def checkpoint_picture(step_folder: Path, picture: str) -> str:
 
 
 def _check_writable(path: Path) -> None:
-    """Raises unless `path` can be written: its nearest existing folder takes a new file."""
+    """Raises unless a picture can be written at `path` (`zoo.files.check_writable`)."""
     if path.is_dir():
         raise InvalidValueError(f"cannot save a picture as {path}: it is a folder")
-    folder = path.parent
-    while not folder.exists():  # save_figure creates the missing folders.
-        folder = folder.parent
-    if not folder.is_dir():
-        raise NotAFolderError(f"cannot save a picture as {path}: {folder} is a file, not a folder")
-    # Opening for real is the only test that holds for every user and mount (root ignores
-    # permission bits, a read-only mount ignores root); "r+b" leaves an old picture intact.
-    target = path if path.exists() else folder
-    try:
-        if target == path:
-            open(path, "r+b").close()
-        else:
-            tempfile.TemporaryFile(dir=folder).close()
-    except OSError as error:
-        raise NotWritableError(
-            f"cannot save a picture as {path}: {target} is not writable ({error.strerror})"
-        ) from None
+    files.check_writable(path, "cannot save a picture as")
 
 
 def save_figure(figure: Figure, path: Path) -> Path:

@@ -4,8 +4,8 @@
     run = zoo.training.train("lenet5", epochs=3)  # lenet5's preset, as `zoo train lenet5`
     run.model.predict(raw_uint8_images)
 
-`train` applies the model's preset, as the command line does; `fit(TrainConfig(...))` is the
-loop itself and applies no preset.
+`train` applies the model's preset and the CPU settings (`zoo.configure_cpu()`), as the
+command line does; `fit(TrainConfig(...))` is the loop itself and applies neither.
 
 Modules, in the order a run flows through them: `config` (every setting) -> `zoo.data` (data
 sets by name or path) -> `experiment` (model, optimizer, mesh, the data path) -> `loop` (epochs,

@@ -8,6 +8,10 @@
 model's preset < `config_file` < keyword arguments) and runs `loop.fit`; `zoo train` calls it
 too. Your own data: `arrays(...)` makes a data set of uint8 NHWC images and integer labels.
 Your own model: register it first (`zoo.register`), then train it by name.
+
+`train` is an entry point, as `zoo train` is: it applies the zoo's CPU settings first
+(`zoo.configure_cpu()`, which warns if JAX has already started). `loop.fit`, the loop itself,
+changes nothing process-wide: a program that calls it calls `configure_cpu()` itself, first.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from zoo import hub
+from zoo import hub, runtime
 from zoo.data import Dataset, Split
 from zoo.errors import InvalidTypeError, InvalidValueError
 from zoo.hub.records import decode_config
@@ -56,12 +60,15 @@ def train(
       console: where progress goes (default: a rich console on stdout).
       **settings: `TrainConfig` fields (epochs=5, lr=0.01, model_args={"hidden": [128]}, ...).
 
+    Applies `zoo.configure_cpu()` first (see the module docstring).
+
     Returns the `FitResult`: name, registry step, epoch, final metrics, and `.model`, the
     trained model (`predict(raw_uint8_images)`, `module`, `variables`, `meta`).
     """
     loop.check_arguments(
         dataset=data, callbacks=callbacks, console=console, dataset_argument="data"
     )
+    runtime.configure_cpu()
     if isinstance(model, TrainConfig):
         if config_file is not None or settings:
             raise InvalidValueError("pass settings in the TrainConfig, or a model name with them")

@@ -109,7 +109,8 @@ class TrainConfig:
     init_from: Annotated[
         str | None,
         Flag(
-            "start from this registry entry: matching leaves load, a new head is re-initialised",
+            "start from this registry entry (yours, else a shipped one): matching leaves "
+            "load, a new head is re-initialised",
             "NAME",
         ),
     ] = None
@@ -180,7 +181,11 @@ class TrainConfig:
     name: Annotated[str | None, Flag("registry name (default: MODEL-DATASET)", "NAME")] = None
     registry: Annotated[
         str | None,
-        Flag("registry folder (default: $ZOO_REGISTRY, else the checkout's checkpoints/)", "DIR"),
+        Flag(
+            "your registry: where checkpoints are saved, and names looked up before the "
+            "shipped models (default: $ZOO_REGISTRY, else ~/.local/share/jax-zoo/registry)",
+            "DIR",
+        ),
     ] = None
     data_dir: Annotated[
         str | None,
@@ -245,13 +250,13 @@ RESUMABLE_FIELDS = frozenset(
     }
 )
 
-# Per-model defaults, applied under a config file and flags. Tuned on 2 CPU cores.
+# Per-model defaults, applied under a config file and flags; the accuracies they reach are in
+# bench/README.md, "Presets".
 PRESETS: dict[str, dict[str, Any]] = {
     # 4,000 training digits: label smoothing, 2-pixel shifts and mixup, and a random affine warp
     # on top of the shifts, which needs the longer run to pay off; mixup keeps the warped model
-    # robust on digits of other writers (bench/README.md, "LeNet-5 on mnist5k", has the
-    # held-out figures over seeds, and what was tried: elastic distortion did not help it). A
-    # weight average (`ema_decay`) adds little: the cosine decay to 0 already averages.
+    # robust on digits of other writers (bench/README.md, "LeNet-5 on mnist5k"). No weight
+    # average (`ema_decay`): the cosine decay to 0 already averages.
     "lenet5": {
         "epochs": 50,
         "batch_size": 64,
@@ -268,8 +273,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # LeCun et al. 1998 train for 20 passes with no weight decay, by stochastic diagonal
     # Levenberg-Marquardt (per-parameter step sizes), which optax does not offer; Adam is the
-    # nearest adaptive method. 4,000 digits need more passes, shifts and mixup: 98.4 / 98.8 /
-    # 98.3% held out on mnist5k (seeds 0-2), against 97.3% without mixup in 15 passes.
+    # nearest adaptive method. 4,000 digits need more passes, shifts and mixup.
     "lenet5_1998": {
         "epochs": 30,
         "batch_size": 32,

@@ -41,7 +41,7 @@ from zoo.training.augment import Augmentation
 from zoo.training.config import TrainConfig, check_for_model, check_resumable
 from zoo.training.pipeline import Crops, DeviceFeed, DeviceSplit
 from zoo.training.recipe import WARP_STRENGTHS, augmentation, model_overrides
-from zoo.training.sharding import check_batch_size, make_mesh, replicate, replicated
+from zoo.training.sharding import check_batch_size, make_mesh, replicate
 from zoo.training.state import TrainState, check_train_only, create_train_state, make_optimizer
 from zoo.training.streaming import StreamFeed, default_workers, local_rows
 
@@ -318,26 +318,18 @@ def _check_model_arg(config: TrainConfig, key: str, value: Any) -> None:
 
 
 def initial_state(experiment: Experiment) -> TrainState:
-    """A freshly initialised state, replicated over the mesh."""
-    tx = make_optimizer(experiment.config, experiment.steps_per_epoch)
-    create = lambda key: create_train_state(  # noqa: E731
+    """A freshly initialised state, replicated over the mesh: initialised eagerly, as a user's
+    own `model.init` runs (Flax's values), from this process's copy of the replicated key."""
+    key = jax.random.wrap_key_data(np.asarray(jax.random.key_data(experiment.keys["init"])))
+    state = create_train_state(
         experiment.model,
-        tx,
+        make_optimizer(experiment.config, experiment.steps_per_epoch),
         experiment.input_shape,
         key,
         ema_decay=experiment.config.ema_decay,
         train_only=experiment.config.train_only,
     )
-    key = experiment.keys["init"]
-    # Initialisation runs once, so it is compiled for compile time, not run time: without
-    # XLA's backend optimisations its many random initialisers compile 4-5x faster on CPU
-    # (resnet20: 5.7 s -> 1.4 s); the values differ from an optimised build in the last bit.
-    init = (
-        jax.jit(create, out_shardings=replicated(experiment.mesh))
-        .lower(key)
-        .compile(compiler_options={"xla_backend_optimization_level": 0})
-    )
-    return init(key)
+    return replicate(state, experiment.mesh)
 
 
 def restore_state(

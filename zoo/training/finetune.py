@@ -65,7 +65,7 @@ def start_from(
     )
     state = state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}))
     if state.ema:
-        state = state.replace(ema=state.variables)
+        state = state.with_average_reset()
     return Initialisation(
         state,
         {

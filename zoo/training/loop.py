@@ -16,11 +16,9 @@ or batches streamed from storage.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import closing, nullcontext
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -28,14 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 from rich.console import Console
 
-from zoo import hub, interrupts, multihost
+from zoo import distributed, files, hub, interrupts
 from zoo.data import Dataset
 from zoo.errors import (
     InvalidTypeError,
     InvalidValueError,
     NotAFolderError,
     NotFoundError,
-    NotWritableError,
     ZooError,
     brief,
 )
@@ -109,7 +106,8 @@ def fit(
     Raises `TrainingDiverged` when an epoch diverges (`zoo.training.divergence`; that epoch is
     not saved), and `ValueError`, `TypeError`, `KeyError` or `FileNotFoundError` for bad
     settings, before any training; a second live run under the same name and registry is
-    refused (`zoo.hub.claim_run`).
+    refused (`zoo.hub.claim_run`). Changes nothing process-wide: the zoo's CPU settings are
+    `zoo.configure_cpu()`'s, which `zoo.training.train` applies and a caller of `fit` may.
     """
     check_arguments(config=config, dataset=dataset, callbacks=callbacks, console=console)
     for flag, value in (("resume", resume), ("save", save)):
@@ -166,8 +164,8 @@ def _fit(
     save: bool,
     run_id: str | None,
 ) -> FitResult:
-    # With several processes (`zoo.training.distributed`) only the primary prints and logs.
-    primary = multihost.is_primary()
+    # With several processes (`zoo.distributed`) only the primary prints and logs.
+    primary = distributed.is_primary()
     console = (console or Console()) if primary else Console(quiet=True)
     latest = _check_name_state(config, resume) if save or resume else None
     if primary:
@@ -497,28 +495,6 @@ def _check_name_state(config: TrainConfig, resume: bool) -> int | None:
     return latest
 
 
-def _check_writable(folder: Path, what: str) -> None:
-    """Raises a one-line error unless files can be created in `folder` (or where it would be).
-
-    Checked before data is loaded or anything compiles, so that a run never trains an epoch to
-    find out it cannot save it. Creating a file is the test: permission bits do not show a
-    read-only file system, and root passes them all.
-    """
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise NotAFolderError(f"{what} {folder}: {existing} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as error:
-        where = "" if existing == folder else f" (it would be created in {existing})"
-        raise NotWritableError(
-            f"{what} {folder} is not writable{where}: {error.strerror}"
-        ) from None
-
-
 def _check_log_file(config: TrainConfig) -> None:
     """The metrics log (and its TensorBoard folder) can be written, and not into a registry."""
     path = config.log_path
@@ -529,7 +505,7 @@ def _check_log_file(config: TrainConfig) -> None:
         )
     if path.is_dir():
         raise NotAFolderError(f"metrics log {path} is a folder; --log wants a file name")
-    _check_writable(path.parent, "metrics log folder")
+    files.check_writable(path.parent, "metrics log folder")
 
 
 TrainFn = Any  # A compiled (state, totals, step inputs, key) -> (state, totals).

@@ -6,7 +6,7 @@ epoch; each step gathers its rows by index, and `prepare_batch` crops, augments 
 model's `Preprocessing`, all inside the jitted step. On CPU this beats any host pipeline for the
 small sets of `zoo.data`, and the host never touches a batch.
 
-Several processes (`zoo.training.distributed`) keep this design rather than feeding each process's
+Several processes (`zoo.distributed`) keep this design rather than feeding each process's
 batch slice from the host: every process holds the whole split (read in shares and exchanged
 once, `zoo.data`) and draws the same permutation from the same seed, so a step's global batch
 is the same rows as in a single-process run, and each device gathers its own slice of it

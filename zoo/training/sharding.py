@@ -3,7 +3,7 @@
 The batch is split along 'data' (`P('data')`); parameters, optimizer state and the small data
 sets are replicated (`P()`). The jitted step sees global arrays and XLA inserts the gradient
 all-reduce, so the same code runs on 1 device, on 8, and on the devices of several processes
-(`zoo.training.distributed`) with the same result up to summation order. Arrays reach the
+(`zoo.distributed`) with the same result up to summation order. Arrays reach the
 devices only through `replicate` (host -> every device) and leave a jitted function's batch
 dimension only through `constrain_batch`.
 

@@ -87,22 +87,29 @@ class TrainState(train_state.TrainState):
         )
 
     def with_batch_stats(self, batch_stats: PyTree) -> TrainState:
-        """After `apply_gradients`: the step's new statistics (the frozen ones kept) and the
-        average moved towards the new variables.
+        """The state with a step's new batch statistics, the frozen ones kept."""
+        kept = keep_frozen(
+            {"batch_stats": self.batch_stats}, {"batch_stats": batch_stats}, self.frozen
+        )
+        return self.replace(batch_stats=kept["batch_stats"])
+
+    def with_average_reset(self) -> TrainState:
+        """The state with its weight average set to its variables, in buffers of its own (a
+        train step donates the state, and one buffer donated twice is an error)."""
+        return self.replace(ema=jax.tree.map(jnp.copy, self.variables))
+
+    def advance_average(self) -> TrainState:
+        """The state with its weight average moved towards its variables (none: unchanged).
 
         The decay warms up as in `tf.train.ExponentialMovingAverage(num_updates=step)`,
         min(decay, (1 + t) / (10 + t)), so the initial weights fade out of short runs too.
         """
-        kept = keep_frozen(
-            {"batch_stats": self.batch_stats}, {"batch_stats": batch_stats}, self.frozen
-        )
-        state = self.replace(batch_stats=kept["batch_stats"])
         if not self.ema:
-            return state
+            return self
         t = self.step.astype(jnp.float32)
         decay = jnp.minimum(self.ema_decay, (1 + t) / (10 + t))
-        ema = jax.tree.map(lambda a, x: a + (1 - decay) * (x - a), self.ema, state.variables)
-        return state.replace(ema=ema)
+        ema = jax.tree.map(lambda a, x: a + (1 - decay) * (x - a), self.ema, self.variables)
+        return self.replace(ema=ema)
 
 
 def keep_frozen(old: PyTree, new: PyTree, frozen: frozenset[str]) -> PyTree:
@@ -219,7 +226,7 @@ def create_train_state(
         ema_decay=ema_decay,
         frozen=frozen,
     )
-    return state.replace(ema=state.variables) if ema_decay else state
+    return state.with_average_reset() if ema_decay else state
 
 
 def updates_per_epoch(config: TrainConfig, steps_per_epoch: int) -> float:

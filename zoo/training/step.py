@@ -133,6 +133,7 @@ def train_step(
     (_, (outputs, losses, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads)
     state = state.with_batch_stats(updates.get("batch_stats", state.batch_stats))
+    state = state.advance_average()
     return state, metric_sums(outputs, batch, losses, jnp.ones_like(losses), task)
 
 

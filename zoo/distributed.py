@@ -1,4 +1,12 @@
-"""Several processes training as one, on the JAX distributed runtime.
+"""Several processes training as one: which process this is, and joining the others.
+
+A multi-process run (`zoo train` on several hosts) is one program run by every process;
+whatever touches shared files or the terminal is done by one of them, the primary
+(`jax.process_index() == 0`), while the others wait at a `barrier` or take the value it decided
+(`from_primary`). With a single process, every run but a multi-process one, these cost nothing:
+`is_primary()` is True, `barrier` returns at once, `from_primary` returns its argument. The
+mesh the processes' devices form is `zoo.training.sharding`'s; the kernels' rule for a batch
+split over devices is `zoo.ops.sharding`'s.
 
 `zoo train` runs as one process per host. Before any other JAX work, `initialize` connects it to
 the other processes when
@@ -10,9 +18,9 @@ the other processes when
   itself.
 
 Otherwise it starts nothing, and a plain run stays the single process it always was. Once
-connected, `jax.devices()` lists every process's devices: the mesh spans them all
-(`zoo.training.sharding`), each process reads only its share of the data (`zoo.data`), and the
-primary, process 0, alone prints, logs and commits checkpoints (`zoo.hub.disk`).
+connected, `jax.devices()` lists every process's devices: the mesh spans them all, each process
+reads only its share of the data (`zoo.data`), and the primary alone prints, logs and commits
+checkpoints (`zoo.hub.disk`).
 
 A process that dies must not leave the others waiting for ever:
 
@@ -43,9 +51,33 @@ import traceback
 from collections.abc import Callable
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
-from zoo import interrupts
+from zoo import interrupts, jax_internals
 from zoo.errors import InvalidValueError, ZooError
+
+
+def is_primary() -> bool:
+    """True in the process that writes shared files and prints: process 0, or the only one."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Returns once every process has reached the barrier `name` (the same in all of them)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def from_primary(value: int) -> int:
+    """The primary's `value` in every process; `value` must fit in a signed 32-bit integer.
+
+    (32 bits because JAX, without `jax_enable_x64`, narrows 64-bit integers.)
+    """
+    if jax.process_count() == 1:
+        return value
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
 
 # How long a silent process is waited for before it is declared dead. JAX's default is 100 s;
 # heartbeats come from a thread of their own, so a process busy compiling or saving still sends
@@ -186,9 +218,7 @@ def detected_cluster() -> str | None:
     SLURM, Open MPI, Kubernetes (with the `kubernetes` package). An environment that launched a
     single process (`srun -n 1`, a one-host TPU VM) counts as none: there is no one to join.
     """
-    from jax._src.clusters import ClusterEnv  # Private, but the very list JAX itself consults.
-
-    for environment in ClusterEnv._cluster_types:
+    for environment in jax_internals.cluster_environments():
         if (
             not environment.opt_in_only_method
             and environment.is_env_present()
