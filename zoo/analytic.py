@@ -101,10 +101,38 @@ def conv(
     )
 
 
-def pool(shape: Shape, window: int, stride: int, padding: int = 0, kind: str = "maxpool") -> Counts:
+def pool(
+    shape: Shape,
+    window: int,
+    stride: int,
+    padding: int = 0,
+    kind: str = "maxpool",
+    *,
+    ceil_mode: bool = False,
+) -> Counts:
     h, w, c = spatial(shape, kind)
-    size = [formulas.pool_output_size(n, window, stride, padding) for n in (h, w)]
+    size = [
+        formulas.pool_output_size(n, window, stride, padding, ceil_mode=ceil_mode) for n in (h, w)
+    ]
     return Counts(kind, (*size, c))
+
+
+def adaptive_pool(
+    shape: Shape, output_size: tuple[int, int], kind: str = "adaptive_avgpool"
+) -> Counts:
+    """PyTorch's adaptive pooling to `output_size` bins: every bin of
+    `formulas.adaptive_pool_window` holds at least one input, whatever the input's size."""
+    h, w, c = spatial(shape, kind)
+    for size, bins in zip((h, w), output_size, strict=True):
+        formulas.adaptive_pool_window(size, bins, bins - 1)  # checks both are positive
+    return Counts(kind, (*output_size, c))
+
+
+def concatenation(shape: Shape, channels: int) -> Counts:
+    """Feature maps of `shape`'s height and width concatenated along the channels, `channels`
+    in all (an Inception module's branches, a dense layer's input and output)."""
+    h, w, _ = spatial(shape, "concat")
+    return Counts("concat", (h, w, channels))
 
 
 def _pair(value: int | tuple[int, ...], layer: str) -> tuple[int, int]:

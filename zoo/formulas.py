@@ -51,8 +51,30 @@ def same_output_size(size: int, stride: int = 1) -> int:
     return -(-size // stride)
 
 
-# Pooling slides a window exactly like a convolution does.
-pool_output_size = conv_output_size
+def pool_output_size(
+    size: int, kernel: int, stride: int = 1, padding: int = 0, *, ceil_mode: bool = False
+) -> int:
+    """Output length of a pooling window: the convolution's floor((W - K + 2P) / S) + 1.
+
+    With `ceil_mode` (PyTorch's) it is ceil((W - K + 2P) / S) + 1, so a last, partial window
+    covers what the floor leaves out, less one where that window would start in the right
+    padding rather than the input.
+    """
+    floor = conv_output_size(size, kernel, stride, padding)
+    if not ceil_mode:
+        return floor
+    out = -(-(size - kernel + 2 * padding) // stride) + 1
+    return out - 1 if (out - 1) * stride >= size + padding else out
+
+
+def adaptive_pool_window(size: int, bins: int, index: int) -> tuple[int, int]:
+    """[start, end) of bin `index` of PyTorch's adaptive pooling of `size` inputs into `bins`:
+    floor(i * W / n) to ceil((i + 1) * W / n). Bins overlap where n does not divide W, and an
+    input smaller than n is repeated."""
+    _check_positive(size=size, bins=bins)
+    if not 0 <= index < bins:
+        raise InvalidValueError(f"bin {index} is not one of {bins}")
+    return (index * size) // bins, -(-(index + 1) * size // bins)
 
 
 def _area(kernel: int | tuple[int, ...]) -> int:
