@@ -61,6 +61,14 @@ POOLS_AFTER = {"inception3b": ("maxpool3", 3), "inception4e": ("maxpool4", 2)}
 truncated_normal = initializers.normal(0.01)  # torchvision's trunc_normal_(std=0.01, a=-2, b=2)
 
 
+def transform_input(x: jax.Array) -> jax.Array:
+    """torchvision's `GoogLeNet._transform_input`: ImageNet-normalised NHWC images as the
+    pretrained weights want them, x * (std / 0.5) + (mean - 0.5) / 0.5 per channel."""
+    scale = jnp.asarray([s / 0.5 for s in IMAGENET_STD], x.dtype)
+    shift = jnp.asarray([(m - 0.5) / 0.5 for m in IMAGENET_MEAN], x.dtype)
+    return x * scale + shift
+
+
 class BasicConv2d(nn.Module):
     """torchvision's `BasicConv2d`: a convolution without bias, BatchNorm (eps 1e-3), ReLU."""
 
@@ -162,10 +170,7 @@ class GoogLeNet(ImageModel):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(x)
         if self.transform_input:
-            # x * (std / 0.5) + (mean - 0.5) / 0.5, channel by channel, as torchvision computes it.
-            scale = jnp.asarray([s / 0.5 for s in IMAGENET_STD], x.dtype)
-            shift = jnp.asarray([(m - 0.5) / 0.5 for m in IMAGENET_MEAN], x.dtype)
-            x = x * scale + shift
+            x = transform_input(x)
         dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         x = BasicConv2d(64, 7, 2, 3, name="conv1", **dtypes)(x, train)
         x = MaxPool(3, 2, ceil_mode=True, name="maxpool1")(x)
