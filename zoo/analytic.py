@@ -250,10 +250,23 @@ def describe(model: nn.Module, input_shape: Shape) -> tuple[Layer, ...]:
     Raises `InvalidValueError` where a formula says the input does not fit (e.g. a window
     larger than its input), and `NoAnalyticRuleError` for a layer with no rule.
     """
-    return _describe(_unbound(model), tuple(input_shape))
+    described = _described(_unbound(model), tuple(input_shape))
+    if isinstance(described, InvalidValueError):
+        raise type(described)(*described.args) from None
+    return described
 
 
 @functools.lru_cache(maxsize=256)
+def _described(model: nn.Module, input_shape: Shape) -> tuple[Layer, ...] | InvalidValueError:
+    """`_describe`, or the error saying the input does not fit: both are kept, since an input
+    found too small is described again (`ImageModel.check_input` searches for the smallest
+    that fits, to say so)."""
+    try:
+        return _describe(model, input_shape)
+    except InvalidValueError as error:
+        return error.with_traceback(None)  # Its frames held the trace's values.
+
+
 def _describe(model: nn.Module, input_shape: Shape) -> tuple[Layer, ...]:
     layers: list[Layer] = []
 

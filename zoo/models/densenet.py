@@ -92,7 +92,8 @@ class DenseLayer(nn.Module):
         y = _conv(self.bn_size * self.growth_rate, 1, "conv1", *dtypes)(y)
         y = batch_norm(train, *dtypes, "norm2", relu=True)(y)
         y = _conv(self.growth_rate, 3, "conv2", *dtypes)(y)
-        y = nn.Dropout(self.dropout_rate, deterministic=not train or not self.dropout_rate)(y)
+        if self.dropout_rate:
+            y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         return jnp.concatenate([x, y.astype(x.dtype)], axis=-1)
 
 

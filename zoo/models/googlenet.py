@@ -157,10 +157,11 @@ class GoogLeNet(ImageModel):
 
     @nn.nowrap
     def feature_stages(self) -> tuple[Stage, ...]:
-        # The last map at each resolution; every BasicConv2d and Inception module ends in ReLUs.
+        # The last map at each resolution; every BasicConv2d (its norm, with its ReLU fused)
+        # and Inception module ends in ReLUs.
         return (
-            Stage("conv1", "conv1"),
-            Stage("conv3", "conv3"),
+            Stage("conv1", "conv1/bn"),
+            Stage("conv3", "conv3/bn"),
             Stage("inception3b", "inception3b"),
             Stage("inception4e", "inception4e"),
             Stage("inception5b", "inception5b"),
