@@ -484,10 +484,23 @@ XLA_WEIGHT_GRADIENT_FROM = {"jit:avx2": 128}
 def _xla_is_faster(direction: int, implementation: str, rhs_shape, groups: int) -> bool:
     """Where XLA's kernel for `direction` was measured faster than oneDNN's `implementation`."""
     channels = XLA_WEIGHT_GRADIENT_FROM.get(implementation)
-    if direction != native.BACKWARD_WEIGHTS or channels is None:
+    if direction != native.BACKWARD_WEIGHTS or channels is None or _grouped(groups):
         return False
     in_per_group, out_per_group = rhs_shape[2], rhs_shape[3] // groups
     return in_per_group >= channels and out_per_group >= channels
+
+
+def _grouped(groups: int) -> bool:
+    """Whether a convolution is grouped, so that oneDNN keeps all three of its directions
+    wherever it has a kernel, whatever `XLA_WEIGHT_GRADIENT_FROM` says of its channels.
+
+    XLA:CPU runs a grouped convolution's weight gradient as one convolution with
+    `batch_group_count` groups, and its forward and input gradient grouped: on ResNeXt's 3x3s
+    (32 groups of 4 to 32 channels, 64 of 4) and on 2 groups of 256 channels it lost to
+    oneDNN's kernels in every direction, its weight gradient by two to three orders of
+    magnitude (bench/README.md, "Grouped convolutions: oneDNN against XLA").
+    """
+    return groups > 1
 
 
 def _dilated(kernel: Sequence[int], dilation: Sequence[int] | None) -> tuple[int, ...]:
