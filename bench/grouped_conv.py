@@ -1,6 +1,6 @@
 """ResNeXt's grouped 3x3 convolutions on oneDNN and on XLA, each direction alone, side by side.
 
-    python bench/grouped_conv.py [--batch 8] [--rounds 9] [--precisions fp32,bf16]
+    python bench/grouped_conv.py [--batch 8] [--rounds 9] [--precisions fp32,bf16] [--layers 0,8]
 
 Every distinct grouped 3x3 of resnext50_32x4d at 224x224 (32 groups of 4, 8, 16, 32 channels;
 stride 1, and stride 2 where a stage opens), resnext101_64x4d's first stage (64 groups of 4)
@@ -85,10 +85,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--layers", help="comma-separated indices into LAYERS (default: all)")
     args = parser.parse_args()
+    chosen = [LAYERS[int(i)] for i in args.layers.split(",")] if args.layers else LAYERS
     results = []
     for precision in args.precisions.split(","):
-        for size, channels, groups, stride in LAYERS:
+        for size, channels, groups, stride in chosen:
             runs, flops = layer_runs(args.batch, size, channels, groups, stride, DTYPES[precision])
             row = {"precision": precision, "layer": f"{size}x{size}x{channels} g{groups} s{stride}"}
             for direction, both in runs.items():

@@ -360,6 +360,18 @@ def test_mac_counts_match_the_published_ones():
     assert round(summary("resnet18").total_macs / 1e6) == 1814
     assert round(summary("resnet50").total_macs / 1e6) == 4089
     assert round(summary("resnet20").total_macs / 1e5) == 406
+    # fvcore 0.1.5's count of the convolutions and dense layers of torchvision's models at
+    # 224x224 (its batch norms and pools aside), which equals torchvision's published GFLOPS.
+    fvcore = {
+        "vgg11": 7_609_090_048,
+        "vgg16_bn": 15_470_264_320,
+        "googlenet": 1_498_376_192,
+        "resnext50_32x4d": 4_230_479_872,
+        "wide_resnet50_2": 11_398_021_120,
+        "densenet121": 2_834_161_664,
+        "densenet161": 7_727_907_072,
+    }
+    assert {name: summary(name).total_macs for name in fvcore} == fvcore
 
 
 def test_batch_norm_statistics_update_in_training_and_are_used_in_eval():

@@ -442,3 +442,42 @@ def test_googlenet_transform_input_is_torchvisions():
     assert convert_state_dict("googlenet", state_dict).module.transform_input
     plain = convert_state_dict("googlenet", state_dict, {"transform_input": False})
     assert plain.model_config == {"num_classes": 1000, "transform_input": False}
+
+
+def test_ceil_mode_max_pooling_is_pytorchs():
+    # GoogLeNet's pools: the output size rounds up, a last window may reach past the input.
+    from zoo import formulas
+    from zoo.models.layers import MaxPool
+
+    rng = np.random.default_rng(5)
+    for window, stride, padding in [(3, 2, 0), (2, 2, 0), (3, 1, 1), (3, 2, 1)]:
+        for size in range(1, 12):
+            x = rng.standard_normal((1, 2, size, size + 1), np.float32)
+            try:
+                theirs = torch.nn.functional.max_pool2d(
+                    torch.from_numpy(x), window, stride, padding, ceil_mode=True
+                ).numpy()
+            except RuntimeError:  # torch: output size too small
+                with pytest.raises(ValueError, match="does not fit"):
+                    formulas.pool_output_size(size, window, stride, padding, ceil_mode=True)
+                continue
+            expected = [
+                formulas.pool_output_size(n, window, stride, padding, ceil_mode=True)
+                for n in (size, size + 1)
+            ]
+            assert list(theirs.shape[2:]) == expected, (window, stride, padding, size)
+            pool = MaxPool(window, stride, padding, ceil_mode=True)
+            ours = pool.apply({}, jnp.asarray(x.transpose(0, 2, 3, 1)))
+            np.testing.assert_array_equal(np.asarray(ours), theirs.transpose(0, 2, 3, 1))
+
+
+def test_adaptive_average_pooling_is_pytorchs():
+    # VGG's pool to 7x7 at any input size: bins overlap, or repeat an input smaller than 7.
+    from zoo.models.layers import AdaptiveAvgPool
+
+    rng = np.random.default_rng(6)
+    for height, width in [(1, 1), (3, 5), (7, 7), (10, 13), (16, 9)]:
+        x = rng.standard_normal((2, 3, height, width), np.float32)
+        theirs = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), (7, 7)).numpy()
+        ours = AdaptiveAvgPool((7, 7)).apply({}, jnp.asarray(x.transpose(0, 2, 3, 1)))
+        np.testing.assert_allclose(ours, theirs.transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6)

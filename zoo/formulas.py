@@ -58,12 +58,20 @@ def pool_output_size(
 
     With `ceil_mode` (PyTorch's) it is ceil((W - K + 2P) / S) + 1, so a last, partial window
     covers what the floor leaves out, less one where that window would start in the right
-    padding rather than the input.
+    padding rather than the input; a window may then reach past the input's end (an input of
+    2 still gives one 3-wide window), but not start past it.
     """
-    floor = conv_output_size(size, kernel, stride, padding)
     if not ceil_mode:
-        return floor
-    out = -(-(size - kernel + 2 * padding) // stride) + 1
+        return conv_output_size(size, kernel, stride, padding)
+    _check_positive(size=size, kernel=kernel, stride=stride)
+    if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
+        raise InvalidValueError(f"padding must be a non-negative integer, got {padding!r}")
+    if size + 2 * padding + stride - 1 < kernel:
+        raise InvalidValueError(
+            f"a {kernel}-wide window does not fit an input of {size} with padding {padding}, "
+            "even rounding up"
+        )
+    out = (size + 2 * padding - kernel + stride - 1) // stride + 1
     return out - 1 if (out - 1) * stride >= size + padding else out
 
 
