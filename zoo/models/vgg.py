@@ -99,10 +99,14 @@ class VGG(ImageModel):
     head_name: ClassVar[str] = "fc8"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.stages, tuple) or not self.stages:
-            raise InvalidValueError(f"VGG: stages must be a non-empty tuple, got {self.stages!r}")
+        if not isinstance(self.stages, tuple | list) or not self.stages:
+            raise InvalidValueError(
+                f"VGG: stages must be a non-empty tuple of tuples, got {self.stages!r}"
+            )
         for i, widths in enumerate(self.stages):
             check_positive("VGG", **{f"stages[{i}]": widths})
+        # JSON (a config file, --model-arg) gives lists; the module is hashed by its fields.
+        object.__setattr__(self, "stages", tuple(tuple(widths) for widths in self.stages))
         check_positive("VGG", pool_size=self.pool_size, hidden=self.hidden)
         if len(self.pool_size) != 2:
             raise InvalidValueError(f"VGG: pool_size must be (height, width), got {self.pool_size}")
@@ -131,7 +135,8 @@ class VGG(ImageModel):
                 )
                 x = conv(x)
                 if self.batch_norm:
-                    x = batch_norm(train, *dtypes.values(), f"bn{s}_{i}", relu=True)(x)
+                    norm = batch_norm(train, self.dtype, self.param_dtype, f"bn{s}_{i}", relu=True)
+                    x = norm(x)
                 else:
                     x = nn.relu(x)
             x = MaxPool(2, 2, name=f"pool{s}")(x)
