@@ -1,6 +1,7 @@
 """jax-zoo against PyTorch on this machine, side by side, in one process.
 
     python bench/compare.py --json OUT.json [--models lenet5,resnet20,resnet18]
+    python bench/compare.py --json OUT.json --models vgg16,resnext50_32x4d,densenet121
                             [--precisions fp32,bf16] [--quick]
 
 For each model it times the project's own jitted train step (`zoo.training.step.train_step`,
@@ -77,6 +78,9 @@ SPECS = {
     "lenet5": Spec("lenet5", 128, (32, 32, 1), 10),
     "resnet20": Spec("resnet20", 128, (32, 32, 3), 10),
     "resnet18": Spec("resnet18", 32, (224, 224, 3), 1000),
+    "vgg16": Spec("vgg16", 8, (224, 224, 3), 1000),
+    "resnext50_32x4d": Spec("resnext50_32x4d", 16, (224, 224, 3), 1000),
+    "densenet121": Spec("densenet121", 16, (224, 224, 3), 1000),
 }
 
 

@@ -98,7 +98,10 @@ def source(framework: str, call: Call) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", choices=["lenet5", "resnet20", "resnet18"])
+    parser.add_argument(
+        "model",
+        choices=["lenet5", "resnet20", "resnet18", "vgg16", "resnext50_32x4d", "densenet121"],
+    )
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--steps", type=int, default=8, help=f"of which {WARMUP_STEPS} warm-up")
     parser.add_argument("--child", choices=["zoo", "torch"], help=argparse.SUPPRESS)

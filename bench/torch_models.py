@@ -2,7 +2,8 @@
 
 Same architecture and the same trainable parameter count as the zoo model of the same name
 (`compare.py` asserts the counts): LeNet-5 as the lecture lists it, the CIFAR ResNet-20 of He et
-al. 2015 with option-A (zero-pad) shortcuts, and torchvision's ResNet-18 for `resnet18`.
+al. 2015 with option-A (zero-pad) shortcuts, and torchvision's own for the ImageNet networks
+(ResNets, VGG, GoogLeNet without auxiliary heads, ResNeXt, Wide ResNet, DenseNet).
 """
 
 from __future__ import annotations
@@ -88,9 +89,15 @@ def create(name: str, num_classes: int) -> nn.Module:
         return LeNet5(num_classes)
     if name == "resnet20":
         return CifarResNet(3, num_classes)
-    if name.startswith("resnet") and name[6:] in ("18", "34", "50", "101", "152"):
-        import torchvision
+    import torchvision
 
+    if name.startswith("resnet") and name[6:] in ("18", "34", "50", "101", "152"):
+        return getattr(torchvision.models, name)(num_classes=num_classes)
+    if name == "googlenet":  # The zoo's has no auxiliary heads.
+        return torchvision.models.googlenet(
+            num_classes=num_classes, aux_logits=False, init_weights=True
+        )
+    if name.startswith(("vgg", "resnext", "wide_resnet", "densenet")):
         return getattr(torchvision.models, name)(num_classes=num_classes)
     raise KeyError(f"no PyTorch twin for {name!r}")
 

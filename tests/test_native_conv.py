@@ -557,3 +557,22 @@ def test_models_give_the_same_outputs_and_gradients_on_both_paths(name):
         theirs = run(model64, wide, np.asarray(x, np.float64))
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
         assert relative_error(a, b) < 1e-4
+
+
+@needs_native
+def test_grouped_convolutions_keep_onednns_weight_gradient(monkeypatch):
+    """Where XLA's weight gradient wins from some channels on (`XLA_WEIGHT_GRADIENT_FROM`, here
+    pretended for this CPU's kernel from 16), a grouped convolution with that many channels per
+    group keeps oneDNN's: XLA:CPU's grouped weight gradient is orders of magnitude slower."""
+    shape, pads = (2, 8, 8, 64), ((1, 1), (1, 1))
+    config = (2, 8, 8, 64, 3, 3, 64, 8, 8, *(1,) * 9, 0, 1)  # small: planned on one thread
+    _, name = native.implementation(native.CONV, native.BACKWARD_WEIGHTS, config)
+    monkeypatch.setattr(conv, "XLA_WEIGHT_GRADIENT_FROM", {name: 16})
+    conv._planned_for_team.cache_clear()
+    try:
+        plain = conv._planned(shape, (3, 3, 64, 64), jnp.float32, (1, 1), pads, (1, 1), 1, None)
+        grouped = conv._planned(shape, (3, 3, 32, 64), jnp.float32, (1, 1), pads, (1, 1), 2, None)
+    finally:
+        conv._planned_for_team.cache_clear()
+    assert plain.kernels[native.BACKWARD_WEIGHTS] is None  # XLA's, as the table says
+    assert grouped.kernels == (jnp.float32,) * 3

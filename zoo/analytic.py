@@ -101,10 +101,38 @@ def conv(
     )
 
 
-def pool(shape: Shape, window: int, stride: int, padding: int = 0, kind: str = "maxpool") -> Counts:
+def pool(
+    shape: Shape,
+    window: int,
+    stride: int,
+    padding: int = 0,
+    kind: str = "maxpool",
+    *,
+    ceil_mode: bool = False,
+) -> Counts:
     h, w, c = spatial(shape, kind)
-    size = [formulas.pool_output_size(n, window, stride, padding) for n in (h, w)]
+    size = [
+        formulas.pool_output_size(n, window, stride, padding, ceil_mode=ceil_mode) for n in (h, w)
+    ]
     return Counts(kind, (*size, c))
+
+
+def adaptive_pool(
+    shape: Shape, output_size: tuple[int, int], kind: str = "adaptive_avgpool"
+) -> Counts:
+    """PyTorch's adaptive pooling to `output_size` bins: every bin of
+    `formulas.adaptive_pool_window` holds at least one input, whatever the input's size."""
+    h, w, c = spatial(shape, kind)
+    for size, bins in zip((h, w), output_size, strict=True):
+        formulas.adaptive_pool_window(size, bins, bins - 1)  # checks both are positive
+    return Counts(kind, (*output_size, c))
+
+
+def concatenation(shape: Shape, channels: int) -> Counts:
+    """Feature maps of `shape`'s height and width concatenated along the channels, `channels`
+    in all (an Inception module's branches, a dense layer's input and output)."""
+    h, w, _ = spatial(shape, "concat")
+    return Counts("concat", (h, w, channels))
 
 
 def _pair(value: int | tuple[int, ...], layer: str) -> tuple[int, int]:
@@ -222,10 +250,23 @@ def describe(model: nn.Module, input_shape: Shape) -> tuple[Layer, ...]:
     Raises `InvalidValueError` where a formula says the input does not fit (e.g. a window
     larger than its input), and `NoAnalyticRuleError` for a layer with no rule.
     """
-    return _describe(_unbound(model), tuple(input_shape))
+    described = _described(_unbound(model), tuple(input_shape))
+    if isinstance(described, InvalidValueError):
+        raise type(described)(*described.args) from None
+    return described
 
 
 @functools.lru_cache(maxsize=256)
+def _described(model: nn.Module, input_shape: Shape) -> tuple[Layer, ...] | InvalidValueError:
+    """`_describe`, or the error saying the input does not fit: both are kept, since an input
+    found too small is described again (`ImageModel.check_input` searches for the smallest
+    that fits, to say so)."""
+    try:
+        return _describe(model, input_shape)
+    except InvalidValueError as error:
+        return error.with_traceback(None)  # Its frames held the trace's values.
+
+
 def _describe(model: nn.Module, input_shape: Shape) -> tuple[Layer, ...]:
     layers: list[Layer] = []
 

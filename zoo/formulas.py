@@ -51,8 +51,38 @@ def same_output_size(size: int, stride: int = 1) -> int:
     return -(-size // stride)
 
 
-# Pooling slides a window exactly like a convolution does.
-pool_output_size = conv_output_size
+def pool_output_size(
+    size: int, kernel: int, stride: int = 1, padding: int = 0, *, ceil_mode: bool = False
+) -> int:
+    """Output length of a pooling window: the convolution's floor((W - K + 2P) / S) + 1.
+
+    With `ceil_mode` (PyTorch's) it is ceil((W - K + 2P) / S) + 1, so a last, partial window
+    covers what the floor leaves out, less one where that window would start in the right
+    padding rather than the input; a window may then reach past the input's end (an input of
+    2 still gives one 3-wide window), but not start past it.
+    """
+    if not ceil_mode:
+        return conv_output_size(size, kernel, stride, padding)
+    _check_positive(size=size, kernel=kernel, stride=stride)
+    if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
+        raise InvalidValueError(f"padding must be a non-negative integer, got {padding!r}")
+    if size + 2 * padding + stride - 1 < kernel:
+        raise InvalidValueError(
+            f"a {kernel}-wide window does not fit an input of {size} with padding {padding}, "
+            "even rounding up"
+        )
+    out = (size + 2 * padding - kernel + stride - 1) // stride + 1
+    return out - 1 if (out - 1) * stride >= size + padding else out
+
+
+def adaptive_pool_window(size: int, bins: int, index: int) -> tuple[int, int]:
+    """[start, end) of bin `index` of PyTorch's adaptive pooling of `size` inputs into `bins`:
+    floor(i * W / n) to ceil((i + 1) * W / n). Bins overlap where n does not divide W, and an
+    input smaller than n is repeated."""
+    _check_positive(size=size, bins=bins)
+    if not 0 <= index < bins:
+        raise InvalidValueError(f"bin {index} is not one of {bins}")
+    return (index * size) // bins, -(-(index + 1) * size // bins)
 
 
 def _area(kernel: int | tuple[int, ...]) -> int:

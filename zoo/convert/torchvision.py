@@ -9,8 +9,11 @@ the torchvision key of every leaf with one rename table per family, and moves ea
 Flax's layout: convolution kernels OIHW -> HWIO, dense kernels (out, in) -> (in, out), and a
 dense layer that reads a flattened map gets its input rows reordered from PyTorch's C, H, W
 flattening to our NHWC's H, W, C. Every leaf must be found with the right shape, and every torch
-key used (but BatchNorm's `num_batches_tracked`): anything else is one `ValueError` listing what
-did not fit, never a partial conversion. `num_classes` follows the state dict's classifier.
+key used (but BatchNorm's `num_batches_tracked`, and the training-only heads an architecture
+drops: GoogLeNet's `aux1`, `aux2`): anything else is one `ValueError` listing what did not fit,
+never a partial conversion. `num_classes` follows the state dict's classifier (and VGG's
+`hidden` its fc6); keys of older torchvision releases (DenseNet's `norm.1`, what its published
+files still hold) are read under their current names.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ import numpy as np
 
 from zoo.errors import InvalidValueError, MissingDependencyError, NotFoundError
 from zoo.hub.store import expected_variables
+from zoo.models.densenet import VARIANTS as DENSENET_VARIANTS
 from zoo.models.resnet import VARIANTS as RESNET_VARIANTS
+from zoo.models.vgg import CONFIGURATIONS as VGG_CONFIGURATIONS
+from zoo.models.vgg import VARIANTS as VGG_VARIANTS
 from zoo.preprocessing import Preprocessing
 from zoo.registry import create_model
 from zoo.summary import summary
@@ -64,12 +70,24 @@ class TorchvisionArch:
         the whole name wins; a name no rule matches is the same in torch ("conv1", "fc").
       classifier: the torch module of the output layer; its weight's rows are `num_classes`.
       flattened: Flax dense layer -> the module whose (H, W, C) output it reads flattened.
+      sized_by: model config field -> the torch module whose weight's rows give its value
+        (VGG's `hidden`: fc6's width), like `num_classes` from the classifier.
+      config: model config the state dict does not record, as torchvision sets it for its
+        published weights (GoogLeNet's `transform_input`).
+      dropped: prefixes of torch keys with no zoo counterpart, left out on purpose
+        (GoogLeNet's auxiliary classifiers, which torchvision drops after loading too).
+      legacy_keys: (regex, replacement) rewrites of key names of older torchvision releases,
+        applied to the whole key before anything else.
     """
 
     model_name: str
     renames: tuple[tuple[str, str], ...]
     classifier: str
     flattened: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    sized_by: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    dropped: tuple[str, ...] = ()
+    legacy_keys: tuple[tuple[str, str], ...] = ()
 
     def torch_module(self, flax_path: tuple[str, ...]) -> str:
         """The torch module name of a Flax module path, e.g. stage2_block0/downsample_conv ->
@@ -103,11 +121,69 @@ ALEXNET_RENAMES = (
     ("fc8", "classifier.6"),
 )
 
+
+def vgg_renames(
+    stages: tuple[tuple[int, ...], ...], batch_norm: bool
+) -> tuple[tuple[str, str], ...]:
+    """VGG's table: torchvision's `features` Sequential numbers every module of the stages in
+    order (conv, [BatchNorm,] ReLU per convolution, a MaxPool per stage); `classifier` is
+    Linear, ReLU, Dropout three times."""
+    renames, index = [], 0
+    for s, widths in enumerate(stages, start=1):
+        for i in range(1, len(widths) + 1):
+            renames.append((f"conv{s}_{i}", f"features.{index}"))
+            if batch_norm:
+                renames.append((f"bn{s}_{i}", f"features.{index + 1}"))
+            index += 3 if batch_norm else 2
+        index += 1  # the stage's max pool
+    return (*renames, ("fc6", "classifier.0"), ("fc7", "classifier.3"), ("fc8", "classifier.6"))
+
+
+# GoogLeNet's names are torchvision's but for the branches' Sequential indices.
+GOOGLENET_RENAMES = (
+    (r"branch([23])_1x1", r"branch\1.0"),
+    (r"branch([23])_3x3", r"branch\1.1"),
+    ("branch4_1x1", "branch4.1"),
+)
+# DenseNet's names are torchvision's inside its `features` Sequential.
+DENSENET_RENAMES = ((r"(conv0|norm0|denseblock\d+|transition\d+|norm5)", r"features.\1"),)
+# torchvision's published DenseNet files name a dense layer's modules norm.1, conv.1, ...; its
+# own loader renames them (`torchvision.models.densenet._load_state_dict`), as this does.
+DENSENET_LEGACY_KEYS = (
+    (
+        r"(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))",
+        r"\1\2",
+    ),
+)
+
 ARCHS: dict[str, TorchvisionArch] = {
     **{name: TorchvisionArch(name, RESNET_RENAMES, "fc") for name in RESNET_VARIANTS},
     "alexnet": TorchvisionArch(
         "alexnet_torchvision", ALEXNET_RENAMES, "classifier.6", {"fc6": "avgpool"}
     ),
+    **{
+        name: TorchvisionArch(
+            name,
+            vgg_renames(VGG_CONFIGURATIONS[configuration], batch_norm),
+            "classifier.6",
+            flattened={"fc6": "avgpool"},
+            sized_by={"hidden": "classifier.0"},
+        )
+        for name, (configuration, batch_norm, _) in VGG_VARIANTS.items()
+    },
+    "googlenet": TorchvisionArch(
+        "googlenet",
+        GOOGLENET_RENAMES,
+        "fc",
+        config={"transform_input": True},
+        dropped=("aux1.", "aux2."),
+    ),
+    **{
+        name: TorchvisionArch(
+            name, DENSENET_RENAMES, "classifier", legacy_keys=DENSENET_LEGACY_KEYS
+        )
+        for name in DENSENET_VARIANTS
+    },
 }
 
 
@@ -223,18 +299,30 @@ def torchvision_arch(arch: str) -> TorchvisionArch:
     return ARCHS[arch]
 
 
-def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> ConvertedModel:
+def convert_state_dict(
+    arch: str, state_dict: Mapping[str, Any], model_config: Mapping[str, Any] | None = None
+) -> ConvertedModel:
     """The zoo model and variables equal to torchvision's `arch` with weights `state_dict`.
 
     Args:
-      arch: a torchvision architecture name, one of `ARCHS` ("resnet18", ..., "alexnet").
+      arch: a torchvision architecture name, one of `ARCHS` ("resnet18", ..., "alexnet",
+        "vgg16", "googlenet", "densenet121", ...).
       state_dict: torch key -> array (numpy, or anything `np.asarray` takes).
+      model_config: model settings a state dict does not hold, over the arch's own
+        (`TorchvisionArch.config`): e.g. `{"transform_input": False}` for a GoogLeNet trained
+        without torchvision's input transform.
 
     Raises `ValueError` for an unknown arch, or a state dict that does not fit the model (every
     missing key, unused key and wrong shape listed).
     """
     spec = torchvision_arch(arch)
-    config = {"num_classes": _num_classes(arch, spec, state_dict)}
+    state_dict = _current_keys(spec, state_dict)
+    config = {
+        "num_classes": _num_classes(arch, spec, state_dict),
+        **{field: _rows(arch, state_dict, module) for field, module in spec.sized_by.items()},
+        **spec.config,
+        **(model_config or {}),
+    }
     # The same abstract tree `zoo.hub.save` checks variables against.
     _, target = expected_variables(spec.model_name, config)
     flat_target = flax.traverse_util.flatten_dict(target)
@@ -255,7 +343,11 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> ConvertedMod
             continue
         flax_value = _to_flax_layout(value, spatial.get("/".join(module)))
         converted[path] = flax_value.astype(leaf.dtype)
-    unused = [k for k in state_dict if k not in used and not k.endswith(IGNORED_SUFFIXES)]
+    unused = [
+        k
+        for k in state_dict
+        if k not in used and not k.endswith(IGNORED_SUFFIXES) and not k.startswith(spec.dropped)
+    ]
 
     problems = [
         f"{label}: {_some(keys)}"
@@ -274,8 +366,25 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> ConvertedMod
     return ConvertedModel(spec.model_name, config, flax.traverse_util.unflatten_dict(converted))
 
 
+def _current_keys(spec: TorchvisionArch, state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`state_dict` with keys of older torchvision releases renamed (`legacy_keys`)."""
+    if not spec.legacy_keys:
+        return state_dict
+    renamed = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in spec.legacy_keys:
+            key = re.sub(f"^{pattern}$", replacement, key)
+        renamed[key] = value
+    return renamed
+
+
 def _num_classes(arch: str, spec: TorchvisionArch, state_dict: Mapping[str, Any]) -> int:
-    key = f"{spec.classifier}.weight"
+    return _rows(arch, state_dict, spec.classifier)
+
+
+def _rows(arch: str, state_dict: Mapping[str, Any], module: str) -> int:
+    """The output width of torch layer `module`: its weight's rows."""
+    key = f"{module}.weight"
     if key not in state_dict:
         raise InvalidValueError(
             f"not a torchvision {arch} state dict: it has no {key!r} "

@@ -30,12 +30,12 @@ from typing import ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from zoo.analytic import Counts, Shape, spatial
+from zoo.analytic import Counts, Shape
 from zoo.errors import InvalidValueError
 from zoo.models.base import ImageModel, Stage
 from zoo.models.layers import (
+    AdaptiveAvgPool,
     Flatten,
     MaxPool,
     batch_norm,
@@ -78,31 +78,6 @@ class LocalResponseNorm(nn.Module):
         padding = ((0, 0), (0, 0), (0, 0), (half, self.size - 1 - half))
         squares = window_sum(jnp.square(x), (1, 1, 1, self.size), (1, 1, 1, 1), padding)
         return x / (self.k + self.alpha * squares.astype(x.dtype)) ** self.beta
-
-
-class AdaptiveAvgPool(nn.Module):
-    """PyTorch's `AdaptiveAvgPool2d`: bin i averages rows floor(i H / n) .. ceil((i+1) H / n)."""
-
-    output_size: tuple[int, int]
-
-    @nn.nowrap
-    def describe(self, input_shape: Shape) -> Counts:
-        return Counts("adaptive_avgpool", (*self.output_size, spatial(input_shape, "avgpool")[-1]))
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        rows = _adaptive_bins(x.shape[1], self.output_size[0])
-        cols = _adaptive_bins(x.shape[2], self.output_size[1])
-        return jnp.einsum("ih,jw,nhwc->nijc", rows.astype(x.dtype), cols.astype(x.dtype), x)
-
-
-def _adaptive_bins(size: int, bins: int) -> np.ndarray:
-    """(bins, size) averaging matrix of adaptive pooling along one axis."""
-    matrix = np.zeros((bins, size), np.float32)
-    for i in range(bins):
-        start, end = (i * size) // bins, -((-(i + 1) * size) // bins)
-        matrix[i, start:end] = 1.0 / (end - start)
-    return matrix
 
 
 class AlexNet(ImageModel):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zoo import analytic
+from zoo import analytic, formulas
 from zoo.analytic import Counts, Shape
 from zoo.errors import InvalidValueError
 from zoo.ops import batch_norm_inference, batch_norm_training, max_pool, spatial_mean
@@ -85,20 +85,73 @@ class MaxPool(nn.Module):
     """Max pooling over a `window` x `window` patch; padding counts as -inf.
 
     Values and gradients are those of `nn.max_pool` (for bf16, of `nn.max_pool` in float32):
-    `zoo.ops.max_pool`.
+    `zoo.ops.max_pool`. With `ceil_mode`, PyTorch's `MaxPool2d(ceil_mode=True)`: the output
+    size rounds up (`formulas.pool_output_size`), the last window reaching past the input's
+    bottom and right edges over -inf.
     """
 
     window: int
     stride: int
     padding: int = 0
+    ceil_mode: bool = False
 
     @nn.nowrap
     def describe(self, input_shape: Shape) -> Counts:
-        return analytic.pool(input_shape, self.window, self.stride, self.padding)
+        return analytic.pool(
+            input_shape, self.window, self.stride, self.padding, ceil_mode=self.ceil_mode
+        )
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.ceil_mode:
+            out_h, out_w, _ = self.describe(x.shape[1:]).output_shape
+            # What the windows reach beyond the symmetric padding: bottom rows, right columns.
+            extra = [
+                max(0, (out - 1) * self.stride + self.window - (size + 2 * self.padding))
+                for out, size in ((out_h, x.shape[1]), (out_w, x.shape[2]))
+            ]
+            if any(extra):
+                pad = ((0, 0), (0, extra[0]), (0, extra[1]), (0, 0))
+                x = jnp.pad(x, pad, constant_values=-jnp.inf)
         return max_pool(x, self.window, self.stride, self.padding)
+
+
+class AdaptiveAvgPool(nn.Module):
+    """PyTorch's `AdaptiveAvgPool2d(output_size)`: bin i of each axis averages the inputs
+    `formulas.adaptive_pool_window` gives it, floor(i H / n) to ceil((i + 1) H / n), so any
+    input size gives `output_size` (bins overlap, or repeat an input smaller than n). Summed in
+    float32 for narrower floats."""
+
+    output_size: tuple[int, int]
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        return analytic.adaptive_pool(input_shape, self.output_size)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if tuple(x.shape[1:3]) == tuple(self.output_size):
+            return x  # One input per bin: the identity (VGG's and AlexNet's at 224x224).
+        rows = _adaptive_bins(x.shape[1], self.output_size[0])
+        cols = _adaptive_bins(x.shape[2], self.output_size[1])
+        wide = jnp.promote_types(x.dtype, jnp.float32)
+        pooled = jnp.einsum(
+            "ih,jw,nhwc->nijc",
+            rows.astype(x.dtype),
+            cols.astype(x.dtype),
+            x,
+            preferred_element_type=wide,
+        )
+        return pooled.astype(x.dtype)
+
+
+def _adaptive_bins(size: int, bins: int) -> np.ndarray:
+    """(bins, size) averaging matrix of adaptive pooling along one axis."""
+    matrix = np.zeros((bins, size), np.float32)
+    for i in range(bins):
+        start, end = formulas.adaptive_pool_window(size, bins, i)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
 
 
 def window_sum(
@@ -235,11 +288,13 @@ def batch_norm(
     scale_init: Any = None,
     *,
     relu: bool = False,
+    epsilon: float = 1e-5,
 ) -> BatchNorm:
-    """The zoo's BatchNorm with PyTorch's constants (momentum 0.1 there is 0.9 here, eps 1e-5),
-    followed by a ReLU where `relu`."""
+    """The zoo's BatchNorm with PyTorch's constants (momentum 0.1 there is 0.9 here, eps 1e-5
+    unless `epsilon` says otherwise), followed by a ReLU where `relu`."""
     return BatchNorm(
         use_running_average=not train,
+        epsilon=epsilon,
         relu=relu,
         dtype=dtype,
         param_dtype=param_dtype,

@@ -1,4 +1,4 @@
-"""ResNet and its two residual blocks.
+"""ResNet and its two residual blocks; ResNeXt and Wide ResNet as torchvision builds them.
 
 K. He, X. Zhang, S. Ren, J. Sun, "Deep Residual Learning for Image Recognition", CVPR 2016
 (arXiv:1512.03385). `BasicBlock` is Fig. 2 (two 3x3 convolutions), `Bottleneck` is Fig. 5 right
@@ -15,10 +15,38 @@ momentum 0.1 in PyTorch's convention. Initialisation is He normal (fan out), as 
 | resnet50  | Bottleneck | 3, 4, 6, 3       | 25,557,032            |
 | resnet101 | Bottleneck | 3, 4, 23, 3      | 44,549,160            |
 | resnet152 | Bottleneck | 3, 8, 36, 3      | 60,192,808            |
+
+ResNeXt and Wide ResNet are torchvision's `ResNet` with two more settings of the bottleneck,
+`groups` and `width_per_group`: its 3x3 convolution (and the 1x1s around it) is
+int(width * width_per_group / 64) * groups channels wide, the 3x3 split into `groups` groups.
+
+- S. Xie, R. Girshick, P. Dollar, Z. Tu, K. He, "Aggregated Residual Transformations for Deep
+  Neural Networks", CVPR 2017 (arXiv:1611.05431), Table 1: ResNeXt-50 (32x4d) is ResNet-50 with
+  a grouped 3x3 of 32 groups of 4 channels in its first stage (form (c) of Fig. 3), doubling per
+  stage. The 101-layer 32x8d and 64x4d are torchvision's (the paper trains 101 32x4d and 64x4d
+  in Table 5).
+- S. Zagoruyko, N. Komodakis, "Wide Residual Networks", BMVC 2016 (arXiv:1605.07146). The
+  paper widens the basic blocks of pre-activation ResNets (WRN-d-k, Table 1); torchvision's
+  `wide_resnet50_2` and `wide_resnet101_2`, followed here, instead double the inner width of
+  ResNet-50's and ResNet-101's bottlenecks (`width_per_group=128`), outer widths unchanged.
+
+| name             | blocks per stage | groups x width per group | params (1000 classes) |
+|------------------|------------------|--------------------------|-----------------------|
+| resnext50_32x4d  | 3, 4, 6, 3       | 32 x 4                   | 25,028,904            |
+| resnext101_32x8d | 3, 4, 23, 3      | 32 x 8                   | 88,791,336            |
+| resnext101_64x4d | 3, 4, 23, 3      | 64 x 4                   | 83,455,272            |
+| wide_resnet50_2  | 3, 4, 6, 3       | 1 x 128                  | 68,883,240            |
+| wide_resnet101_2 | 3, 4, 23, 3      | 1 x 128                  | 126,886,696           |
+
+Multiply-accumulates per 224x224 image (convolutions and the classifier, `zoo.summary`; equal to
+fvcore's count of torchvision's models, and to torchvision's published GFLOPS): resnet50 4.089 G,
+resnext50_32x4d 4.230 G, resnext101_32x8d 16.414 G, resnext101_64x4d 15.460 G, wide_resnet50_2
+11.398 G, wide_resnet101_2 22.753 G.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -28,6 +56,7 @@ import jax.numpy as jnp
 
 from zoo import formulas
 from zoo.analytic import Counts, Shape, spatial
+from zoo.errors import InvalidValueError
 from zoo.models.base import ImageModel, Stage
 from zoo.models.layers import (
     BatchNorm,
@@ -91,12 +120,13 @@ class _ResidualBlock(nn.Module):
         size = [formulas.conv_output_size(n, 3, self.stride, 1) for n in (h, w)]
         return Counts("residual_add", (*size, self.features * self.expansion))
 
-    def conv(self, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
+    def conv(self, features: int, kernel: int, stride: int, name: str, groups: int = 1) -> nn.Conv:
         return Conv(
             features,
             (kernel, kernel),
             stride,
             explicit_padding(kernel // 2),
+            feature_group_count=groups,
             use_bias=False,
             kernel_init=he_normal,
             dtype=self.dtype,
@@ -137,14 +167,24 @@ class BasicBlock(_ResidualBlock):
 
 
 class Bottleneck(_ResidualBlock):
-    """Fig. 5 right: 1x1 reduce, 3x3 (carrying the stride, v1.5), 1x1 expand by 4."""
+    """Fig. 5 right: 1x1 reduce, 3x3 (carrying the stride, v1.5), 1x1 expand by 4.
+
+    With `groups` and `width_per_group` (torchvision's): the 1x1 reduces to
+    int(features * width_per_group / 64) * groups channels and the 3x3 is split into `groups`
+    groups (ResNeXt; `width_per_group` alone widens it: torchvision's Wide ResNets).
+    """
+
+    groups: int = 1
+    width_per_group: int = 64
 
     expansion: ClassVar[int] = 4
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        y = self.norm(train, "bn1", relu=True)(self.conv(self.features, 1, 1, "conv1")(x))
-        y = self.norm(train, "bn2", relu=True)(self.conv(self.features, 3, self.stride, "conv2")(y))
+        inner = int(self.features * (self.width_per_group / 64.0)) * self.groups
+        y = self.norm(train, "bn1", relu=True)(self.conv(inner, 1, 1, "conv1")(x))
+        conv2 = self.conv(inner, 3, self.stride, "conv2", groups=self.groups)
+        y = self.norm(train, "bn2", relu=True)(conv2(y))
         y = self.conv(self.features * 4, 1, 1, "conv3")(y)
         return self.add_shortcut(x, self.norm(train, "bn3", last=True)(y), train)
 
@@ -203,6 +243,9 @@ class ResNet(ImageModel):
         the identity (Goyal et al. 2017); off by default, like torchvision.
       drop_path_rate: stochastic depth in training, rising linearly over the blocks from 0 to
         this rate (`drop_path_rates`); needs a 'dropout' rng. 0 (off) by default.
+      groups: groups of each bottleneck's 3x3 convolution (ResNeXt's cardinality).
+      width_per_group: channels per group of the bottlenecks' inner width, for a stage width of
+        64 (torchvision's `width_per_group`; 64 with one group is ResNet's bottleneck).
     """
 
     num_classes: int = 1000
@@ -213,13 +256,27 @@ class ResNet(ImageModel):
     width: int = 64
     zero_init_residual: bool = False
     drop_path_rate: float = 0.0
+    groups: int = 1
+    width_per_group: int = 64
 
     head_name: ClassVar[str] = "fc"
 
     def __post_init__(self) -> None:
-        check_positive("ResNet", stage_sizes=self.stage_sizes, width=self.width)
+        check_positive(
+            "ResNet",
+            stage_sizes=self.stage_sizes,
+            width=self.width,
+            groups=self.groups,
+            width_per_group=self.width_per_group,
+        )
         check_rate("ResNet", "drop_path_rate", self.drop_path_rate)
         check_choice("ResNet", "block", self.block, tuple(BLOCKS))
+        if self.block == "basic" and (self.groups, self.width_per_group) != (1, 64):
+            raise InvalidValueError(
+                "ResNet: basic blocks take groups=1 and width_per_group=64 only (as in "
+                f"torchvision), got groups={self.groups!r} and width_per_group="
+                f"{self.width_per_group!r}"
+            )
         super().__post_init__()
 
     @property
@@ -248,26 +305,66 @@ class ResNet(ImageModel):
         )(x)
         x = batch_norm(train, self.dtype, self.param_dtype, "stem_bn", relu=True)(x)
         x = MaxPool(3, 2, 1, name="stem_pool")(x)
-        return stages_and_classifier(self, x, train, BLOCKS[self.block])
+        if self.block == "basic":
+            return stages_and_classifier(self, x, train, BasicBlock)
+        grouping = {"groups": self.groups, "width_per_group": self.width_per_group}
+        return stages_and_classifier(self, x, train, Bottleneck, **grouping)
 
 
-VARIANTS = {  # name: (block, stage sizes, torchvision's parameter count at 1000 classes)
-    "resnet18": ("basic", (2, 2, 2, 2), 11_689_512),
-    "resnet34": ("basic", (3, 4, 6, 3), 21_797_672),
-    "resnet50": ("bottleneck", (3, 4, 6, 3), 25_557_032),
-    "resnet101": ("bottleneck", (3, 4, 23, 3), 44_549_160),
-    "resnet152": ("bottleneck", (3, 8, 36, 3), 60_192_808),
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One registered ImageNet network: its blocks, and torchvision's parameter count."""
+
+    block: str
+    stage_sizes: tuple[int, ...]
+    params: int  # torchvision's, at 1000 classes
+    groups: int = 1
+    width_per_group: int = 64
+    paper: str = f"{PAPER}, Table 1 (torchvision v1.5 layout)"
+
+
+RESNEXT_PAPER = (
+    "Xie et al. 2017, Aggregated Residual Transformations for Deep Neural Networks, Table 1 "
+    "(torchvision layout)"
+)
+WIDE_PAPER = (
+    "Zagoruyko & Komodakis 2016, Wide Residual Networks; torchvision's bottleneck form "
+    "(inner width doubled)"
+)
+VARIANTS = {
+    "resnet18": Variant("basic", (2, 2, 2, 2), 11_689_512),
+    "resnet34": Variant("basic", (3, 4, 6, 3), 21_797_672),
+    "resnet50": Variant("bottleneck", (3, 4, 6, 3), 25_557_032),
+    "resnet101": Variant("bottleneck", (3, 4, 23, 3), 44_549_160),
+    "resnet152": Variant("bottleneck", (3, 8, 36, 3), 60_192_808),
+    "resnext50_32x4d": Variant("bottleneck", (3, 4, 6, 3), 25_028_904, 32, 4, RESNEXT_PAPER),
+    "resnext101_32x8d": Variant("bottleneck", (3, 4, 23, 3), 88_791_336, 32, 8, RESNEXT_PAPER),
+    "resnext101_64x4d": Variant("bottleneck", (3, 4, 23, 3), 83_455_272, 64, 4, RESNEXT_PAPER),
+    "wide_resnet50_2": Variant("bottleneck", (3, 4, 6, 3), 68_883_240, 1, 128, WIDE_PAPER),
+    "wide_resnet101_2": Variant("bottleneck", (3, 4, 23, 3), 126_886_696, 1, 128, WIDE_PAPER),
 }
 
-for _name, (_block, _stages, _params) in VARIANTS.items():
+
+def _description(name: str, variant: Variant) -> str:
+    blocks = f"{variant.block} blocks {variant.stage_sizes}"
+    if variant.groups > 1:
+        return f"ResNeXt, {variant.groups} groups x {variant.width_per_group} channels, {blocks}"
+    if variant.width_per_group != 64:
+        return f"Wide ResNet, bottlenecks {variant.width_per_group // 64}x as wide, {blocks}"
+    return f"ResNet-{name[6:]}, ImageNet layout, {blocks}"
+
+
+for _name, _variant in VARIANTS.items():
     register(
         _name,
         ResNet,
-        block=_block,
-        stage_sizes=_stages,
+        block=_variant.block,
+        stage_sizes=_variant.stage_sizes,
+        groups=_variant.groups,
+        width_per_group=_variant.width_per_group,
         num_classes=1000,
         in_channels=3,
-        reference_params=_params,
-        paper=f"{PAPER}, Table 1 (torchvision v1.5 layout)",
-        description=f"ResNet-{_name[6:]}, ImageNet layout, {_block} blocks {_stages}",
+        reference_params=_variant.params,
+        paper=_variant.paper,
+        description=_description(_name, _variant),
     )

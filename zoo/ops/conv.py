@@ -340,8 +340,13 @@ def _bf16_weight_gradient(c: Conditions, direction: int) -> bool:
 
 def _xla_measured_faster(c: Conditions, direction: int) -> bool:
     """A float32 weight gradient whose oneDNN kernel lost to XLA's from
-    `XLA_WEIGHT_GRADIENT_FROM` channels per group, in and out."""
-    if direction != BACKWARD_WEIGHTS or c.geometry.dtype != _F32:
+    `XLA_WEIGHT_GRADIENT_FROM` channels per group, in and out, of an ungrouped convolution.
+
+    A grouped convolution keeps oneDNN's kernels in every direction: XLA:CPU runs its weight
+    gradient as one convolution with `batch_group_count` groups, which lost to oneDNN's by
+    orders of magnitude on ResNeXt's 3x3s (bench/README.md, "Grouped convolutions").
+    """
+    if direction != BACKWARD_WEIGHTS or c.geometry.dtype != _F32 or c.geometry.groups > 1:
         return False
     channels = XLA_WEIGHT_GRADIENT_FROM.get(c.onednn(direction) or "")
     g = c.geometry

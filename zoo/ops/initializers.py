@@ -145,15 +145,32 @@ def variance_scaling(
             factor = jnp.sqrt(variance)
         else:
             factor = jnp.sqrt(3 * variance)
-        size = math.prod(shape)
-        flat = _chunked_draw(key, size, dtype, distribution)
-        if flat is None:  # drawn flat all the same: XLA:CPU compiles a 4-D draw more slowly
-            return _sample(key, (size,), dtype, distribution).reshape(shape) * factor
-        # NumPy rounds the product as XLA does (one IEEE multiply), without a compile per shape.
-        values = (flat * np.asarray(factor)).reshape(shape)
-        return jax.device_put(values, key.sharding if key.committed else None)  # as JAX places it
+        return _scaled_draw(key, shape, dtype, distribution, factor)
 
     return init
+
+
+def normal(stddev: float = 1e-2) -> Any:
+    """`jax.nn.initializers.normal(stddev)`, with the same values (see the module docstring)."""
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        shape = tuple(int(d) for d in shape)
+        return _scaled_draw(key, shape, dtype, "normal", jnp.array(stddev, dtype))
+
+    return init
+
+
+def _scaled_draw(
+    key: jax.Array, shape: tuple[int, ...], dtype: Any, distribution: str, factor: jax.Array
+) -> jax.Array:
+    """`distribution`'s draw of `shape` for `key`, times `factor`."""
+    size = math.prod(shape)
+    flat = _chunked_draw(key, size, dtype, distribution)
+    if flat is None:  # drawn flat all the same: XLA:CPU compiles a 4-D draw more slowly
+        return _sample(key, (size,), dtype, distribution).reshape(shape) * factor
+    # NumPy rounds the product as XLA does (one IEEE multiply), without a compile per shape.
+    values = (flat * np.asarray(factor)).reshape(shape)
+    return jax.device_put(values, key.sharding if key.committed else None)  # as JAX places it
 
 
 def lecun_normal(in_axis: int | Sequence[int] = -2, out_axis: int | Sequence[int] = -1) -> Any:
