@@ -1,6 +1,6 @@
 """jax-zoo against PyTorch on this machine, side by side, in one process.
 
-    python bench/compare.py --json OUT.json [--models lenet5,resnet20,resnet18]
+    python bench/compare.py --json OUT.json [--models lenet5,resnet20,resnet18,...]
                             [--precisions fp32,bf16] [--quick]
 
 For each model it times the project's own jitted train step (`zoo.training.step.train_step`,
@@ -75,6 +75,8 @@ SPECS = {
     "lenet5": Spec("lenet5", 128, (32, 32, 1), 10),
     "resnet20": Spec("resnet20", 128, (32, 32, 3), 10),
     "resnet18": Spec("resnet18", 32, (224, 224, 3), 1000),
+    "mobilenet_v3_large": Spec("mobilenet_v3_large", 32, (224, 224, 3), 1000),
+    "efficientnet_b0": Spec("efficientnet_b0", 16, (224, 224, 3), 1000),
 }
 
 
@@ -539,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", required=True, help="where to write the results")
     parser.add_argument(
         "--models",
-        default="lenet5,resnet20,resnet18",
+        default="lenet5,resnet20,resnet18,mobilenet_v3_large,efficientnet_b0",
         help=f"comma-separated, from {', '.join(SPECS)}",
     )
     parser.add_argument(

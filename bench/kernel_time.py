@@ -98,7 +98,9 @@ def source(framework: str, call: Call) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", choices=["lenet5", "resnet20", "resnet18"])
+    parser.add_argument(
+        "model", choices=["lenet5", "resnet20", "resnet18", "mobilenet_v3_large", "efficientnet_b0"]
+    )
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--steps", type=int, default=8, help=f"of which {WARMUP_STEPS} warm-up")
     parser.add_argument("--child", choices=["zoo", "torch"], help=argparse.SUPPRESS)

@@ -2,7 +2,8 @@
 
 Same architecture and the same trainable parameter count as the zoo model of the same name
 (`compare.py` asserts the counts): LeNet-5 as the lecture lists it, the CIFAR ResNet-20 of He et
-al. 2015 with option-A (zero-pad) shortcuts, and torchvision's ResNet-18 for `resnet18`.
+al. 2015 with option-A (zero-pad) shortcuts, and torchvision's own models for the ResNets,
+MobileNets and EfficientNets (the zoo's are laid out as torchvision's).
 """
 
 from __future__ import annotations
@@ -89,6 +90,10 @@ def create(name: str, num_classes: int) -> nn.Module:
     if name == "resnet20":
         return CifarResNet(3, num_classes)
     if name.startswith("resnet") and name[6:] in ("18", "34", "50", "101", "152"):
+        import torchvision
+
+        return getattr(torchvision.models, name)(num_classes=num_classes)
+    if name.startswith(("mobilenet_v", "efficientnet_b")):
         import torchvision
 
         return getattr(torchvision.models, name)(num_classes=num_classes)
