@@ -77,7 +77,7 @@ def test_efficientnet_stochastic_depth_follows_torchvision():
 
 
 class TinyMobileNet(nn.Module):
-    """Every kind of block the three families have, on an 8x8 map."""
+    """Every kind of block the three families have, on a small map."""
 
     @nn.compact
     def __call__(self, x, train=False):
@@ -119,11 +119,12 @@ def random_like(tree, seed):
 
 
 def test_the_blocks_differentiate_to_second_order_in_both_modes():
-    """On the zoo's kernels in train mode (batch statistics, stochastic depth): forward mode
-    against reverse mode (<u, J t> = <J^T u, t>) and the Hessian-vector product forward over
+    """On the zoo's kernels in train mode (batch statistics, stochastic depth; a strided block
+    with squeeze-and-excitation and hard-swish, then a residual one with SiLU): forward mode
+    against reverse mode (<u, J t> = <J^T u, t>), and the Hessian-vector product forward over
     reverse against reverse over reverse, as the registry-wide test does for whole networks."""
     model = TinyMobileNet()
-    x = jax.random.normal(jax.random.key(2), (4, 8, 8, 8))
+    x = jax.random.normal(jax.random.key(2), (2, 6, 6, 8))
     variables = model.init(RNGS, x)
     params = variables["params"]
 
@@ -140,17 +141,15 @@ def test_the_blocks_differentiate_to_second_order_in_both_modes():
     def loss(params):
         return jnp.sum(jnp.tanh(outputs(params)))
 
-    t, u = random_like(params, 4), random_like(params, 6)
+    t = random_like(params, 4)
     out, j_t = jax.jit(lambda p, t: jax.jvp(outputs, (p,), (t,)))(params, t)
     u_out = jax.random.normal(jax.random.key(5), out.shape)
     (jt_u,) = jax.jit(lambda p, u: jax.vjp(outputs, p)[1](u))(params, u_out)
     np.testing.assert_allclose(jnp.vdot(u_out, j_t), tree_vdot(jt_u, t), rtol=1e-4)
-    hvp = jax.jit(lambda p, t: jax.jvp(jax.grad(loss), (p,), (t,))[1])
-    h_t = hvp(params, t)
+    h_t = jax.jit(lambda p, t: jax.jvp(jax.grad(loss), (p,), (t,))[1])(params, t)
     reverse = jax.jit(jax.grad(lambda p, t: tree_vdot(jax.grad(loss)(p), t)))(params, t)
     scale = max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(h_t))
     chex.assert_trees_all_close(reverse, h_t, rtol=1e-4, atol=1e-5 * scale)
-    np.testing.assert_allclose(tree_vdot(u, h_t), tree_vdot(hvp(params, u), t), rtol=1e-3)
 
 
 @pytest.mark.parametrize("portable", [False, True], ids=["zoo-kernels", "xla-ops"])

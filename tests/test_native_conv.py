@@ -200,6 +200,38 @@ def test_bfloat16_equals_xla_or_falls_back(case):
 
 
 @needs_native
+@pytest.mark.parametrize(("kernel", "stride"), [(5, 1), (3, 2), (3, 1)])
+def test_bfloat16_depthwise_directions_without_a_depthwise_kernel_run_in_float32(kernel, stride):
+    """Where oneDNN's bf16 kernel for a direction of a depthwise convolution is a generic one
+    (`conv.BF16_DEPTHWISE_WIDENS`), its float32 depthwise kernel runs it; the values are XLA's
+    to bf16's rounding either way."""
+    channels, pad = 32, (kernel - 1) // 2
+    case = (2, 10, 10, channels, kernel, channels, stride, ((pad, pad),) * 2, 1, channels)
+    x, weights = operands(case, jnp.bfloat16)
+    plan = conv._planned(
+        x.shape,
+        weights.shape,
+        jnp.bfloat16,
+        (stride,) * 2,
+        ((pad, pad),) * 2,
+        (1, 1),
+        channels,
+        None,
+    )
+    for direction in native.CONV_TARGETS:
+        config = (2, 10, 10, channels, kernel, kernel, channels, *plan.out_shape[1:3])
+        config += (stride, stride, pad, pad, pad, pad, 1, 1, channels, 1, plan.num_threads)
+        _, name = native.implementation(native.CONV, direction, config)
+        widened = name in conv.BF16_DEPTHWISE_WIDENS
+        assert plan.kernels[direction] == (jnp.float32 if widened else jnp.bfloat16), name
+    ours = value_and_gradients(ops.conv_general_dilated, case, x, weights)
+    theirs = value_and_gradients(lax.conv_general_dilated, case, x, weights)
+    for name, a, b in zip(("output", "d_lhs", "d_rhs"), ours, theirs, strict=True):
+        assert a.dtype == jnp.bfloat16, name
+        assert relative_error(a, b) < TOLERANCE[jnp.bfloat16], name
+
+
+@needs_native
 def test_vmap_over_an_extra_batch_axis():
     case = CASES[1]
     xs = jnp.stack([operands(case, jnp.float32, seed)[0] for seed in range(3)])

@@ -305,7 +305,11 @@ def _planned_for_team(
         def has_kernel(direction: int, kernel_dtype: Any) -> bool:
             found, name = onednn_kernel(direction, kernel_dtype, threads)
             measured = dtype == jnp.float32  # the convolution's own dtype, not the kernel's
-            return found and not (measured and _xla_is_faster(direction, name, rhs_shape, groups))
+            return (
+                found
+                and not (measured and _xla_is_faster(direction, name, rhs_shape, groups))
+                and not _widens_bf16_depthwise(kernel_dtype, name, lhs_shape, rhs_shape, groups)
+            )
 
         return tuple(
             None
@@ -488,6 +492,32 @@ def _xla_is_faster(direction: int, implementation: str, rhs_shape, groups: int) 
         return False
     in_per_group, out_per_group = rhs_shape[2], rhs_shape[3] // groups
     return in_per_group >= channels and out_per_group >= channels
+
+
+# Depthwise convolutions (one filter per channel: MobileNets, EfficientNets) keep oneDNN 3.2's
+# kernels in every direction: at every depthwise layer of MobileNet V3-Large and EfficientNet-B0
+# its kernels (`brdgmm_dw` forward, `jit_dw` gradients, `jit` for float32 5x5 weight gradients)
+# beat XLA's grouped convolution in float32 and bf16, by 1.8x to over 100x (bench/README.md,
+# "Depthwise convolutions"). Where oneDNN's bf16 kernel for a direction of one is not one of its
+# depthwise kernels but one of these, its float32 depthwise kernel on the exactly widened
+# operands ran 2-4x (`jit_bf16`: 5x5 weight gradients) and 6-60x (`brgconv_strided`: input
+# gradients at stride 2) faster on AVX512-BF16 (AMD Zen 4), so those directions run in float32.
+# Not measured against AMX's kernels: those keep oneDNN's choice.
+BF16_DEPTHWISE_WIDENS = ("jit_bf16:avx512_core_bf16", "brgconv_strided:avx512_core_bf16")
+
+
+def _widens_bf16_depthwise(
+    kernel_dtype: Any, implementation: str, lhs_shape, rhs_shape, groups: int
+) -> bool:
+    """Whether a direction of a depthwise convolution (groups = input channels = output
+    channels) skips oneDNN's bf16 kernel `implementation` for its float32 kernel (the operands
+    widened exactly, the result rounded once: the same float32 sums): where that bf16 kernel
+    is one of `BF16_DEPTHWISE_WIDENS`."""
+    return (
+        jnp.dtype(kernel_dtype) == jnp.bfloat16
+        and 1 < groups == lhs_shape[3] == rhs_shape[3]
+        and implementation in BF16_DEPTHWISE_WIDENS
+    )
 
 
 def _dilated(kernel: Sequence[int], dilation: Sequence[int] | None) -> tuple[int, ...]:
