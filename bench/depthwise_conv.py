@@ -9,7 +9,8 @@ picks: its name is printed) and on XLA's convolution (the forward's linear trans
 gradients, as `zoo.ops` runs them), each jitted alone, in short blocks that alternate between
 the two, after one untimed call. Prints one line per shape and direction (milliseconds per
 call, medians over the rounds, and XLA / oneDNN), then the network's totals per direction, as
-JSON lines. `zoo.ops.conv.depthwise_runs_on_xla` is the rule the measurements set.
+JSON lines; "planned" is what the zoo runs the direction on (`zoo.ops.conv`: oneDNN's kernel
+in that dtype, or "xla"). The rule these measurements set: `conv.BF16_DEPTHWISE_WIDENS`.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def measure(batch, shape, dtype, rounds, block_s, rng) -> list[dict]:
                 "onednn_ms": round(ms["onednn"], 4),
                 "xla_ms": round(ms["xla"], 4),
                 "xla_over_onednn": round(ms["xla"] / ms["onednn"], 2),
-                "planned_on": "xla" if plan.kernels[direction] is None else "onednn",
+                "planned": str(plan.kernels[direction] or "xla"),
             }
         )
     return rows

@@ -10,7 +10,9 @@ real (JIT) kernel for it on this CPU, asked at trace time, and XLA's was not mea
 `lhs_dilation` (transposed convolutions), negative padding, mixed dtypes,
 `preferred_element_type`, `batch_group_count`. oneDNN computes float32 in float32 and bf16
 with float32 accumulation, on its bf16 kernels where the CPU has them (AVX512-BF16, AMX), else
-on its float32 kernels with the bf16 operands widened exactly and the result rounded once to bf16.
+on its float32 kernels with the bf16 operands widened exactly and the result rounded once to bf16
+(also the directions of a depthwise convolution for which its bf16 kernel is a generic one:
+`_widens_bf16_depthwise`).
 
 `precision` is XLA's and chooses the algorithm of 3x3 convolutions, as it chooses TF32 or bf16
 passes on GPUs and TPUs: by default float32 ones run Winograd F(4x4, 3x3) (`csrc/winograd_conv.cc`:
@@ -494,15 +496,13 @@ def _xla_is_faster(direction: int, implementation: str, rhs_shape, groups: int) 
     return in_per_group >= channels and out_per_group >= channels
 
 
-# Depthwise convolutions (one filter per channel: MobileNets, EfficientNets) keep oneDNN 3.2's
-# kernels in every direction: at every depthwise layer of MobileNet V3-Large and EfficientNet-B0
-# its kernels (`brdgmm_dw` forward, `jit_dw` gradients, `jit` for float32 5x5 weight gradients)
-# beat XLA's grouped convolution in float32 and bf16, by 1.8x to over 100x (bench/README.md,
-# "Depthwise convolutions"). Where oneDNN's bf16 kernel for a direction of one is not one of its
-# depthwise kernels but one of these, its float32 depthwise kernel on the exactly widened
-# operands ran 2-4x (`jit_bf16`: 5x5 weight gradients) and 6-60x (`brgconv_strided`: input
-# gradients at stride 2) faster on AVX512-BF16 (AMD Zen 4), so those directions run in float32.
-# Not measured against AMX's kernels: those keep oneDNN's choice.
+# Depthwise convolutions (one filter per channel: MobileNets, EfficientNets) keep oneDNN's
+# kernels in every direction: XLA's grouped convolution was many times slower at every depthwise
+# layer of MobileNet V3-Large and EfficientNet-B0, in float32 and bf16 (bench/README.md,
+# "Depthwise convolutions"). The exception is two bf16 directions for which oneDNN 3.2 picks one
+# of these generic bf16 kernels instead of a depthwise one (5x5 weight gradients, input
+# gradients at stride 2): its float32 depthwise kernel on the widened operands was faster there,
+# so those directions compute in float32. Not measured against AMX's kernels: they keep oneDNN's.
 BF16_DEPTHWISE_WIDENS = ("jit_bf16:avx512_core_bf16", "brgconv_strided:avx512_core_bf16")
 
 
