@@ -130,7 +130,7 @@ def _config(kind: int, shape, dtype: Any, epsilon: float, relu: bool, threads: i
 # its vectors: for other channel counts (MobileNets' 24, 40, 72, 120, 184, 200) it picks a
 # narrower one on an AVX-512 CPU (`bnorm_jit:avx2` in float32) or a generic loop
 # (`nspc_bnorm:any` in bf16), which XLA's fusions beat at every such shape measured, in both
-# kinds and both dtypes (bench/README.md, "Depthwise convolutions": the batch norms).
+# kinds and both dtypes (bench/README.md, "the mobile networks").
 VECTOR_CHANNELS = 16
 
 

@@ -498,8 +498,8 @@ def _xla_is_faster(direction: int, implementation: str, rhs_shape, groups: int) 
 
 # Depthwise convolutions (one filter per channel: MobileNets, EfficientNets) keep oneDNN's
 # kernels in every direction: XLA's grouped convolution was many times slower at every depthwise
-# layer of MobileNet V3-Large and EfficientNet-B0, in float32 and bf16 (bench/README.md,
-# "Depthwise convolutions"). The exception is two bf16 directions for which oneDNN 3.2 picks one
+# layer of MobileNet V3-Large and EfficientNet-B0, in float32 and bf16 (bench/README.md, "the
+# mobile networks"). The exception is two bf16 directions for which oneDNN 3.2 picks one
 # of these generic bf16 kernels instead of a depthwise one (5x5 weight gradients, input
 # gradients at stride 2): its float32 depthwise kernel on the widened operands was faster there,
 # so those directions compute in float32. Not measured against AMX's kernels: they keep oneDNN's.
