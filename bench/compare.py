@@ -1,6 +1,6 @@
 """jax-zoo against PyTorch on this machine, side by side, in one process.
 
-    python bench/compare.py --json OUT.json [--models lenet5,resnet20,resnet18]
+    python bench/compare.py --json OUT.json [--models lenet5,resnet20,resnet18,...]
     python bench/compare.py --json OUT.json --models vgg16,resnext50_32x4d,densenet121
                             [--precisions fp32,bf16] [--quick]
 
@@ -81,6 +81,8 @@ SPECS = {
     "vgg16": Spec("vgg16", 8, (224, 224, 3), 1000),
     "resnext50_32x4d": Spec("resnext50_32x4d", 16, (224, 224, 3), 1000),
     "densenet121": Spec("densenet121", 16, (224, 224, 3), 1000),
+    "mobilenet_v3_large": Spec("mobilenet_v3_large", 32, (224, 224, 3), 1000),
+    "efficientnet_b0": Spec("efficientnet_b0", 16, (224, 224, 3), 1000),
 }
 
 
@@ -545,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", required=True, help="where to write the results")
     parser.add_argument(
         "--models",
-        default="lenet5,resnet20,resnet18",
+        default="lenet5,resnet20,resnet18,mobilenet_v3_large,efficientnet_b0",
         help=f"comma-separated, from {', '.join(SPECS)}",
     )
     parser.add_argument(

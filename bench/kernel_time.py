@@ -100,7 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "model",
-        choices=["lenet5", "resnet20", "resnet18", "vgg16", "resnext50_32x4d", "densenet121"],
+        choices=[
+            "lenet5",
+            "resnet20",
+            "resnet18",
+            "vgg16",
+            "resnext50_32x4d",
+            "densenet121",
+            "mobilenet_v3_large",
+            "efficientnet_b0",
+        ],
     )
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--steps", type=int, default=8, help=f"of which {WARMUP_STEPS} warm-up")

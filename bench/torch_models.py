@@ -3,7 +3,8 @@
 Same architecture and the same trainable parameter count as the zoo model of the same name
 (`compare.py` asserts the counts): LeNet-5 as the lecture lists it, the CIFAR ResNet-20 of He et
 al. 2015 with option-A (zero-pad) shortcuts, and torchvision's own for the ImageNet networks
-(ResNets, VGG, GoogLeNet without auxiliary heads, ResNeXt, Wide ResNet, DenseNet).
+(ResNets, VGG, GoogLeNet without auxiliary heads, ResNeXt, Wide ResNet, DenseNet, MobileNets,
+EfficientNets).
 """
 
 from __future__ import annotations
@@ -98,6 +99,10 @@ def create(name: str, num_classes: int) -> nn.Module:
             num_classes=num_classes, aux_logits=False, init_weights=True
         )
     if name.startswith(("vgg", "resnext", "wide_resnet", "densenet")):
+        return getattr(torchvision.models, name)(num_classes=num_classes)
+    if name.startswith(("mobilenet_v", "efficientnet_b")):
+        import torchvision
+
         return getattr(torchvision.models, name)(num_classes=num_classes)
     raise KeyError(f"no PyTorch twin for {name!r}")
 

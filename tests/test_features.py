@@ -82,6 +82,10 @@ def test_flexible_models_follow_the_summary_at_other_sizes(name, input_shape):
         chex.assert_shape(features[stage.stage], (2, *stage.shape))
 
 
+def mobile_stages(*channels: int) -> dict[str, tuple[int, int]]:
+    return {f"stride{2**i}": (c, 2**i) for i, c in enumerate(channels, 1)}
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
@@ -107,6 +111,12 @@ def test_flexible_models_follow_the_summary_at_other_sizes(name, input_shape):
         ),
         ("resnet20", {"stem": (16, 1), "stage1": (16, 1), "stage2": (32, 2), "stage3": (64, 4)}),
         ("lenet5", {"c1": (6, 1), "s2": (6, 2), "c3": (16, 2), "s4": (16, 4)}),
+        # The mobile networks: timm's `feature_info` channels at strides 2 to 32.
+        ("mobilenet_v2", mobile_stages(16, 24, 32, 96, 320)),
+        ("mobilenet_v3_large", mobile_stages(16, 24, 40, 112, 960)),
+        ("mobilenet_v3_small", mobile_stages(16, 16, 24, 48, 576)),
+        ("efficientnet_b0", mobile_stages(16, 24, 40, 112, 320)),
+        ("efficientnet_b7", mobile_stages(32, 48, 80, 224, 640)),
     ],
 )
 def test_channels_and_reductions_are_the_known_ones(name, expected):

@@ -57,10 +57,14 @@ def init_abstract(model, input_shape, batch=2):
     )
 
 
-def params_by_layer(params) -> dict[str, int]:
+def params_by_layer(params, layers=()) -> dict[str, int]:
+    """Parameters per layer: each leaf counts for the deepest of `layers` (module paths) that
+    holds it, else for its own module. A layer described as a whole (squeeze-and-excitation)
+    keeps its parameters in submodules of its own."""
     counts: dict[str, int] = {}
     for path, leaf in flax.traverse_util.flatten_dict(params).items():
-        layer = "/".join(path[:-1])
+        holders = ["/".join(path[:i]) for i in range(len(path) - 1, 0, -1)]
+        layer = next((h for h in holders if h in layers), holders[0])
         counts[layer] = counts.get(layer, 0) + int(np.prod(leaf.shape))
     return counts
 
@@ -109,6 +113,10 @@ EXPECTED_MODELS = [
     "densenet169",
     "densenet201",
     "densenet161",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    *(f"efficientnet_b{i}" for i in range(8)),
 ]
 
 
@@ -125,7 +133,8 @@ def check_formulas_match(name, **overrides):
 
     chex.assert_shape(logits, (2, *table.output_shape))
     analytic_params = {layer.name: layer.params for layer in table.layers if layer.params}
-    assert params_by_layer(variables["params"]) == analytic_params
+    layers = {layer.name for layer in table.layers}
+    assert params_by_layer(variables["params"], layers) == analytic_params
     outputs = outputs_by_layer(variables["intermediates"])
     for layer in table.layers:
         chex.assert_shape(outputs[layer.name], (2, *layer.output_shape))

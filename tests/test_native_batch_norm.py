@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 
 import zoo
 from zoo import ops
-from zoo.ops import batch_norm
+from zoo.ops import batch_norm, native
 
 NATIVE = ops.native_available()
 needs_native = pytest.mark.skipif(
@@ -149,6 +149,35 @@ def test_a_train_step_runs_both_directions_on_onednn(dtype):
     hlo = jax.jit(jax.grad(lambda *a: inference_loss(*a)[0])).lower(x, mean, var, scale, bias)
     assert "zoo_onednn_batch_norm_inference" in hlo.as_text()
     assert "zoo_onednn_batch_norm_backward" in hlo.as_text()
+
+
+@needs_native
+@pytest.mark.parametrize("channels", [24, 72, 80, 120])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+def test_channels_off_the_vector_width_leave_onednns_slower_kernels_to_xla(dtype, channels):
+    # MobileNets' 72 or 120 channels: on AVX-512 oneDNN 3.2 picks its AVX2 kernel (float32) or
+    # a generic loop (bf16), slower than XLA's fusions; 80 channels get the AVX-512 kernel.
+    shape = (4, 8, 8, channels)
+    full = (4, 8, 8, -(-channels // 16) * 16)
+
+    def implementation(on_shape, kernel_dtype):
+        config = batch_norm._config(native.TRAINING, on_shape, kernel_dtype, EPSILON, False, 1)
+        return native.implementation(native.BATCH_NORM, native.TRAINING, config)
+
+    onednn = any(
+        implementation(shape, d)[0] and implementation(shape, d) == implementation(full, d)
+        for d in {dtype, jnp.float32}
+    )
+    x, scale, bias, _, _ = operands(shape, dtype)
+    hlo = jax.jit(jax.grad(lambda *a: training_loss(*a)[0], (0, 1, 2))).lower(x, scale, bias)
+    assert ("zoo_onednn_batch_norm_" in hlo.as_text()) == onednn
+    if channels % 16:
+        assert (batch_norm._plan(x, EPSILON, (0, 2)) is None) == (not onednn)
+    ours = jax.jit(jax.grad(lambda *a: training_loss(*a)[0], (0, 1, 2)))(x, scale, bias)
+    with ops.portable():
+        theirs = jax.jit(jax.grad(lambda *a: training_loss(*a)[0], (0, 1, 2)))(x, scale, bias)
+    for a, b in zip(ours, theirs, strict=True):
+        assert relative_error(a, b) < TOLERANCE[dtype]
 
 
 @needs_native

@@ -9,6 +9,7 @@ the zoo start, so those tests run in subprocesses.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -193,6 +194,38 @@ def test_bfloat16_equals_xla_or_falls_back(case):
     x, kernel = operands(case, jnp.bfloat16)
     ours = value_and_gradients(ops.conv_general_dilated, case, x, kernel)
     theirs = value_and_gradients(lax.conv_general_dilated, case, x, kernel)
+    for name, a, b in zip(("output", "d_lhs", "d_rhs"), ours, theirs, strict=True):
+        assert a.dtype == jnp.bfloat16, name
+        assert relative_error(a, b) < TOLERANCE[jnp.bfloat16], name
+
+
+@needs_native
+@pytest.mark.parametrize(("kernel", "stride"), [(5, 1), (3, 2), (3, 1)])
+def test_bfloat16_depthwise_directions_without_a_depthwise_kernel_run_in_float32(kernel, stride):
+    """Where oneDNN's bf16 kernel for a direction of a depthwise convolution is a generic one
+    (`conv.BF16_DEPTHWISE_WIDENS`), its float32 depthwise kernel runs it; the values are XLA's
+    to bf16's rounding either way."""
+    channels, pad = 32, (kernel - 1) // 2
+    case = (2, 10, 10, channels, kernel, channels, stride, ((pad, pad),) * 2, 1, channels)
+    x, weights = operands(case, jnp.bfloat16)
+    geometry = conv.Geometry(
+        x.shape,
+        weights.shape,
+        jnp.dtype(jnp.bfloat16),
+        (stride,) * 2,
+        ((pad, pad),) * 2,
+        (1, 1),
+        channels,
+    )
+    plan = conv.planned(geometry)
+    for direction in native.CONV_TARGETS:
+        _, name = native.implementation(
+            native.CONV, direction, geometry.onednn_config(jnp.bfloat16, plan.threads)
+        )
+        widened = name in conv.BF16_DEPTHWISE_WIDENS
+        assert plan.dtypes[direction] == (jnp.float32 if widened else jnp.bfloat16), name
+    ours = value_and_gradients(ops.conv_general_dilated, case, x, weights)
+    theirs = value_and_gradients(lax.conv_general_dilated, case, x, weights)
     for name, a, b in zip(("output", "d_lhs", "d_rhs"), ours, theirs, strict=True):
         assert a.dtype == jnp.bfloat16, name
         assert relative_error(a, b) < TOLERANCE[jnp.bfloat16], name
@@ -564,15 +597,16 @@ def test_grouped_convolutions_keep_onednns_weight_gradient(monkeypatch):
     """Where XLA's weight gradient wins from some channels on (`XLA_WEIGHT_GRADIENT_FROM`, here
     pretended for this CPU's kernel from 16), a grouped convolution with that many channels per
     group keeps oneDNN's: XLA:CPU's grouped weight gradient is orders of magnitude slower."""
-    shape, pads = (2, 8, 8, 64), ((1, 1), (1, 1))
-    config = (2, 8, 8, 64, 3, 3, 64, 8, 8, *(1,) * 9, 0, 1)  # small: planned on one thread
+    pads = ((1, 1), (1, 1))
+    plain = conv.Geometry((2, 8, 8, 64), (3, 3, 64, 64), jnp.dtype(jnp.float32), padding=pads)
+    grouped = dataclasses.replace(plain, rhs_shape=(3, 3, 32, 64), groups=2)
+    config = plain.onednn_config(jnp.float32, 1)  # small: planned on one thread
     _, name = native.implementation(native.CONV, native.BACKWARD_WEIGHTS, config)
     monkeypatch.setattr(conv, "XLA_WEIGHT_GRADIENT_FROM", {name: 16})
-    conv._planned_for_team.cache_clear()
+    conv.clear_plans()
     try:
-        plain = conv._planned(shape, (3, 3, 64, 64), jnp.float32, (1, 1), pads, (1, 1), 1, None)
-        grouped = conv._planned(shape, (3, 3, 32, 64), jnp.float32, (1, 1), pads, (1, 1), 2, None)
+        plain, grouped = conv.planned(plain), conv.planned(grouped)
     finally:
-        conv._planned_for_team.cache_clear()
+        conv.clear_plans()
     assert plain.kernels[native.BACKWARD_WEIGHTS] is None  # XLA's, as the table says
-    assert grouped.kernels == (jnp.float32,) * 3
+    assert grouped.dtypes == (jnp.float32,) * 3

@@ -15,6 +15,7 @@ import re
 import warnings
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +26,7 @@ from zoo import hub
 from zoo.cli import main
 from zoo.convert import TORCHVISION_ARCHS, convert_state_dict, load_state_dict
 from zoo.convert import torchvision as tv_convert
+from zoo.models.inverted_residual import InvertedResidual
 from zoo.models.layers import BatchNorm
 
 torch = pytest.importorskip("torch")
@@ -99,6 +101,13 @@ def assert_logits_match(ours: np.ndarray, reference: np.ndarray) -> float:
 # checked against torchvision's by `test_every_architecture_maps_every_key_and_shape`, and one
 # of each family is compared in eval and train mode by `test_each_family_matches_torchvision_...`.
 LOGIT_ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "alexnet"]
+# The mobile networks have tests of their own (below).
+MOBILE_ARCHS = [
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    *(f"efficientnet_b{i}" for i in range(8)),
+]
 
 
 @pytest.mark.parametrize("arch", LOGIT_ARCHS)
@@ -278,8 +287,6 @@ def test_a_converted_resnet_updates_its_statistics_like_torch():
 
 
 def test_every_family_normalises_with_the_zoo_batch_norm():
-    import flax.linen as nn
-
     seen = set()
 
     def record(next_fun, args, kwargs, context):
@@ -404,6 +411,70 @@ def test_each_family_matches_torchvision_in_eval_and_train_mode(arch):
     chex.assert_trees_all_close(updates["batch_stats"], expected, rtol=2e-4, atol=2e-5)
 
 
+# --- MobileNet V2/V3 and EfficientNet ------------------------------------------------------------
+
+MOBILE_INPUT = 64
+
+
+def assert_within_scale(ours: np.ndarray, reference: np.ndarray, share: float = 2e-5) -> float:
+    """|ours - reference| within `share` of the reference's largest magnitude; the share."""
+    difference = float(np.abs(ours - reference).max()) / float(np.abs(reference).max())
+    assert difference < share, difference
+    return difference
+
+
+def random_mobile_torchvision(arch: str) -> torch.nn.Module:
+    """`random_torchvision` with each residual block's last BatchNorm small, as trained."""
+    model = random_torchvision(arch, MOBILE_INPUT)
+    blocks = (
+        torchvision.models.mobilenetv2.InvertedResidual,
+        torchvision.models.mobilenetv3.InvertedResidual,
+        torchvision.models.efficientnet.MBConv,
+    )
+    with torch.no_grad():
+        for block in model.modules():
+            if isinstance(block, blocks) and block.use_res_connect:
+                norms = [m for m in block.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+                norms[-1].weight.uniform_(0.0, 0.5)
+    return model
+
+
+# Numbers for one network of each family (the others are these at other widths and depths;
+# their mapping and constants are checked on the meta device, below).
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"])
+def test_mobile_networks_compute_torchvisions_logits_and_statistics(arch):
+    """Eval mode, then one train-mode step (dropout and stochastic depth off on both sides):
+    the logits within 2e-5 of their scale, and every running mean and variance updated as
+    PyTorch updates it (momentum 0.01 in MobileNet V3)."""
+    model = random_mobile_torchvision(arch)
+    momentum = {m.momentum for m in meta_torchvision(arch).modules() if isinstance(m, Norm2d)}
+    converted = convert_state_dict(arch, state_dict_arrays(model))
+    images = np.random.default_rng(1).standard_normal(
+        (2, 3, MOBILE_INPUT, MOBILE_INPUT), np.float32
+    )
+    assert converted.model_config == {"num_classes": 1000}
+    assert_within_scale(zoo_logits(converted, images), torch_logits(model, images))
+
+    off = {"dropout_rate": 0.0}
+    if hasattr(converted.module, "drop_path_rate"):
+        off["drop_path_rate"] = 0.0
+    module = converted.module.clone(**off)
+    for layer in model.modules():
+        if isinstance(layer, Norm2d):
+            (layer.momentum,) = momentum  # random_torchvision set 1 for its statistics
+        if isinstance(layer, torch.nn.Dropout | torchvision.ops.StochasticDepth):
+            layer.p = 0.0
+    model.train()
+    with torch.no_grad():
+        theirs = model(torch.from_numpy(images)).numpy()
+    ours, updates = jax.jit(lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"]))(
+        converted.variables, jnp.asarray(images.transpose(0, 2, 3, 1))
+    )
+    assert_within_scale(np.asarray(ours), theirs)
+    expected = convert_state_dict(arch, state_dict_arrays(model)).variables["batch_stats"]
+    chex.assert_trees_all_close(updates["batch_stats"], expected, rtol=2e-4, atol=2e-5)
+
+
 def meta_state_dict(arch: str) -> dict[str, torch.Tensor]:
     """torchvision's state dict for `arch`, shapes only (the `meta` device: no memory)."""
     with torch.device("meta"), warnings.catch_warnings():
@@ -411,7 +482,9 @@ def meta_state_dict(arch: str) -> dict[str, torch.Tensor]:
         return getattr(torchvision.models, arch)(weights=None).state_dict()
 
 
-@pytest.mark.parametrize("arch", [a for a in TORCHVISION_ARCHS if a not in LOGIT_ARCHS])
+@pytest.mark.parametrize(
+    "arch", [a for a in TORCHVISION_ARCHS if a not in LOGIT_ARCHS + MOBILE_ARCHS]
+)
 def test_every_architecture_maps_every_key_and_shape(arch):
     """Every torchvision key of `arch` at its real shape, through the converter: each maps to
     a zoo variable of that shape, and every zoo variable is covered (`convert_state_dict`
@@ -499,3 +572,52 @@ def test_adaptive_average_pooling_is_pytorchs():
         theirs = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), (7, 7)).numpy()
         ours = AdaptiveAvgPool((7, 7)).apply({}, jnp.asarray(x.transpose(0, 2, 3, 1)))
         np.testing.assert_allclose(ours, theirs.transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6)
+
+
+Norm2d = torch.nn.BatchNorm2d
+
+
+def meta_torchvision(arch: str) -> torch.nn.Module:
+    """torchvision's `arch` on the meta device: its modules and shapes, no memory, no values."""
+    with torch.device("meta"):
+        return getattr(torchvision.models, arch)(weights=None)
+
+
+@pytest.mark.parametrize("arch", MOBILE_ARCHS)
+def test_every_mobile_network_maps_onto_torchvision_with_its_constants(arch):
+    """Every torchvision key and shape, and the constants shapes do not show, from the modules
+    the conversion builds: BatchNorm eps and momentum, dropout, the stochastic depth of every
+    block (torchvision's rule: rate * i / blocks), the input size; and torchvision's GFLOPS."""
+    model = meta_torchvision(arch)
+    shapes = {k: np.broadcast_to(np.float32(0), v.shape) for k, v in model.state_dict().items()}
+    called = {}  # module path -> module (the conversion traces the network more than once)
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name == "__call__":
+            called.setdefault(context.module.path, context.module)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        converted = convert_state_dict(arch, shapes)  # raises on a missing, extra or misfit key
+    assert converted.model_name == arch and converted.model_config == {"num_classes": 1000}
+
+    def ours(kind, field):
+        return [getattr(m, field) for m in called.values() if isinstance(m, kind)]
+
+    def theirs(kind, field):
+        return [getattr(m, field) for m in model.modules() if isinstance(m, kind)]
+
+    norms = set(zip(ours(BatchNorm, "epsilon"), ours(BatchNorm, "momentum"), strict=True))
+    torch_norms = set(zip(theirs(Norm2d, "eps"), theirs(Norm2d, "momentum"), strict=True))
+    assert {(eps, round(1 - keep, 6)) for eps, keep in norms} == torch_norms
+    assert ours(nn.Dropout, "rate") == theirs(torch.nn.Dropout, "p")
+    rates = ours(InvertedResidual, "drop_path_rate")
+    assert rates == pytest.approx(
+        theirs(torchvision.ops.StochasticDepth, "p") or [0.0] * len(rates)
+    )
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    crop = weights.transforms.keywords["crop_size"]
+    assert converted.module.input_size == (crop, crop)
+    assert TORCHVISION_ARCHS[arch].preprocessing.input_shape == (crop, crop, 3)
+    # torchvision's GFLOPS are the convolutions' and dense layers' MACs at that size.
+    assert round(zoo.summary(arch).total_macs / 1e9, 3) == weights.meta["_ops"]

@@ -87,12 +87,20 @@ def conv(
     bias: bool = True,
     kind: str = "conv",
 ) -> Counts:
-    """A 2-D convolution; a padding of None is 'SAME' (output ceil(W / S))."""
+    """A 2-D convolution; a padding of None is 'SAME' (output ceil(W / S)). One filter per
+    channel (groups = C_in = C_out > 1) is a "depthwise_conv"."""
     h, w, c = spatial(shape, kind)
     out = tuple(
         formulas.same_output_size(n, s) if p is None else formulas.conv_output_size(n, k, s, p)
         for n, k, s, p in zip((h, w), kernel, strides, paddings, strict=True)
     )
+    if kind == "conv" and 1 < groups == c == features:
+        return Counts(
+            "depthwise_conv",
+            (*out, features),
+            formulas.depthwise_conv_params(c, kernel, bias=bias),
+            formulas.depthwise_conv_macs(*out, c, kernel),
+        )
     return Counts(
         kind,
         (*out, features),

@@ -139,3 +139,35 @@ def conv_macs(
 def dense_macs(in_features: int, out_features: int) -> int:
     """Multiply-accumulates of one fully connected layer on one example."""
     return in_features * out_features
+
+
+# --- The mobile networks' layers (MobileNet V2/V3, EfficientNet) ---------------------------------
+
+
+def depthwise_conv_params(
+    channels: int, kernel: int | tuple[int, int], *, bias: bool = True
+) -> int:
+    """A depthwise KxK convolution (one filter per channel, groups = C): C * K * K (+ C)."""
+    return conv_params(channels, channels, kernel, bias=bias, groups=channels)
+
+
+def depthwise_conv_macs(
+    out_height: int, out_width: int, channels: int, kernel: int | tuple[int, int]
+) -> int:
+    """Multiply-accumulates of a depthwise convolution on one image: H_out * W_out * C * K * K."""
+    return conv_macs(out_height, out_width, channels, channels, kernel, groups=channels)
+
+
+def squeeze_excitation_params(channels: int, squeeze_channels: int) -> int:
+    """Squeeze-and-excitation (Hu et al. 2018, Fig. 2), as torchvision builds it: two 1x1
+    convolutions with biases, C -> S and S -> C, on the globally pooled map."""
+    return conv_params(channels, squeeze_channels, 1) + conv_params(squeeze_channels, channels, 1)
+
+
+def squeeze_excitation_macs(channels: int, squeeze_channels: int) -> int:
+    """Its two 1x1 convolutions on one 1x1 map: 2 * C * S. Like the zoo's pooling layers, the
+    mean over the map and the channel-wise rescaling count none (fvcore counts the mean as one
+    per input element, `adaptive_avg_pool2d`, and skips the rescaling, `aten::mul`)."""
+    return conv_macs(1, 1, channels, squeeze_channels, 1) + conv_macs(
+        1, 1, squeeze_channels, channels, 1
+    )

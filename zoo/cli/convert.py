@@ -10,7 +10,6 @@ from zoo import hub
 from zoo.convert.torchvision import (
     ARCHS,
     IMAGENET_CLASSES,
-    IMAGENET_PREPROCESSING,
     convert_state_dict,
     imagenet_categories,
     load_state_dict,
@@ -26,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="convert a torchvision .pth state dict and save it in the registry",
         description="Loads the tensors of a torchvision state dict (no code is run), converts "
         "them into the matching zoo model's variables and saves them as NAME, step 0, with "
-        "ImageNet preprocessing (224x224x3, torchvision's mean and std) and, for a 1,000-class "
-        "head, ImageNet's category names from torchvision (nothing is downloaded).",
+        "ImageNet preprocessing (torchvision's mean and std, at the input size of its weights' "
+        "transforms: 224x224x3 but for EfficientNet B1-B7) and, for a 1,000-class head, "
+        "ImageNet's category names from torchvision (nothing is downloaded).",
     )
     parser.add_argument("arch", metavar="ARCH", help=f"one of: {', '.join(ARCHS)}")
     parser.add_argument("state_dict", metavar="STATE_DICT.pth", type=Path)
@@ -71,7 +71,7 @@ def run_import_torchvision(args: argparse.Namespace) -> int:
             "arch": args.arch,
             "state_dict_file": args.state_dict.name,
             "state_dict_sha256": _sha256(args.state_dict),
-            "preprocessing": IMAGENET_PREPROCESSING.to_dict(),
+            "preprocessing": torchvision_arch(args.arch).preprocessing.to_dict(),
             **({} if names is None else {hub.CLASS_NAMES: list(names)}),
         },
         registry=args.registry,

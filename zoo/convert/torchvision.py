@@ -32,6 +32,10 @@ import numpy as np
 from zoo.errors import InvalidValueError, MissingDependencyError, NotFoundError
 from zoo.hub.store import expected_variables
 from zoo.models.densenet import VARIANTS as DENSENET_VARIANTS
+from zoo.models.efficientnet import STAGES as EFFICIENTNET_STAGES
+from zoo.models.efficientnet import VARIANTS as EFFICIENTNET_VARIANTS
+from zoo.models.mobilenet_v2 import MobileNetV2
+from zoo.models.mobilenet_v3 import SETTINGS as MOBILENET_V3_SETTINGS
 from zoo.models.resnet import VARIANTS as RESNET_VARIANTS
 from zoo.models.vgg import CONFIGURATIONS as VGG_CONFIGURATIONS
 from zoo.models.vgg import VARIANTS as VGG_VARIANTS
@@ -78,6 +82,12 @@ class TorchvisionArch:
         (GoogLeNet's auxiliary classifiers, which torchvision drops after loading too).
       legacy_keys: (regex, replacement) rewrites of key names of older torchvision releases,
         applied to the whole key before anything else.
+      sequences: (regex, sequential, layers): a Flax module whose name matches the regex is
+        a torch module holding an `nn.Sequential` called `sequential` of `layers` (Flax paths
+        below the module, '/'-separated, in torch's order), of which torchvision builds only
+        those the block has (no expansion convolution at ratio 1, squeeze-excitation in some
+        blocks): each is numbered by its place among those the Flax model has.
+      input_size: the side of the images its ImageNet weights were trained on.
     """
 
     model_name: str
@@ -88,11 +98,44 @@ class TorchvisionArch:
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     dropped: tuple[str, ...] = ()
     legacy_keys: tuple[tuple[str, str], ...] = ()
+    sequences: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    input_size: int = 224
 
-    def torch_module(self, flax_path: tuple[str, ...]) -> str:
+    def torch_module(
+        self, flax_path: tuple[str, ...], modules: frozenset[tuple[str, ...]] = frozenset()
+    ) -> str:
         """The torch module name of a Flax module path, e.g. stage2_block0/downsample_conv ->
-        layer2.0.downsample.0."""
-        return ".".join(self._rename(name) for name in flax_path)
+        layer2.0.downsample.0; `modules` (every module path of the model) numbers `sequences`."""
+        names, i = [], 0
+        while i < len(flax_path):
+            names.append(self._rename(flax_path[i]))
+            numbered = self._numbered(flax_path[: i + 1], flax_path[i + 1 :], modules)
+            if numbered is None:
+                i += 1
+            else:
+                names.append(numbered[0])
+                i += 1 + numbered[1]
+        return ".".join(names)
+
+    def _numbered(
+        self, parent: tuple[str, ...], rest: tuple[str, ...], modules: frozenset[tuple[str, ...]]
+    ) -> tuple[str, int] | None:
+        """("<sequential>.<index>", Flax names it stands for) of `rest`'s first layer where
+        `parent` holds one of `sequences`; None elsewhere."""
+        for pattern, sequential, layers in self.sequences:
+            if not re.fullmatch(pattern, parent[-1]):
+                continue
+            present = [part for part in map(_path, layers) if (*parent, *part) in modules]
+            for index, part in enumerate(present):
+                if rest[: len(part)] == part:
+                    return f"{sequential}.{index}", len(part)
+        return None
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """What its ImageNet weights expect: `IMAGENET_PREPROCESSING` at its input size."""
+        size = (self.input_size, self.input_size, 3)
+        return dataclasses.replace(IMAGENET_PREPROCESSING, source_shape=size, input_shape=size)
 
     def _rename(self, name: str) -> str:
         for pattern, replacement in self.renames:
@@ -100,6 +143,10 @@ class TorchvisionArch:
             if match:
                 return match.expand(replacement)
         return name
+
+
+def _path(layer: str) -> tuple[str, ...]:
+    return tuple(layer.split("/"))
 
 
 RESNET_RENAMES = (
@@ -156,6 +203,56 @@ DENSENET_LEGACY_KEYS = (
     ),
 )
 
+# The mobile networks: torchvision's `features` Sequential holds the stem (0), the blocks and
+# the last 1x1 convolution; every Conv2dNormActivation is a Sequential of its conv and its norm.
+CONV_NORM_RENAMES = (("stem", "features.0"), ("conv", "0"), ("bn", "1"))
+BLOCK_LAYERS = ("expand", "depthwise", "se", "project")
+
+
+def mobilenet_v2_arch() -> TorchvisionArch:
+    # MobileNetV2's InvertedResidual Sequential `conv` holds the project conv and its norm
+    # themselves, not a Conv2dNormActivation.
+    renames = (
+        *CONV_NORM_RENAMES,
+        (r"block(\d+)", r"features.\1"),
+        ("last_conv", f"features.{len(MobileNetV2().blocks()) + 1}"),
+        ("classifier", "classifier.1"),
+    )
+    layers = ("expand", "depthwise", "project/conv", "project/bn")
+    return TorchvisionArch(
+        "mobilenet_v2", renames, "classifier.1", sequences=((r"block\d+", "conv", layers),)
+    )
+
+
+def mobilenet_v3_arch(name: str) -> TorchvisionArch:
+    size = create_model(name).size
+    renames = (
+        *CONV_NORM_RENAMES,
+        (r"block(\d+)", r"features.\1"),
+        ("last_conv", f"features.{len(MOBILENET_V3_SETTINGS[size]) + 1}"),
+        ("pre_logits", "classifier.0"),
+        ("classifier", "classifier.3"),
+    )
+    sequences = ((r"block\d+", "block", BLOCK_LAYERS),)
+    return TorchvisionArch(name, renames, "classifier.3", sequences=sequences)
+
+
+EFFICIENTNET_RENAMES = (
+    *CONV_NORM_RENAMES,
+    (r"stage(\d+)_block(\d+)", r"features.\1.\2"),
+    ("last_conv", f"features.{len(EFFICIENTNET_STAGES) + 1}"),
+    ("classifier", "classifier.1"),
+)
+
+
+def efficientnet_arch(name: str) -> TorchvisionArch:
+    sequences = ((r"stage\d+_block\d+", "block", BLOCK_LAYERS),)
+    size = create_model(name).input_size[0]
+    return TorchvisionArch(
+        name, EFFICIENTNET_RENAMES, "classifier.1", sequences=sequences, input_size=size
+    )
+
+
 ARCHS: dict[str, TorchvisionArch] = {
     **{name: TorchvisionArch(name, RESNET_RENAMES, "fc") for name in RESNET_VARIANTS},
     "alexnet": TorchvisionArch(
@@ -184,6 +281,10 @@ ARCHS: dict[str, TorchvisionArch] = {
         )
         for name in DENSENET_VARIANTS
     },
+    "mobilenet_v2": mobilenet_v2_arch(),
+    "mobilenet_v3_large": mobilenet_v3_arch("mobilenet_v3_large"),
+    "mobilenet_v3_small": mobilenet_v3_arch("mobilenet_v3_small"),
+    **{name: efficientnet_arch(name) for name in EFFICIENTNET_VARIANTS},
 }
 
 
@@ -326,12 +427,13 @@ def convert_state_dict(
     # The same abstract tree `zoo.hub.save` checks variables against.
     _, target = expected_variables(spec.model_name, config)
     flat_target = flax.traverse_util.flatten_dict(target)
+    modules = frozenset(path[1:end] for path in flat_target for end in range(2, len(path)))
     spatial = _flattened_inputs(spec, config)
 
     converted, missing, wrong, used = {}, [], [], set()
     for path, leaf in flat_target.items():
         collection, *module, leaf_name = path
-        key = f"{spec.torch_module(tuple(module))}.{LEAF_NAMES[collection, leaf_name]}"
+        key = f"{spec.torch_module(tuple(module), modules)}.{LEAF_NAMES[collection, leaf_name]}"
         if key not in state_dict:
             missing.append(key)
             continue

@@ -5,9 +5,12 @@ from zoo.models import (  # noqa: F401
     autoencoder,
     cifar_resnet,
     densenet,
+    efficientnet,
     googlenet,
     lenet,
     mlp,
+    mobilenet_v2,
+    mobilenet_v3,
     resnet,
     vgg,
 )

@@ -8,8 +8,8 @@ shapes and how feature extraction finds a stage by name.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -20,7 +20,14 @@ from jax import lax
 from zoo import analytic, formulas
 from zoo.analytic import Counts, Shape
 from zoo.errors import InvalidValueError
-from zoo.ops import batch_norm_inference, batch_norm_training, max_pool, spatial_mean
+from zoo.ops import (
+    Conv,
+    batch_norm_inference,
+    batch_norm_training,
+    initializers,
+    max_pool,
+    spatial_mean,
+)
 
 Dtype = Any
 
@@ -315,3 +322,128 @@ def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
 def drop_path_rates(blocks: int, rate: float) -> tuple[float, ...]:
     """timm's schedule: block i of `blocks` drops with rate * i / (blocks - 1), 0 to `rate`."""
     return tuple(rate * i / max(blocks - 1, 1) for i in range(blocks))
+
+
+# --- The mobile networks' layers (MobileNet V2/V3, EfficientNet) ---------------------------------
+
+# The activations of the mobile networks by name (a module field stays a plain, hashable
+# string): PyTorch's ReLU, ReLU6, Hardswish, Hardsigmoid, SiLU and Sigmoid, value for value.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "relu6": jax.nn.relu6,  # min(max(x, 0), 6): Sandler et al. 2018
+    "hard_swish": jax.nn.hard_swish,  # x * relu6(x + 3) / 6: Howard et al. 2019, Sec. 5.2
+    "hard_sigmoid": jax.nn.hard_sigmoid,  # relu6(x + 3) / 6
+    "silu": jax.nn.silu,  # x * sigmoid(x), "swish": Ramachandran et al. 2017
+    "sigmoid": jax.nn.sigmoid,
+}
+
+
+def activation(name: str | None) -> Callable[[jax.Array], jax.Array]:
+    """The activation called `name` (a key of `ACTIVATIONS`); None is the identity."""
+    return (lambda x: x) if name is None else ACTIVATIONS[name]
+
+
+def check_multiplier(model: str, name: str, value: Any) -> None:
+    """Raises `ValueError` unless `value` is a positive number (a width or depth multiplier)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise InvalidValueError(f"{model}: {name} must be a positive number, got {value!r}")
+
+
+he_normal_fan_out = initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class ConvNormAct(nn.Module):
+    """torchvision's `Conv2dNormActivation`: a bias-free KxK convolution padded by (K - 1) // 2
+    on each side (symmetric, as PyTorch pads, not TensorFlow's 'SAME'), batch norm, then an
+    activation (None: none). `groups` = the input's channels makes it depthwise.
+
+    Its submodules are `conv` and `bn`; its own row in the analytic table is its output, after
+    the activation (kind: the activation's name, or "linear"), so a feature stage may name it.
+    Kernels are He normal (fan out), as torchvision initialises them.
+    """
+
+    features: int
+    kernel_size: int = 1
+    stride: int = 1
+    groups: int = 1
+    activation: str | None = None
+    norm_epsilon: float = 1e-5
+    norm_momentum: float = 0.9  # Flax's convention: PyTorch's momentum 0.1
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    describes_after_children: ClassVar[bool] = True
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        h, w, _ = analytic.spatial(input_shape, "conv_norm_act")
+        pad = (self.kernel_size - 1) // 2
+        size = [formulas.conv_output_size(n, self.kernel_size, self.stride, pad) for n in (h, w)]
+        return Counts(self.activation or "linear", (*size, self.features))
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = Conv(
+            self.features,
+            (self.kernel_size, self.kernel_size),
+            self.stride,
+            explicit_padding((self.kernel_size - 1) // 2),
+            feature_group_count=self.groups,
+            use_bias=False,
+            kernel_init=he_normal_fan_out,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv",
+        )(x)
+        fused_relu = self.activation == "relu"  # the batch norm's kernels apply it themselves
+        x = BatchNorm(
+            use_running_average=not train,
+            momentum=self.norm_momentum,
+            epsilon=self.norm_epsilon,
+            relu=fused_relu,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="bn",
+        )(x)
+        return x if fused_relu else activation(self.activation)(x)
+
+
+class SqueezeExcitation(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018, Fig. 2) as torchvision's `SqueezeExcitation`:
+    x * scale_activation(fc2(activation(fc1(mean over H, W of x)))), with `fc1` (C -> S) and
+    `fc2` (S -> C) 1x1 convolutions with biases, so torchvision's weights map one to one.
+
+    Described as one layer (`zoo.formulas.squeeze_excitation_params` / `_macs`): its output has
+    its input's shape. The mean is `GlobalAvgPool`'s, so a NaN in the map reaches the scale.
+    """
+
+    squeeze_channels: int
+    activation: str = "relu"
+    scale_activation: str = "sigmoid"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        channels = analytic.spatial(input_shape, "squeeze_excitation")[-1]
+        return Counts(
+            "squeeze_excitation",
+            tuple(input_shape),
+            formulas.squeeze_excitation_params(channels, self.squeeze_channels),
+            formulas.squeeze_excitation_macs(channels, self.squeeze_channels),
+        )
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        scale = GlobalAvgPool(name="pool")(x)[:, None, None, :]
+        scale = Conv(self.squeeze_channels, (1, 1), name="fc1", **dtypes)(scale)
+        scale = Conv(channels, (1, 1), name="fc2", **dtypes)(activation(self.activation)(scale))
+        return x * activation(self.scale_activation)(scale).astype(x.dtype)
+
+
+def stochastic_depth_rates(blocks: int, rate: float) -> tuple[float, ...]:
+    """torchvision's EfficientNet schedule: block i of `blocks` drops with rate * i / blocks,
+    from 0 to rate * (blocks - 1) / blocks (timm's `drop_path_rates` reaches `rate`)."""
+    return tuple(rate * i / blocks for i in range(blocks))

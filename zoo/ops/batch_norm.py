@@ -119,6 +119,30 @@ def _config(kind: int, shape, dtype: Any, epsilon: float, relu: bool, threads: i
     return (*shape, native.PRECISIONS[jnp.dtype(dtype)], bits, int(relu), threads)
 
 
+# oneDNN 3.2's batch norms on channels-last maps have full-speed kernels where the channels fill
+# its vectors: for other channel counts (MobileNets' 24, 40, 72, 120, 184, 200) it picks a
+# narrower one on an AVX-512 CPU (`bnorm_jit:avx2` in float32) or a generic loop
+# (`nspc_bnorm:any` in bf16), which XLA's fusions beat at every such shape measured, in both
+# kinds and both dtypes (bench/README.md, "The mobile networks").
+VECTOR_CHANNELS = 16
+
+
+def _has_full_vector_kernel(kind: int, shape, config_of) -> bool:
+    """Whether oneDNN runs batch norm `kind` on `shape` (NHWC) with a kernel (`config_of(shape)`
+    is its config) and that kernel is the one it picks when the channels are a multiple of
+    `VECTOR_CHANNELS`: on a CPU whose kernels take any channel count at full speed (AVX2's)
+    the two are the same."""
+    found, implementation = native.implementation(native.BATCH_NORM, kind, config_of(shape))
+    channels = shape[-1]
+    full = -(-channels // VECTOR_CHANNELS) * VECTOR_CHANNELS
+    if not found or full == channels:
+        return found
+    _, full_implementation = native.implementation(
+        native.BATCH_NORM, kind, config_of((*shape[:-1], full))
+    )
+    return implementation == full_implementation
+
+
 def _plan(x: jax.Array, epsilon: float, kinds: tuple[int, int], relu: bool = False) -> _Plan | None:
     """The oneDNN plan of a batch norm of `x` for `kinds` (a forward and its gradient), or None
     where both run on XLA or (with `relu`) where oneDNN cannot run both training kinds with
@@ -132,17 +156,17 @@ def _plan(x: jax.Array, epsilon: float, kinds: tuple[int, int], relu: bool = Fal
     shape = x.shape if x.ndim == 4 else (math.prod(x.shape[:-1]), 1, 1, x.shape[-1])
     epsilon = float(epsilon)
 
-    def config(kind: int, dtype: Any, threads: int) -> tuple[int, ...]:
-        return _config(kind, shape, dtype, epsilon, _fuses_relu(relu, kind), threads)
+    def config(kind: int, dtype: Any, threads: int, on_shape=shape) -> tuple[int, ...]:
+        return _config(kind, on_shape, dtype, epsilon, _fuses_relu(relu, kind), threads)
 
     def kernels_on(threads: int) -> list[Any]:
         kernels = [None] * len(KINDS)
         for kind in kinds:
             kernels[kind] = native.kernel_dtype(
                 x.dtype,
-                lambda d, kind=kind: native.implementation(
-                    native.BATCH_NORM, kind, config(kind, d, threads)
-                )[0],
+                lambda d, kind=kind: _has_full_vector_kernel(
+                    kind, shape, lambda s, kind=kind, d=d: config(kind, d, threads, s)
+                ),
             )
         return kernels
 

@@ -18,7 +18,8 @@ the CPU (which oneDNN kernel it has) and the caller's `precision`:
   sums of the same products as oneDNN's bf16 kernel, in another order, rounded once.
 - oneDNN's direct kernels (`csrc/onednn_conv.cc`) where oneDNN has a real (JIT) one: float32
   in float32, bf16 with float32 accumulation on its bf16 kernels, or on its float32 kernels with
-  the operands widened exactly and the result rounded once where the CPU has no bf16 kernels.
+  the operands widened exactly and the result rounded once where the CPU has no bf16 kernels
+  (and for the directions of a bf16 depthwise convolution whose bf16 kernel is a generic one).
 - XLA, where a rule says XLA's kernel was measured faster, and where nothing else applies.
 
 A new kernel, or a rule for a kind of convolution (grouped: `Geometry.groups`; depthwise: also
@@ -353,6 +354,28 @@ def _xla_measured_faster(c: Conditions, direction: int) -> bool:
     return channels is not None and min(g.in_per_group, g.out_per_group) >= channels
 
 
+# Depthwise convolutions (one filter per channel: MobileNets, EfficientNets) keep oneDNN's
+# kernels in every direction: XLA's grouped convolution was many times slower at every depthwise
+# layer measured (bench/README.md, "The mobile networks"). For two bf16 directions oneDNN 3.2
+# picks one of these generic bf16 kernels instead of a depthwise one (5x5 weight gradients, input
+# gradients at stride 2); its float32 depthwise kernel on the widened operands was faster there.
+# Not measured against AMX's kernels: those keep oneDNN's bf16 ones.
+BF16_DEPTHWISE_WIDENS = ("jit_bf16:avx512_core_bf16", "brgconv_strided:avx512_core_bf16")
+
+
+def _bf16_depthwise_widened(c: Conditions, direction: int) -> bool:
+    """A direction of a bf16 depthwise convolution (groups = input = output channels) whose
+    oneDNN bf16 kernel is one of `BF16_DEPTHWISE_WIDENS`, where oneDNN has a float32 one: the
+    same float32 sums of the exactly widened operands, the result rounded once."""
+    g = c.geometry
+    return (
+        g.dtype == _BF16
+        and 1 < g.groups == g.in_channels == g.out_channels
+        and c.onednn(direction) in BF16_DEPTHWISE_WIDENS
+        and c.onednn(direction, _F32) is not None
+    )
+
+
 def _onednn_own(c: Conditions, direction: int) -> bool:
     return c.onednn(direction) is not None
 
@@ -370,6 +393,12 @@ WINOGRAD_FLOAT32_WEIGHTS = Kernel(
 WINOGRAD_BF16 = Kernel("winograd bf16", _winograd_bf16, _winograd, inexact=True)
 BF16_WEIGHTS = Kernel("bf16 3x3 weights", _bf16_weight_gradient, _bf16_weights)
 XLA_MEASURED_FASTER = Kernel("xla, measured faster", _xla_measured_faster, None)
+BF16_DEPTHWISE_WIDENED = Kernel(
+    "onednn float32, bf16 depthwise",
+    _bf16_depthwise_widened,
+    functools.partial(_onednn, dtype=_F32),
+    _F32,
+)
 ONEDNN = Kernel("onednn", _onednn_own, _onednn)
 ONEDNN_WIDENED = Kernel(
     "onednn float32", _onednn_widened, functools.partial(_onednn, dtype=_F32), _F32
@@ -377,12 +406,19 @@ ONEDNN_WIDENED = Kernel(
 
 # Per direction, the kernels in order of preference; XLA where none applies.
 KERNELS: dict[int, tuple[Kernel, ...]] = {
-    FORWARD: (WINOGRAD_FLOAT32, WINOGRAD_BF16, ONEDNN, ONEDNN_WIDENED),
-    BACKWARD_DATA: (WINOGRAD_FLOAT32, WINOGRAD_BF16, ONEDNN, ONEDNN_WIDENED),
+    FORWARD: (WINOGRAD_FLOAT32, WINOGRAD_BF16, BF16_DEPTHWISE_WIDENED, ONEDNN, ONEDNN_WIDENED),
+    BACKWARD_DATA: (
+        WINOGRAD_FLOAT32,
+        WINOGRAD_BF16,
+        BF16_DEPTHWISE_WIDENED,
+        ONEDNN,
+        ONEDNN_WIDENED,
+    ),
     BACKWARD_WEIGHTS: (
         XLA_MEASURED_FASTER,
         WINOGRAD_FLOAT32_WEIGHTS,
         BF16_WEIGHTS,
+        BF16_DEPTHWISE_WIDENED,
         ONEDNN,
         ONEDNN_WIDENED,
     ),
