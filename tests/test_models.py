@@ -78,6 +78,13 @@ EXPECTED_MODELS = [
     "resnet56",
     "resnet110",
     "conv_autoencoder",
+    "convnext_tiny",
+    "convnext_small",
+    "convnext_base",
+    "convnext_large",
+    "vit_b_16",
+    "vit_b_32",
+    "vit_l_16",
 ]
 
 

@@ -8,16 +8,21 @@ The conversion walks our own model's abstract variables (`jax.eval_shape` of its
 the torchvision key of every leaf with one rename table per family, and moves each array into
 Flax's layout: convolution kernels OIHW -> HWIO, dense kernels (out, in) -> (in, out), and a
 dense layer that reads a flattened map gets its input rows reordered from PyTorch's C, H, W
-flattening to our NHWC's H, W, C. Every leaf must be found with the right shape, and every torch
-key used (but BatchNorm's `num_batches_tracked`): anything else is one `ValueError` listing what
-did not fit, never a partial conversion. `num_classes` follows the state dict's classifier.
+flattening to our NHWC's H, W, C. Parameters torch keeps bare on a module (ConvNeXt's
+`layer_scale`, ViT's `class_token` and `pos_embedding`) map to the module's own key, with the
+unit axes NCHW broadcasting needs dropped ((C, 1, 1) -> (C,)); ViT's attention keeps torch's
+packed `in_proj_weight` ([q | k | v]) as one kernel. Every leaf must be found with the right
+shape, and every torch key used (but BatchNorm's `num_batches_tracked`): anything else is one
+`ValueError` listing what did not fit, never a partial conversion. `num_classes` follows the
+state dict's classifier, and a ViT's `input_size` its position embeddings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -28,7 +33,9 @@ import numpy as np
 
 from zoo.errors import InvalidValueError, MissingDependencyError, NotFoundError
 from zoo.hub.store import expected_variables
+from zoo.models.convnext import VARIANTS as CONVNEXT_VARIANTS
 from zoo.models.resnet import VARIANTS as RESNET_VARIANTS
+from zoo.models.vit import VARIANTS as VIT_VARIANTS
 from zoo.preprocessing import Preprocessing
 from zoo.registry import create_model
 from zoo.summary import summary
@@ -42,13 +49,23 @@ IMAGENET_PREPROCESSING = Preprocessing(
     std=(0.229, 0.224, 0.225),
 )
 
-# (collection, Flax leaf) -> the torch parameter or buffer name.
+# (collection, Flax leaf) -> the torch parameter or buffer name within its module; "" where
+# the torch module's own key is the parameter (a bare `nn.Parameter`).
 LEAF_NAMES = {
     ("params", "kernel"): "weight",
     ("params", "bias"): "bias",
-    ("params", "scale"): "weight",  # BatchNorm's affine weight.
+    ("params", "scale"): "weight",  # BatchNorm's and LayerNorm's affine weight.
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
+    # ConvNeXt's layer scale, ViT's class token and position embeddings.
+    ("params", "gamma"): "",
+    ("params", "token"): "",
+    ("params", "embedding"): "",
+    # `nn.MultiheadAttention`: the packed query-key-value projection and the output projection.
+    ("params", "qkv_kernel"): "in_proj_weight",
+    ("params", "qkv_bias"): "in_proj_bias",
+    ("params", "out_kernel"): "out_proj.weight",
+    ("params", "out_bias"): "out_proj.bias",
 }
 # Buffers torchvision saves that have no Flax counterpart.
 IGNORED_SUFFIXES = (".num_batches_tracked",)
@@ -64,12 +81,15 @@ class TorchvisionArch:
         the whole name wins; a name no rule matches is the same in torch ("conv1", "fc").
       classifier: the torch module of the output layer; its weight's rows are `num_classes`.
       flattened: Flax dense layer -> the module whose (H, W, C) output it reads flattened.
+      config_from: the model config beyond `num_classes` that the state dict decides (a ViT's
+        `input_size`, from its position embeddings), or None.
     """
 
     model_name: str
     renames: tuple[tuple[str, str], ...]
     classifier: str
     flattened: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    config_from: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
 
     def torch_module(self, flax_path: tuple[str, ...]) -> str:
         """The torch module name of a Flax module path, e.g. stage2_block0/downsample_conv ->
@@ -103,11 +123,63 @@ ALEXNET_RENAMES = (
     ("fc8", "classifier.6"),
 )
 
+# torchvision's `features` Sequential: the stem (conv, norm), then each stage's blocks, with a
+# downsampling (norm, conv) before stages 2-4; `block` is each CNBlock's Sequential (its
+# Permutes and GELU hold no weights).
+CONVNEXT_RENAMES = (
+    ("stem_conv", "features.0.0"),
+    ("stem_norm", "features.0.1"),
+    *((rf"stage{s}_block(\d+)", rf"features.{2 * s - 1}.\1") for s in range(1, 5)),
+    *((f"downsample{s}_norm", f"features.{2 * s - 2}.0") for s in range(2, 5)),
+    *((f"downsample{s}_conv", f"features.{2 * s - 2}.1") for s in range(2, 5)),
+    ("dwconv", "block.0"),
+    ("norm", "block.2"),
+    ("pwconv1", "block.3"),
+    ("pwconv2", "block.5"),
+    ("head_norm", "classifier.0"),
+    ("head", "classifier.2"),
+)
+# `MLPBlock` is a Sequential: Linear, GELU, Dropout, Linear, Dropout.
+VIT_RENAMES = (
+    ("patch_embed", "conv_proj"),
+    ("pos_embedding", "encoder.pos_embedding"),
+    (r"block(\d+)", r"encoder.layers.encoder_layer_\1"),
+    ("norm1", "ln_1"),
+    ("attention", "self_attention"),
+    ("norm2", "ln_2"),
+    ("mlp_fc1", "mlp.0"),
+    ("mlp_fc2", "mlp.3"),
+    ("norm", "encoder.ln"),
+    ("head", "heads.head"),
+)
+
+
+def vit_input_size(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """{"input_size": (S, S)}: the square image torchvision's ViT was built for (`image_size`),
+    from its position embeddings (1 + (S / P)^2 tokens) and its patch convolution (P x P)."""
+    for key in ("encoder.pos_embedding", "conv_proj.weight"):
+        if key not in state_dict:
+            raise InvalidValueError(f"not a torchvision ViT state dict: it has no {key!r}")
+    patch = int(np.shape(state_dict["conv_proj.weight"])[-1])
+    tokens = int(np.shape(state_dict["encoder.pos_embedding"])[1]) - 1
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise InvalidValueError(
+            f"encoder.pos_embedding holds {tokens} patch positions, not a square grid"
+        )
+    return {"input_size": (side * patch, side * patch)}
+
+
 ARCHS: dict[str, TorchvisionArch] = {
     **{name: TorchvisionArch(name, RESNET_RENAMES, "fc") for name in RESNET_VARIANTS},
     "alexnet": TorchvisionArch(
         "alexnet_torchvision", ALEXNET_RENAMES, "classifier.6", {"fc6": "avgpool"}
     ),
+    **{name: TorchvisionArch(name, CONVNEXT_RENAMES, "classifier.2") for name in CONVNEXT_VARIANTS},
+    **{
+        name: TorchvisionArch(name, VIT_RENAMES, "heads.head", config_from=vit_input_size)
+        for name in VIT_VARIANTS
+    },
 }
 
 
@@ -222,6 +294,8 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> ConvertedMod
     """
     spec = torchvision_arch(arch)
     config = {"num_classes": _num_classes(arch, spec, state_dict)}
+    if spec.config_from is not None:
+        config.update(spec.config_from(state_dict))
     # The same abstract tree `zoo.hub.save` checks variables against.
     _, target = expected_variables(spec.model_name, config)
     flat_target = flax.traverse_util.flatten_dict(target)
@@ -230,17 +304,19 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> ConvertedMod
     converted, missing, wrong, used = {}, [], [], set()
     for path, leaf in flat_target.items():
         collection, *module, leaf_name = path
-        key = f"{spec.torch_module(tuple(module))}.{LEAF_NAMES[collection, leaf_name]}"
+        torch_leaf = LEAF_NAMES[collection, leaf_name]
+        key = ".".join(filter(None, (spec.torch_module(tuple(module)), torch_leaf)))
         if key not in state_dict:
             missing.append(key)
             continue
         used.add(key)
         value = np.asarray(state_dict[key])
-        expected = _torch_shape(leaf.shape)
-        if value.shape != expected or not np.issubdtype(value.dtype, np.floating):
+        expected = _torch_shape(leaf_name, leaf.shape)
+        fits = _without_unit_axes(value.shape) == _without_unit_axes(expected)
+        if not fits or not np.issubdtype(value.dtype, np.floating):
             wrong.append(f"{key} is {value.dtype} {value.shape}, expected floating {expected}")
             continue
-        flax_value = _to_flax_layout(value, spatial.get("/".join(module)))
+        flax_value = _to_flax_layout(value, leaf_name, leaf.shape, spatial.get("/".join(module)))
         converted[path] = flax_value.astype(leaf.dtype)
     unused = [k for k in state_dict if k not in used and not k.endswith(IGNORED_SUFFIXES)]
 
@@ -277,19 +353,40 @@ def _flattened_inputs(spec: TorchvisionArch, config: dict[str, Any]) -> dict[str
     return {dense: shapes[source] for dense, source in spec.flattened.items()}
 
 
-def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The torch shape of a Flax leaf: HWIO -> OIHW, (in, out) -> (out, in), others the same."""
+def _is_kernel(leaf_name: str) -> bool:
+    """Whether a Flax leaf is a convolution's or dense layer's kernel (torch's layout differs)."""
+    return leaf_name == "kernel" or leaf_name.endswith("_kernel")
+
+
+def _torch_shape(leaf_name: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The torch shape of a Flax leaf: kernels HWIO -> OIHW and (in, out) -> (out, in); any
+    other leaf the same (up to unit axes: `_without_unit_axes`)."""
+    if not _is_kernel(leaf_name):
+        return tuple(flax_shape)
     if len(flax_shape) == 4:
         h, w, i, o = flax_shape
         return (o, i, h, w)
     return tuple(reversed(flax_shape))
 
 
-def _to_flax_layout(value: np.ndarray, flattened_from: tuple[int, ...] | None) -> np.ndarray:
+def _without_unit_axes(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A shape without its size-1 axes: torch's (C, 1, 1) layer scale broadcasts over NCHW as
+    our (C,) does over NHWC; the axes of size above 1 keep their order."""
+    return tuple(n for n in shape if n != 1)
+
+
+def _to_flax_layout(
+    value: np.ndarray,
+    leaf_name: str,
+    flax_shape: tuple[int, ...],
+    flattened_from: tuple[int, ...] | None,
+) -> np.ndarray:
     """A torch weight in Flax's layout; `flattened_from` is the (H, W, C) map a dense reads."""
+    if not _is_kernel(leaf_name):
+        return value.reshape(flax_shape)
     if value.ndim == 4:
         return value.transpose(2, 3, 1, 0)
-    if value.ndim == 2 and flattened_from is not None:
+    if flattened_from is not None:
         # torch rows index (c, h, w), ours (h, w, c): treat it as an HxW convolution kernel.
         h, w, c = flattened_from
         return value.reshape(-1, c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, -1)

@@ -12,9 +12,12 @@ the oneDNN extension is loaded. Each op differentiates to any order in both mode
 `on_cpu(cpu_fn, default_fn, *operands)` is the per-backend choice the zoo's CPU-only kernels use;
 `sharding` runs the oneDNN convolutions per batch shard under a sharded `jax.jit`.
 `initializers` are JAX's variance-scaling initializers with the same values, faster to compile.
+`dot_product_attention` is `jax.nn.dot_product_attention` (cuDNN's fused attention on GPUs),
+in the form XLA:CPU runs fastest on CPU.
 """
 
 from zoo.ops import initializers, native, sharding
+from zoo.ops.attention import dot_product_attention
 from zoo.ops.backend import on_cpu, portable
 from zoo.ops.batch_norm import batch_norm_inference, batch_norm_training
 from zoo.ops.conv import Conv, conv_general_dilated, runs_on_onednn
@@ -37,6 +40,7 @@ __all__ = [
     "batch_norm_inference",
     "batch_norm_training",
     "conv_general_dilated",
+    "dot_product_attention",
     "initializers",
     "max_pool",
     "native_available",

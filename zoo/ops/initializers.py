@@ -146,17 +146,45 @@ def variance_scaling(
             factor = jnp.sqrt(variance)
         else:
             factor = jnp.sqrt(3 * variance)
-        size = math.prod(shape)
-        flat = _chunked_draw(key, size, dtype, distribution)
-        if flat is None:  # drawn flat all the same: XLA:CPU compiles a 4-D draw 3-6x slower
-            return _sample(key, (size,), dtype, distribution).reshape(shape) * factor
-        # NumPy rounds the product as XLA does (one IEEE multiply), without a compile per shape.
-        values = (flat * np.asarray(factor)).reshape(shape)
-        return jax.device_put(values, key.sharding if key.committed else None)  # as JAX places it
+        return _scaled_draw(key, shape, dtype, distribution, factor)
 
     return init
+
+
+def _scaled_draw(
+    key: jax.Array, shape: tuple[int, ...], dtype: Any, distribution: str, factor: jax.Array
+) -> jax.Array:
+    """`_sample(key, shape, dtype, distribution) * factor`, drawn in chunks where it can be."""
+    size = math.prod(shape)
+    flat = _chunked_draw(key, size, dtype, distribution)
+    if flat is None:  # drawn flat all the same: XLA:CPU compiles a 4-D draw 3-6x slower
+        return _sample(key, (size,), dtype, distribution).reshape(shape) * factor
+    # NumPy rounds the product as XLA does (one IEEE multiply), without a compile per shape.
+    values = (flat * np.asarray(factor)).reshape(shape)
+    return jax.device_put(values, key.sharding if key.committed else None)  # as JAX places it
 
 
 def lecun_normal(in_axis: int | Sequence[int] = -2, out_axis: int | Sequence[int] = -1) -> Any:
     """`jax.nn.initializers.lecun_normal` (LeCun et al. 1998), drawn in chunks."""
     return variance_scaling(1.0, "fan_in", "truncated_normal", in_axis, out_axis)
+
+
+def normal(stddev: float) -> Any:
+    """`jax.nn.initializers.normal(stddev)`, drawn in chunks (the same values)."""
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        shape = tuple(int(d) for d in shape)
+        return _scaled_draw(key, shape, dtype, "normal", jnp.array(stddev, dtype))
+
+    return init
+
+
+def truncated_normal(stddev: float) -> Any:
+    """`jax.nn.initializers.truncated_normal(stddev)`: a standard normal truncated to [-2, 2],
+    times `stddev` (no correction of the standard deviation), drawn in chunks (the same values)."""
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        shape = tuple(int(d) for d in shape)
+        return _scaled_draw(key, shape, dtype, "truncated_normal", jnp.array(stddev, dtype))
+
+    return init
