@@ -29,6 +29,7 @@ from typing import Any
 
 import flax
 import flax.linen as nn
+import jax
 import numpy as np
 
 from zoo.errors import InvalidValueError, MissingDependencyError, NotFoundError
@@ -292,17 +293,48 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> ConvertedMod
     Raises `ValueError` for an unknown arch, or a state dict that does not fit the model (every
     missing key, unused key and wrong shape listed).
     """
+    mapping = map_state_dict(arch, state_dict)
+    spatial = _flattened_inputs(mapping.spec, mapping.config)
+    converted = {}
+    for path, (key, leaf) in mapping.sources.items():
+        _, *module, leaf_name = path
+        value = np.asarray(state_dict[key])
+        flax_value = _to_flax_layout(value, leaf_name, leaf.shape, spatial.get("/".join(module)))
+        converted[path] = flax_value.astype(leaf.dtype)
+    return ConvertedModel(
+        mapping.spec.model_name, mapping.config, flax.traverse_util.unflatten_dict(converted)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class StateDictMapping:
+    """Where each zoo variable of a converted state dict comes from (`map_state_dict`).
+
+    Attributes:
+      spec: the architecture's mapping.
+      config: the zoo model's config that the state dict decides (`num_classes`, ...).
+      sources: (collection, module..., leaf) Flax path -> (its torch key, the abstract leaf).
+    """
+
+    spec: TorchvisionArch
+    config: dict[str, Any]
+    sources: dict[tuple[str, ...], tuple[str, jax.ShapeDtypeStruct]]
+
+
+def map_state_dict(arch: str, state_dict: Mapping[str, Any]) -> StateDictMapping:
+    """The torch key of every zoo variable for a state dict of torchvision's `arch`, checked as
+    `convert_state_dict` checks it (which this is the first half of), from shapes and dtypes
+    alone: a value may be anything with `.shape` and `.dtype` (`jax.ShapeDtypeStruct`s of a
+    torchvision model built on the meta device, say), or anything `np.asarray` takes."""
     spec = torchvision_arch(arch)
     config = {"num_classes": _num_classes(arch, spec, state_dict)}
     if spec.config_from is not None:
         config.update(spec.config_from(state_dict))
     # The same abstract tree `zoo.hub.save` checks variables against.
     _, target = expected_variables(spec.model_name, config)
-    flat_target = flax.traverse_util.flatten_dict(target)
-    spatial = _flattened_inputs(spec, config)
 
-    converted, missing, wrong, used = {}, [], [], set()
-    for path, leaf in flat_target.items():
+    sources, missing, wrong, used = {}, [], [], set()
+    for path, leaf in flax.traverse_util.flatten_dict(target).items():
         collection, *module, leaf_name = path
         torch_leaf = LEAF_NAMES[collection, leaf_name]
         key = ".".join(filter(None, (spec.torch_module(tuple(module)), torch_leaf)))
@@ -310,14 +342,14 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> ConvertedMod
             missing.append(key)
             continue
         used.add(key)
-        value = np.asarray(state_dict[key])
+        shape, dtype = _shape_and_dtype(state_dict[key])
         expected = _torch_shape(leaf_name, leaf.shape)
-        fits = _without_unit_axes(value.shape) == _without_unit_axes(expected)
-        if not fits or not np.issubdtype(value.dtype, np.floating):
-            wrong.append(f"{key} is {value.dtype} {value.shape}, expected floating {expected}")
+        if _without_unit_axes(shape) != _without_unit_axes(expected) or not np.issubdtype(
+            dtype, np.floating
+        ):
+            wrong.append(f"{key} is {dtype} {shape}, expected floating {expected}")
             continue
-        flax_value = _to_flax_layout(value, leaf_name, leaf.shape, spatial.get("/".join(module)))
-        converted[path] = flax_value.astype(leaf.dtype)
+        sources[path] = (key, leaf)
     unused = [k for k in state_dict if k not in used and not k.endswith(IGNORED_SUFFIXES)]
 
     problems = [
@@ -334,7 +366,14 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> ConvertedMod
             f"state dict does not fit torchvision {arch} (zoo {spec.model_name}, {config}): "
             + "; ".join(problems)
         )
-    return ConvertedModel(spec.model_name, config, flax.traverse_util.unflatten_dict(converted))
+    return StateDictMapping(spec, config, sources)
+
+
+def _shape_and_dtype(value: Any) -> tuple[tuple[int, ...], np.dtype]:
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return tuple(value.shape), np.dtype(value.dtype)
+    array = np.asarray(value)
+    return array.shape, array.dtype
 
 
 def _num_classes(arch: str, spec: TorchvisionArch, state_dict: Mapping[str, Any]) -> int:
@@ -349,6 +388,8 @@ def _num_classes(arch: str, spec: TorchvisionArch, state_dict: Mapping[str, Any]
 
 def _flattened_inputs(spec: TorchvisionArch, config: dict[str, Any]) -> dict[str, tuple]:
     """Flax dense layer -> the (H, W, C) map it reads flattened, from the analytic summary."""
+    if not spec.flattened:
+        return {}
     shapes = {layer.name: layer.output_shape for layer in summary(spec.model_name, **config).layers}
     return {dense: shapes[source] for dense, source in spec.flattened.items()}
 
