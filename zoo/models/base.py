@@ -120,6 +120,13 @@ class ImageModel(nn.Module):
         return constant[0] if constant else super().init(rngs, *args, **kwargs)
 
     @nn.nowrap
+    def adapt_variables(self, variables: Any, source: nn.Module) -> Any:
+        """`variables` of `source` (this model's family, maybe another input size) with every
+        leaf whose shape follows the input size made to fit this model; unchanged here. A ViT
+        resamples its position embeddings (what fine-tuning at another size needs)."""
+        return variables
+
+    @nn.nowrap
     def head(self) -> nn.Module:
         """The classifier on the features: a dense layer to `num_classes`, named `head_name`."""
         return Dense(

@@ -50,6 +50,7 @@ from zoo.models.layers import (
     drop_path_rates,
     gelu,
     layer_norm,
+    resample_position_embedding,
 )
 from zoo.ops import Conv, Dense, initializers
 from zoo.registry import register
@@ -152,6 +153,18 @@ class VisionTransformer(ImageModel):
     def feature_stages(self) -> tuple[Stage, ...]:
         # Every block's patch tokens as an (H / P, W / P, D) map (timm's `forward_intermediates`).
         return tuple(Stage(f"block{i}", f"block{i}_map") for i in range(self.num_layers))
+
+    @nn.nowrap
+    def adapt_variables(self, variables: Any, source: nn.Module) -> Any:
+        """`source`'s variables with its position embeddings resampled to this model's grid,
+        as timm resamples a checkpoint's for a model of another image size."""
+        if not isinstance(source, VisionTransformer) or source.grid == self.grid:
+            return variables
+        params = dict(variables["params"])
+        embedding = params["pos_embedding"]["embedding"]
+        resampled = resample_position_embedding(embedding, source.grid, self.grid)
+        params["pos_embedding"] = {**params["pos_embedding"], "embedding": resampled}
+        return {**variables, "params": params}
 
     @nn.nowrap
     def head(self) -> nn.Module:
