@@ -75,6 +75,8 @@ SPECS = {
     "lenet5": Spec("lenet5", 128, (32, 32, 1), 10),
     "resnet20": Spec("resnet20", 128, (32, 32, 3), 10),
     "resnet18": Spec("resnet18", 32, (224, 224, 3), 1000),
+    "convnext_tiny": Spec("convnext_tiny", 16, (224, 224, 3), 1000),
+    "vit_b_16": Spec("vit_b_16", 8, (224, 224, 3), 1000),
 }
 
 
@@ -198,9 +200,11 @@ class TorchRunner:
         self.bf16 = precision == "bf16"
         self.model = torch_models.create(spec.name, spec.num_classes)
         self.params = torch_models.trainable_params(self.model)
-        # Decay on weights only, like zoo.training.state.decay_mask (no decay on biases, BN scales).
-        decay = [p for p in self.model.parameters() if p.ndim > 1]
-        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
+        # Decay on weights only, like zoo.training.state.decay_mask (none on biases, norm
+        # scales, layer scales, ViT's class token and position embeddings).
+        named = list(self.model.named_parameters())
+        decay = [p for n, p in named if p.ndim > 1 and not n.endswith(torch_models.NO_DECAY)]
+        no_decay = [p for n, p in named if p.ndim <= 1 or n.endswith(torch_models.NO_DECAY)]
         self.optimizer = torch.optim.SGD(
             [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay}],
             lr=LR,

@@ -36,7 +36,8 @@ from zoo.models.layers import (
     LayerScale,
     check_positive,
     check_rate,
-    drop_path,
+    drop_path_by,
+    drop_path_noise,
     drop_path_rates,
     explicit_padding,
     gelu,
@@ -67,7 +68,9 @@ class ConvNeXtBlock(nn.Module):
         return Counts("residual_add", tuple(input_shape))
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, drop_noise: jax.Array | None = None) -> jax.Array:
+        """`drop_noise`: in training with stochastic depth, a uniform draw per example
+        (`drop_path_by`); None otherwise."""
         dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         c = self.features
         y = Conv(
@@ -83,8 +86,8 @@ class ConvNeXtBlock(nn.Module):
         y = gelu(Dense(4 * c, kernel_init=kernel_init, name="pwconv1", **dtypes)(y))
         y = Dense(c, kernel_init=kernel_init, name="pwconv2", **dtypes)(y)
         y = LayerScale(self.layer_scale, name="layer_scale", **dtypes)(y)
-        if train and self.drop_path_rate > 0:
-            y = drop_path(y, self.drop_path_rate, self.make_rng("dropout"))
+        if drop_noise is not None:
+            y = drop_path_by(y, self.drop_path_rate, drop_noise)
         return x.astype(y.dtype) + y
 
 
@@ -145,7 +148,11 @@ class ConvNeXt(ImageModel):
             self.widths[0], (4, 4), 4, "VALID", kernel_init=kernel_init, name="stem_conv", **dtypes
         )(x)
         x = layer_norm(self.dtype, self.param_dtype, "stem_norm")(x)
-        rates = iter(drop_path_rates(sum(self.stage_sizes), self.drop_path_rate))
+        rates = drop_path_rates(sum(self.stage_sizes), self.drop_path_rate)
+        noise = None  # One draw for every block's drop path, (blocks, batch).
+        if train and self.drop_path_rate > 0:
+            noise = drop_path_noise(self.make_rng("dropout"), len(rates), x.shape[0])
+        block = 0
         for i, (width, blocks) in enumerate(zip(self.widths, self.stage_sizes, strict=True)):
             stage = i + 1
             if i > 0:
@@ -163,10 +170,11 @@ class ConvNeXt(ImageModel):
                 x = ConvNeXtBlock(
                     width,
                     self.layer_scale,
-                    next(rates),
+                    rates[block],
                     name=f"stage{stage}_block{j}",
                     **dtypes,
-                )(x, train)
+                )(x, None if noise is None or rates[block] == 0 else noise[block])
+                block += 1
         x = GlobalAvgPool(name="pool")(x)
         x = layer_norm(self.dtype, self.param_dtype, "head_norm")(x)
         return self.classify(x)

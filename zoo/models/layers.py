@@ -342,9 +342,23 @@ def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
     """Stochastic depth (Huang et al. 2016, "Deep Networks with Stochastic Depth"): each
     example's residual branch is dropped with probability `rate`, and kept ones are scaled by
     1 / (1 - rate) so the expectation is the eval-mode branch (timm's `drop_path`)."""
+    return drop_path_by(x, rate, jax.random.uniform(rng, (x.shape[0],)))
+
+
+def drop_path_by(x: jax.Array, rate: float, noise: jax.Array) -> jax.Array:
+    """`drop_path` with its randomness given: example i's branch is kept where `noise[i]`, a
+    uniform draw in [0, 1), is below 1 - rate (`jax.random.bernoulli`'s own test)."""
     keep = 1.0 - rate
-    mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    mask = (noise < keep).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+
+
+def drop_path_noise(rng: jax.Array, branches: int, batch: int) -> jax.Array:
+    """(branches, batch) uniform draws: the randomness of every residual branch's drop path in a
+    network, drawn at once for `drop_path_by`. Each `jax.random` draw is a threefry computation
+    that XLA compiles on its own: one per block (and Flax's key derivation per module, another)
+    made most of a deep network's train-step compile time (bench/README.md)."""
+    return jax.random.uniform(rng, (branches, batch))
 
 
 def drop_path_rates(blocks: int, rate: float) -> tuple[float, ...]:

@@ -46,7 +46,8 @@ from zoo.models.layers import (
     TokenMap,
     check_positive,
     check_rate,
-    drop_path,
+    drop_path_by,
+    drop_path_noise,
     drop_path_rates,
     gelu,
     layer_norm,
@@ -71,25 +72,28 @@ class EncoderBlock(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
-    def branch(self, y: jax.Array, train: bool) -> jax.Array:
-        """A residual branch's output in training: dropout, then stochastic depth."""
+    def branch(self, y: jax.Array, train: bool, noise: jax.Array | None) -> jax.Array:
+        """A residual branch's output: dropout, then stochastic depth where `noise` is given."""
         y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
-        if train and self.drop_path_rate > 0:
-            y = drop_path(y, self.drop_path_rate, self.make_rng("dropout"))
-        return y
+        return y if noise is None else drop_path_by(y, self.drop_path_rate, noise)
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, train: bool = False, drop_noise: jax.Array | None = None
+    ) -> jax.Array:
+        """`drop_noise`: in training with stochastic depth, (2, batch) uniform draws, one per
+        example for each residual branch (`drop_path_by`); None otherwise."""
+        noise = (None, None) if drop_noise is None else (drop_noise[0], drop_noise[1])
         dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         dense = {"kernel_init": mlp_kernel_init, "bias_init": mlp_bias_init, **dtypes}
         y = layer_norm(self.dtype, self.param_dtype, "norm1")(x)
         y = MultiHeadSelfAttention(self.num_heads, name="attention", **dtypes)(y)
-        x = x + self.branch(y, train)
+        x = x + self.branch(y, train, noise[0])
         y = layer_norm(self.dtype, self.param_dtype, "norm2")(x)
         y = gelu(Dense(self.mlp_dim, name="mlp_fc1", **dense)(y))
         y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
         y = Dense(x.shape[-1], name="mlp_fc2", **dense)(y)
-        return x + self.branch(y, train)
+        return x + self.branch(y, train, noise[1])
 
 
 class VisionTransformer(ImageModel):
@@ -190,6 +194,10 @@ class VisionTransformer(ImageModel):
             x, grid=(height, width)
         )
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        noise = None  # One draw for both branches of every block, (blocks, 2, batch).
+        if train and self.drop_path_rate > 0:
+            draws = drop_path_noise(self.make_rng("dropout"), 2 * self.num_layers, batch)
+            noise = draws.reshape(self.num_layers, 2, batch)
         for i, rate in enumerate(drop_path_rates(self.num_layers, self.drop_path_rate)):
             x = EncoderBlock(
                 self.num_heads,
@@ -198,7 +206,7 @@ class VisionTransformer(ImageModel):
                 rate,
                 name=f"block{i}",
                 **dtypes,
-            )(x, train)
+            )(x, train, None if noise is None or rate == 0 else noise[i])
             TokenMap((height, width), name=f"block{i}_map")(x)  # a feature stage; unused here
         x = layer_norm(self.dtype, self.param_dtype, "norm")(x)
         return self.classify(ClassTokenPool(name="pool")(x))
