@@ -83,6 +83,8 @@ SPECS = {
     "densenet121": Spec("densenet121", 16, (224, 224, 3), 1000),
     "mobilenet_v3_large": Spec("mobilenet_v3_large", 32, (224, 224, 3), 1000),
     "efficientnet_b0": Spec("efficientnet_b0", 16, (224, 224, 3), 1000),
+    "convnext_tiny": Spec("convnext_tiny", 16, (224, 224, 3), 1000),
+    "vit_b_16": Spec("vit_b_16", 8, (224, 224, 3), 1000),
 }
 
 
@@ -206,9 +208,11 @@ class TorchRunner:
         self.bf16 = precision == "bf16"
         self.model = torch_models.create(spec.name, spec.num_classes)
         self.params = torch_models.trainable_params(self.model)
-        # Decay on weights only, like zoo.training.state.decay_mask (no decay on biases, BN scales).
-        decay = [p for p in self.model.parameters() if p.ndim > 1]
-        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
+        # Decay on weights only, like zoo.training.state.decay_mask (none on biases, norm
+        # scales, layer scales, ViT's class token and position embeddings).
+        named = list(self.model.named_parameters())
+        decay = [p for n, p in named if p.ndim > 1 and not n.endswith(torch_models.NO_DECAY)]
+        no_decay = [p for n, p in named if p.ndim <= 1 or n.endswith(torch_models.NO_DECAY)]
         self.optimizer = torch.optim.SGD(
             [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay}],
             lr=LR,

@@ -4,7 +4,7 @@ Same architecture and the same trainable parameter count as the zoo model of the
 (`compare.py` asserts the counts): LeNet-5 as the lecture lists it, the CIFAR ResNet-20 of He et
 al. 2015 with option-A (zero-pad) shortcuts, and torchvision's own for the ImageNet networks
 (ResNets, VGG, GoogLeNet without auxiliary heads, ResNeXt, Wide ResNet, DenseNet, MobileNets,
-EfficientNets).
+EfficientNets, ConvNeXt, ViT).
 """
 
 from __future__ import annotations
@@ -104,7 +104,15 @@ def create(name: str, num_classes: int) -> nn.Module:
         import torchvision
 
         return getattr(torchvision.models, name)(num_classes=num_classes)
+    if name in ("convnext_tiny", "vit_b_16"):
+        import torchvision
+
+        return getattr(torchvision.models, name)(num_classes=num_classes)
     raise KeyError(f"no PyTorch twin for {name!r}")
+
+
+# Parameters of more than one axis that get no weight decay (zoo.training.state.decay_mask).
+NO_DECAY = ("class_token", "pos_embedding")
 
 
 def trainable_params(model: nn.Module) -> int:

@@ -117,6 +117,13 @@ EXPECTED_MODELS = [
     "mobilenet_v3_small",
     "mobilenet_v3_large",
     *(f"efficientnet_b{i}" for i in range(8)),
+    "convnext_tiny",
+    "convnext_small",
+    "convnext_base",
+    "convnext_large",
+    "vit_b_16",
+    "vit_b_32",
+    "vit_l_16",
 ]
 
 

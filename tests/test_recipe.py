@@ -9,6 +9,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from rich.console import Console
 
@@ -278,3 +279,117 @@ def test_recipe_settings_are_typed():
 def test_more_accumulation_than_batches_is_refused():
     with pytest.raises(InvalidValueError, match="more than the run's 4 batches: no update"):
         make_optimizer(TrainConfig(model="mlp", epochs=1, grad_accum_steps=8), steps_per_epoch=4)
+
+
+# --- The recipes of ConvNeXt and ViT: the weight-decay mask, warm-up start, clipping --------
+
+# What decays: the kernels of convolutions, dense layers and attention projections, nothing
+# else, whatever the layer kind. One small model per kind of layer in the zoo: batch norm and
+# convolutions without bias (resnet20), trainable subsampling coefficients (lenet5_1998),
+# biased convolutions and dense layers (alexnet_torchvision), layer norm, layer scale and
+# depthwise convolutions (ConvNeXt), class token, position embeddings and attention (ViT).
+DECAYED = {"kernel", "qkv_kernel", "out_kernel"}
+MASK_MODELS = {
+    "resnet20": {},
+    "lenet5_1998": {},
+    "alexnet_torchvision": {"hidden": 16},
+    "convnext_tiny": {"widths": (8, 16, 24, 32), "stage_sizes": (1, 1, 1, 1)},
+    "vit_b_16": {"num_layers": 1, "num_heads": 2, "hidden_dim": 8, "mlp_dim": 16},
+}
+
+
+@pytest.mark.parametrize("name", MASK_MODELS)
+def test_weight_decay_reaches_kernels_only_in_every_kind_of_layer(name):
+    from zoo.training.state import decay_mask
+
+    model = zoo.create_model(name, **MASK_MODELS[name])
+    x = jax.ShapeDtypeStruct((1, *zoo.model_info(name).input_shape), jnp.float32)
+    params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)["params"]
+    mask = decay_mask(params)
+    leaves = jax.tree_util.tree_flatten_with_path(mask)[0]
+    assert leaves and all(decays == (path[-1].key in DECAYED) for path, decays in leaves)
+    names = {path[-1].key for path, _ in leaves}
+    if name == "vit_b_16":
+        assert {"token", "embedding", "qkv_kernel", "out_kernel", "scale"} <= names
+    if name == "convnext_tiny":
+        assert {"gamma", "scale", "bias", "kernel"} <= names
+
+
+def test_adamw_leaves_a_vits_tokens_and_scales_to_their_gradients():
+    config = TrainConfig(model="vit_b_16", optimizer="adamw", lr=0.1, weight_decay=0.5, epochs=1)
+    tx = make_optimizer(config, steps_per_epoch=10)
+    params = {
+        "class_token": {"token": jnp.ones((1, 1, 4))},
+        "pos_embedding": {"embedding": jnp.ones((1, 5, 4))},
+        "layer_scale": {"gamma": jnp.ones(4)},
+        "attention": {"qkv_kernel": jnp.ones((4, 12)), "qkv_bias": jnp.ones(12)},
+    }
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    state = tx.init(params)
+    for _ in range(3):  # past the first step, where the warm-up's learning rate is 0
+        updates, state = jax.jit(tx.update)(zeros, state, params)
+    changed = jax.tree.map(lambda u: bool(jnp.any(u != 0)), updates)
+    assert changed == {
+        "class_token": {"token": False},
+        "pos_embedding": {"embedding": False},
+        "layer_scale": {"gamma": False},
+        "attention": {"qkv_kernel": True, "qkv_bias": False},
+    }
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "step"])
+def test_warm_up_starts_at_its_factor_of_the_learning_rate(schedule):
+    config = TrainConfig(
+        model="unused", lr=1.0, epochs=10, warmup_epochs=2, warmup_start_factor=0.01,
+        schedule=schedule,
+    )  # fmt: skip
+    fn = jax.jit(learning_rate_schedule(config, 10))
+    values = [float(fn(s)) for s in (0, 10, 20)]
+    assert values == pytest.approx([0.01, 0.505, 1.0])
+
+
+def test_clipping_scales_the_gradient_to_the_global_norm():
+    config = TrainConfig(
+        model="unused", lr=1.0, momentum=0.0, weight_decay=0.0, epochs=1, clip_grad_norm=1.0
+    )
+    tx = make_optimizer(config, steps_per_epoch=1)
+    params = {"a": jnp.zeros(3), "b": jnp.zeros(4)}
+    grads = {"a": jnp.full(3, 3.0), "b": jnp.full(4, 4.0)}  # norm sqrt(27 + 64)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    norm = optax.tree.norm(updates)
+    assert float(norm) == pytest.approx(float(learning_rate_schedule(config, 1)(0)), abs=1e-6)
+    small = {"a": jnp.full(3, 0.1), "b": jnp.zeros(4)}
+    unclipped, _ = jax.jit(tx.update)(small, tx.init(params), params)
+    np.testing.assert_allclose(unclipped["a"], -small["a"] * learning_rate_schedule(config, 1)(0))
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"warmup_start_factor": 1.5}, r"warmup_start_factor must be in \[0, 1\]"),
+        (
+            {"warmup_start_factor": 0.1, "schedule": "onecycle", "warmup_epochs": 1},
+            "warmup_start_factor does not apply to schedule 'onecycle'",
+        ),
+        ({"clip_grad_norm": 0.0}, "clip_grad_norm must be positive"),
+    ],
+)
+def test_recipe_settings_of_the_transformer_era_are_checked(settings, message):
+    with pytest.raises(InvalidValueError, match=message):
+        resolve({"model": "mlp", **settings})
+
+
+def test_convnext_and_vit_presets_are_torchvisions_recipes():
+    convnext = resolve({"model": "convnext_small"})
+    assert (convnext.optimizer, convnext.lr, convnext.weight_decay) == ("adamw", 1e-3, 0.05)
+    assert (convnext.epochs, convnext.batch_size, convnext.warmup_epochs) == (600, 1024, 5.0)
+    assert (convnext.mixup, convnext.cutmix, convnext.label_smoothing) == (0.2, 1.0, 0.1)
+    vit = resolve({"model": "vit_b_16", "batch_size": 64})
+    assert (vit.optimizer, vit.lr, vit.weight_decay, vit.clip_grad_norm) == (
+        "adamw",
+        3e-3,
+        0.3,
+        1.0,
+    )
+    assert (vit.warmup_epochs, vit.warmup_start_factor, vit.batch_size) == (30.0, 0.033, 64)
+    assert resolve({"model": "vit_l_16"}).optimizer == "sgd"

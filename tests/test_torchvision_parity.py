@@ -26,11 +26,15 @@ from zoo import hub
 from zoo.cli import main
 from zoo.convert import TORCHVISION_ARCHS, convert_state_dict, load_state_dict
 from zoo.convert import torchvision as tv_convert
+from zoo.models.convnext import VARIANTS as CONVNEXT_VARIANTS
 from zoo.models.inverted_residual import InvertedResidual
 from zoo.models.layers import BatchNorm
+from zoo.models.vit import VARIANTS as VIT_VARIANTS
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
+from zoo.models.vit import VisionTransformer  # noqa: E402
+
 BasicBlock = torchvision.models.resnet.BasicBlock
 Bottleneck = torchvision.models.resnet.Bottleneck
 
@@ -108,6 +112,9 @@ MOBILE_ARCHS = [
     "mobilenet_v3_large",
     *(f"efficientnet_b{i}" for i in range(8)),
 ]
+# ConvNeXt and ViT have their own parity tests below (LayerNorm and layer scale randomised; ViT
+# at a toy size torchvision's class can build).
+TRANSFORMER_ERA = [*CONVNEXT_VARIANTS, *VIT_VARIANTS]
 
 
 @pytest.mark.parametrize("arch", LOGIT_ARCHS)
@@ -483,7 +490,7 @@ def meta_state_dict(arch: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    "arch", [a for a in TORCHVISION_ARCHS if a not in LOGIT_ARCHS + MOBILE_ARCHS]
+    "arch", [a for a in TORCHVISION_ARCHS if a not in LOGIT_ARCHS + MOBILE_ARCHS + TRANSFORMER_ERA]
 )
 def test_every_architecture_maps_every_key_and_shape(arch):
     """Every torchvision key of `arch` at its real shape, through the converter: each maps to
@@ -621,3 +628,175 @@ def test_every_mobile_network_maps_onto_torchvision_with_its_constants(arch):
     assert TORCHVISION_ARCHS[arch].preprocessing.input_shape == (crop, crop, 3)
     # torchvision's GFLOPS are the convolutions' and dense layers' MACs at that size.
     assert round(zoo.summary(arch).total_macs / 1e9, 3) == weights.meta["_ops"]
+
+
+# --- ConvNeXt and the Vision Transformer ---------------------------------------------------
+
+
+def randomise_norms_and_scales(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every LayerNorm's affine parameters, every other bias, ConvNeXt's layer scales and ViT's
+    class token and head drawn at random (their initial 1, 0, 1e-6, 0 and 0 would hide a
+    misplaced one), in eval mode."""
+    torch.manual_seed(seed)
+    norms = {m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)}
+    with torch.no_grad():
+        for norm in norms:
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0.0, 0.2)
+        normed = {id(p) for norm in norms for p in norm.parameters()}
+        for name, parameter in model.named_parameters():
+            if id(parameter) in normed:
+                continue
+            if name.endswith("layer_scale"):
+                parameter.uniform_(0.0, 0.5)
+            elif name.startswith("heads."):
+                parameter.normal_(0.0, 0.05)
+            elif name.endswith("bias") or name == "class_token":
+                parameter.normal_(0.0, 0.1)
+    return model.eval()
+
+
+def assert_within_2e5_of_scale(ours: np.ndarray, reference: np.ndarray) -> None:
+    scale = float(np.abs(reference).max())
+    difference = float(np.abs(ours - reference).max())
+    assert scale > 0.1 and difference < 2e-5 * scale, (difference, scale)
+
+
+def jitted_logits(converted, images_nchw: np.ndarray) -> np.ndarray:
+    images = jnp.asarray(images_nchw.transpose(0, 2, 3, 1))
+    return np.asarray(jax.jit(converted.module.apply)(converted.variables, images))
+
+
+def test_convnext_logits_equal_torchvision():
+    # Built on the meta device and filled with plain normal draws: torchvision's own truncated
+    # normal initialisation of 28 M weights takes seconds.
+    with torch.device("meta"):
+        model = torchvision.models.convnext_tiny()
+    model.to_empty(device="cpu")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.02)
+    model = randomise_norms_and_scales(model)
+    images = np.random.default_rng(1).standard_normal((2, 3, 64, 80), np.float32)
+    converted = convert_state_dict("convnext_tiny", state_dict_arrays(model))
+    assert converted.model_config == {"num_classes": 1000}
+    assert converted.variables["params"]["stage1_block0"]["layer_scale"]["gamma"].shape == (96,)
+    assert_within_2e5_of_scale(jitted_logits(converted, images), torch_logits(model, images))
+
+
+TINY_VIT = {"patch_size": 8, "num_layers": 2, "num_heads": 4, "hidden_dim": 32, "mlp_dim": 64}
+
+
+@pytest.fixture
+def tiny_vit(monkeypatch):
+    """torchvision's `VisionTransformer` class at a toy size (32x32 images, 4x4 patches of 8),
+    and the zoo's ViT of that shape, registered and converted through vit_b_16's own mapping:
+    the code path of every torchvision ViT, in a fraction of a second."""
+    zoo.registry.register(
+        "vit_tiny_test",
+        VisionTransformer,
+        **TINY_VIT,
+        input_size=(32, 32),
+        paper="this test",
+        description="torchvision's ViT at a toy size",
+    )
+    spec = dataclasses.replace(TORCHVISION_ARCHS["vit_b_16"], model_name="vit_tiny_test")
+    monkeypatch.setitem(tv_convert.ARCHS, "vit_tiny_test", spec)
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=32, num_classes=7, **TINY_VIT)
+    yield randomise_norms_and_scales(model)
+    zoo.registry.unregister("vit_tiny_test")
+
+
+def test_vit_logits_equal_torchvision(tiny_vit):
+    images = np.random.default_rng(1).standard_normal((3, 3, 32, 32), np.float32)
+    converted = convert_state_dict("vit_tiny_test", state_dict_arrays(tiny_vit))
+    assert converted.model_config == {"num_classes": 7, "input_size": (32, 32)}
+    assert_within_2e5_of_scale(jitted_logits(converted, images), torch_logits(tiny_vit, images))
+    # Headless: the class token's final state, after the encoder's last LayerNorm.
+    headless = converted.module.clone(num_classes=0)
+    variables = {"params": {k: v for k, v in converted.variables["params"].items() if k != "head"}}
+    features = jax.jit(headless.apply)(variables, jnp.asarray(images.transpose(0, 2, 3, 1)))
+    with torch.no_grad():
+        tokens = tiny_vit.encoder(
+            torch.cat(
+                [
+                    tiny_vit.class_token.expand(3, -1, -1),
+                    tiny_vit._process_input(torch.from_numpy(images)),
+                ],
+                dim=1,
+            )
+        )
+    np.testing.assert_allclose(
+        features, tokens[:, 0].numpy(), atol=2e-5 * float(tokens.abs().max())
+    )
+
+
+def torch_vit_at_any_size(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """torchvision's ViT run at another image size as timm runs its ViTs there
+    (`dynamic_img_size=True`): the patch position embeddings resampled by timm's
+    `resample_abs_pos_embed` defaults, bicubic with antialiasing, corners not aligned."""
+    x = model.conv_proj(images)
+    n, dim, height, width = x.shape
+    x = torch.cat([model.class_token.expand(n, -1, -1), x.flatten(2).transpose(1, 2)], dim=1)
+    embedding = model.encoder.pos_embedding
+    side = round((embedding.shape[1] - 1) ** 0.5)
+    grid = embedding[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(
+        grid, size=(height, width), mode="bicubic", antialias=True, align_corners=False
+    )
+    patches = grid.permute(0, 2, 3, 1).reshape(1, height * width, dim)
+    x = x + torch.cat([embedding[:, :1], patches], dim=1)
+    return model.heads(model.encoder.ln(model.encoder.layers(x))[:, 0])
+
+
+@pytest.mark.parametrize(
+    "size", [(48, 40), (16, 24), (39, 57)], ids=["larger", "smaller", "ragged"]
+)
+def test_vit_at_another_size_resamples_its_position_embeddings_as_timm(tiny_vit, size):
+    images = np.random.default_rng(2).standard_normal((2, 3, *size), np.float32)
+    converted = convert_state_dict("vit_tiny_test", state_dict_arrays(tiny_vit))
+    with torch.no_grad():
+        reference = torch_vit_at_any_size(tiny_vit, torch.from_numpy(images)).numpy()
+    assert_within_2e5_of_scale(jitted_logits(converted, images), reference)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [((14, 14), (20, 24)), ((14, 14), (5, 9)), ((7, 7), (1, 1))]
+)
+def test_position_embeddings_resample_as_torch_interpolates_them(old, new):
+    from zoo.models.layers import resample_position_embedding
+
+    dim = 5
+    embedding = np.random.default_rng(0).standard_normal((1, 1 + old[0] * old[1], dim), np.float32)
+    ours = np.asarray(resample_position_embedding(jnp.asarray(embedding), old, new))
+    grid = torch.from_numpy(embedding[:, 1:]).reshape(1, *old, dim).permute(0, 3, 1, 2)
+    resized = torch.nn.functional.interpolate(grid, size=new, mode="bicubic", antialias=True)
+    expected = np.concatenate(
+        [embedding[:, :1], resized.permute(0, 2, 3, 1).reshape(1, -1, dim).numpy()], axis=1
+    )
+    np.testing.assert_allclose(ours, expected, atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    ("arch", "options"),
+    [*((a, {}) for a in (*CONVNEXT_VARIANTS, *VIT_VARIANTS)), ("vit_b_16", {"image_size": 384})],
+)
+def test_every_torchvision_key_of_convnext_and_vit_maps_to_a_zoo_variable(arch, options):
+    """Names and shapes only: torchvision's model on the meta device allocates no weights."""
+    with torch.device("meta"):
+        model = getattr(torchvision.models, arch)(**options)
+    state_dict = {
+        key: jax.ShapeDtypeStruct(tuple(value.shape), np.float32)
+        for key, value in model.state_dict().items()
+    }
+    mapping = tv_convert.map_state_dict(arch, state_dict)  # Raises listing anything unmapped.
+    assert {key for key, _ in mapping.sources.values()} == set(state_dict)
+    if arch in VIT_VARIANTS:  # Its grid of position embeddings: torchvision's image_size.
+        size = options.get("image_size", 224)
+        assert mapping.config == {"num_classes": 1000, "input_size": (size, size)}
+    else:
+        assert mapping.config == {"num_classes": 1000}
+    sizes = sum(leaf.size for path, (_, leaf) in mapping.sources.items() if path[0] == "params")
+    assert sizes == sum(p.numel() for p in model.parameters())

@@ -9,7 +9,8 @@ through the model's real control flow: nothing is written twice, and the tests h
 against the real variables and intermediate outputs.
 
 The rules:
-- Flax's built-ins (`Conv`, `ConvTranspose`, `Dense`, `BatchNorm`, `Dropout`) in `RULES`;
+- Flax's built-ins (`Conv`, `ConvTranspose`, `Dense`, `BatchNorm`, `LayerNorm`, `Dropout`) in
+  `RULES`;
 - any other layer describes itself with a `describe(self, input_shape) -> Counts` method
   (decorate it `@nn.nowrap`). A module that calls submodules and adds an operation of its own
   after them (a residual block's add) also sets `describes_after_children = True`: its
@@ -73,6 +74,13 @@ def spatial(shape: Shape, layer: str) -> tuple[int, int, int]:
     """`shape` as one (H, W, C) map; `InvalidValueError` naming `layer` otherwise."""
     if len(shape) != 3:
         raise InvalidValueError(f"{layer}: expected an (H, W, C) feature map, got {shape}")
+    return shape  # type: ignore[return-value]
+
+
+def sequence(shape: Shape, layer: str) -> tuple[int, int]:
+    """`shape` as one (L tokens, D features) sequence; `InvalidValueError` naming `layer` if not."""
+    if len(shape) != 2:
+        raise InvalidValueError(f"{layer}: expected an (L, D) token sequence, got {shape}")
     return shape  # type: ignore[return-value]
 
 
@@ -226,6 +234,21 @@ def batchnorm(shape: Shape, *, scale: bool = True, bias: bool = True) -> Counts:
     return Counts("batchnorm", shape, params)
 
 
+def layernorm(shape: Shape, *, scale: bool = True, bias: bool = True) -> Counts:
+    """Layer normalisation over the last axis (the channels of an NHWC map, a token's features)."""
+    params = formulas.layernorm_params(shape[-1], scale=scale, bias=bias)
+    return Counts("layernorm", shape, params)
+
+
+def _layernorm_rule(module: nn.LayerNorm, shape: Shape) -> Counts:
+    if module.reduction_axes != -1 or module.feature_axes != -1:
+        raise NoAnalyticRuleError(
+            f"{type(module).__name__}: only normalisation over the last axis is described, got "
+            f"reduction_axes={module.reduction_axes!r}, feature_axes={module.feature_axes!r}"
+        )
+    return layernorm(shape, scale=module.use_scale, bias=module.use_bias)
+
+
 # Flax's own layers; looked up along the class's MRO, so a subclass keeps its base's rule.
 # A rule that returns None makes the layer transparent: no row, the input passes through.
 RULES: dict[type[nn.Module], Callable[[Any, Shape], Counts | None]] = {
@@ -233,6 +256,7 @@ RULES: dict[type[nn.Module], Callable[[Any, Shape], Counts | None]] = {
     nn.ConvTranspose: _conv_transpose_rule,
     nn.Dense: _dense_rule,
     nn.BatchNorm: lambda m, shape: batchnorm(shape, scale=m.use_scale, bias=m.use_bias),
+    nn.LayerNorm: _layernorm_rule,
     nn.Dropout: lambda m, shape: None,
 }
 

@@ -171,3 +171,47 @@ def squeeze_excitation_macs(channels: int, squeeze_channels: int) -> int:
     return conv_macs(1, 1, channels, squeeze_channels, 1) + conv_macs(
         1, 1, squeeze_channels, channels, 1
     )
+
+
+# --- Transformer and ConvNeXt layers (Vaswani et al. 2017; Dosovitskiy et al. 2020; Liu et al.
+# 2022). Sequences are (L tokens, D features) per example.
+
+
+def layernorm_params(channels: int, *, scale: bool = True, bias: bool = True) -> int:
+    """Trainable parameters of layer normalisation over C channels: a scale and a shift each."""
+    _check_positive(channels=channels)
+    return (int(scale) + int(bias)) * channels
+
+
+def layer_scale_params(channels: int) -> int:
+    """Trainable parameters of layer scale (Touvron et al. 2021, CaiT): one factor per channel."""
+    _check_positive(channels=channels)
+    return channels
+
+
+def class_token_params(dim: int) -> int:
+    """A learned class token: one D-vector, prepended to every sequence."""
+    _check_positive(dim=dim)
+    return dim
+
+
+def position_embedding_params(tokens: int, dim: int) -> int:
+    """Learned absolute position embeddings: one D-vector per token (patches plus class token)."""
+    _check_positive(tokens=tokens, dim=dim)
+    return tokens * dim
+
+
+def attention_params(dim: int, *, bias: bool = True) -> int:
+    """Multi-head self-attention over D features: the query, key, value and output projections,
+    each D x D (+ D bias), whatever the number of heads: 4 D^2 (+ 4 D)."""
+    _check_positive(dim=dim)
+    return 4 * dim * dim + (4 * dim if bias else 0)
+
+
+def attention_macs(tokens: int, dim: int) -> int:
+    """Multiply-accumulates of self-attention on one sequence of L tokens of D features: the four
+    projections, 4 L D^2, and the two attention matmuls, Q K^T and (softmax) V, L^2 D each
+    (summed over the heads, D = heads x head size). The softmax and the 1/sqrt(d) scale are
+    elementwise and not counted, as a batch norm's are not."""
+    _check_positive(tokens=tokens, dim=dim)
+    return 4 * tokens * dim * dim + 2 * tokens * tokens * dim

@@ -8,29 +8,36 @@ The conversion walks our own model's abstract variables (`jax.eval_shape` of its
 the torchvision key of every leaf with one rename table per family, and moves each array into
 Flax's layout: convolution kernels OIHW -> HWIO, dense kernels (out, in) -> (in, out), and a
 dense layer that reads a flattened map gets its input rows reordered from PyTorch's C, H, W
-flattening to our NHWC's H, W, C. Every leaf must be found with the right shape, and every torch
-key used (but BatchNorm's `num_batches_tracked`, and the training-only heads an architecture
-drops: GoogLeNet's `aux1`, `aux2`): anything else is one `ValueError` listing what did not fit,
-never a partial conversion. `num_classes` follows the state dict's classifier (and VGG's
-`hidden` its fc6); keys of older torchvision releases (DenseNet's `norm.1`, what its published
-files still hold) are read under their current names.
+flattening to our NHWC's H, W, C. Parameters torch keeps bare on a module (ConvNeXt's
+`layer_scale`, ViT's `class_token` and `pos_embedding`) map to the module's own key, with the
+unit axes NCHW broadcasting needs dropped ((C, 1, 1) -> (C,)); ViT's attention keeps torch's
+packed `in_proj_weight` ([q | k | v]) as one kernel. Every leaf must be found with the right
+shape, and every torch key used (but BatchNorm's `num_batches_tracked`, and the training-only
+heads an architecture drops: GoogLeNet's `aux1`, `aux2`): anything else is one `ValueError`
+listing what did not fit, never a partial conversion. `num_classes` follows the state dict's
+classifier (VGG's `hidden` its fc6, a ViT's `input_size` its position embeddings); keys of
+older torchvision releases (DenseNet's `norm.1`, what its published files still hold) are read
+under their current names.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import flax
 import flax.linen as nn
+import jax
 import numpy as np
 
 from zoo.errors import InvalidValueError, MissingDependencyError, NotFoundError
 from zoo.hub.store import expected_variables
+from zoo.models.convnext import VARIANTS as CONVNEXT_VARIANTS
 from zoo.models.densenet import VARIANTS as DENSENET_VARIANTS
 from zoo.models.efficientnet import STAGES as EFFICIENTNET_STAGES
 from zoo.models.efficientnet import VARIANTS as EFFICIENTNET_VARIANTS
@@ -39,6 +46,7 @@ from zoo.models.mobilenet_v3 import SETTINGS as MOBILENET_V3_SETTINGS
 from zoo.models.resnet import VARIANTS as RESNET_VARIANTS
 from zoo.models.vgg import CONFIGURATIONS as VGG_CONFIGURATIONS
 from zoo.models.vgg import VARIANTS as VGG_VARIANTS
+from zoo.models.vit import VARIANTS as VIT_VARIANTS
 from zoo.preprocessing import Preprocessing
 from zoo.registry import create_model
 from zoo.summary import summary
@@ -52,13 +60,23 @@ IMAGENET_PREPROCESSING = Preprocessing.imagenet((224, 224, 3))
 # weights carry (`imagenet_categories`).
 IMAGENET_CLASSES = 1000
 
-# (collection, Flax leaf) -> the torch parameter or buffer name.
+# (collection, Flax leaf) -> the torch parameter or buffer name within its module; "" where
+# the torch module's own key is the parameter (a bare `nn.Parameter`).
 LEAF_NAMES = {
     ("params", "kernel"): "weight",
     ("params", "bias"): "bias",
-    ("params", "scale"): "weight",  # BatchNorm's affine weight.
+    ("params", "scale"): "weight",  # BatchNorm's and LayerNorm's affine weight.
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
+    # ConvNeXt's layer scale, ViT's class token and position embeddings.
+    ("params", "gamma"): "",
+    ("params", "token"): "",
+    ("params", "embedding"): "",
+    # `nn.MultiheadAttention`: the packed query-key-value projection and the output projection.
+    ("params", "qkv_kernel"): "in_proj_weight",
+    ("params", "qkv_bias"): "in_proj_bias",
+    ("params", "out_kernel"): "out_proj.weight",
+    ("params", "out_bias"): "out_proj.bias",
 }
 # Buffers torchvision saves that have no Flax counterpart.
 IGNORED_SUFFIXES = (".num_batches_tracked",)
@@ -88,6 +106,8 @@ class TorchvisionArch:
         those the block has (no expansion convolution at ratio 1, squeeze-excitation in some
         blocks): each is numbered by its place among those the Flax model has.
       input_size: the side of the images its ImageNet weights were trained on.
+      config_from: the model config beyond `num_classes` that the state dict decides (a ViT's
+        `input_size`, from its position embeddings), or None.
     """
 
     model_name: str
@@ -100,6 +120,7 @@ class TorchvisionArch:
     legacy_keys: tuple[tuple[str, str], ...] = ()
     sequences: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
     input_size: int = 224
+    config_from: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
 
     def torch_module(
         self, flax_path: tuple[str, ...], modules: frozenset[tuple[str, ...]] = frozenset()
@@ -253,6 +274,53 @@ def efficientnet_arch(name: str) -> TorchvisionArch:
     )
 
 
+# torchvision's `features` Sequential: the stem (conv, norm), then each stage's blocks, with a
+# downsampling (norm, conv) before stages 2-4; `block` is each CNBlock's Sequential (its
+# Permutes and GELU hold no weights).
+CONVNEXT_RENAMES = (
+    ("stem_conv", "features.0.0"),
+    ("stem_norm", "features.0.1"),
+    *((rf"stage{s}_block(\d+)", rf"features.{2 * s - 1}.\1") for s in range(1, 5)),
+    *((f"downsample{s}_norm", f"features.{2 * s - 2}.0") for s in range(2, 5)),
+    *((f"downsample{s}_conv", f"features.{2 * s - 2}.1") for s in range(2, 5)),
+    ("dwconv", "block.0"),
+    ("norm", "block.2"),
+    ("pwconv1", "block.3"),
+    ("pwconv2", "block.5"),
+    ("head_norm", "classifier.0"),
+    ("head", "classifier.2"),
+)
+# `MLPBlock` is a Sequential: Linear, GELU, Dropout, Linear, Dropout.
+VIT_RENAMES = (
+    ("patch_embed", "conv_proj"),
+    ("pos_embedding", "encoder.pos_embedding"),
+    (r"block(\d+)", r"encoder.layers.encoder_layer_\1"),
+    ("norm1", "ln_1"),
+    ("attention", "self_attention"),
+    ("norm2", "ln_2"),
+    ("mlp_fc1", "mlp.0"),
+    ("mlp_fc2", "mlp.3"),
+    ("norm", "encoder.ln"),
+    ("head", "heads.head"),
+)
+
+
+def vit_input_size(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """{"input_size": (S, S)}: the square image torchvision's ViT was built for (`image_size`),
+    from its position embeddings (1 + (S / P)^2 tokens) and its patch convolution (P x P)."""
+    for key in ("encoder.pos_embedding", "conv_proj.weight"):
+        if key not in state_dict:
+            raise InvalidValueError(f"not a torchvision ViT state dict: it has no {key!r}")
+    patch = int(np.shape(state_dict["conv_proj.weight"])[-1])
+    tokens = int(np.shape(state_dict["encoder.pos_embedding"])[1]) - 1
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise InvalidValueError(
+            f"encoder.pos_embedding holds {tokens} patch positions, not a square grid"
+        )
+    return {"input_size": (side * patch, side * patch)}
+
+
 ARCHS: dict[str, TorchvisionArch] = {
     **{name: TorchvisionArch(name, RESNET_RENAMES, "fc") for name in RESNET_VARIANTS},
     "alexnet": TorchvisionArch(
@@ -285,6 +353,11 @@ ARCHS: dict[str, TorchvisionArch] = {
     "mobilenet_v3_large": mobilenet_v3_arch("mobilenet_v3_large"),
     "mobilenet_v3_small": mobilenet_v3_arch("mobilenet_v3_small"),
     **{name: efficientnet_arch(name) for name in EFFICIENTNET_VARIANTS},
+    **{name: TorchvisionArch(name, CONVNEXT_RENAMES, "classifier.2") for name in CONVNEXT_VARIANTS},
+    **{
+        name: TorchvisionArch(name, VIT_RENAMES, "heads.head", config_from=vit_input_size)
+        for name in VIT_VARIANTS
+    },
 }
 
 
@@ -407,7 +480,7 @@ def convert_state_dict(
 
     Args:
       arch: a torchvision architecture name, one of `ARCHS` ("resnet18", ..., "alexnet",
-        "vgg16", "googlenet", "densenet121", ...).
+        "vgg16", "googlenet", "densenet121", "mobilenet_v2", "convnext_tiny", "vit_b_16", ...).
       state_dict: torch key -> array (numpy, or anything `np.asarray` takes).
       model_config: model settings a state dict does not hold, over the arch's own
         (`TorchvisionArch.config`): e.g. `{"transform_input": False}` for a GoogLeNet trained
@@ -416,11 +489,50 @@ def convert_state_dict(
     Raises `ValueError` for an unknown arch, or a state dict that does not fit the model (every
     missing key, unused key and wrong shape listed).
     """
+    mapping = map_state_dict(arch, state_dict, model_config)
+    spatial = _flattened_inputs(mapping.spec, mapping.config)
+    converted = {}
+    for path, (key, leaf) in mapping.sources.items():
+        _, *module, leaf_name = path
+        value = np.asarray(state_dict[key])
+        flax_value = _to_flax_layout(value, leaf_name, leaf.shape, spatial.get("/".join(module)))
+        converted[path] = flax_value.astype(leaf.dtype)
+    return ConvertedModel(
+        mapping.spec.model_name, mapping.config, flax.traverse_util.unflatten_dict(converted)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class StateDictMapping:
+    """Where each zoo variable of a converted state dict comes from (`map_state_dict`).
+
+    Attributes:
+      spec: the architecture's mapping.
+      config: the zoo model's config: what the state dict decides (`num_classes`, ...), the
+        arch's own settings and the caller's.
+      sources: (collection, module..., leaf) Flax path -> (its key in the state dict as given,
+        the abstract leaf).
+    """
+
+    spec: TorchvisionArch
+    config: dict[str, Any]
+    sources: dict[tuple[str, ...], tuple[str, jax.ShapeDtypeStruct]]
+
+
+def map_state_dict(
+    arch: str, state_dict: Mapping[str, Any], model_config: Mapping[str, Any] | None = None
+) -> StateDictMapping:
+    """The torch key of every zoo variable for a state dict of torchvision's `arch`, checked as
+    `convert_state_dict` checks it (which this is the first half of), from shapes and dtypes
+    alone: a value may be anything with `.shape` and `.dtype` (`jax.ShapeDtypeStruct`s of a
+    torchvision model built on the meta device, say), or anything `np.asarray` takes."""
     spec = torchvision_arch(arch)
-    state_dict = _current_keys(spec, state_dict)
+    original = _original_keys(spec, state_dict)  # current name -> the key as given
+    current = {key: state_dict[given] for key, given in original.items()}
     config = {
-        "num_classes": _num_classes(arch, spec, state_dict),
-        **{field: _rows(arch, state_dict, module) for field, module in spec.sized_by.items()},
+        "num_classes": _num_classes(arch, spec, current),
+        **{field: _rows(arch, current, module) for field, module in spec.sized_by.items()},
+        **(spec.config_from(current) if spec.config_from is not None else {}),
         **spec.config,
         **(model_config or {}),
     }
@@ -428,26 +540,27 @@ def convert_state_dict(
     _, target = expected_variables(spec.model_name, config)
     flat_target = flax.traverse_util.flatten_dict(target)
     modules = frozenset(path[1:end] for path in flat_target for end in range(2, len(path)))
-    spatial = _flattened_inputs(spec, config)
 
-    converted, missing, wrong, used = {}, [], [], set()
+    sources, missing, wrong, used = {}, [], [], set()
     for path, leaf in flat_target.items():
         collection, *module, leaf_name = path
-        key = f"{spec.torch_module(tuple(module), modules)}.{LEAF_NAMES[collection, leaf_name]}"
-        if key not in state_dict:
+        torch_leaf = LEAF_NAMES[collection, leaf_name]
+        key = ".".join(filter(None, (spec.torch_module(tuple(module), modules), torch_leaf)))
+        if key not in current:
             missing.append(key)
             continue
         used.add(key)
-        value = np.asarray(state_dict[key])
-        expected = _torch_shape(leaf.shape)
-        if value.shape != expected or not np.issubdtype(value.dtype, np.floating):
-            wrong.append(f"{key} is {value.dtype} {value.shape}, expected floating {expected}")
+        shape, dtype = _shape_and_dtype(current[key])
+        expected = _torch_shape(leaf_name, leaf.shape)
+        if _without_unit_axes(shape) != _without_unit_axes(expected) or not np.issubdtype(
+            dtype, np.floating
+        ):
+            wrong.append(f"{key} is {dtype} {shape}, expected floating {expected}")
             continue
-        flax_value = _to_flax_layout(value, spatial.get("/".join(module)))
-        converted[path] = flax_value.astype(leaf.dtype)
+        sources[path] = (original[key], leaf)
     unused = [
         k
-        for k in state_dict
+        for k in current
         if k not in used and not k.endswith(IGNORED_SUFFIXES) and not k.startswith(spec.dropped)
     ]
 
@@ -465,19 +578,26 @@ def convert_state_dict(
             f"state dict does not fit torchvision {arch} (zoo {spec.model_name}, {config}): "
             + "; ".join(problems)
         )
-    return ConvertedModel(spec.model_name, config, flax.traverse_util.unflatten_dict(converted))
+    return StateDictMapping(spec, config, sources)
 
 
-def _current_keys(spec: TorchvisionArch, state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
-    """`state_dict` with keys of older torchvision releases renamed (`legacy_keys`)."""
-    if not spec.legacy_keys:
-        return state_dict
-    renamed = {}
-    for key, value in state_dict.items():
+def _shape_and_dtype(value: Any) -> tuple[tuple[int, ...], np.dtype]:
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return tuple(value.shape), np.dtype(value.dtype)
+    array = np.asarray(value)
+    return array.shape, array.dtype
+
+
+def _original_keys(spec: TorchvisionArch, state_dict: Mapping[str, Any]) -> dict[str, str]:
+    """Each key of `state_dict` under its current torchvision name (keys of older releases
+    renamed by `legacy_keys`) -> the key as given."""
+    names = {}
+    for given in state_dict:
+        key = given
         for pattern, replacement in spec.legacy_keys:
             key = re.sub(f"^{pattern}$", replacement, key)
-        renamed[key] = value
-    return renamed
+        names[key] = given
+    return names
 
 
 def _num_classes(arch: str, spec: TorchvisionArch, state_dict: Mapping[str, Any]) -> int:
@@ -497,23 +617,46 @@ def _rows(arch: str, state_dict: Mapping[str, Any], module: str) -> int:
 
 def _flattened_inputs(spec: TorchvisionArch, config: dict[str, Any]) -> dict[str, tuple]:
     """Flax dense layer -> the (H, W, C) map it reads flattened, from the analytic summary."""
+    if not spec.flattened:
+        return {}
     shapes = {layer.name: layer.output_shape for layer in summary(spec.model_name, **config).layers}
     return {dense: shapes[source] for dense, source in spec.flattened.items()}
 
 
-def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The torch shape of a Flax leaf: HWIO -> OIHW, (in, out) -> (out, in), others the same."""
+def _is_kernel(leaf_name: str) -> bool:
+    """Whether a Flax leaf is a convolution's or dense layer's kernel (torch's layout differs)."""
+    return leaf_name == "kernel" or leaf_name.endswith("_kernel")
+
+
+def _torch_shape(leaf_name: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The torch shape of a Flax leaf: kernels HWIO -> OIHW and (in, out) -> (out, in); any
+    other leaf the same (up to unit axes: `_without_unit_axes`)."""
+    if not _is_kernel(leaf_name):
+        return tuple(flax_shape)
     if len(flax_shape) == 4:
         h, w, i, o = flax_shape
         return (o, i, h, w)
     return tuple(reversed(flax_shape))
 
 
-def _to_flax_layout(value: np.ndarray, flattened_from: tuple[int, ...] | None) -> np.ndarray:
+def _without_unit_axes(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A shape without its size-1 axes: torch's (C, 1, 1) layer scale broadcasts over NCHW as
+    our (C,) does over NHWC; the axes of size above 1 keep their order."""
+    return tuple(n for n in shape if n != 1)
+
+
+def _to_flax_layout(
+    value: np.ndarray,
+    leaf_name: str,
+    flax_shape: tuple[int, ...],
+    flattened_from: tuple[int, ...] | None,
+) -> np.ndarray:
     """A torch weight in Flax's layout; `flattened_from` is the (H, W, C) map a dense reads."""
+    if not _is_kernel(leaf_name):
+        return value.reshape(flax_shape)
     if value.ndim == 4:
         return value.transpose(2, 3, 1, 0)
-    if value.ndim == 2 and flattened_from is not None:
+    if flattened_from is not None:
         # torch rows index (c, h, w), ours (h, w, c): treat it as an HxW convolution kernel.
         h, w, c = flattened_from
         return value.reshape(-1, c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, -1)

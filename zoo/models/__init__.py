@@ -4,6 +4,7 @@ from zoo.models import (  # noqa: F401
     alexnet,
     autoencoder,
     cifar_resnet,
+    convnext,
     densenet,
     efficientnet,
     googlenet,
@@ -13,6 +14,7 @@ from zoo.models import (  # noqa: F401
     mobilenet_v3,
     resnet,
     vgg,
+    vit,
 )
 from zoo.models.base import ImageModel, Stage
 from zoo.models.heads import replace_head

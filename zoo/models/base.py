@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -77,6 +77,13 @@ class ImageModel(nn.Module):
                 f"got {self.num_classes!r}"
             )
         super().__post_init__()
+
+    @nn.nowrap
+    def adapt_variables(self, variables: Any, source: nn.Module) -> Any:
+        """`variables` of `source` (this model's family, maybe another input size) with every
+        leaf whose shape follows the input size made to fit this model; unchanged here. A ViT
+        resamples its position embeddings (what fine-tuning at another size needs)."""
+        return variables
 
     @nn.nowrap
     def head(self) -> nn.Module:

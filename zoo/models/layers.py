@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.linen.dtypes import promote_dtype
 from jax import lax
 
 from zoo import analytic, formulas
@@ -24,6 +25,7 @@ from zoo.ops import (
     Conv,
     batch_norm_inference,
     batch_norm_training,
+    dot_product_attention,
     initializers,
     max_pool,
     spatial_mean,
@@ -314,9 +316,23 @@ def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
     """Stochastic depth (Huang et al. 2016, "Deep Networks with Stochastic Depth"): each
     example's residual branch is dropped with probability `rate`, and kept ones are scaled by
     1 / (1 - rate) so the expectation is the eval-mode branch (timm's `drop_path`)."""
+    return drop_path_by(x, rate, jax.random.uniform(rng, (x.shape[0],)))
+
+
+def drop_path_by(x: jax.Array, rate: float, noise: jax.Array) -> jax.Array:
+    """`drop_path` with its randomness given: example i's branch is kept where `noise[i]`, a
+    uniform draw in [0, 1), is below 1 - rate (`jax.random.bernoulli`'s own test)."""
     keep = 1.0 - rate
-    mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    mask = (noise < keep).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+
+
+def drop_path_noise(rng: jax.Array, branches: int, batch: int) -> jax.Array:
+    """(branches, batch) uniform draws: the randomness of every residual branch's drop path in a
+    network, drawn at once for `drop_path_by`. Each `jax.random` draw is a threefry computation
+    that XLA compiles on its own: one per block (and Flax's key derivation per module, another)
+    made most of a deep network's train-step compile time (bench/README.md)."""
+    return jax.random.uniform(rng, (branches, batch))
 
 
 def drop_path_rates(blocks: int, rate: float) -> tuple[float, ...]:
@@ -447,3 +463,209 @@ def stochastic_depth_rates(blocks: int, rate: float) -> tuple[float, ...]:
     """torchvision's EfficientNet schedule: block i of `blocks` drops with rate * i / blocks,
     from 0 to rate * (blocks - 1) / blocks (timm's `drop_path_rates` reaches `rate`)."""
     return tuple(rate * i / blocks for i in range(blocks))
+
+
+# --- ConvNeXt and the Vision Transformer: GELU, layer normalisation, layer scale, and the
+# tokens, position embeddings and self-attention of a transformer encoder. A sequence is
+# (N, L tokens, D features); layer normalisation and layer scale act on the last axis, the
+# channels of an NHWC map or the features of a token.
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """GELU (Hendrycks & Gimpel 2016) in its exact erf form, PyTorch's `nn.GELU()` default
+    (`jax.nn.gelu` defaults to the tanh approximation, ~1e-3 away)."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def layer_norm(dtype: Dtype, param_dtype: Dtype, name: str, epsilon: float = 1e-6) -> nn.LayerNorm:
+    """`nn.LayerNorm` over the last axis (Ba et al. 2016): torchvision's `LayerNorm2d` on an NHWC
+    map, its `nn.LayerNorm` on tokens; eps 1e-6 as ConvNeXt and ViT set it (PyTorch's default
+    is 1e-5). Statistics in float32 (two passes), scale and bias as `weight` and `bias`."""
+    return nn.LayerNorm(
+        epsilon=epsilon,
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )
+
+
+class LayerScale(nn.Module):
+    """x times a learned factor per channel (Touvron et al. 2021, "Going deeper with Image
+    Transformers"): ConvNeXt's `layer_scale`, initialised to `init_value` (1e-6 there), so each
+    residual branch starts near zero."""
+
+    init_value: float = 1e-6
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        params = formulas.layer_scale_params(input_shape[-1])
+        return Counts("layer_scale", tuple(input_shape), params)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.constant(self.init_value)
+        gamma = self.param("gamma", init, (x.shape[-1],), self.param_dtype)
+        return x.astype(self.dtype) * gamma.astype(self.dtype)
+
+
+class ClassToken(nn.Module):
+    """Prepends one learned token to every sequence, (L, D) -> (L + 1, D): the x_class of
+    Dosovitskiy et al. 2020, Eq. 1, whose final state is the image's representation. Zeros at
+    initialisation, as torchvision's."""
+
+    param_dtype: Dtype = jnp.float32
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        length, dim = analytic.sequence(input_shape, "class_token")
+        return Counts("class_token", (length + 1, dim), formulas.class_token_params(dim))
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        batch, _, dim = x.shape
+        token = self.param("token", nn.initializers.zeros, (1, 1, dim), self.param_dtype)
+        tokens = jnp.broadcast_to(token.astype(x.dtype), (batch, 1, dim))
+        return jnp.concatenate([tokens, x], axis=1)
+
+
+def resample_position_embedding(
+    embedding: jax.Array,
+    old_grid: tuple[int, int],
+    new_grid: tuple[int, int],
+    prefix_tokens: int = 1,
+) -> jax.Array:
+    """Position embeddings (1, prefix + h * w, D) of an h x w patch grid, for another grid:
+    timm's `resample_abs_pos_embed` with its defaults. The prefix (class token) embeddings are
+    kept; the patch embeddings, as an h x w x D map, are resized bicubically in float32 as
+    PyTorch's `F.interpolate(mode="bicubic", antialias=True, align_corners=False)` resizes them,
+    which is `jax.image.resize(method="cubic", antialias=True)`: Keys' cubic with a = -0.5,
+    widened by the scale when shrinking, its weights renormalised at the borders (PIL's filter;
+    PyTorch's bicubic without antialias uses a = -0.75 instead)."""
+    if tuple(old_grid) == tuple(new_grid):
+        return embedding
+    dim = embedding.shape[-1]
+    prefix, patches = embedding[:, :prefix_tokens], embedding[:, prefix_tokens:]
+    patches = patches.astype(jnp.float32).reshape(1, *old_grid, dim)
+    resized = jax.image.resize(patches, (1, *new_grid, dim), method="cubic", antialias=True)
+    resized = resized.reshape(1, -1, dim).astype(embedding.dtype)
+    return jnp.concatenate([prefix, resized], axis=1)
+
+
+class PositionEmbedding(nn.Module):
+    """Adds learned absolute position embeddings to [prefix tokens; patch tokens] (E_pos of
+    Dosovitskiy et al. 2020, Eq. 1): one per prefix token and per patch of a `grid` of patches
+    (the model's design size). A sequence from another grid, passed as `grid=` in the call,
+    gets them resampled bicubically (`resample_position_embedding`), as timm's ViTs do with
+    `dynamic_img_size=True`. Normal with std 0.02 at initialisation, as torchvision's."""
+
+    grid: tuple[int, int]
+    prefix_tokens: int = 1
+    param_dtype: Dtype = jnp.float32
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        length, dim = analytic.sequence(input_shape, "position_embedding")
+        tokens = self.prefix_tokens + math.prod(self.grid)
+        return Counts(
+            "position_embedding", (length, dim), formulas.position_embedding_params(tokens, dim)
+        )
+
+    @nn.compact
+    def __call__(self, x: jax.Array, grid: tuple[int, int] | None = None) -> jax.Array:
+        tokens = self.prefix_tokens + math.prod(self.grid)
+        shape = (1, tokens, x.shape[-1])
+        embedding = self.param("embedding", initializers.normal(0.02), shape, self.param_dtype)
+        grid = self.grid if grid is None else tuple(grid)
+        embedding = resample_position_embedding(embedding, self.grid, grid, self.prefix_tokens)
+        return x + embedding.astype(x.dtype)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Multi-head self-attention (Vaswani et al. 2017, Sec. 3.2) as `torch.nn.MultiheadAttention`
+    computes it: one packed projection of each token to its query, key and value ([q | k | v],
+    each `num_heads` heads of D / num_heads features), softmax(q k^T / sqrt(D / heads)) v per
+    head (`zoo.ops.dot_product_attention`: cuDNN's fused kernel on GPUs), the heads
+    concatenated and projected back to D. Parameters 4 D^2 + 4 D, torch's `in_proj_weight`,
+    `in_proj_bias` and `out_proj` (`formulas.attention_params`); MACs the projections' 4 L D^2
+    and the two attention matmuls' 2 L^2 D (`formulas.attention_macs`). Initialised as torch
+    does: Xavier-uniform packed projection, PyTorch's `Linear` default for the output, zero
+    biases."""
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def _head_size(self, dim: int) -> int:
+        if dim % self.num_heads:
+            raise InvalidValueError(
+                f"attention: {dim} features do not split into {self.num_heads} heads"
+            )
+        return dim // self.num_heads
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        length, dim = analytic.sequence(input_shape, "attention")
+        self._head_size(dim)
+        return Counts(
+            "attention",
+            (length, dim),
+            formulas.attention_params(dim),
+            formulas.attention_macs(length, dim),
+        )
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        batch, length, dim = x.shape
+        heads, size = self.num_heads, self._head_size(dim)
+        xavier = initializers.variance_scaling(1.0, "fan_avg", "uniform")
+        torch_linear = initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+        zeros = nn.initializers.zeros
+        qkv_kernel = self.param("qkv_kernel", xavier, (dim, 3 * dim), self.param_dtype)
+        qkv_bias = self.param("qkv_bias", zeros, (3 * dim,), self.param_dtype)
+        out_kernel = self.param("out_kernel", torch_linear, (dim, dim), self.param_dtype)
+        out_bias = self.param("out_bias", zeros, (dim,), self.param_dtype)
+        x, qkv_kernel, qkv_bias, out_kernel, out_bias = promote_dtype(
+            x, qkv_kernel, qkv_bias, out_kernel, out_bias, dtype=self.dtype
+        )
+        qkv = (x @ qkv_kernel + qkv_bias).reshape(batch, length, 3, heads, size)
+        attended = dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+        return attended.reshape(batch, length, dim) @ out_kernel + out_bias
+
+
+class TokenMap(nn.Module):
+    """The patch tokens of a sequence as a feature map, (prefix + h * w, D) -> (h, w, D), the
+    prefix (class) tokens dropped: a ViT block's output as timm's `forward_intermediates`
+    returns it (NHWC here)."""
+
+    grid: tuple[int, int]
+    prefix_tokens: int = 1
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        length, dim = analytic.sequence(input_shape, "token_map")
+        if length != self.prefix_tokens + math.prod(self.grid):
+            raise InvalidValueError(
+                f"token_map: {length} tokens are not {self.prefix_tokens} + a {self.grid} grid"
+            )
+        return Counts("token_map", (*self.grid, dim))
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x[:, self.prefix_tokens :].reshape(x.shape[0], *self.grid, x.shape[-1])
+
+
+class ClassTokenPool(nn.Module):
+    """A sequence's first token, (L, D) -> (D,): the class token's final state, which a ViT's
+    head reads (Dosovitskiy et al. 2020, Eq. 4)."""
+
+    @nn.nowrap
+    def describe(self, input_shape: Shape) -> Counts:
+        _, dim = analytic.sequence(input_shape, "class_token_pool")
+        return Counts("class_token_pool", (dim,))
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x[:, 0]

@@ -16,12 +16,15 @@ Winograd's rounding: `conv_general_dilated`), and differentiates to any order in
   only fusions the models ask for: a model writes `BatchNorm(relu=True)` for a batch norm
   followed by a ReLU, and `add_relu` for a residual join.
 - `max_pool`: `nn.max_pool` with symmetric padding; `spatial_mean`: the mean over H and W.
+- `dot_product_attention`: `jax.nn.dot_product_attention` (cuDNN's fused attention on GPUs),
+  in the form XLA:CPU runs fastest on CPU.
 - `portable()`: a context in which they trace XLA's ops only (for `jax.export`);
   `native_available()`: whether the extension is loaded; `on_cpu`: the per-backend choice.
   `sharding` runs the kernels per batch shard under a sharded `jax.jit`.
 """
 
 from zoo.ops import initializers, native, sharding
+from zoo.ops.attention import dot_product_attention
 from zoo.ops.backend import on_cpu, portable
 from zoo.ops.batch_norm import batch_norm_inference, batch_norm_training
 from zoo.ops.conv import conv_general_dilated, runs_on_onednn
@@ -44,6 +47,7 @@ __all__ = [
     "batch_norm_inference",
     "batch_norm_training",
     "conv_general_dilated",
+    "dot_product_attention",
     "initializers",
     "max_pool",
     "native_available",

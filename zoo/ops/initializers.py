@@ -176,3 +176,14 @@ def _scaled_draw(
 def lecun_normal(in_axis: int | Sequence[int] = -2, out_axis: int | Sequence[int] = -1) -> Any:
     """`jax.nn.initializers.lecun_normal` (LeCun et al. 1998), drawn in chunks."""
     return variance_scaling(1.0, "fan_in", "truncated_normal", in_axis, out_axis)
+
+
+def truncated_normal(stddev: float) -> Any:
+    """`jax.nn.initializers.truncated_normal(stddev)`: a standard normal truncated to [-2, 2],
+    times `stddev` (no correction of the standard deviation), drawn in chunks (the same values)."""
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        shape = tuple(int(d) for d in shape)
+        return _scaled_draw(key, shape, dtype, "truncated_normal", jnp.array(stddev, dtype))
+
+    return init

@@ -99,6 +99,18 @@ class TrainConfig:
     cutmix: Annotated[
         float, Flag("cutmix: paste a box of another image, Beta(ALPHA, ALPHA) (0: off)", "ALPHA")
     ] = 0.0
+    warmup_start_factor: Annotated[
+        float,
+        Flag(
+            "warm-up starts at F x --lr (torchvision's --lr-warmup-decay; 0: from 0); not with "
+            "onecycle, which starts at lr / 25",
+            "F",
+        ),
+    ] = 0.0
+    clip_grad_norm: Annotated[
+        float | None,
+        Flag("clip the gradient's global L2 norm to this before the update (default: off)", "N"),
+    ] = None
     drop_path_rate: Annotated[
         float | None,
         Flag("stochastic depth, for models with the field (default: the model's)", "R"),
@@ -305,6 +317,75 @@ PRESETS: dict[str, dict[str, Any]] = {
         "warmup_epochs": 1.0,
     },
 }
+
+
+# torchvision's reference recipes (pytorch/vision, references/classification/README.md,
+# "ConvNeXt" and "Vision Transformer"; the weights' `recipe` link): global batch, optimizer,
+# learning rate (a linear warm-up from --lr-warmup-decay x lr, then cosine to 0), weight decay,
+# label smoothing, mixup/CutMix (one or the other per batch), gradient clipping, and the weight
+# average. Its --model-ema (decay 0.99998 every 32 steps, scaled by batch x 32 / epochs) is the
+# per-step decay here: 1 - 0.99998 = 2e-5 -> 2e-5 * batch * 32 / epochs per 32 steps, the 32nd
+# root per step. --amp is bf16 here. Not reproduced: its AutoAugment/TrivialAugment policies,
+# random erasing, the repeated-augmentation sampler and the 176 -> 224 train/eval crop sizes
+# (--augment is crops and flips); its weight decay also reaches biases and layer scales (and
+# ViT-B's norms), where `decay_mask` skips every 1-D parameter, tokens and position embeddings.
+# The recipes are ImageNet's: name the data set (--dataset) and scale --batch-size /
+# --grad-accum-steps to the hardware.
+CONVNEXT_RECIPE: dict[str, Any] = {  # 16 GPUs x 64 images, 600 epochs.
+    "epochs": 600,
+    "batch_size": 1024,
+    "optimizer": "adamw",
+    "lr": 1e-3,
+    "weight_decay": 0.05,
+    "warmup_epochs": 5.0,
+    "warmup_start_factor": 0.01,
+    "label_smoothing": 0.1,
+    "mixup": 0.2,
+    "cutmix": 1.0,
+    "ema_decay": 0.99997,  # 2e-5 * 1024 * 32 / 600 = 1.09e-3 per 32 steps
+    "augment": True,
+}
+VIT_B_RECIPE: dict[str, Any] = {  # vit_b_16: 64 GPUs x 64 images; vit_b_32: 16 x 256; 300 epochs.
+    "epochs": 300,
+    "batch_size": 4096,
+    "optimizer": "adamw",
+    "lr": 3e-3,
+    "weight_decay": 0.3,
+    "warmup_epochs": 30.0,
+    "warmup_start_factor": 0.033,
+    "label_smoothing": 0.11,
+    "mixup": 0.2,
+    "cutmix": 1.0,
+    "clip_grad_norm": 1.0,
+    "ema_decay": 0.99973,  # 2e-5 * 4096 * 32 / 300 = 8.7e-3 per 32 steps
+    "augment": True,
+    "precision": "bf16",
+}
+VIT_L_RECIPE: dict[str, Any] = {  # vit_l_16: 16 GPUs x 64 images, 600 epochs, SGD.
+    "epochs": 600,
+    "batch_size": 1024,
+    "optimizer": "sgd",
+    "lr": 0.5,
+    "momentum": 0.9,
+    "weight_decay": 2e-5,
+    "warmup_epochs": 5.0,
+    "warmup_start_factor": 0.01,
+    "label_smoothing": 0.1,
+    "mixup": 0.2,
+    "cutmix": 1.0,
+    "clip_grad_norm": 1.0,
+    "ema_decay": 0.99997,  # 2e-5 * 1024 * 32 / 600 per 32 steps
+    "augment": True,
+}
+PRESETS.update(
+    {
+        **dict.fromkeys(
+            ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large"), CONVNEXT_RECIPE
+        ),
+        **dict.fromkeys(("vit_b_16", "vit_b_32"), VIT_B_RECIPE),
+        "vit_l_16": VIT_L_RECIPE,
+    }
+)
 
 
 def field_names() -> tuple[str, ...]:
@@ -585,6 +666,21 @@ def _check_ranges(config: TrainConfig) -> None:
         rate = getattr(config, name)
         need(rate is None or 0 <= rate < 1, f"{name} must be in [0, 1)", rate)
     need(config.init_from is None or bool(config.init_from), "init_from must be a name", "")
+    need(
+        0 <= config.warmup_start_factor <= 1,
+        "warmup_start_factor must be in [0, 1]",
+        config.warmup_start_factor,
+    )
+    need(
+        config.schedule != "onecycle" or config.warmup_start_factor == 0,
+        "warmup_start_factor does not apply to schedule 'onecycle', which starts at lr / 25",
+        config.warmup_start_factor,
+    )
+    need(
+        config.clip_grad_norm is None or config.clip_grad_norm > 0,
+        "clip_grad_norm must be positive (leave it out for no clipping)",
+        config.clip_grad_norm,
+    )
     need(
         config.train_only is None or all(p.strip() for p in config.train_only.split(",")),
         "train_only must be comma-separated globs, none empty",

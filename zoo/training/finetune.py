@@ -1,7 +1,9 @@
 """Fine-tuning: a run that starts from a registry entry's weights (`--init-from NAME`).
 
 The entry (shipped, trained, or imported with `zoo import-torchvision`) is loaded and verified
-by `zoo.hub.load`, and its variables are laid over the fresh model's, leaf by '/'-joined path:
+by `zoo.hub.load`, the new model adapts the leaves whose shape follows the input size (a ViT's
+position embeddings are resampled to its patch grid, as timm does), and the variables are laid
+over the fresh model's, leaf by '/'-joined path:
 
 - a leaf with the same path, shape and dtype is loaded;
 - a head leaf, one whose shapes differ only in the last axis, which is the number of classes
@@ -19,10 +21,12 @@ import dataclasses
 import hashlib
 from typing import Any
 
+import flax.linen as nn
 import jax
 
 from zoo import hub
 from zoo.hub.store import check_match, flat_specs
+from zoo.models.base import ImageModel
 from zoo.training.state import PyTree, TrainState, leaf_path
 
 
@@ -51,14 +55,24 @@ class Initialisation:
 
 
 def start_from(
-    state: TrainState, name: str, *, num_classes: int | None, registry: str | None = None
+    state: TrainState,
+    name: str,
+    *,
+    num_classes: int | None,
+    registry: str | None = None,
+    model: nn.Module | None = None,
 ) -> Initialisation:
     """`state` with the variables of registry entry `name` loaded wherever they fit (see the
-    module docstring); `num_classes` is the new model's (None for a model without classes)."""
+    module docstring); `num_classes` is the new model's (None for a model without classes).
+    `model`, the state's module, first adapts the entry's variables to its input size where
+    a leaf depends on it (`ImageModel.adapt_variables`: a ViT's position embeddings)."""
     loaded = hub.load(name, registry=registry)
+    source = jax.device_get(loaded.variables)
+    if isinstance(model, ImageModel):
+        source = model.adapt_variables(source, loaded.module)
     variables, reinitialised = overlay(
         state.variables,
-        jax.device_get(loaded.variables),
+        source,
         num_classes=num_classes,
         source_classes=getattr(loaded.module, "num_classes", None),
         what=f"{name} ({loaded.model_name})",

@@ -375,7 +375,11 @@ def _starting_point(experiment: Experiment, resume: bool, latest: int | None) ->
     state, config = initial_state(experiment), experiment.config
     if not resume and config.init_from:
         init = start_from(
-            state, config.init_from, num_classes=_classes(experiment), registry=config.registry
+            state,
+            config.init_from,
+            num_classes=_classes(experiment),
+            registry=config.registry,
+            model=experiment.model,
         )
         return StartingPoint(
             init.state, 0, latest or 0, (), init_from=init.source, summary=init.summary

@@ -235,21 +235,23 @@ def updates_per_epoch(config: TrainConfig, steps_per_epoch: int) -> float:
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
-    """The learning rate after n optimizer updates: linear warm-up from 0 to `config.lr` over
-    `warmup_epochs`, then `config.schedule`'s decay (`onecycle` is its own warm-up and decay).
+    """The learning rate after n optimizer updates: linear warm-up from
+    `config.lr * config.warmup_start_factor` (0 by default) to `config.lr` over `warmup_epochs`,
+    then `config.schedule`'s decay (`onecycle` is its own warm-up and decay).
 
     `steps_per_epoch` counts batches; the schedule counts updates (`updates_per_epoch`).
     """
     per_epoch = updates_per_epoch(config, steps_per_epoch)
     total = max(1, int(config.epochs * per_epoch))
     warmup = round(config.warmup_epochs * per_epoch)
+    start = config.lr * config.warmup_start_factor
     if config.schedule == "onecycle":
         return optax.cosine_onecycle_schedule(
             transition_steps=total, peak_value=config.lr, pct_start=min(1.0, warmup / total)
         )
     if config.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
-            init_value=0.0,
+            init_value=start,
             peak_value=config.lr,
             warmup_steps=warmup,
             # optax wants a cosine part of at least one step; when warm-up spans the whole run,
@@ -264,7 +266,8 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.S
             config.lr,
             {round(f * total) - warmup: STEP_DECAY_FACTOR for f in STEP_DECAY_AT},
         )
-    return optax.join_schedules([optax.linear_schedule(0.0, config.lr, warmup), decay], [warmup])
+    ramp = optax.linear_schedule(start, config.lr, warmup)
+    return optax.join_schedules([ramp, decay], [warmup])
 
 
 def learning_rate_at_step(config: TrainConfig, steps_per_epoch: int) -> Callable[[Any], Any]:
@@ -273,14 +276,31 @@ def learning_rate_at_step(config: TrainConfig, steps_per_epoch: int) -> Callable
     return lambda step: schedule(step // config.grad_accum_steps)
 
 
+# Leaves of more than one axis that are not the weights of a linear map: a ViT's class token
+# (`ClassToken`) and position embeddings (`PositionEmbedding`), timm's `no_weight_decay()`.
+NO_DECAY_LEAVES = frozenset({"token", "embedding"})
+
+
 def decay_mask(params: PyTree) -> PyTree:
-    """True for weight matrices and kernels; biases and norm scales/offsets (1-D) get no decay."""
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+    """True where weight decay applies: the kernels of convolutions, dense layers and attention
+    projections. Nothing 1-D decays (biases, the scales and offsets of batch and layer norms,
+    layer scales), nor a ViT's class token and position embeddings (`NO_DECAY_LEAVES`): timm's
+    rule (its 1-D test and `no_weight_decay()`), the one the ConvNeXt and DeiT recipes train
+    with. torchvision's reference recipes decay biases and layer scales too, and ViT-B's its
+    norms (bench/README.md has the recipes)."""
+
+    def decays(path: tuple[Any, ...], leaf: Any) -> bool:
+        name = getattr(path[-1], "key", None)
+        return leaf.ndim > 1 and name not in NO_DECAY_LEAVES
+
+    return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-    """SGD (momentum, optionally Nesterov) or AdamW on `config.schedule`, with gradients
-    averaged over `grad_accum_steps` batches (`optax.MultiSteps`) when that is above 1."""
+    """SGD (momentum, optionally Nesterov) or AdamW on `config.schedule`, weight decay by
+    `decay_mask`, the gradient's global norm clipped to `clip_grad_norm` first when it is set,
+    and gradients averaged over `grad_accum_steps` batches (`optax.MultiSteps`) when that is
+    above 1 (the average is what is clipped)."""
     if config.epochs * steps_per_epoch < config.grad_accum_steps:
         raise InvalidValueError(
             f"grad_accum_steps={config.grad_accum_steps} is more than the run's "
@@ -295,6 +315,8 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
             optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
             optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov),
         )
+    if config.clip_grad_norm is not None:
+        tx = optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), tx)
     if config.grad_accum_steps > 1:
         return optax.MultiSteps(
             tx, every_k_schedule=config.grad_accum_steps
