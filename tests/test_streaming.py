@@ -8,6 +8,7 @@ steps 3, 5 (epoch end), 6, 9 and 10.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -204,10 +205,15 @@ def test_a_dead_worker_stops_the_run_and_keeps_its_checkpoints(tmp_path, folder,
     with pytest.raises(DataWorkerDied, match=r"a data-loading worker process died") as info:
         fit(run, console=Console(quiet=True))
     assert time.monotonic() - started < TIMEOUT_S
-    assert "(stopped at epoch 2, step 5; step 9 of 'dies' is saved: continue with --resume)" in str(
-        info.value
+    # How many of the batches read before the death the run trains first depends on when the
+    # loader notices it; what it reports is saved, and the first epoch's checkpoint is kept.
+    stopped = re.search(
+        r"\(stopped at epoch 2, step (\d); step (\d+) of 'dies' is saved: continue with --resume\)",
+        str(info.value),
     )
-    assert hub.read_metadata("dies", registry=run.registry)["step"] == 9
+    assert stopped, str(info.value)
+    saved = hub.read_metadata("dies", registry=run.registry)["step"]
+    assert saved == int(stopped[2]) and 5 <= saved <= 9
 
 
 class KillingCrop(RandomResizedCrop):

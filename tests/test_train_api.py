@@ -139,7 +139,7 @@ def test_a_stopping_callback_ends_the_run_and_its_last_epoch_is_saved(tmp_path):
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"data": "mnist5k"}, "data must be a zoo.data.Dataset"),
+        ({"data": 5}, "data must be a zoo.data.Dataset .*, or a data set.s name or path"),
         ({"data": np.zeros((4, 28, 28), np.uint8)}, "data must be a zoo.data.Dataset"),
         ({"callbacks": 5}, "callbacks must be a list of functions"),
         ({"callbacks": print}, "callbacks must be a list of functions"),

@@ -31,8 +31,6 @@ import sys
 import warnings
 from pathlib import Path
 
-from zoo import jax_internals
-
 # --xla_cpu_experimental_ynn_fusion_type picks the ops XLA:CPU hands to the YNNPACK library.
 # jaxlib 0.10's default is individual_dot,individual_convolution,reduce. The zoo keeps the
 # convolutions XLA runs (its fallback paths) in XLA's own kernels, faster on its networks, and
@@ -142,7 +140,11 @@ def _platform_may_be_cpu() -> bool:
 
 
 def _backends_initialised() -> bool:
-    return "jax" in sys.modules and jax_internals.backends_are_initialized()
+    if "jax" not in sys.modules:  # Importing JAX (which `jax_internals` does) starts nothing.
+        return False
+    from zoo import jax_internals
+
+    return jax_internals.backends_are_initialized()
 
 
 def _accelerator_plugin_installed() -> bool:

@@ -40,7 +40,7 @@ from zoo.preprocessing import Preprocessing
 from zoo.training.augment import Augmentation
 from zoo.training.config import TrainConfig, check_for_model, check_resumable
 from zoo.training.pipeline import Crops, DeviceFeed, DeviceSplit
-from zoo.training.recipe import WARP_STRENGTHS, augmentation, model_overrides
+from zoo.training.recipe import augmentation, model_overrides
 from zoo.training.sharding import check_batch_size, make_mesh, replicate
 from zoo.training.state import TrainState, check_train_only, create_train_state, make_optimizer
 from zoo.training.streaming import StreamFeed, default_workers, local_rows
@@ -146,11 +146,6 @@ def build_experiment(config: TrainConfig, dataset: Dataset | None = None) -> Exp
     input_shape = _input_shape(info, config, designed_shape, source.image_shape)
     model_config["input_size"] = input_shape[:2]
     any_size = source.image_shape is None  # Then cut to size by the ImageNet protocol.
-    if any_size and (warps := [name for name in WARP_STRENGTHS if getattr(config, name)]):
-        raise InvalidValueError(
-            f"--{warps[0].replace('_', '-')} warps images of one size (digits); "
-            f"{config.dataset}'s images of any size are cut by the ImageNet protocol's crops"
-        )
     pipeline = choose_pipeline(config.data_pipeline, source, input_shape)
     data = (_device_data if pipeline == "device" else _streaming_data)(
         config, source, input_shape, mesh
@@ -160,7 +155,7 @@ def build_experiment(config: TrainConfig, dataset: Dataset | None = None) -> Exp
             f"batch size {config.batch_size} is larger than the {data.train_examples} "
             f"training examples of {config.dataset}"
         )
-    augment_images = None if any_size else augmentation(config, source.augmentation)
+    augment_images = augmentation(config, None if any_size else source.augmentation)
     crops = Crops(input_shape[:2], config.augment) if any_size and pipeline == "device" else None
     init, augment = jax.random.split(jax.random.key(config.seed))
     return Experiment(

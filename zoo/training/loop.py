@@ -128,17 +128,25 @@ def check_arguments(
     console: Any = None,
     dataset_argument: str = "dataset",
 ) -> None:
-    """`InvalidTypeError`s for what `fit` (or `zoo.training.train`) was given in the wrong form."""
+    """`InvalidTypeError`s for what `fit` (or `zoo.training.train`) was given in the wrong form.
+
+    `fit`'s `dataset` is a `Dataset` or None; `zoo.training`'s `data` (`dataset_argument="data"`)
+    may also be a data set's name or path, as `--dataset` takes it."""
     if config is not None and not isinstance(config, TrainConfig):
         raise InvalidTypeError(
             f"config must be a TrainConfig (zoo.training.configure makes one), got "
             f"{type(config).__name__}"
         )
-    if dataset is not None and not isinstance(dataset, Dataset):
+    named = dataset_argument == "data" and isinstance(dataset, str)
+    if dataset is not None and not named and not isinstance(dataset, Dataset):
+        also = (
+            ', or a data set\'s name or path ("cifar10", "folder:PATH")'
+            if dataset_argument == "data"
+            else "; a named data set goes in dataset=..."
+        )
         raise InvalidTypeError(
             f"{dataset_argument} must be a zoo.data.Dataset (zoo.training.arrays makes one from "
-            f"arrays; a named data set goes in dataset=...), got {type(dataset).__name__} "
-            f"{brief(dataset)}"
+            f"arrays){also}, got {type(dataset).__name__} {brief(dataset)}"
         )
     if not isinstance(callbacks, Sequence) or isinstance(callbacks, str):
         raise InvalidTypeError(

@@ -87,14 +87,14 @@ def prepare_batch(
     crops: Crops | None = None,
     mixing: BatchMixing | None = None,
 ) -> Batch:
-    """Inside jit: raw images cut to size (`crops`, for padded images of any size) or
-    `augmentation`-ed with `key`, standardised, and mixed (mixup/CutMix, with a key folded from
-    `key`) into soft "target"s when `mixing` is given."""
+    """Inside jit: raw images cut to size (`crops`, for padded images of any size), then
+    `augmentation`-ed with `key` (a key folded from it after crops), standardised, and mixed
+    (mixup/CutMix, with a key folded from `key`) into soft "target"s when `mixing` is given."""
     images, labels = raw["image"], raw["label"]
     if crops is not None:
         images = resized_crops(images, raw["size"], key, crops.size, random=crops.random)
-    elif augmentation is not None:
-        images = augmentation(images, key)
+    if augmentation is not None:
+        images = augmentation(images, key if crops is None else jax.random.fold_in(key, 2))
     batch = {"image": preprocessing(images), "label": labels}
     if mixing is not None:
         image, target, label = mixing(batch["image"], labels, jax.random.fold_in(key, 1))

@@ -44,10 +44,12 @@ def model_overrides(config: TrainConfig, info: ModelInfo) -> dict[str, Any]:
 WARP_STRENGTHS = ("rotate", "zoom", "shear", "translate", "elastic_alpha")
 
 
-def augmentation(config: TrainConfig, kind: str) -> Augmentation | None:
+def augmentation(config: TrainConfig, kind: str | None) -> Augmentation | None:
     """The training images' augmentation: the data set's `kind` (`Dataset.augmentation`) with
-    `--augment`, then a `RandomWarp` where any warp strength is set; None for neither."""
-    base = AUGMENTATIONS[kind] if config.augment else None
+    `--augment`, then a `RandomWarp` where any warp strength is set; None for neither. Images
+    of any size (`kind` None) are cut to size by the ImageNet protocol's crops instead of
+    `kind`'s, and warped after them."""
+    base = AUGMENTATIONS[kind] if config.augment and kind is not None else None
     if not any(getattr(config, name) for name in WARP_STRENGTHS):
         return base
     warp = RandomWarp(
