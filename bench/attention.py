@@ -27,8 +27,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import zoo  # noqa: E402, F401  (the XLA:CPU defaults, as in a zoo process)
+import zoo  # noqa: E402
 from zoo.ops.attention import reference_attention  # noqa: E402
+
+zoo.configure_cpu()  # the settings of `zoo train`, before any JAX backend exists
 
 
 def seconds(fn: Callable[[], object], repeats: int) -> float:

@@ -26,9 +26,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-import zoo  # noqa: F401  (the zoo's XLA:CPU defaults)
+import zoo
 from zoo.models.layers import BatchNorm
 from zoo.ops import Conv
+
+zoo.configure_cpu()  # the settings of `zoo train`, before any JAX backend exists
 
 GROWTH, BN_SIZE = 32, 4
 # densenet121 at 224x224: (layers, input channels, map size) of each dense block.

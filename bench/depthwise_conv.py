@@ -32,6 +32,8 @@ import zoo
 import zoo.ops
 from zoo.ops import conv, native
 
+zoo.configure_cpu()  # the settings of `zoo train`, before any JAX backend exists
+
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 DIRECTIONS = {
     native.FORWARD: "forward",
@@ -60,13 +62,13 @@ def depthwise_shapes(model: str, size: int) -> collections.Counter:
     return collections.Counter(shapes.values())
 
 
-def operands(plan: conv._Plan, direction: int, rng: np.random.Generator) -> tuple:
+def operands(geometry: conv.Geometry, direction: int, rng: np.random.Generator) -> tuple:
     shapes = {
-        native.FORWARD: (plan.lhs_shape, plan.rhs_shape),
-        native.BACKWARD_DATA: (plan.out_shape, plan.rhs_shape),
-        native.BACKWARD_WEIGHTS: (plan.lhs_shape, plan.out_shape),
+        native.FORWARD: (geometry.lhs_shape, geometry.rhs_shape),
+        native.BACKWARD_DATA: (geometry.out_shape, geometry.rhs_shape),
+        native.BACKWARD_WEIGHTS: (geometry.lhs_shape, geometry.out_shape),
     }[direction]
-    return tuple(jnp.asarray(rng.standard_normal(s), plan.dtype) for s in shapes)
+    return tuple(jnp.asarray(rng.standard_normal(s), geometry.dtype) for s in shapes)
 
 
 def timer(fn, args, block_s: float):
@@ -91,49 +93,32 @@ def timer(fn, args, block_s: float):
 def measure(batch, shape, dtype, rounds, block_s, rng) -> list[dict]:
     height, channels, kernel, stride = shape
     pad = (kernel - 1) // 2
-    plan = conv._planned(
+    geometry = conv.Geometry(
         (batch, height, height, channels),
         (kernel, kernel, 1, channels),
-        dtype,
+        jnp.dtype(dtype),
         (stride, stride),
         ((pad, pad), (pad, pad)),
         (1, 1),
         channels,
-        None,
     )
-    team = plan.num_threads
-    onednn_plan = dataclasses.replace(plan, kernels=(jnp.dtype(dtype),) * 3)
+    plan = conv.planned(geometry)
+    team = plan.threads
+    # oneDNN's own kernel in the convolution's dtype, whatever the plan chose.
+    onednn_plan = dataclasses.replace(plan, kernels=(conv.ONEDNN,) * 3)
     rows = []
     for direction, label in DIRECTIONS.items():
-        config = (
-            batch,
-            height,
-            height,
-            channels,
-            kernel,
-            kernel,
-            channels,
-            *plan.out_shape[1:3],
-            stride,
-            stride,
-            pad,
-            pad,
-            pad,
-            pad,
-            1,
-            1,
-            channels,
-            native.PRECISIONS[jnp.dtype(dtype)],
-            team,
-        )
+        config = geometry.onednn_config(dtype, team)
         implementation = native.implementation(native.CONV, direction, config)[1]
-        args = operands(plan, direction, rng)
+        args = operands(geometry, direction, rng)
         runners = {
             "onednn": timer(
-                jax.jit(lambda a, b, d=direction: onednn_plan.ffi(d, a, b)), args, block_s
+                jax.jit(lambda a, b, d=direction: conv.ONEDNN.run(onednn_plan, d, a, b)),
+                args,
+                block_s,
             ),
             "xla": timer(
-                jax.jit(lambda a, b, d=direction: conv._xla_direction(plan, d, a, b)),
+                jax.jit(lambda a, b, d=direction: conv._xla_direction(geometry, None, d, a, b)),
                 args,
                 block_s,
             ),
@@ -152,7 +137,7 @@ def measure(batch, shape, dtype, rounds, block_s, rng) -> list[dict]:
                 "onednn_ms": round(ms["onednn"], 4),
                 "xla_ms": round(ms["xla"], 4),
                 "xla_over_onednn": round(ms["xla"] / ms["onednn"], 2),
-                "planned": str(plan.kernels[direction] or "xla"),
+                "planned": plan.kernels[direction].name if plan.kernels[direction] else "xla",
             }
         )
     return rows

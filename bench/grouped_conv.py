@@ -22,8 +22,10 @@ import time
 import jax
 import jax.numpy as jnp
 
-import zoo  # noqa: F401  (the zoo's XLA:CPU defaults)
+import zoo
 from zoo.ops import conv, native
+
+zoo.configure_cpu()  # the settings of `zoo train`, before any JAX backend exists
 
 # (map size, channels, groups, stride) of each grouped 3x3: its input is size x size x channels.
 LAYERS = [
@@ -56,18 +58,21 @@ def layer_runs(batch: int, size: int, channels: int, groups: int, stride: int, d
     """{direction: {"onednn": fn, "xla": fn}} for one layer, each compiled and warmed up."""
     lhs = (batch, size, size, channels)
     rhs = (3, 3, channels // groups, channels)
-    plan = conv._planned(lhs, rhs, dtype, (stride, stride), ((1, 1), (1, 1)), (1, 1), groups, None)
+    geometry = conv.Geometry(
+        lhs, rhs, jnp.dtype(dtype), (stride, stride), ((1, 1), (1, 1)), (1, 1), groups
+    )
+    plan = conv.planned(geometry)
     keys = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(keys[0], lhs, dtype)
     w = jax.random.normal(keys[1], rhs, dtype)
-    d_out = jax.random.normal(keys[2], plan.out_shape, dtype)
+    d_out = jax.random.normal(keys[2], geometry.out_shape, dtype)
     operands = {"forward": (x, w), "input": (d_out, w), "weights": (x, d_out)}
     runs = {}
     for name, direction in DIRECTIONS.items():
         if plan.kernels[direction] is None:
             continue
         ours = jax.jit(functools.partial(conv._direction, plan, direction))
-        theirs = jax.jit(functools.partial(conv._xla_direction, plan, direction))
+        theirs = jax.jit(functools.partial(conv._xla_direction, geometry, None, direction))
         a, b = operands[name]
         runs[name] = {
             "onednn": functools.partial(ours, a, b),
@@ -75,9 +80,7 @@ def layer_runs(batch: int, size: int, channels: int, groups: int, stride: int, d
         }
         for fn in runs[name].values():
             jax.block_until_ready(fn())
-    return runs, 2 * batch * plan.out_shape[1] * plan.out_shape[
-        2
-    ] * channels * 9 * channels // groups
+    return runs, 2 * geometry.macs
 
 
 def main() -> None:

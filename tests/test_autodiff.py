@@ -50,19 +50,20 @@ def normal(*shape: int, seed: int = 0, offset: float = 0.0) -> jax.Array:
 # Each op with primals, and the index of the (small) one whose Hessian is taken in full.
 CASES = {
     "conv": (conv, (normal(2, 7, 6, 4), normal(3, 3, 2, 6, seed=1)), 1),
+    # 16 channels: oneDNN's full-width batch-norm kernels (`zoo.ops.batch_norm.VECTOR_CHANNELS`).
     "batch_norm_training": (
         batch_norm_training,
-        (normal(4, 5, 5, 8), normal(8, seed=1, offset=1.0), normal(8, seed=2)),
+        (normal(4, 5, 5, 16), normal(16, seed=1, offset=1.0), normal(16, seed=2)),
         1,
     ),
     "batch_norm_inference": (
         batch_norm_inference,
         (
-            normal(3, 4, 5, 8),
-            normal(8, seed=1),
-            jnp.square(normal(8, seed=2)) + 0.5,
-            normal(8, seed=3, offset=1.0),
-            normal(8, seed=4),
+            normal(3, 4, 5, 16),
+            normal(16, seed=1),
+            jnp.square(normal(16, seed=2)) + 0.5,
+            normal(16, seed=3, offset=1.0),
+            normal(16, seed=4),
         ),
         3,
     ),

@@ -36,14 +36,17 @@ SMALL_MODELS = [n for n in ALL_MODELS if summary(n).total_params < 300_000]
 
 RNGS = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
 # Deeper or wider variants of a family whose every kind of layer its smallest variant has (and
-# walks through the same code): the proofs (formulas, headless) run on every one of them, the
-# checks that only walk a network again at other settings (an input too small, another
-# param_dtype, its feature maps) on the smallest, so the suite stays within its time.
+# walks through the same code): the proof against the formulas runs on every one of them, the
+# checks that only walk a network again at other settings (headless, an input too small,
+# another param_dtype, its feature maps) on the smallest, so the suite stays within its time.
 REPEATED_VARIANTS = frozenset(
     {
         *("vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"),
         *("resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2"),
         *("densenet169", "densenet201", "densenet161"),
+        *(f"efficientnet_b{i}" for i in range(1, 8)),
+        *("convnext_small", "convnext_base", "convnext_large"),
+        *("vit_b_32", "vit_l_16"),
     }
 )
 WALKED_MODELS = [n for n in ALL_MODELS if n not in REPEATED_VARIANTS]
@@ -211,7 +214,9 @@ def test_every_classifier_has_a_head():
     assert set(ALL_MODELS) - set(HEADED_MODELS) == {"conv_autoencoder"}
 
 
-@pytest.mark.parametrize("name", [n for n in HEADED_MODELS if n != "logistic_regression"])
+@pytest.mark.parametrize(
+    "name", [n for n in HEADED_MODELS if n not in {"logistic_regression", *REPEATED_VARIANTS}]
+)
 def test_num_classes_zero_gives_the_features_the_head_reads(name):
     check_formulas_match(name, num_classes=0)
     headless, full = summary(name, num_classes=0), summary(name)

@@ -582,10 +582,14 @@ def map_state_dict(
 
 
 def _shape_and_dtype(value: Any) -> tuple[tuple[int, ...], np.dtype]:
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
+    """A value's shape and NumPy dtype, read without converting it where it says them in
+    NumPy's terms (NumPy arrays, `jax.ShapeDtypeStruct`s); anything else through `np.asarray`
+    (a torch tensor's `dtype` is torch's own)."""
+    try:
         return tuple(value.shape), np.dtype(value.dtype)
-    array = np.asarray(value)
-    return array.shape, array.dtype
+    except (AttributeError, TypeError):
+        array = np.asarray(value)
+        return array.shape, array.dtype
 
 
 def _original_keys(spec: TorchvisionArch, state_dict: Mapping[str, Any]) -> dict[str, str]:

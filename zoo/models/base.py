@@ -62,6 +62,9 @@ class ImageModel(nn.Module):
     fixed_input_size: ClassVar[bool] = False
     # The module name of the classifier (None: the model has none); its checkpoint key.
     head_name: ClassVar[str | None] = None
+    # The classifier's kernel initialiser, where the family's reference draws it otherwise than
+    # Flax's `Dense` (LeCun normal); None: Flax's.
+    head_kernel_init: ClassVar[Callable[..., jax.Array] | None] = None
 
     def __post_init__(self) -> None:
         model = type(self).__name__
@@ -87,9 +90,15 @@ class ImageModel(nn.Module):
 
     @nn.nowrap
     def head(self) -> nn.Module:
-        """The classifier on the features: a dense layer to `num_classes`, named `head_name`."""
+        """The classifier on the features: a dense layer to `num_classes`, named `head_name`,
+        its kernel drawn by `head_kernel_init`."""
+        init = type(self).head_kernel_init  # read off the class: a plain function, not a method
         return Dense(
-            self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name=self.head_name
+            self.num_classes,
+            **({} if init is None else {"kernel_init": init}),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=self.head_name,
         )
 
     @nn.nowrap

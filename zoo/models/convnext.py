@@ -111,6 +111,7 @@ class ConvNeXt(ImageModel):
     drop_path_rate: float = 0.0
 
     head_name: ClassVar[str] = "head"
+    head_kernel_init: ClassVar[Any] = kernel_init
 
     def __post_init__(self) -> None:
         check_positive("ConvNeXt", widths=self.widths, stage_sizes=self.stage_sizes)
@@ -128,16 +129,6 @@ class ConvNeXt(ImageModel):
         return tuple(
             Stage(f"stage{i + 1}", f"stage{i + 1}_block{blocks - 1}")
             for i, blocks in enumerate(self.stage_sizes)
-        )
-
-    @nn.nowrap
-    def head(self) -> nn.Module:
-        return Dense(
-            self.num_classes,
-            kernel_init=kernel_init,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=self.head_name,
         )
 
     @nn.compact

@@ -45,7 +45,7 @@ from zoo.models.layers import (
     check_rate,
     explicit_padding,
 )
-from zoo.ops import Conv, Dense, initializers
+from zoo.ops import Conv, initializers
 from zoo.registry import register
 
 PAPER = "Huang et al. 2017, Densely Connected Convolutional Networks, Table 1 (DenseNet-BC)"
@@ -136,6 +136,7 @@ class DenseNet(ImageModel):
     dropout_rate: float = 0.0
 
     head_name: ClassVar[str] = "classifier"
+    head_kernel_init: ClassVar[Any] = torch_linear
 
     def __post_init__(self) -> None:
         check_positive(
@@ -198,16 +199,6 @@ class DenseNet(ImageModel):
         # torchvision's name for the final norm, whatever the number of blocks.
         x = batch_norm(train, self.dtype, self.param_dtype, "norm5", relu=True)(x)
         return self.classify(GlobalAvgPool(name="pool")(x))
-
-    @nn.nowrap
-    def head(self) -> nn.Module:
-        return Dense(
-            self.num_classes,
-            kernel_init=torch_linear,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=self.head_name,
-        )
 
 
 class DenseBlock(nn.Module):

@@ -19,7 +19,7 @@ classifier.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -33,7 +33,7 @@ from zoo.models.layers import (
     check_rate,
     stochastic_depth_rates,
 )
-from zoo.ops import Dense, initializers
+from zoo.ops import initializers
 from zoo.registry import register
 
 PAPER = "Tan & Le 2019, EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks"
@@ -94,6 +94,8 @@ class EfficientNet(ImageModel):
     norm_momentum: float = 0.9
 
     head_name: ClassVar[str] = "classifier"
+    # U(-1/sqrt(out), 1/sqrt(out)), torchvision's: variance 1 / (3 out).
+    head_kernel_init: ClassVar[Any] = initializers.variance_scaling(1 / 3, "fan_out", "uniform")
 
     def __post_init__(self) -> None:
         model = "EfficientNet"
@@ -120,18 +122,6 @@ class EfficientNet(ImageModel):
     @nn.nowrap
     def feature_stages(self) -> tuple[Stage, ...]:
         return reduction_stages([("stem", 2), *((b[0], b[3]) for b in self.blocks())])
-
-    @nn.nowrap
-    def head(self) -> nn.Module:
-        # U(-1/sqrt(out), 1/sqrt(out)): variance 1 / (3 out).
-        uniform = initializers.variance_scaling(1 / 3, "fan_out", "uniform")
-        return Dense(
-            self.num_classes,
-            kernel_init=uniform,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=self.head_name,
-        )
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

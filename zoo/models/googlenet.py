@@ -37,7 +37,7 @@ from zoo import analytic
 from zoo.analytic import Counts, Shape
 from zoo.models.base import ImageModel, Stage
 from zoo.models.layers import GlobalAvgPool, MaxPool, batch_norm, check_rate, explicit_padding
-from zoo.ops import Conv, Dense, initializers
+from zoo.ops import Conv, initializers
 from zoo.registry import register
 
 PAPER = "Szegedy et al. 2014, Going Deeper with Convolutions, Table 1 (torchvision layout)"
@@ -150,6 +150,7 @@ class GoogLeNet(ImageModel):
     transform_input: bool = False
 
     head_name: ClassVar[str] = "fc"
+    head_kernel_init: ClassVar[Any] = truncated_normal
 
     def __post_init__(self) -> None:
         check_rate("GoogLeNet", "dropout_rate", self.dropout_rate)
@@ -188,16 +189,6 @@ class GoogLeNet(ImageModel):
             return x
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return self.classify(x)
-
-    @nn.nowrap
-    def head(self) -> nn.Module:
-        return Dense(
-            self.num_classes,
-            kernel_init=truncated_normal,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=self.head_name,
-        )
 
 
 register(

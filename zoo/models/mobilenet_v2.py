@@ -16,7 +16,7 @@ with `make_divisible`, dropout 0.2, He normal (fan out) convolutions and a N(0, 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -24,7 +24,7 @@ import jax
 from zoo.models.base import ImageModel, Stage
 from zoo.models.inverted_residual import InvertedResidual, make_divisible, reduction_stages
 from zoo.models.layers import ConvNormAct, GlobalAvgPool, check_multiplier, check_rate
-from zoo.ops import Dense
+from zoo.ops import initializers
 from zoo.registry import register
 
 PAPER = "Sandler et al. 2018, MobileNetV2: Inverted Residuals and Linear Bottlenecks"
@@ -60,6 +60,7 @@ class MobileNetV2(ImageModel):
     dropout_rate: float = 0.2
 
     head_name: ClassVar[str] = "classifier"
+    head_kernel_init: ClassVar[Any] = initializers.normal(0.01)
 
     def __post_init__(self) -> None:
         check_rate("MobileNetV2", "dropout_rate", self.dropout_rate)
@@ -79,16 +80,6 @@ class MobileNetV2(ImageModel):
     def feature_stages(self) -> tuple[Stage, ...]:
         blocks = [(f"block{i}", stride) for i, (_, _, stride) in enumerate(self.blocks(), 1)]
         return reduction_stages([("stem", 2), *blocks])
-
-    @nn.nowrap
-    def head(self) -> nn.Module:
-        return Dense(
-            self.num_classes,
-            kernel_init=nn.initializers.normal(0.01),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=self.head_name,
-        )
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

@@ -20,7 +20,7 @@ options for detection backbones (`reduced_tail`, `dilated`) are left out.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -34,7 +34,7 @@ from zoo.models.layers import (
     check_multiplier,
     check_rate,
 )
-from zoo.ops import Dense
+from zoo.ops import Dense, initializers
 from zoo.registry import register
 
 PAPER = "Howard et al. 2019, Searching for MobileNetV3"
@@ -101,6 +101,7 @@ class MobileNetV3(ImageModel):
     dropout_rate: float = 0.2
 
     head_name: ClassVar[str] = "classifier"
+    head_kernel_init: ClassVar[Any] = initializers.normal(0.01)
 
     def __post_init__(self) -> None:
         check_choice("MobileNetV3", "size", self.size, tuple(SETTINGS))
@@ -115,19 +116,6 @@ class MobileNetV3(ImageModel):
     def feature_stages(self) -> tuple[Stage, ...]:
         blocks = [(f"block{i}", row[-1]) for i, row in enumerate(SETTINGS[self.size], 1)]
         return reduction_stages([("stem", 2), *blocks, ("last_conv", 1)])
-
-    @nn.nowrap
-    def head(self) -> nn.Module:
-        return self.dense(self.num_classes, self.head_name)
-
-    def dense(self, features: int, name: str) -> Dense:
-        return Dense(
-            features,
-            kernel_init=nn.initializers.normal(0.01),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=name,
-        )
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -153,7 +141,14 @@ class MobileNetV3(ImageModel):
         last = 6 * x.shape[-1]
         x = ConvNormAct(last, activation="hard_swish", name="last_conv", **dtypes)(x, train)
         x = GlobalAvgPool(name="pool")(x)
-        x = nn.hard_swish(self.dense(self.channels(PRE_LOGITS[self.size]), "pre_logits")(x))
+        pre_logits = Dense(
+            self.channels(PRE_LOGITS[self.size]),
+            kernel_init=type(self).head_kernel_init,  # torchvision draws both linears alike
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="pre_logits",
+        )
+        x = nn.hard_swish(pre_logits(x))
         if not self.num_classes:
             return x
         x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout")(x)

@@ -31,7 +31,7 @@ torchvision's models and to torchvision's published GFLOPS.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -97,6 +97,7 @@ class VGG(ImageModel):
     dropout_rate: float = 0.5
 
     head_name: ClassVar[str] = "fc8"
+    head_kernel_init: ClassVar[Any] = initializers.normal(0.01)
 
     def __post_init__(self) -> None:
         if not isinstance(self.stages, tuple | list) or not self.stages:
@@ -149,16 +150,6 @@ class VGG(ImageModel):
             return x
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return self.classify(x)
-
-    @nn.nowrap
-    def head(self) -> nn.Module:
-        return Dense(
-            self.num_classes,
-            kernel_init=initializers.normal(0.01),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=self.head_name,
-        )
 
 
 # name: (Table 1 configuration, batch norm, torchvision's parameter count at 1000 classes)

@@ -122,6 +122,8 @@ class VisionTransformer(ImageModel):
     drop_path_rate: float = 0.0
 
     head_name: ClassVar[str] = "head"
+    # torchvision's: fine-tuning starts from zero logits
+    head_kernel_init: ClassVar[Any] = nn.initializers.zeros
 
     def __post_init__(self) -> None:
         model = "VisionTransformer"
@@ -169,16 +171,6 @@ class VisionTransformer(ImageModel):
         resampled = resample_position_embedding(embedding, source.grid, self.grid)
         params["pos_embedding"] = {**params["pos_embedding"], "embedding": resampled}
         return {**variables, "params": params}
-
-    @nn.nowrap
-    def head(self) -> nn.Module:
-        return Dense(
-            self.num_classes,
-            kernel_init=nn.initializers.zeros,  # torchvision's: fine-tuning starts from zero logits
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=self.head_name,
-        )
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
