@@ -54,16 +54,19 @@ template <typename Config>
 constexpr size_t kFields = sizeof(Config) / sizeof(int64_t);
 
 // The plan of `kind` for `c`, built once by `make` and cached under a mutex (nullptr, also
-// cached, where oneDNN has none). One cache per op: per (Plan, Config, Kind).
+// cached, where oneDNN has none). The cache is shared by every op with the same (Plan, Config,
+// Kind) types (the float32 and bf16 Winograd convolutions share all three), so `make` is part
+// of the key: one op never gets a plan another built for the same `kind` and `c`.
 template <typename Plan, typename Config, typename Kind>
 const Plan* CachedPlan(Kind kind, const Config& c,
                        std::unique_ptr<Plan> (*make)(Kind, const Config&)) {
-  using Key = std::array<int64_t, kFields<Config> + 1>;
+  using Key = std::array<int64_t, kFields<Config> + 2>;
   static std::mutex mutex;
   static std::map<Key, std::unique_ptr<Plan>> plans;
   Key key;
-  key[0] = kind;
-  std::memcpy(key.data() + 1, &c, sizeof(Config));
+  key[0] = static_cast<int64_t>(reinterpret_cast<intptr_t>(make));
+  key[1] = kind;
+  std::memcpy(key.data() + 2, &c, sizeof(Config));
   std::lock_guard<std::mutex> lock(mutex);
   auto found = plans.find(key);
   if (found == plans.end()) {

@@ -13,6 +13,7 @@ convolution, which rounds only its result to bf16: 1.7e-3 and up to 3e-3.
 from __future__ import annotations
 
 import functools
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -329,3 +330,42 @@ def test_bf16_keeps_onednn_where_its_forward_kernel_is_amx(monkeypatch):
     assert plan()[:2] == ["onednn"] * 2
     monkeypatch.undo()
     conv.clear_plans()
+
+
+# Both Winograd variants in one fresh process, in the given order, on shapes whose matmul plans
+# have the same configuration (one tile row per thread block: 4 tiles of 64 channels each).
+BOTH_VARIANTS = """
+    import sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax import lax
+    from zoo import ops
+    from zoo.ops import conv
+    pads, dn = ((1, 1), (1, 1)), ("NHWC", "HWIO", "NHWC")
+    rng = np.random.default_rng(0)
+    kernel = rng.standard_normal((3, 3, 64, 64)).astype(np.float32) / 24
+    shapes = {"float32": (1, 8, 8, 64), "bfloat16": (1, 4, 4, 64)}
+    for name in sys.argv[1:]:
+        dtype = jnp.dtype(name)
+        geometry = conv.Geometry(shapes[name], kernel.shape, dtype, padding=pads)
+        assert conv.planned(geometry).kernels[0].name.startswith("winograd")
+        x = jnp.asarray(rng.standard_normal(shapes[name]), dtype)
+        w = jnp.asarray(kernel, dtype)
+        ours = ops.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=dn)
+        exact = lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32), (1, 1),
+                                         pads, dimension_numbers=dn, precision="highest")
+        error = jnp.max(jnp.abs(ours.astype(jnp.float32) - exact)) / jnp.max(jnp.abs(exact))
+        print(name, float(error))
+"""
+
+
+@needs_winograd_bf16
+@pytest.mark.parametrize("order", [("float32", "bfloat16"), ("bfloat16", "float32")])
+def test_the_two_winograd_variants_never_share_a_matmul_plan(order):
+    # The extension's plan cache is shared by the two variants (the same C++ types): the second
+    # got the first's matmul, which oneDNN refused (bf16 after float32) or ran on the wrong
+    # dtype, giving -inf (float32 after bf16).
+    code = "import sys; sys.argv[1:] = " + repr(list(order)) + textwrap.dedent(BOTH_VARIANTS)
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr[-2000:]
+    errors = dict(line.split() for line in done.stdout.split("\n") if line)
+    assert float(errors["float32"]) < 1e-4 and float(errors["bfloat16"]) < 2e-2, errors
