@@ -120,23 +120,27 @@ def _config(kind: int, shape, dtype: Any, epsilon: float, relu: bool, threads: i
 
 
 # oneDNN 3.2's batch norms on channels-last maps have full-speed kernels where the channels fill
-# its vectors: for other channel counts (MobileNets' 24, 40, 72, 120, 184, 200) it picks a
-# narrower one on an AVX-512 CPU (`bnorm_jit:avx2` in float32) or a generic loop
-# (`nspc_bnorm:any` in bf16), which XLA's fusions beat at every such shape measured, in both
-# kinds and both dtypes (bench/README.md, "The mobile networks").
+# its vectors. For other channel counts (MobileNets' 24, 40, 72, 120, 184, 200) it picks a
+# narrower JIT kernel on an AVX-512 CPU (`bnorm_jit:avx2` in float32), which still beats XLA's
+# ops in training mode but loses to them in inference mode, or a generic loop (`nspc_bnorm:any`
+# in bf16), which loses in both (bench/README.md, "The mobile networks").
 VECTOR_CHANNELS = 16
+GENERIC_KERNEL = ":any"
 
 
-def _has_full_vector_kernel(kind: int, shape, config_of) -> bool:
-    """Whether oneDNN runs batch norm `kind` on `shape` (NHWC) with a kernel (`config_of(shape)`
-    is its config) and that kernel is the one it picks when the channels are a multiple of
-    `VECTOR_CHANNELS`: on a CPU whose kernels take any channel count at full speed (AVX2's)
-    the two are the same."""
+def _kernel_pays(kind: int, shape, config_of) -> bool:
+    """Whether oneDNN runs batch norm `kind` on `shape` (NHWC; `config_of(shape)` is its config)
+    with a kernel measured faster than XLA's ops: never its generic loop; in training mode any
+    JIT kernel; in inference mode only the one it picks when the channels are a multiple of
+    `VECTOR_CHANNELS` (on a CPU whose kernels take any channel count at full speed, AVX2's,
+    the two are the same)."""
     found, implementation = native.implementation(native.BATCH_NORM, kind, config_of(shape))
+    if not found or implementation.endswith(GENERIC_KERNEL):
+        return False
     channels = shape[-1]
     full = -(-channels // VECTOR_CHANNELS) * VECTOR_CHANNELS
-    if not found or full == channels:
-        return found
+    if kind in (native.TRAINING, native.TRAINING_BACKWARD) or full == channels:
+        return True
     _, full_implementation = native.implementation(
         native.BATCH_NORM, kind, config_of((*shape[:-1], full))
     )
@@ -164,7 +168,7 @@ def _plan(x: jax.Array, epsilon: float, kinds: tuple[int, int], relu: bool = Fal
         for kind in kinds:
             kernels[kind] = native.kernel_dtype(
                 x.dtype,
-                lambda d, kind=kind: _has_full_vector_kernel(
+                lambda d, kind=kind: _kernel_pays(
                     kind, shape, lambda s, kind=kind, d=d: config(kind, d, threads, s)
                 ),
             )
