@@ -213,6 +213,8 @@ def test_a_second_signal_ends_a_responsive_region_that_does_not_check():
 def test_outside_the_command_line_nothing_is_installed():
     code = (
         "import signal, threading; from zoo import interrupts\n"
+        # Python's own handler whatever the parent left (a shell's background job ignores it).
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "def run():\n"
         "    with interrupts.handled('x'):\n"
         "        print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n"
