@@ -365,14 +365,14 @@ BF16_DEPTHWISE_WIDENS = ("jit_bf16:avx512_core_bf16", "brgconv_strided:avx512_co
 
 def _bf16_depthwise_widened(c: Conditions, direction: int) -> bool:
     """A direction of a bf16 depthwise convolution (groups = input = output channels) whose
-    oneDNN bf16 kernel is one of `BF16_DEPTHWISE_WIDENS`, where oneDNN has a float32 one: the
-    same float32 sums of the exactly widened operands, the result rounded once."""
+    oneDNN bf16 kernel is one of `BF16_DEPTHWISE_WIDENS`, where its float32 kernel applies
+    (`_onednn_widened`): the same float32 sums of the exactly widened operands, rounded once."""
     g = c.geometry
     return (
         g.dtype == _BF16
         and 1 < g.groups == g.in_channels == g.out_channels
         and c.onednn(direction) in BF16_DEPTHWISE_WIDENS
-        and c.onednn(direction, _F32) is not None
+        and _onednn_widened(c, direction)
     )
 
 
